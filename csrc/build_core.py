@@ -1,0 +1,29 @@
+"""cffi (API mode) builder for the C core: compiles csrc/*.c into the extension `shim._core`."""
+
+from pathlib import Path
+
+from cffi import FFI
+
+HERE = Path(__file__).resolve().parent
+SOURCES = ["util.c", "userns.c", "fuse.c", "mounts.c", "launch.c"]
+
+ffibuilder = FFI()
+# The cdef is the public header minus preprocessor lines other than simple #defines.
+_header = (HERE / "shim_core.h").read_text()
+ffibuilder.cdef(
+    "\n".join(
+        line
+        for line in _header.splitlines()
+        if not line.startswith(("#ifndef", "#endif", "#define SHIM_CORE_H"))
+    )
+)
+ffibuilder.set_source(
+    "shim._core",
+    '#include "shim_core.h"',
+    sources=[f"csrc/{name}" for name in SOURCES],
+    include_dirs=["csrc"],
+    extra_compile_args=["-O2", "-Wall", "-Wextra", "-std=gnu11"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

@@ -1,0 +1,150 @@
+/* shim_launch(): the ordered list of set-up steps, then exec of the app.
+ *
+ * Runs in the shimrun process itself, so that the app keeps shimrun's pid: signals sent to
+ * shimrun (srun, scancel, Ctrl-C) reach the app, and its exit status is shimrun's. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "core.h"
+
+extern struct shim_result *shim_current_result;
+extern jmp_buf shim_unwind;
+
+int shim_die_with_parent(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); }
+
+static void setup_root(const struct shim_config *cfg, const char *root)
+{
+    Z(mkdir(root, 0755), "mkdir %s", root);
+    if (cfg->image_kind == SHIM_IMG_SQUASHFS) {
+        mount_squashfs(cfg, cfg->stage, root);
+    } else {
+        int fd;
+        Z(mount(cfg->image_path, root, NULL, MS_BIND | MS_REC, NULL), "bind directory image %s", cfg->image_path);
+        fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        Z(fd, "open %s", root);
+        /* Read-only like a SIF, so missing mount points never modify the user's directory. */
+        set_mount_attrs(fd, 0, 1, 0);
+        close(fd);
+    }
+}
+
+/* Make `root` the new "/" and drop the host's tree from our view. */
+static void enter_root(const char *root)
+{
+    Z(chdir(root), "chdir %s", root);
+    /* pivot_root(".", ".") stacks the old root on top of the new one; detaching "." then
+     * removes it, without needing a directory inside the image to park it in. */
+    Z(syscall(SYS_pivot_root, ".", "."), "pivot_root into %s", root);
+    Z(umount2(".", MNT_DETACH), "detach the host's root");
+    Z(chdir("/"), "chdir / in the container");
+}
+
+static const char *lookup_env(const char *const *envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (; envp && *envp; envp++)
+        if (!strncmp(*envp, name, n) && (*envp)[n] == '=')
+            return *envp + n + 1;
+    return NULL;
+}
+
+/* execvpe() with the container's PATH; reports "not found" vs "cannot execute" distinctly. */
+static void exec_direct(const struct shim_config *cfg)
+{
+    const char *cmd = cfg->argv[0], *path = lookup_env(cfg->envp_direct, "PATH");
+    char buf[PATH_MAX];
+    int saw_eacces = 0, last_err = ENOENT;
+
+    if (strchr(cmd, '/')) {
+        execve(cmd, (char *const *)cfg->argv, (char *const *)cfg->envp_direct);
+        last_err = errno;
+    } else {
+        const char *p = path ? path : "/usr/local/bin:/usr/bin:/bin";
+        while (*p) {
+            const char *end = strchrnul(p, ':');
+            int len = (int)(end - p);
+            snprintf(buf, sizeof buf, "%.*s%s%s", len, p, len ? "/" : "", cmd);
+            execve(buf, (char *const *)cfg->argv, (char *const *)cfg->envp_direct);
+            if (errno == EACCES || errno == ENOEXEC || errno == EPERM)
+                saw_eacces = errno;
+            else if (errno != ENOENT && errno != ENOTDIR)
+                last_err = errno;
+            p = *end ? end + 1 : end;
+        }
+        if (saw_eacces)
+            last_err = saw_eacces;
+    }
+    if (last_err == ENOENT || last_err == ENOTDIR)
+        shim_fail(SHIM_E_NOTFOUND, 0, "%s: command not found in the image (PATH=%s)", cmd, path ? path : "");
+    shim_fail(last_err == ENOEXEC || last_err == EACCES || last_err == EPERM ? SHIM_E_NOEXEC : SHIM_E_LAUNCH,
+              last_err, "execute %s in the container", cmd);
+}
+
+static void exec_app(const struct shim_config *cfg)
+{
+    struct stat st;
+
+    if (cfg->action_script && cfg->env_dir && stat(cfg->env_dir, &st) == 0 && S_ISDIR(st.st_mode)
+        && access("/bin/sh", X_OK) == 0) {
+        /* The image has Apptainer environment scripts: let its own shell source them. */
+        int argc = 0, i;
+        const char **argv;
+        while (cfg->argv[argc])
+            argc++;
+        argv = calloc((size_t)argc + 5, sizeof *argv);
+        if (argv == NULL)
+            shim_fail(SHIM_E_LAUNCH, errno, "allocate argv");
+        argv[0] = "/bin/sh";
+        argv[1] = "-c";
+        argv[2] = cfg->action_script;
+        argv[3] = "shimrun";
+        for (i = 0; i < argc; i++)
+            argv[4 + i] = cfg->argv[i];
+        shim_debug("exec via /bin/sh (image environment scripts in %s)", cfg->env_dir);
+        execve("/bin/sh", (char *const *)argv, (char *const *)cfg->envp_script);
+        shim_fail(SHIM_E_LAUNCH, errno, "execute /bin/sh in the container");
+    }
+    exec_direct(cfg);
+}
+
+int shim_launch(const struct shim_config *cfg, struct shim_result *res)
+{
+    char root[PATH_MAX];
+    int i;
+
+    shim_current_result = res;
+    res->code = 0;
+    res->message[0] = '\0';
+    if (setjmp(shim_unwind))
+        return res->code;
+    shim_debug_on = cfg->debug;
+    snprintf(root, sizeof root, "%s/root", cfg->stage);
+    set_stage(cfg->stage);
+
+    enter_namespaces(cfg->fakeroot);
+    make_private_tmpfs(cfg->stage, "the container's staging area");
+    setup_root(cfg, root);
+    for (i = 0; i < cfg->nbinds; i++)
+        bind_into_root(root, &cfg->binds[i]);
+    seal_underlays(root);
+    enter_root(root);
+    if (cfg->cwd && chdir(cfg->cwd) == -1) {
+        fprintf(stderr, "shimrun: warning: cannot enter %s in the container (%s); using /\n", cfg->cwd,
+                strerror(errno));
+    }
+    /* Nothing exec'd from here on can gain privileges (setuid files are also nosuid). */
+    Z(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs");
+    exec_app(cfg);
+    return res->code; /* not reached: exec_app execs or fails */
+}

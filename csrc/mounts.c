@@ -1,0 +1,292 @@
+/* Bind mounts into the container root, with destinations resolved inside that root.
+ *
+ * Image content is untrusted: every destination is looked up with openat2(RESOLVE_IN_ROOT),
+ * so a symlink in the image (absolute, "..", chained) resolves as if the container root were
+ * "/" and can never carry a mount outside it. Mounts are then made on the resolved fd through
+ * /proc/self/fd/N, so nothing is looked up twice by path.
+ *
+ * The image is read-only. A missing mount point under a read-only directory is made with an
+ * "underlay": a tmpfs that copies the directory's listing (each entry bind-mounted back, symlinks
+ * recreated) is mounted over it, and the mount point is created in that tmpfs. */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/mount.h>
+#include <linux/openat2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "core.h"
+
+#define MAX_UNDERLAYS 64
+
+static const char *stage_dir;
+static int n_underlays;
+static char underlay_paths[MAX_UNDERLAYS][PATH_MAX];
+
+void set_stage(const char *stage) { stage_dir = stage; n_underlays = 0; }
+
+static void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
+
+int open_in_root(int root_fd, const char *path, int flags)
+{
+    struct open_how how;
+
+    memset(&how, 0, sizeof how);
+    how.flags = (unsigned long long)(flags | O_CLOEXEC);
+    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
+    while (*path == '/')
+        path++;
+    return (int)syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how);
+}
+
+int shim_resolve_in_root(const char *root, const char *path, char *out, int outlen)
+{
+    char link[64];
+    int root_fd, fd;
+    ssize_t n;
+
+    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (root_fd == -1)
+        return -errno;
+    fd = open_in_root(root_fd, path, O_PATH);
+    close(root_fd);
+    if (fd == -1)
+        return -errno;
+    fd_path(fd, link, sizeof link);
+    n = readlink(link, out, (size_t)outlen - 1);
+    close(fd);
+    if (n == -1)
+        return -errno;
+    out[n] = '\0';
+    return 0;
+}
+
+void make_private_tmpfs(const char *dir, const char *what)
+{
+    Z(mount("shim", dir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"), "mount tmpfs for %s on %s", what, dir);
+}
+
+/* nosuid,nodev (and ro) on a mount and, for recursive binds, on everything below it. */
+void set_mount_attrs(int fd, int recursive, int readonly, int keepdev)
+{
+    struct mount_attr attr;
+    char p[64];
+
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
+    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr) == 0)
+        return;
+    if (errno != ENOSYS)
+        shim_fail(SHIM_E_LAUNCH, errno, "set nosuid%s%s on a bind mount", keepdev ? "" : ",nodev",
+                  readonly ? ",ro" : "");
+    /* Kernels before 5.12: remount the top mount only, keeping the flags the kernel locked. */
+    {
+        struct statvfs sv;
+        unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (keepdev ? 0 : MS_NODEV);
+        fd_path(fd, p, sizeof p);
+        Z(fstatvfs(fd, &sv), "statvfs of a bind mount");
+        if (readonly || (sv.f_flag & ST_RDONLY))
+            flags |= MS_RDONLY;
+        if (sv.f_flag & ST_NOEXEC)
+            flags |= MS_NOEXEC;
+        if (sv.f_flag & ST_NODEV)
+            flags |= MS_NODEV;
+        Z(mount(NULL, p, NULL, flags, NULL), "remount bind mount nosuid,nodev");
+    }
+}
+
+/* Replace the read-only directory dir_fd (at container path `where`) with a writable tmpfs
+ * listing the same entries, so that a mount point can be created in it. */
+static void underlay(int dir_fd, const char *where)
+{
+    char scratch[PATH_MAX], src[64], dst[64], target[PATH_MAX];
+    struct dirent *e;
+    struct stat st;
+    int list_fd, scratch_fd;
+    DIR *d;
+
+    if (n_underlays >= MAX_UNDERLAYS)
+        shim_fail(SHIM_E_LAUNCH, 0, "too many missing mount points under read-only image directories (at %s)", where);
+    snprintf(scratch, sizeof scratch, "%s/u%d", stage_dir, n_underlays);
+    Z(mkdir(scratch, 0755), "mkdir %s", scratch);
+    Z(fstat(dir_fd, &st), "stat image directory %s", where);
+    make_private_tmpfs(scratch, where);
+    Z(chmod(scratch, st.st_mode & 07777), "chmod %s", scratch);
+    scratch_fd = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Z(scratch_fd, "open %s", scratch);
+    list_fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    Z(list_fd, "open image directory %s", where);
+    d = fdopendir(list_fd);
+    if (d == NULL)
+        shim_fail(SHIM_E_LAUNCH, errno, "list image directory %s", where);
+    while ((errno = 0, e = readdir(d)) != NULL) {
+        int s, t;
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        Z(fstatat(list_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW), "stat %s/%s in the image", where, e->d_name);
+        if (S_ISLNK(st.st_mode)) {
+            ssize_t n = readlinkat(list_fd, e->d_name, target, sizeof target - 1);
+            Z(n, "readlink %s/%s in the image", where, e->d_name);
+            target[n] = '\0';
+            Z(symlinkat(target, scratch_fd, e->d_name), "recreate symlink %s/%s", where, e->d_name);
+            continue;
+        }
+        if (S_ISDIR(st.st_mode))
+            Z(mkdirat(scratch_fd, e->d_name, 0755), "mkdir %s/%s in underlay", where, e->d_name);
+        else {
+            t = openat(scratch_fd, e->d_name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+            Z(t, "create %s/%s in underlay", where, e->d_name);
+            close(t);
+        }
+        s = openat(list_fd, e->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        Z(s, "open %s/%s in the image", where, e->d_name);
+        t = openat(scratch_fd, e->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+        Z(t, "open %s/%s in underlay", where, e->d_name);
+        fd_path(s, src, sizeof src);
+        fd_path(t, dst, sizeof dst);
+        Z(mount(src, dst, NULL, MS_BIND | MS_REC, NULL), "bind %s/%s into underlay", where, e->d_name);
+        close(s);
+        close(t);
+    }
+    if (errno)
+        shim_fail(SHIM_E_LAUNCH, errno, "read image directory %s", where);
+    closedir(d);
+    close(scratch_fd);
+    fd_path(dir_fd, dst, sizeof dst);
+    Z(mount(scratch, dst, NULL, MS_MOVE, NULL), "mount underlay over %s", where);
+    snprintf(underlay_paths[n_underlays], sizeof underlay_paths[0], "%s", where[0] ? where : "/");
+    n_underlays++;
+    shim_debug("underlay over read-only %s", where[0] ? where : "/");
+}
+
+/* Open the destination `path` inside the root, creating what is missing (directories, or an
+ * empty file when the source is not a directory). Returns an O_PATH fd. */
+static int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir)
+{
+    int root_fd = *root_fdp;
+    char prefix[PATH_MAX], comp[NAME_MAX + 1];
+    const char *p = path, *end;
+    int fd, parent, tries;
+    size_t plen = 0;
+
+    fd = open_in_root(root_fd, path, O_PATH);
+    if (fd >= 0)
+        return fd;
+    if (errno != ENOENT)
+        shim_fail(SHIM_E_LAUNCH, errno, "resolve bind destination %s in the container", path);
+    prefix[0] = '\0';
+    parent = open_in_root(root_fd, "/", O_PATH);
+    Z(parent, "open container root");
+    while (*p) {
+        while (*p == '/')
+            p++;
+        if (!*p)
+            break;
+        end = strchrnul(p, '/');
+        if ((size_t)(end - p) > NAME_MAX || plen + (size_t)(end - p) + 2 > sizeof prefix)
+            shim_fail(SHIM_E_LAUNCH, ENAMETOOLONG, "bind destination %s", path);
+        memcpy(comp, p, (size_t)(end - p));
+        comp[end - p] = '\0';
+        plen += (size_t)snprintf(prefix + plen, sizeof prefix - plen, "/%s", comp);
+        p = end;
+        for (tries = 0; (fd = open_in_root(root_fd, prefix, O_PATH)) == -1; tries++) {
+            int last = (*p == '\0' || p[strspn(p, "/")] == '\0'), r;
+            if (errno != ENOENT || tries > 1)
+                shim_fail(SHIM_E_LAUNCH, errno, "resolve %s in the container", prefix);
+            if (last && !want_dir) {
+                r = openat(parent, comp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+                if (r >= 0)
+                    close(r);
+            } else
+                r = mkdirat(parent, comp, 0755);
+            if (r == 0)
+                continue;
+            if (errno == EEXIST) /* a symlink in the image pointing at nothing */
+                shim_fail(SHIM_E_LAUNCH, 0, "bind destination %s: %s in the image is a dangling symlink", path,
+                          prefix);
+            if (errno != EROFS && errno != EACCES && errno != EPERM)
+                shim_fail(SHIM_E_LAUNCH, errno, "create mount point %s in the container", prefix);
+            {
+                char where[PATH_MAX];
+                snprintf(where, sizeof where, "%.*s", (int)(plen - strlen(comp) - 1), prefix);
+                underlay(parent, where);
+                close(parent);
+                if (where[0] == '\0') { /* the root itself is now covered: reopen it */
+                    close(root_fd);
+                    root_fd = *root_fdp = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+                    Z(root_fd, "reopen container root %s", root);
+                }
+                parent = open_in_root(root_fd, where, O_PATH);
+                Z(parent, "reopen %s after underlay", where);
+            }
+        }
+        close(parent);
+        parent = fd;
+    }
+    return parent;
+}
+
+void bind_into_root(const char *root, const struct shim_bind *b)
+{
+    char src_p[64], dst_p[64];
+    struct stat st, dst_st;
+    int root_fd, src_fd, dst_fd;
+
+    src_fd = open(b->src, O_PATH | O_CLOEXEC);
+    if (src_fd == -1) {
+        if (errno == ENOENT && (b->flags & SHIM_BIND_OPTIONAL))
+            return;
+        shim_fail(SHIM_E_LAUNCH, errno, "bind source %s (for %s)", b->src, b->dst);
+    }
+    Z(fstat(src_fd, &st), "stat bind source %s", b->src);
+    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Z(root_fd, "open container root %s", root);
+    if (b->flags & SHIM_BIND_IFDST) {
+        dst_fd = open_in_root(root_fd, b->dst, O_PATH);
+        if (dst_fd == -1) {
+            close(root_fd);
+            close(src_fd);
+            return;
+        }
+    } else
+        dst_fd = ensure_target(root, &root_fd, b->dst, S_ISDIR(st.st_mode));
+    Z(fstat(dst_fd, &dst_st), "stat bind destination %s", b->dst);
+    if (S_ISDIR(st.st_mode) != S_ISDIR(dst_st.st_mode))
+        shim_fail(SHIM_E_LAUNCH, 0, "bind %s to %s: one is a directory and the other is not", b->src, b->dst);
+    fd_path(src_fd, src_p, sizeof src_p);
+    fd_path(dst_fd, dst_p, sizeof dst_p);
+    Z(mount(src_p, dst_p, NULL, MS_BIND | MS_REC, NULL), "bind %s to %s", b->src, b->dst);
+    close(dst_fd);
+    /* The fd above names the covered directory; reopen to reach the new mount. */
+    dst_fd = open_in_root(root_fd, b->dst, O_PATH);
+    Z(dst_fd, "reopen bind destination %s", b->dst);
+    set_mount_attrs(dst_fd, 1, b->flags & SHIM_BIND_RO, b->flags & SHIM_BIND_KEEPDEV);
+    shim_debug("bind %s -> %s%s", b->src, b->dst, (b->flags & SHIM_BIND_RO) ? " (ro)" : "");
+    close(dst_fd);
+    close(root_fd);
+    close(src_fd);
+}
+
+/* Underlays are writable only while mount points are made; the image then stays read-only. */
+void seal_underlays(const char *root)
+{
+    int root_fd, fd, i;
+
+    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Z(root_fd, "open container root %s", root);
+    for (i = 0; i < n_underlays; i++) {
+        fd = open_in_root(root_fd, underlay_paths[i], O_PATH);
+        Z(fd, "reopen underlay %s", underlay_paths[i]);
+        set_mount_attrs(fd, 0, 1, 0);
+        close(fd);
+    }
+    close(root_fd);
+}

@@ -1,0 +1,52 @@
+/* Enter a new user + mount namespace and map our ids, as an unprivileged user. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <sched.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <unistd.h>
+
+#include "core.h"
+
+static void write_proc_file(const char *path, const char *text)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    ssize_t len = (ssize_t)strlen(text);
+
+    Z(fd, "open %s", path);
+    if (write(fd, text, (size_t)len) != len)
+        shim_fail(SHIM_E_LAUNCH, errno, "write '%s' to %s", text, path);
+    Z(close(fd), "close %s", path);
+}
+
+void enter_namespaces(int fakeroot)
+{
+    uid_t uid = getuid();
+    gid_t gid = getgid();
+    char map[64];
+
+    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) == -1) {
+        int err = errno;
+        if (err == EPERM || err == EACCES)
+            shim_fail(SHIM_E_HOST, err,
+                      "unprivileged user namespaces are disabled on this host: unshare(CLONE_NEWUSER) "
+                      "(an admin must set sysctl user.max_user_namespaces > 0, and "
+                      "kernel.unprivileged_userns_clone=1 or kernel.apparmor_restrict_unprivileged_userns=0 "
+                      "where those exist)");
+        if (err == ENOSPC || err == EUSERS)
+            shim_fail(SHIM_E_HOST, err,
+                      "no user namespace can be created: the limit is reached: unshare(CLONE_NEWUSER) "
+                      "(sysctl user.max_user_namespaces, or 32 nested namespaces; an admin can raise the sysctl)");
+        shim_fail(SHIM_E_LAUNCH, err, "unshare(CLONE_NEWUSER|CLONE_NEWNS)");
+    }
+    /* An unprivileged process may only write gid_map after denying setgroups(2). */
+    write_proc_file("/proc/self/setgroups", "deny");
+    snprintf(map, sizeof map, "%u %u 1\n", fakeroot ? 0u : (unsigned)uid, (unsigned)uid);
+    write_proc_file("/proc/self/uid_map", map);
+    snprintf(map, sizeof map, "%u %u 1\n", fakeroot ? 0u : (unsigned)gid, (unsigned)gid);
+    write_proc_file("/proc/self/gid_map", map);
+    /* Nothing we mount from here on may propagate back to the host. */
+    Z(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "make mounts private (mount --make-rprivate /)");
+    shim_debug("user+mount namespace entered, uid %u -> %u", (unsigned)uid, fakeroot ? 0u : (unsigned)uid);
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Install everything shim needs on a Debian 12 machine (run as root), idempotently:
+# the apt packages in requirements-apt.txt, a venv at $SHIM_PREFIX (default /opt/shim) built
+# with Debian's python3 (so every user can run it), and shim itself into that venv.
+# With --demo, then build the bundled demo image and run it as a non-root user.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+prefix=${SHIM_PREFIX:-/opt/shim}
+venv=$prefix/venv
+
+[ "$(id -u)" = 0 ] || { echo "install.sh: run as root (it installs apt packages)" >&2; exit 64; }
+
+mapfile -t pkgs < <(grep -v '^\s*#' "$here/requirements-apt.txt" | awk 'NF{print $1}')
+missing=()
+for p in "${pkgs[@]}"; do dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    echo "install.sh: apt-get install ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Distributions ship /dev/fuse as 0666 (a udev rule); some container hosts leave it 0600, which
+# makes every unprivileged FUSE mount fail. shim falls back to extraction then, but is faster with it.
+[ -c /dev/fuse ] && chmod 0666 /dev/fuse || true
+
+if [ ! -x "$venv/bin/python" ]; then
+    /usr/bin/python3 -m venv "$venv"
+fi
+"$venv/bin/pip" install -q --disable-pip-version-check --upgrade pip setuptools wheel cffi 2>&1 | grep -v "is ignored" || true
+"$venv/bin/pip" install -q --disable-pip-version-check -r "$here/requirements.txt" 2>&1 | grep -v "is ignored" || true
+rm -rf "$here/build"
+"$venv/bin/pip" install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps "$here" \
+    2>&1 | grep -v "is ignored" || true
+ln -sf "$venv/bin/shimrun" /usr/local/bin/shimrun
+chmod -R a+rX "$prefix"
+echo "install.sh: shimrun installed: $(command -v shimrun) ($("$venv/bin/shimrun" --version))"
+
+if [ "${1:-}" = "--demo" ]; then
+    exec "$here/scripts/demo.sh"
+fi

@@ -1,0 +1,76 @@
+"""shimrun's entry point: dispatch to a subcommand, or run IMAGE COMMAND.
+
+Every failure becomes one line on stderr and an exit code of its class (shim/errors.py);
+a traceback only with --debug."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from shim.errors import ShimError
+
+# Subcommand name -> module with register(subparsers) and main(args). Imported only when used.
+SUBCOMMANDS = {
+    "inspect": "shim.cli.inspect_cmd",
+    "build": "shim.cli.build_cmd",
+}
+INTERNAL_ERROR = 70
+
+
+def _parser(argv: list[str]) -> argparse.ArgumentParser:
+    if argv and argv[0] in SUBCOMMANDS:
+        parser = argparse.ArgumentParser(prog="shimrun")
+        sub = parser.add_subparsers(dest="subcommand", required=True)
+        importlib.import_module(SUBCOMMANDS[argv[0]]).register(sub)
+        return parser
+    from shim.cli import run_cmd
+
+    parser = argparse.ArgumentParser(
+        prog="shimrun", usage="shimrun [OPTIONS] IMAGE COMMAND [ARGS...]\n       shimrun {inspect,build} ...",
+        description="Run COMMAND inside IMAGE (SIF, squashfs or directory) as an unprivileged user.")
+    parser.add_argument("--version", action="version", version=f"shim {_version()}")
+    run_cmd.add_run_options(parser)
+    parser.set_defaults(func=run_cmd.main)
+    return parser
+
+
+def _version() -> str:
+    from shim import __version__
+
+    return __version__
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = _parser(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # argparse already printed a usage line
+            return 0 if e.code == 0 else 64
+        return args.func(args)
+    except ShimError as e:
+        print(f"shimrun: error: {e}", file=sys.stderr)
+        if debug:
+            raise
+        return int(e.code)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as e:  # noqa: BLE001 - last resort: still one line, never a traceback
+        if debug:
+            raise
+        print(f"shimrun: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", file=sys.stderr)
+        return INTERNAL_ERROR
+
+
+def entry() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    entry()

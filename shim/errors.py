@@ -1,0 +1,51 @@
+"""Errors as values with an exit-code class, rendered as one line by the CLI.
+
+Exit codes (documented in README.md, "Exit codes"):
+  the app's own status      the app ran; shimrun exits with what the app returned (signal N -> 128+N)
+  64 USAGE                   bad command line or option value
+  65 IMAGE                   not a SIF, truncated or corrupt image, no primary partition, unsupported fs
+  66 ARCH                    the image's architecture cannot run on this host
+  69 HOST                    the host lacks what shim needs (user namespaces, FUSE and no fallback)
+  71 LAUNCH                  namespace / mount / pivot_root set-up failed
+  78 CONFIG                  the site configuration or a profile is invalid
+  126 NOT_EXECUTABLE         the command exists in the image but cannot be executed
+  127 NOT_FOUND              the command is not found in the image
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    USAGE = 64
+    IMAGE = 65
+    ARCH = 66
+    HOST = 69
+    LAUNCH = 71
+    CONFIG = 78
+    NOT_EXECUTABLE = 126
+    NOT_FOUND = 127
+
+
+@dataclass
+class ShimError(Exception):
+    """A failure the user can act on: what went wrong, where, and how to fix it."""
+
+    code: ExitCode
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})" if self.hint else self.message
+
+
+class UsageError(ShimError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(ExitCode.USAGE, message, hint)
+
+
+class ImageError(ShimError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(ExitCode.IMAGE, message, hint)

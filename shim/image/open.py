@@ -1,0 +1,56 @@
+"""Open an image given on the command line: a SIF file, a bare squashfs file, or a directory."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shim.errors import ImageError
+
+SIF_MAGIC_OFFSET = 32
+SIF_MAGIC = b"SIF_MAGIC\0"
+SQUASHFS_MAGIC = b"hsqs"
+
+
+@dataclass(frozen=True)
+class ImageRef:
+    """Where the container's root filesystem comes from."""
+
+    path: str
+    kind: str            # "squashfs" (SIF partition or bare squashfs file) or "dir"
+    offset: int = 0      # byte offset of the squashfs inside the file
+    size: int = 0        # bytes of the squashfs
+    arch: str = "unknown"  # Go-style name (amd64, arm64, ...)
+    image_id: str | None = None
+
+
+def open_image(path: str) -> ImageRef:
+    from shim.image import arch as archmod
+
+    if not os.path.exists(path):
+        raise ImageError(f"image {path} does not exist", "check the path")
+    real = os.path.realpath(path)
+    if os.path.isdir(real):
+        return ImageRef(real, "dir", arch=archmod.arch_of_rootfs(real) or "unknown")
+    try:
+        with open(real, "rb") as f:
+            head = f.read(SIF_MAGIC_OFFSET + len(SIF_MAGIC))
+    except OSError as e:
+        raise ImageError(f"cannot read image {path}: {e.strerror}", "check its permissions") from None
+    if head[:4] == SQUASHFS_MAGIC:
+        from shim.image.squashfs import read_superblock
+
+        size = os.path.getsize(real)
+        read_superblock(real, 0, size)
+        return ImageRef(real, "squashfs", 0, size)
+    if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC:
+        raise ImageError(f"{path} is not a SIF image, a squashfs file or a directory",
+                         "build one with 'shimrun build OUT.sif ROOTFS'")
+    from shim.image.sif import primary_partition, read_sif
+    from shim.image.squashfs import read_superblock
+
+    sif = read_sif(real)
+    part = primary_partition(sif)
+    read_superblock(real, part.offset, part.size)
+    return ImageRef(real, "squashfs", part.offset, part.size, part.arch or "unknown",
+                    str(sif.header.id) if sif.header.id else None)

@@ -1,0 +1,87 @@
+"""The binds every container gets, and parsing of user bind specs (--bind, SHIMRUN_BIND).
+
+Default binds are a table (data), like Charliecloud's: source, destination, flags.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from shim.errors import UsageError
+
+# Flag values shared with the C core (csrc/shim_core.h).
+RO = 1
+OPTIONAL = 2
+KEEPDEV = 4
+IFDST = 8
+
+
+@dataclass(frozen=True)
+class Bind:
+    src: str
+    dst: str
+    flags: int = 0
+
+    @property
+    def read_only(self) -> bool:
+        return bool(self.flags & RO)
+
+
+# Host paths every container sees. /dev keeps device nodes usable (the GPU and RDMA devices
+# live there); everything else is nosuid,nodev. Name-service files replace the image's only
+# when the image has them, so that the host's resolver config is used on the cluster network.
+SYSTEM_BINDS: tuple[Bind, ...] = (
+    Bind("/proc", "/proc"),
+    Bind("/sys", "/sys"),
+    Bind("/dev", "/dev", KEEPDEV),
+    Bind("/tmp", "/tmp"),
+    Bind("/var/tmp", "/var/tmp", OPTIONAL),
+    Bind("/etc/resolv.conf", "/etc/resolv.conf", OPTIONAL | IFDST),
+    Bind("/etc/hosts", "/etc/hosts", OPTIONAL | IFDST),
+)
+
+# Binding the caller's cwd over one of these would replace the image's own system files.
+_SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+                "/sys", "/usr")
+
+
+def parse_bind(spec: str, where: str, cwd: str, optional: bool = False) -> Bind | None:
+    """SRC[:DST[:ro|rw]] -> Bind. `where` names the origin (option or variable) for errors.
+    An optional bind (site defaults) whose source is missing on this node gives None."""
+    parts = spec.split(":")
+    if not parts[0] or len(parts) > 3:
+        raise UsageError(f"bad bind '{spec}' in {where}", "use SRC[:DST[:ro|rw]], e.g. /scratch:/data:ro")
+    src = os.path.normpath(os.path.join(cwd, parts[0]))
+    dst = parts[1] if len(parts) > 1 and parts[1] else src
+    mode = parts[2] if len(parts) > 2 else "rw"
+    if not dst.startswith("/"):
+        raise UsageError(f"bind destination '{dst}' in {where} is not an absolute path", "write it as /path")
+    if mode not in ("ro", "rw"):
+        raise UsageError(f"bad bind mode '{mode}' in {where}", "use ro or rw")
+    if not os.path.exists(src):
+        if optional:
+            return None
+        raise UsageError(f"bind source {src} (from {where}) does not exist", "create it or fix the path")
+    return Bind(src, os.path.normpath(dst), RO if mode == "ro" else 0)
+
+
+def parse_bind_list(value: str, where: str, cwd: str) -> list[Bind]:
+    """A comma-separated list of bind specs, as in SHIMRUN_BIND (like APPTAINER_BIND)."""
+    binds = [parse_bind(item.strip(), where, cwd) for item in value.split(",") if item.strip()]
+    return [b for b in binds if b is not None]
+
+
+def _covered(path: str, binds: list[Bind]) -> bool:
+    return any(path == b.dst or path.startswith(b.dst.rstrip("/") + "/") for b in binds)
+
+
+def plan_binds(home: str | None, cwd: str, site: list[Bind], user: list[Bind]) -> list[Bind]:
+    """All binds in the order the C core performs them: system, site, home, cwd, user."""
+    binds = list(SYSTEM_BINDS) + list(site)
+    if home and home != "/":
+        binds.append(Bind(home, home))
+    is_system = cwd == "/" or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)
+    if not is_system and not _covered(cwd, binds):
+        binds.append(Bind(cwd, cwd))
+    return binds + user

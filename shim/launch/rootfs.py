@@ -1,0 +1,144 @@
+"""How the container's root filesystem is provided: a squashfuse mount, or (FUSE unusable) a
+copy extracted once with unsquashfs into a per-user cache keyed by the partition's digest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from shim.errors import ExitCode, ShimError
+from shim.image.open import ImageRef
+
+FUSE_DEVICE = "/dev/fuse"
+SQUASHFUSE_NAMES = ("squashfuse_ll", "squashfuse")
+
+
+@dataclass(frozen=True)
+class RootfsSource:
+    kind: str               # "squashfs" (mounted by the C core with `squashfuse`) or "dir"
+    path: str
+    offset: int = 0
+    squashfuse: str = ""
+
+
+def fuse_problem(env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """Why an unprivileged squashfuse mount cannot work here, or None if it can."""
+    if env.get("SHIMRUN_NO_FUSE"):
+        return "SHIMRUN_NO_FUSE is set"
+    if not any(shutil.which(n) for n in SQUASHFUSE_NAMES):
+        return "squashfuse is not installed"
+    if not os.path.exists(FUSE_DEVICE):
+        return f"{FUSE_DEVICE} does not exist"
+    if not os.access(FUSE_DEVICE, os.R_OK | os.W_OK):
+        return f"{FUSE_DEVICE} is not readable and writable by you (an admin can chmod 0666 it)"
+    return None
+
+
+def cache_dir() -> str:
+    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
+    return base
+
+
+def _partition_digest(image: ImageRef, cache: str) -> str:
+    """sha256 of the squashfs bytes, memoised per file identity so a reuse reads nothing."""
+    st = os.stat(image.path)
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{image.offset}:{image.size}"
+    memo_dir = os.path.join(cache, "digests")
+    memo = os.path.join(memo_dir, hashlib.sha256(ident.encode()).hexdigest()[:32])
+    try:
+        with open(memo) as f:
+            return json.load(f)["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    h = hashlib.sha256()
+    with open(image.path, "rb") as f:
+        f.seek(image.offset)
+        left = image.size
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+    digest = h.hexdigest()
+    os.makedirs(memo_dir, exist_ok=True)
+    tmp = f"{memo}.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"sha256": digest, "identity": ident}, f)
+    os.replace(tmp, memo)
+    return digest
+
+
+def _remove_stale_partials(rootfs_dir: str) -> None:
+    """Extractions interrupted by a kill leave DIGEST.partial.PID; drop those whose PID is gone."""
+    for name in os.listdir(rootfs_dir):
+        pid = name.rpartition(".partial.")[2]
+        if ".partial." in name and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            shutil.rmtree(os.path.join(rootfs_dir, name), ignore_errors=True)
+
+
+def _unsquashfs(image: ImageRef, dest: str) -> None:
+    from shim import _core
+
+    exe = shutil.which("unsquashfs")
+    if exe is None:
+        raise ShimError(ExitCode.HOST, "FUSE is unusable and unsquashfs is not installed, so the image cannot be "
+                        "opened", "install squashfuse or squashfs-tools (apt-get install squashfuse squashfs-tools)")
+    # -no-xattrs: an unprivileged user cannot write security.* xattrs (unsquashfs would fail);
+    # the regex (matched against top-level names) skips dev: device nodes cannot be made, and
+    # the host's /dev is bound there.
+    cmd = [exe, "-n", "-no-xattrs", "-o", str(image.offset), "-d", dest, "-r", image.path,
+           r"^([^d].*|d[^e].*|de[^v].*|dev.+|de|d)$"]
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          preexec_fn=_core.lib.shim_die_with_parent)
+    if proc.returncode != 0:
+        last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
+        raise ShimError(ExitCode.IMAGE, f"extracting {image.path} with unsquashfs failed: {last}",
+                        "check free space in " + os.path.dirname(dest))
+
+
+def extracted_rootfs(image: ImageRef, reason: str) -> str:
+    """The extracted copy of the image's squashfs, making it the first time. Prints one line."""
+    cache = cache_dir()
+    rootfs_dir = os.path.join(cache, "rootfs")
+    os.makedirs(rootfs_dir, mode=0o700, exist_ok=True)
+    digest = _partition_digest(image, cache)
+    final = os.path.join(rootfs_dir, digest)
+    if os.path.isdir(final):
+        print(f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}",
+              file=sys.stderr)
+        return final
+    _remove_stale_partials(rootfs_dir)
+    partial = f"{final}.partial.{os.getpid()}"
+    start = time.monotonic()
+    try:
+        _unsquashfs(image, partial)
+        os.makedirs(os.path.join(partial, "dev"), exist_ok=True)
+        try:
+            os.rename(partial, final)
+        except OSError:  # a concurrent run finished first; use its copy
+            shutil.rmtree(partial, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    took = time.monotonic() - start
+    print(f"shimrun: FUSE unusable ({reason}); extracted the image ({image.size / 2**20:.0f} MiB squashfs) "
+          f"to {final} in {took:.1f} s; later runs reuse it", file=sys.stderr)
+    return final
+
+
+def choose_rootfs(image: ImageRef) -> RootfsSource:
+    if image.kind == "dir":
+        return RootfsSource("dir", image.path)
+    problem = fuse_problem()
+    if problem is None:
+        exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
+        return RootfsSource("squashfs", image.path, image.offset, exe)
+    return RootfsSource("dir", extracted_rootfs(image, problem))

@@ -1,0 +1,70 @@
+"""Site configuration: where it is found and what it says.
+
+Lookup order: --conf DIR, then $SHIMRUN_CONF, then /etc/shim, then the bundled conf/.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from shim.errors import ExitCode, ShimError
+
+CONFIG_NAME = "shim.toml"
+SYSTEM_CONF_DIR = "/etc/shim"
+_PKG = Path(__file__).resolve().parent.parent
+# Installed: the repo's conf/ ships as package data shim/conf; in a source tree it is ../conf.
+BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "shim.toml").is_file()),
+                        _PKG / "conf")
+
+_KNOWN = {"launch": {"binds": list}}
+
+
+class ConfigError(ShimError):
+    def __init__(self, message: str, hint: str = "") -> None:
+        super().__init__(ExitCode.CONFIG, message, hint)
+
+
+@dataclass(frozen=True)
+class SiteConfig:
+    path: str
+    binds: tuple[str, ...] = field(default_factory=tuple)
+
+
+def find_conf_dir(option: str | None = None) -> Path:
+    for candidate in (option, os.environ.get("SHIMRUN_CONF")):
+        if candidate:
+            if not (Path(candidate) / CONFIG_NAME).is_file():
+                raise ConfigError(f"no {CONFIG_NAME} in configuration directory {candidate}",
+                                  "point --conf/SHIMRUN_CONF at a directory holding shim.toml")
+            return Path(candidate)
+    if (Path(SYSTEM_CONF_DIR) / CONFIG_NAME).is_file():
+        return Path(SYSTEM_CONF_DIR)
+    return BUNDLED_CONF_DIR
+
+
+def load_site_config(option: str | None = None) -> SiteConfig:
+    import tomllib
+
+    path = find_conf_dir(option) / CONFIG_NAME
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"cannot read {path}: {e.strerror}", "check its permissions") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: {e}", "fix the TOML syntax") from None
+    for table, value in data.items():
+        if table not in _KNOWN:
+            raise ConfigError(f"{path}: unknown table [{table}]", f"known tables: {', '.join(sorted(_KNOWN))}")
+        for key, item in value.items():
+            want = _KNOWN[table].get(key)
+            if want is None:
+                raise ConfigError(f"{path}: unknown key {table}.{key}",
+                                  f"known keys in [{table}]: {', '.join(sorted(_KNOWN[table]))}")
+            if not isinstance(item, want):
+                raise ConfigError(f"{path}: {table}.{key} must be a {want.__name__}", "see conf/shim.toml")
+    binds = data.get("launch", {}).get("binds", [])
+    if not all(isinstance(b, str) for b in binds):
+        raise ConfigError(f"{path}: launch.binds must be a list of strings", 'e.g. binds = ["/scratch"]')
+    return SiteConfig(str(path), tuple(binds))

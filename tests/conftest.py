@@ -1,0 +1,128 @@
+"""Shared fixtures: a real non-root user to launch as, a world-readable work area, the images.
+
+Launch tests run shimrun as an ordinary user (created here when the suite runs as root), the
+way a scientist's batch script would, against real images."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("SHIM_SHARED", REPO.parent / "shared"))
+GOLDEN = SHARED / "sif-golden"
+TEST_USER = os.environ.get("SHIM_TEST_USER", "shimtest")
+
+
+def shimrun_path() -> str:
+    """The installed console script (scripts/install.sh puts it in /opt/shim/venv)."""
+    found = os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    if not os.path.exists(found):
+        pytest.exit("shimrun is not installed: run scripts/test.sh (it installs first)", returncode=3)
+    return found
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    uid: int
+    gid: int
+    home: str
+
+
+@pytest.fixture(scope="session")
+def user() -> User:
+    if os.getuid() != 0:
+        pw = pwd.getpwuid(os.getuid())
+        return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+    try:
+        pw = pwd.getpwnam(TEST_USER)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", TEST_USER], check=True)
+        pw = pwd.getpwnam(TEST_USER)
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
+@pytest.fixture(scope="session")
+def world_dir() -> Path:
+    """A directory the test user can read (the repo and pytest's tmp may sit under /root)."""
+    d = Path(tempfile.mkdtemp(prefix="shimtests.", dir="/var/tmp"))
+    d.chmod(0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def user_dir(world_dir: Path, user: User, request) -> Path:
+    """A per-test directory owned by the test user."""
+    d = world_dir / request.node.name.replace("/", "_").replace("[", "_").replace("]", "")[:80]
+    d.mkdir()
+    os.chown(d, user.uid, user.gid)
+    return d
+
+
+class Runner:
+    def __init__(self, user: User, shimrun: str) -> None:
+        self.user = user
+        self.shimrun = shimrun
+
+    def env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {"HOME": self.user.home, "USER": self.user.name, "LOGNAME": self.user.name, "LANG": "C.UTF-8",
+               "PATH": "/usr/local/bin:/usr/bin:/bin", "SHIMRUN_CACHE": f"{self.user.home}/.cache/shim-tests"}
+        env.update(extra or {})
+        return env
+
+    def _ids(self) -> dict:
+        if os.getuid() != 0:
+            return {}
+        return {"user": self.user.uid, "group": self.user.gid, "extra_groups": []}
+
+    def run(self, args: Sequence[str], cwd: str | os.PathLike = "/tmp", env: dict[str, str] | None = None,
+            timeout: float = 60, **kw) -> subprocess.CompletedProcess:
+        return subprocess.run([self.shimrun, *map(str, args)], cwd=cwd, env=self.env(env), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, **self._ids(), **kw)
+
+    def popen(self, args: Sequence[str], cwd: str | os.PathLike = "/tmp", env: dict[str, str] | None = None,
+              **kw) -> subprocess.Popen:
+        return subprocess.Popen([self.shimrun, *map(str, args)], cwd=cwd, env=self.env(env),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                stdin=subprocess.DEVNULL, **self._ids(), **kw)
+
+    def sh(self, command: str, cwd: str | os.PathLike = "/tmp", env: dict[str, str] | None = None,
+           timeout: float = 60) -> subprocess.CompletedProcess:
+        """Run a shell command line as the user (to see what a shell sees, e.g. 128+N)."""
+        return subprocess.run(["/bin/sh", "-c", command], cwd=cwd, env=self.env(env), capture_output=True,
+                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, **self._ids())
+
+
+@pytest.fixture(scope="session")
+def shim(user: User) -> Runner:
+    return Runner(user, shimrun_path())
+
+
+@pytest.fixture(scope="session")
+def busybox_sif(world_dir: Path) -> Path:
+    """The real Apptainer-built busybox image from shared/sif-golden, readable by the user."""
+    dst = world_dir / "busybox_amd64.sif"
+    shutil.copyfile(GOLDEN / "apptainer" / "busybox_amd64.sif", dst)
+    dst.chmod(0o644)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def golden_copy(world_dir: Path):
+    def copy(rel: str) -> Path:
+        dst = world_dir / rel.replace("/", "_")
+        if not dst.exists():
+            shutil.copyfile(GOLDEN / rel, dst)
+            dst.chmod(0o644)
+        return dst
+    return copy
