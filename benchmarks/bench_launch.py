@@ -12,9 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import table, timed_runs, write_results
-
 import images  # tests/images.py: cached mmdebstrap root filesystems
+from common import table, timed_runs, write_results
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
@@ -50,8 +49,8 @@ def main() -> None:
         commands["ch-run DIR"] = ["ch-run", str(rootfs), "--", "/bin/true"]
     samples = timed_runs(commands, runs)
     baseline = "ch-run IMG.sqfs" if "ch-run IMG.sqfs" in commands else "bare /bin/true"
-    notes = [f"{runs} warm launches each (after 3 warm-up rounds), interleaved, as an ordinary user; "
-             "wall time from fork to exit of `shimrun`/`ch-run`, same Debian bookworm minbase content.",
+    notes = [(f"{runs} warm launches each (after 3 warm-up rounds), interleaved, as an ordinary user; "
+              "wall time from fork to exit of `shimrun`/`ch-run`, same Debian bookworm minbase content."),
              "FUSE: /dev/fuse " + ("usable" if os.access("/dev/fuse", os.W_OK) else "NOT usable (fallback)") + "."]
     out = write_results("launch", "Warm single launch", [("Launch of /bin/true", table(samples, baseline)),
                                                          ("Notes", notes)])

@@ -87,8 +87,9 @@ class Runner:
 
     def run(self, args: Sequence[str], cwd: str | os.PathLike = "/tmp", env: dict[str, str] | None = None,
             timeout: float = 60, **kw) -> subprocess.CompletedProcess:
-        return subprocess.run([self.shimrun, *map(str, args)], cwd=cwd, env=self.env(env), capture_output=True,
-                              text=True, timeout=timeout, stdin=subprocess.DEVNULL, **self._ids(), **kw)
+        return subprocess.run([self.shimrun, *map(str, args)], check=False, cwd=cwd, env=self.env(env),
+                              capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+                              **self._ids(), **kw)
 
     def popen(self, args: Sequence[str], cwd: str | os.PathLike = "/tmp", env: dict[str, str] | None = None,
               **kw) -> subprocess.Popen:
@@ -99,7 +100,7 @@ class Runner:
     def sh(self, command: str, cwd: str | os.PathLike = "/tmp", env: dict[str, str] | None = None,
            timeout: float = 60) -> subprocess.CompletedProcess:
         """Run a shell command line as the user (to see what a shell sees, e.g. 128+N)."""
-        return subprocess.run(["/bin/sh", "-c", command], cwd=cwd, env=self.env(env), capture_output=True,
+        return subprocess.run(["/bin/sh", "-c", command], check=False, cwd=cwd, env=self.env(env), capture_output=True,
                               text=True, timeout=timeout, stdin=subprocess.DEVNULL, **self._ids())
 
 

@@ -48,6 +48,6 @@ def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
 
 def stage_dir_entries() -> list[str]:
     """The launch's staging mount point on the host must only ever hold its README."""
-    import shim.cli.run_cmd as run_cmd
+    from shim.cli import run_cmd
 
     return sorted(os.listdir(run_cmd.STAGE_DIR))

@@ -8,7 +8,6 @@ import subprocess
 from pathlib import Path
 
 import pytest
-
 from leftovers import stage_dir_entries
 
 USAGE, IMAGE, ARCH, HOST = 64, 65, 66, 69

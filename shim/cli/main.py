@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(e.code)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # noqa: BLE001 - last resort: still one line, never a traceback
+    except Exception as e:
         if debug:
             raise
         print(f"shimrun: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", file=sys.stderr)

@@ -53,7 +53,8 @@ def main(args: argparse.Namespace) -> int:
     user_binds = parse_bind_list(",".join([os.environ.get("SHIMRUN_BIND", "")] + args.bind), "--bind/SHIMRUN_BIND",
                                  cwd)
     home = None if args.no_home else _home()
-    env = compose(os.environ, EnvOptions(cleanenv=args.cleanenv, env_pairs=tuple(args.env),
+    host_env = dict(os.environ, PWD=args.pwd or cwd)
+    env = compose(host_env, EnvOptions(cleanenv=args.cleanenv, env_pairs=tuple(args.env),
                                          home=home or "/", image_path=image.path))
     rootfs = choose_rootfs(image)
     spec = LaunchSpec(rootfs=rootfs, stage=str(STAGE_DIR), binds=plan_binds(home, cwd, site_binds, user_binds),

@@ -96,7 +96,7 @@ def _unsquashfs(image: ImageRef, dest: str) -> None:
     # the host's /dev is bound there.
     cmd = [exe, "-n", "-no-xattrs", "-o", str(image.offset), "-d", dest, "-r", image.path,
            r"^([^d].*|d[^e].*|de[^v].*|dev.+|de|d)$"]
-    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                           preexec_fn=_core.lib.shim_die_with_parent)
     if proc.returncode != 0:
         last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]

@@ -1,0 +1,109 @@
+"""`shimrun inspect IMAGE [--json]`: show a SIF's header and objects, as `siftool header` and
+`siftool list` lay them out, or everything as JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+
+from shim.image.sif import SifDescriptor, SifImage, read_sif, sif_to_dict
+
+RULE = "-" * 78
+LIST_ROW = "{:<5}|{:<8}|{:<8}|{:<26}|{}"
+_SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("inspect", help="show a SIF image's header and objects",
+                              description="Show a SIF image's header and data objects.")
+    p.add_argument("image", metavar="IMAGE", help="SIF file")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    p.set_defaults(func=main)
+
+
+def main(args: argparse.Namespace) -> int:
+    img = read_sif(args.image)
+    if args.json:
+        json.dump(sif_to_dict(img), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(format_header(img) + "\n" + format_list(img))
+    return 0
+
+
+def format_size(n: int) -> str:
+    """siftool's sizes: the largest IEC unit not above n, rounded half up ("27 KiB")."""
+    unit, value = 0, float(n)
+    while value >= 1024 and unit < len(_SIZE_UNITS) - 1:
+        value /= 1024
+        unit += 1
+    return f"{int(value + 0.5)} {_SIZE_UNITS[unit]}"
+
+
+def format_time(t: int) -> str:
+    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+
+
+def format_header(img: SifImage) -> str:
+    """Header fields, unset ones (no launch script, unknown arch, nil ID, zero time) left out."""
+    h = img.header
+    rows: list[tuple[str, str]] = []
+    if h.launch_script:
+        rows.append(("Launch Script:", h.launch_script.rstrip("\n")))
+    rows.append(("Version:", h.version))
+    if h.arch_code != "00":
+        rows.append(("Primary Architecture:", h.arch))
+    if h.id:
+        rows.append(("ID:", str(h.id)))
+    if h.created_at is not None:
+        rows.append(("Created At:", format_time(h.created_at)))
+    if h.modified_at is not None:
+        rows.append(("Modified At:", format_time(h.modified_at)))
+    rows += [
+        ("Descriptors Free:", str(h.descriptors_free)),
+        ("Descriptors Total:", str(h.descriptors_total)),
+        ("Descriptors Offset:", str(h.descriptors_offset)),
+        ("Descriptors Size:", format_size(h.descriptors_size)),
+        ("Data Offset:", str(h.data_offset)),
+        ("Data Size:", format_size(h.data_size)),
+    ]
+    width = max(len(label) for label, _ in rows) + 1
+    return "".join(f"{label:<{width}}{value}\n" for label, value in rows)
+
+
+def type_label(d: SifDescriptor) -> str:
+    """The TYPE column: the data type, plus what its extra says for the kinds siftool expands."""
+    if d.fstype is not None:
+        part = "*System" if d.is_primary else d.parttype
+        return f"{d.type_name} ({d.fstype}/{part}/{d.arch})"
+    if d.hash_type is not None:
+        return f"{d.type_name} ({d.hash_type})"
+    if d.crypto_format is not None:
+        return f"{d.type_name} ({d.crypto_format}/{d.crypto_message})"
+    if d.sbom_format is not None:
+        return f"{d.type_name} ({d.sbom_format})"
+    return d.type_name
+
+
+def format_list(img: SifImage) -> str:
+    lines = [RULE, LIST_ROW.format("ID", "GROUP", "LINK", "SIF POSITION (start-end)", "TYPE"),
+             RULE]
+    for d in img.descriptors:
+        group = str(d.group) if d.group is not None else "NONE"
+        if d.link is None:
+            link = "NONE"
+        elif d.link[0] == "group":
+            link = f"{d.link[1]} (G)"
+        else:
+            link = str(d.link[1])
+        lines.append(LIST_ROW.format(d.id, group, link, f"{d.offset}-{d.end}", type_label(d)))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    from shim.cli.main import main as shimrun
+
+    sys.exit(shimrun(["inspect", *sys.argv[1:]]))

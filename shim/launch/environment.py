@@ -1,0 +1,195 @@
+"""The app's environment, computed the way `apptainer exec` builds it.
+
+Precedence, highest first:
+
+  1. overrides: --env K=V (the last one given wins), then SHIMRUNENV_K=V, APPTAINERENV_K=V
+     and SINGULARITYENV_K=V from the host environment, in that order. PATH replaces the PATH;
+     PREPEND_PATH and APPEND_PATH are added in front of / behind the final PATH. HOME cannot be
+     overridden (shimrun sets it to the home directory in the container).
+  2. the image's environment scripts (/.singularity.d/env/*.sh: %environment, Docker ENV);
+  3. host variables passed through (below);
+  4. defaults: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
+     SHIMRUN_CONTAINER (image path), SHIMRUN_NAME (image file name).
+  HOME is always the home directory in the container.
+
+Host variables pass through, except:
+  * SHIMRUN_*, SHIMRUNENV_*, APPTAINER_*, APPTAINERENV_*, SINGULARITY_*, SINGULARITYENV_*
+    (the runtime's own settings, and overrides, which act through rule 1);
+  * HOME and PATH (set by shimrun), PS1 and PROMPT_COMMAND (the host's prompt);
+  * LD_LIBRARY_PATH, LD_PRELOAD and LD_AUDIT: they make the container's dynamic loader load
+    host libraries, built against the host's C library, into container programs;
+  * IFS: it would change how the image's scripts split words.
+With --cleanenv only TERM and the proxy variables (http_proxy, https_proxy, ftp_proxy,
+all_proxy, no_proxy, each also in upper case) pass, and LANG=C is set (it can be overridden).
+Slurm and PMI variables (SLURM_*, PMI_*, PMIX_*) always pass, even with --cleanenv: MPI in the
+container finds its rank and the process manager through them.
+
+How it runs: when the image has no /.singularity.d/env, the app is exec'd with `direct`.
+Otherwise the image's /bin/sh runs `action_script` with `base` as its environment; the script
+sets the host variables aside, sources the image's scripts in lexical order, restores the host
+value of each variable the scripts left unset, then applies the overrides and HOME.
+
+Differences from Apptainer: override values are taken literally (Apptainer evaluates them in
+double quotes unless --no-eval); the image's 99-runtimevars.sh is skipped (Apptainer replaces it
+too; the PATH edits it would apply are done by the script); --env-file, --no-env, PS1 and the
+/.singularity.d/libs additions to LD_LIBRARY_PATH are not reproduced; with dash as /bin/sh, host
+variables whose names are not shell identifiers are dropped.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from shim.errors import UsageError
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOSTVARS = "SHIMRUN_HOSTVARS"  # private: names of the host variables, for the action script
+
+# Lowest precedence first, so that later prefixes win.
+_OVERRIDE_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "SHIMRUNENV_")
+_BLOCKED_PREFIXES = ("SHIMRUN_", "SHIMRUNENV_", "APPTAINER_", "APPTAINERENV_", "SINGULARITY_", "SINGULARITYENV_")
+_BLOCKED = frozenset({"HOME", "PATH", "PS1", "PROMPT_COMMAND", "LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT", "IFS"})
+_ALWAYS_PREFIXES = ("SLURM_", "PMI_", "PMIX_")
+_CLEANENV_KEEP = frozenset({"TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
+                            "all_proxy", "ALL_PROXY", "ftp_proxy", "FTP_PROXY"})
+# Read-only in bash (an `unset` of them fails): left in place rather than set aside by the script.
+_SHELL_OWNED = frozenset({"PPID", "UID", "EUID", "SHELLOPTS", "BASHOPTS", "BASH_VERSINFO"})
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_PATH_EDITS = frozenset({"PATH", "PREPEND_PATH", "APPEND_PATH"})
+
+
+@dataclass(frozen=True)
+class EnvOptions:
+    cleanenv: bool = False
+    env_pairs: tuple[str, ...] = ()  # from repeated --env K=V (later wins)
+    home: str = ""  # HOME inside the container
+    image_path: str = ""  # for SHIMRUN_CONTAINER / SHIMRUN_NAME
+    extra: Mapping[str, str] = field(default_factory=dict)  # variables the runtime itself adds
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    direct: dict[str, str]  # final env when the image has no env dir: the app is exec'd directly
+    base: dict[str, str]  # env for /bin/sh when the image has an env dir
+    action_script: str  # run as: /bin/sh -c SCRIPT shimrun CMD ARGS...
+
+
+def _sq(value: str) -> str:
+    """Single-quoted for sh: taken literally, whatever it holds."""
+    return "'" + value.replace("'", "'\\''") + "'"
+
+
+def _check_override(name: str, source: str) -> None:
+    if name == "HOME":
+        raise UsageError(f"{source}: HOME cannot be overridden, shimrun sets it to the home directory "
+                         "in the container")
+
+
+def _overrides(host_env: Mapping[str, str], pairs: tuple[str, ...]) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for prefix in _OVERRIDE_PREFIXES:
+        for key, value in host_env.items():
+            name = key[len(prefix):]
+            # A stray malformed variable in a batch job's environment must not stop the job;
+            # sh could not export such a name anyway.
+            if key.startswith(prefix) and _NAME.match(name):
+                _check_override(name, key)
+                found[name] = value
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not _NAME.match(name):
+            raise UsageError(f"invalid --env {pair!r}: expected NAME=VALUE, NAME made of letters, digits and _",
+                             "e.g. --env OMP_NUM_THREADS=4")
+        _check_override(name, "--env")
+        found[name] = value
+    return found
+
+
+def _passes(name: str, cleanenv: bool) -> bool:
+    if name.startswith(_ALWAYS_PREFIXES):
+        return True
+    if name in _BLOCKED or name.startswith(_BLOCKED_PREFIXES):
+        return False
+    return not cleanenv or name in _CLEANENV_KEEP
+
+
+def _edit_path(path: str, overrides: Mapping[str, str]) -> str:
+    # Empty values are ignored, as Apptainer's runtime_vars.sh does.
+    path = overrides.get("PATH") or path
+    if overrides.get("PREPEND_PATH"):
+        path = f"{overrides['PREPEND_PATH']}:{path}"
+    if overrides.get("APPEND_PATH"):
+        path = f"{path}:{overrides['APPEND_PATH']}"
+    return path
+
+
+# {env_dir}, {default_path} and {tail} are filled in. Notes:
+# - PATH starts unset (the shell would invent one) so that the image's scripts see what they
+#   see under Apptainer; 90-environment.sh gets the default PATH if nothing set one before it.
+# - Host values are saved in unexported _shimrun_h_NAME variables; names are shell identifiers
+#   (checked in Python), so the eval'd text is only `_shimrun_h_X=$X`: values are never parsed.
+# - The scripts are sourced inside a function so that a `set --` in them cannot touch "$@".
+_SCRIPT = """\
+unset PATH
+_shimrun_hv=$SHIMRUN_HOSTVARS
+unset SHIMRUN_HOSTVARS
+for _shimrun_n in $_shimrun_hv; do eval "_shimrun_h_$_shimrun_n=\\$$_shimrun_n; unset $_shimrun_n"; done
+_shimrun_source() {{ . "$_shimrun_f"; }}
+for _shimrun_f in {env_dir}/*.sh; do
+case ${{_shimrun_f##*/}} in
+90-environment.sh) [ -n "${{PATH+x}}" ] || export PATH={default_path};;
+99-runtimevars.sh) continue;;
+esac
+[ -f "$_shimrun_f" ] && _shimrun_source
+case ${{_shimrun_f##*/}} in
+10-docker2singularity.sh|10-docker.sh)
+for _shimrun_d in {default_dirs}; do
+case :$PATH: in *:"$_shimrun_d":*) ;; *) PATH=${{PATH:+$PATH:}}$_shimrun_d;; esac
+done
+export PATH;;
+esac
+done
+[ -n "${{PATH+x}}" ] || export PATH={default_path}
+for _shimrun_n in $_shimrun_hv; do eval "[ -n \\"\\${{$_shimrun_n+x}}\\" ] || $_shimrun_n=\\$_shimrun_h_$_shimrun_n; export $_shimrun_n"; done
+{tail}command -v -- "$1" >/dev/null 2>&1 || {{ printf 'shimrun: %s: command not found in the image\\n' "$1" >&2; exit 127; }}
+exec "$@"
+"""
+
+
+def _script(env_dir: str, overrides: Mapping[str, str], home: str) -> str:
+    tail = [f"export {k}={_sq(v)}\n" for k, v in overrides.items() if k not in _PATH_EDITS]
+    if overrides.get("PATH"):
+        tail.append(f"export PATH={_sq(overrides['PATH'])}\n")
+    if overrides.get("PREPEND_PATH"):
+        tail.append(f"PATH={_sq(overrides['PREPEND_PATH'])}:$PATH\n")
+    if overrides.get("APPEND_PATH"):
+        tail.append(f"PATH=$PATH:{_sq(overrides['APPEND_PATH'])}\n")
+    tail.append(f"export HOME={_sq(home)}\n")
+    return _SCRIPT.format(env_dir=_sq(env_dir), default_path=_sq(DEFAULT_PATH),
+                          default_dirs=" ".join(DEFAULT_PATH.split(":")), tail="".join(tail))
+
+
+def compose(host_env: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.singularity.d/env") -> LaunchEnv:
+    """The environment for both launch paths; raises UsageError for a bad or refused override."""
+    overrides = _overrides(host_env, opts.env_pairs)
+    defaults = {"HOME": opts.home}
+    if opts.image_path:
+        defaults["SHIMRUN_CONTAINER"] = opts.image_path
+        defaults["SHIMRUN_NAME"] = os.path.basename(opts.image_path)
+    defaults.update(opts.extra)
+    host = {k: v for k, v in host_env.items() if _passes(k, opts.cleanenv)}
+    if opts.cleanenv:
+        # Apptainer sets it in the process env: it ranks with the host variables.
+        host.setdefault("LANG", "C")
+
+    direct = {"PATH": DEFAULT_PATH, **defaults, **host}
+    direct.update((k, v) for k, v in overrides.items() if k not in _PATH_EDITS)
+    direct["PATH"] = _edit_path(direct["PATH"], overrides)
+    direct["HOME"] = opts.home
+
+    base = {**defaults, **host, "HOME": opts.home}
+    base[HOSTVARS] = " ".join(k for k in host if _NAME.match(k) and k not in _SHELL_OWNED)
+    return LaunchEnv(direct=direct, base=base, action_script=_script(env_dir, overrides, opts.home))
