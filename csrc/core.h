@@ -28,6 +28,7 @@ void bind_into_root(const char *root, const struct shim_bind *b);
 void make_private_tmpfs(const char *dir, const char *what);
 void set_mount_attrs(int fd, int recursive, int readonly, int keepdev);
 void seal_underlays(const char *root);
+void append_to_image_file(const char *root, const struct shim_append *a, int n);
 void set_stage(const char *stage);
 
 #endif

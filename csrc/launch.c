@@ -137,6 +137,8 @@ int shim_launch(const struct shim_config *cfg, struct shim_result *res)
     setup_root(cfg, root);
     for (i = 0; i < cfg->nbinds; i++)
         bind_into_root(root, &cfg->binds[i]);
+    for (i = 0; i < cfg->nappends; i++)
+        append_to_image_file(root, &cfg->appends[i], i);
     seal_underlays(root);
     enter_root(root);
     if (cfg->cwd && chdir(cfg->cwd) == -1) {

@@ -290,3 +290,54 @@ void seal_underlays(const char *root)
     }
     close(root_fd);
 }
+
+#define MAX_APPEND_SOURCE (4 << 20)
+
+/* Show the image's file at a->path with a->text appended: a copy on the staging tmpfs is
+ * bind-mounted read-only over it. The image itself is not touched. */
+void append_to_image_file(const char *root, const struct shim_append *a, int n)
+{
+    char copy[PATH_MAX], dst_p[64], *buf;
+    struct stat st;
+    int root_fd, in_fd, out_fd, dst_fd;
+    ssize_t got, len;
+
+    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Z(root_fd, "open container root %s", root);
+    in_fd = open_in_root(root_fd, a->path, O_RDONLY | O_NOFOLLOW);
+    if (in_fd == -1 || fstat(in_fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size > MAX_APPEND_SOURCE) {
+        if (in_fd >= 0)
+            close(in_fd);
+        close(root_fd);
+        return; /* nothing to extend (or a symlink/odd file in the image): leave it alone */
+    }
+    buf = malloc((size_t)st.st_size + 1);
+    if (buf == NULL)
+        shim_fail(SHIM_E_LAUNCH, errno, "allocate a copy of %s", a->path);
+    for (len = 0; len < st.st_size; len += got) {
+        got = read(in_fd, buf + len, (size_t)(st.st_size - len));
+        Z(got, "read %s in the image", a->path);
+        if (got == 0)
+            break;
+    }
+    close(in_fd);
+    snprintf(copy, sizeof copy, "%s/append%d", stage_dir, n);
+    out_fd = open(copy, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+    Z(out_fd, "create %s", copy);
+    if (write(out_fd, buf, (size_t)len) != len || (len > 0 && buf[len - 1] != '\n' && write(out_fd, "\n", 1) != 1)
+        || write(out_fd, a->text, strlen(a->text)) != (ssize_t)strlen(a->text))
+        shim_fail(SHIM_E_LAUNCH, errno, "write %s", copy);
+    free(buf);
+    Z(close(out_fd), "close %s", copy);
+    dst_fd = open_in_root(root_fd, a->path, O_PATH);
+    Z(dst_fd, "open %s in the container", a->path);
+    fd_path(dst_fd, dst_p, sizeof dst_p);
+    Z(mount(copy, dst_p, NULL, MS_BIND, NULL), "bind extended %s", a->path);
+    close(dst_fd);
+    dst_fd = open_in_root(root_fd, a->path, O_PATH);
+    Z(dst_fd, "reopen %s in the container", a->path);
+    set_mount_attrs(dst_fd, 0, 1, 0);
+    close(dst_fd);
+    close(root_fd);
+    shim_debug("%s: appended %zu bytes", a->path, strlen(a->text));
+}

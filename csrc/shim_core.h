@@ -25,6 +25,12 @@ struct shim_bind {
     int flags;
 };
 
+/* A file of the image shown with text appended (e.g. the user's /etc/passwd entry). */
+struct shim_append {
+    const char *path; /* container path; skipped when the image has no such regular file */
+    const char *text;
+};
+
 struct shim_config {
     int image_kind;
     const char *image_path;   /* SIF file (squashfs partition at offset) or directory */
@@ -34,6 +40,8 @@ struct shim_config {
     int fakeroot;             /* map our uid/gid to 0 instead of to themselves */
     const struct shim_bind *binds;
     int nbinds;
+    const struct shim_append *appends;
+    int nappends;
     const char *cwd;          /* working directory inside the container */
     const char *const *argv;  /* the app and its arguments, NULL-terminated */
     const char *const *envp_direct; /* env when exec'ing the app directly */

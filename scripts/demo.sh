@@ -28,5 +28,5 @@ echo "demo: shimrun inspect $sif"
 shimrun inspect "$sif" | sed 's/^/    /'
 echo "demo: as user $user: shimrun $sif cat /etc/os-release"
 cd /tmp
-runuser -u "$user" -- shimrun "$sif" sh -c 'grep PRETTY_NAME /etc/os-release; echo "running as $(id -un 2>/dev/null || id -u) in $(pwd)"'
+runuser -u "$user" -- shimrun "$sif" sh -c 'grep PRETTY_NAME /etc/os-release; echo "running as $(id -un) (uid $(id -u)) in $(pwd)"'
 echo "demo: done"

@@ -62,3 +62,13 @@ def test_not_executable(shim, debian_images):
     r = shim.run([debian_images["sif"], "/etc/os-release"])
     assert r.returncode == 126
     assert r.stderr.count("\n") == 1
+
+
+def test_user_has_a_name_inside(shim, debian_images, rootfs):
+    r = shim.run([debian_images["sif"], "sh", "-c", "id -un; id -gn; grep -c . /etc/passwd"])
+    assert r.returncode == 0, r.stderr
+    name, group, count = r.stdout.split()
+    assert name == shim.user.name
+    assert group == __import__("grp").getgrgid(shim.user.gid).gr_name
+    image_lines = len((rootfs / "etc" / "passwd").read_text().splitlines())
+    assert int(count) == image_lines + 1  # the image's entries, plus the user's

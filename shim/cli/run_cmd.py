@@ -39,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from shim.launch.binds import parse_bind, parse_bind_list, plan_binds
     from shim.launch.environment import EnvOptions, compose
     from shim.launch.execute import LaunchSpec, execute
+    from shim.launch.identity import identity_appends
     from shim.launch.preflight import check_arch
     from shim.launch.rootfs import choose_rootfs
     from shim.site.config import load_site_config
@@ -58,6 +59,7 @@ def main(args: argparse.Namespace) -> int:
                                          home=home or "/", image_path=image.path))
     rootfs = choose_rootfs(image)
     spec = LaunchSpec(rootfs=rootfs, stage=str(STAGE_DIR), binds=plan_binds(home, cwd, site_binds, user_binds),
-                      cwd=args.pwd or cwd, argv=args.command, env=env, fakeroot=args.fakeroot, debug=args.debug)
+                      cwd=args.pwd or cwd, argv=args.command, env=env, fakeroot=args.fakeroot, debug=args.debug,
+                      appends=identity_appends(home or "/", args.fakeroot))
     raise execute(spec)
 

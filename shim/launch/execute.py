@@ -24,6 +24,7 @@ class LaunchSpec:
     cwd: str
     argv: Sequence[str]
     env: LaunchEnv
+    appends: Sequence[tuple[str, str]] = ()  # (container file, text shown appended to it)
     fakeroot: bool = False
     debug: bool = False
     env_dir: str = "/.singularity.d/env"
@@ -63,6 +64,12 @@ def execute(spec: LaunchSpec) -> ShimError:
         binds[i].flags = b.flags
     cfg.binds = binds
     cfg.nbinds = len(spec.binds)
+    appends = ffi.new("struct shim_append[]", len(spec.appends) or 1)
+    for i, (path, text) in enumerate(spec.appends):
+        appends[i].path = cstr(path)
+        appends[i].text = cstr(text)
+    cfg.appends = appends
+    cfg.nappends = len(spec.appends)
     cfg.cwd = cstr(spec.cwd)
     cfg.argv = cvec(spec.argv)
     cfg.envp_direct = cvec(_envp(spec.env.direct))
