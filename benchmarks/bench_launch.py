@@ -12,11 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-import images  # tests/images.py: cached mmdebstrap root filesystems
 from common import table, timed_runs, write_results
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
+    import images  # tests/images.py (common.py puts tests/ on sys.path): cached mmdebstrap rootfs
+
     rootfs = images.build_rootfs(images.DEBIAN_BASE)
     sif = work / "debian.sif"
     sqfs = work / "debian.sqfs"
