@@ -118,23 +118,36 @@ static void exec_app(const struct shim_config *cfg)
     exec_direct(cfg);
 }
 
-int shim_launch(const struct shim_config *cfg, struct shim_result *res)
-{
-    char root[PATH_MAX];
-    int i;
+static char root[PATH_MAX];
 
+static void begin(const struct shim_config *cfg, struct shim_result *res)
+{
     shim_current_result = res;
     res->code = 0;
     res->message[0] = '\0';
+    shim_debug_on = cfg->debug;
+}
+
+int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
+{
+    begin(cfg, res);
     if (setjmp(shim_unwind))
         return res->code;
-    shim_debug_on = cfg->debug;
     snprintf(root, sizeof root, "%s/root", cfg->stage);
     set_stage(cfg->stage);
-
     enter_namespaces(cfg->fakeroot);
     make_private_tmpfs(cfg->stage, "the container's staging area");
     setup_root(cfg, root);
+    return 0;
+}
+
+int shim_finish(const struct shim_config *cfg, struct shim_result *res)
+{
+    int i;
+
+    begin(cfg, res);
+    if (setjmp(shim_unwind))
+        return res->code;
     for (i = 0; i < cfg->nbinds; i++)
         bind_into_root(root, &cfg->binds[i]);
     for (i = 0; i < cfg->nappends; i++)
@@ -149,4 +162,10 @@ int shim_launch(const struct shim_config *cfg, struct shim_result *res)
     Z(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs");
     exec_app(cfg);
     return res->code; /* not reached: exec_app execs or fails */
+}
+
+int shim_launch(const struct shim_config *cfg, struct shim_result *res)
+{
+    int code = shim_prepare(cfg, res);
+    return code ? code : shim_finish(cfg, res);
 }

@@ -27,11 +27,15 @@
 
 #define MAX_UNDERLAYS 64
 
-static const char *stage_dir;
+static char stage_dir[PATH_MAX]; /* a copy: prepare and finish get separate configs */
 static int n_underlays;
 static char underlay_paths[MAX_UNDERLAYS][PATH_MAX];
 
-void set_stage(const char *stage) { stage_dir = stage; n_underlays = 0; }
+void set_stage(const char *stage)
+{
+    snprintf(stage_dir, sizeof stage_dir, "%s", stage);
+    n_underlays = 0;
+}
 
 static void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
 

@@ -58,6 +58,12 @@ struct shim_result {
 
 int shim_launch(const struct shim_config *cfg, struct shim_result *res);
 
+/* shim_launch() in two halves, so Python can look at the image between them: prepare enters
+ * the namespaces and mounts the image at <stage>/root (visible to this process only); finish
+ * binds, pivots and execs. Both return 0 or an error class, like shim_launch(). */
+int shim_prepare(const struct shim_config *cfg, struct shim_result *res);
+int shim_finish(const struct shim_config *cfg, struct shim_result *res);
+
 /* Resolve PATH inside ROOT the way binds are resolved (symlinks cannot leave ROOT).
  * Writes the host path of the result into out; returns 0, or -errno. For tests. */
 int shim_resolve_in_root(const char *root, const char *path, char *out, int outlen);

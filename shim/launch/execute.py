@@ -1,8 +1,13 @@
 """The one module that hands a launch to the C core (csrc/), which enters the namespaces,
-mounts, pivots and execs the app. On success this never returns."""
+mounts, pivots and execs the app.
+
+`prepare` enters the namespaces and mounts the image (this process then sees the container's
+root at `<stage>/root`, so Python can analyse it); `finish` binds, pivots and execs: on success
+it never returns."""
 
 from __future__ import annotations
 
+import signal
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -34,61 +39,99 @@ def _envp(env: Mapping[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in env.items()]
 
 
-def execute(spec: LaunchSpec) -> ShimError:
-    """exec the app inside the container; returns only with the reason it could not."""
-    from shim._core import ffi, lib
+class _Config:
+    """A `struct shim_config` and the C strings it points to (kept alive with it)."""
 
-    keep: list[object] = []  # cdata must outlive the call
+    def __init__(self, spec: LaunchSpec) -> None:
+        from shim._core import ffi
 
-    def cstr(text: str):
-        buf = ffi.new("char[]", text.encode("utf-8", "surrogateescape"))
-        keep.append(buf)
-        return buf
+        self.ffi = ffi
+        self.keep: list[object] = []
+        cfg = self.cfg = ffi.new("struct shim_config *")
+        cfg.image_kind = IMG_SQUASHFS if spec.rootfs.kind == "squashfs" else IMG_DIR
+        cfg.image_path = self.cstr(spec.rootfs.path)
+        cfg.offset = spec.rootfs.offset
+        cfg.squashfuse = self.cstr(spec.rootfs.squashfuse)
+        cfg.stage = self.cstr(spec.stage)
+        cfg.fakeroot = int(spec.fakeroot)
+        binds = self.new("struct shim_bind[]", len(spec.binds) or 1)
+        for i, b in enumerate(spec.binds):
+            binds[i].src = self.cstr(b.src)
+            binds[i].dst = self.cstr(b.dst)
+            binds[i].flags = b.flags
+        cfg.binds = binds
+        cfg.nbinds = len(spec.binds)
+        appends = self.new("struct shim_append[]", len(spec.appends) or 1)
+        for i, (path, text) in enumerate(spec.appends):
+            appends[i].path = self.cstr(path)
+            appends[i].text = self.cstr(text)
+        cfg.appends = appends
+        cfg.nappends = len(spec.appends)
+        cfg.cwd = self.cstr(spec.cwd)
+        cfg.argv = self.cvec(spec.argv)
+        cfg.envp_direct = self.cvec(_envp(spec.env.direct))
+        cfg.envp_script = self.cvec(_envp(spec.env.base))
+        cfg.action_script = self.cstr(spec.env.action_script)
+        cfg.env_dir = self.cstr(spec.env_dir)
+        cfg.debug = int(spec.debug)
 
-    def cvec(items: Sequence[str]):
-        vec = ffi.new("char *[]", [cstr(s) for s in items] + [ffi.NULL])
-        keep.append(vec)
-        return vec
+    def new(self, ctype: str, init):
+        obj = self.ffi.new(ctype, init)
+        self.keep.append(obj)
+        return obj
 
-    cfg = ffi.new("struct shim_config *")
-    cfg.image_kind = IMG_SQUASHFS if spec.rootfs.kind == "squashfs" else IMG_DIR
-    cfg.image_path = cstr(spec.rootfs.path)
-    cfg.offset = spec.rootfs.offset
-    cfg.squashfuse = cstr(spec.rootfs.squashfuse)
-    cfg.stage = cstr(spec.stage)
-    cfg.fakeroot = int(spec.fakeroot)
-    binds = ffi.new("struct shim_bind[]", len(spec.binds) or 1)
-    for i, b in enumerate(spec.binds):
-        binds[i].src = cstr(b.src)
-        binds[i].dst = cstr(b.dst)
-        binds[i].flags = b.flags
-    cfg.binds = binds
-    cfg.nbinds = len(spec.binds)
-    appends = ffi.new("struct shim_append[]", len(spec.appends) or 1)
-    for i, (path, text) in enumerate(spec.appends):
-        appends[i].path = cstr(path)
-        appends[i].text = cstr(text)
-    cfg.appends = appends
-    cfg.nappends = len(spec.appends)
-    cfg.cwd = cstr(spec.cwd)
-    cfg.argv = cvec(spec.argv)
-    cfg.envp_direct = cvec(_envp(spec.env.direct))
-    cfg.envp_script = cvec(_envp(spec.env.base))
-    cfg.action_script = cstr(spec.env.action_script)
-    cfg.env_dir = cstr(spec.env_dir)
-    cfg.debug = int(spec.debug)
-    res = ffi.new("struct shim_result *")
+    def cstr(self, text: str):
+        return self.new("char[]", text.encode("utf-8", "surrogateescape"))
+
+    def cvec(self, items: Sequence[str]):
+        return self.new("char *[]", [self.cstr(s) for s in items] + [self.ffi.NULL])
+
+
+def _call(fn, spec: LaunchSpec) -> None:
+    conf = _Config(spec)
+    res = conf.ffi.new("struct shim_result *")
+    code = fn(conf.cfg, res)
+    if code:
+        message = conf.ffi.string(res.message).decode("utf-8", "replace")
+        try:
+            exit_code = ExitCode(code)
+        except ValueError:
+            exit_code = ExitCode.LAUNCH
+        raise ShimError(exit_code, message)
+
+
+def container_root(spec: LaunchSpec) -> str:
+    return f"{spec.stage}/root"
+
+
+def prepare(spec: LaunchSpec) -> str:
+    """Enter the namespaces and mount the image; returns where this process now sees its root."""
+    from shim._core import lib
+
+    _call(lib.shim_prepare, spec)
+    return container_root(spec)
+
+
+def finish(spec: LaunchSpec) -> ShimError:
+    """Bind, pivot and exec the app (after `prepare`); returns only with the reason it could not."""
+    from shim._core import lib
+
     # Python's buffers would be lost at exec, and it ignores SIGPIPE, which the app must not inherit.
     sys.stdout.flush()
     sys.stderr.flush()
-    import signal
-
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
-    code = lib.shim_launch(cfg, res)
-    message = ffi.string(res.message).decode("utf-8", "replace")
     try:
-        exit_code = ExitCode(code)
-    except ValueError:
-        exit_code = ExitCode.LAUNCH
-    return ShimError(exit_code, message)
+        _call(lib.shim_finish, spec)
+    except ShimError as e:
+        return e
+    return ShimError(ExitCode.LAUNCH, "the C core returned without running the app")
+
+
+def execute(spec: LaunchSpec) -> ShimError:
+    """prepare + finish, for a launch that needs no look at the image in between."""
+    try:
+        prepare(spec)
+    except ShimError as e:
+        return e
+    return finish(spec)
