@@ -30,6 +30,19 @@
 static char stage_dir[PATH_MAX]; /* a copy: prepare and finish get separate configs */
 static int n_underlays;
 static char underlay_paths[MAX_UNDERLAYS][PATH_MAX];
+static dev_t underlay_devs[MAX_UNDERLAYS];
+
+static int on_underlay(int fd)
+{
+    struct stat st;
+    int i;
+
+    Z(fstat(fd, &st), "stat a directory in the container");
+    for (i = 0; i < n_underlays; i++)
+        if (underlay_devs[i] == st.st_dev)
+            return 1;
+    return 0;
+}
 
 void set_stage(const char *stage)
 {
@@ -124,6 +137,11 @@ static void underlay(int dir_fd, const char *where)
     Z(fstat(dir_fd, &st), "stat image directory %s", where);
     make_private_tmpfs(scratch, where);
     Z(chmod(scratch, st.st_mode & 07777), "chmod %s", scratch);
+    {
+        struct stat sst;
+        Z(stat(scratch, &sst), "stat %s", scratch);
+        underlay_devs[n_underlays] = sst.st_dev;
+    }
     scratch_fd = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
     Z(scratch_fd, "open %s", scratch);
     list_fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -205,10 +223,15 @@ static int ensure_target(const char *root, int *root_fdp, const char *path, int 
             int last = (*p == '\0' || p[strspn(p, "/")] == '\0'), r;
             if (errno != ENOENT || tries > 1)
                 shim_fail(SHIM_E_LAUNCH, errno, "resolve %s in the container", prefix);
-            if (last && !want_dir) {
+            /* Mount points are only ever made on our own tmpfs: never in the image, and never in
+             * a host directory bound in (e.g. /tmp), which would leave them behind on the host. */
+            if (!on_underlay(parent)) {
+                r = -1;
+                errno = EROFS;
+            } else if (last && !want_dir) {
                 r = openat(parent, comp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
                 if (r >= 0)
-                    close(r);
+                    r = close(r);
             } else
                 r = mkdirat(parent, comp, 0755);
             if (r == 0)

@@ -4,6 +4,7 @@ Exit codes (documented in README.md, "Exit codes"):
   the app's own status      the app ran; shimrun exits with what the app returned (signal N -> 128+N)
   64 USAGE                   bad command line or option value
   65 IMAGE                   not a SIF, truncated or corrupt image, no primary partition, unsupported fs
+  67 REFUSED                 an injection was refused (or a warning) and --strict or the site makes it fatal
   66 ARCH                    the image's architecture cannot run on this host
   69 HOST                    the host lacks what shim needs (user namespaces, FUSE and no fallback)
   71 LAUNCH                  namespace / mount / pivot_root set-up failed
@@ -22,6 +23,7 @@ class ExitCode(IntEnum):
     USAGE = 64
     IMAGE = 65
     ARCH = 66
+    REFUSED = 67
     HOST = 69
     LAUNCH = 71
     CONFIG = 78

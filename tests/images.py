@@ -147,7 +147,10 @@ DEBIAN_OPENMPI = Recipe(
                          run_env="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"),
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (DEBIAN_BASE, DEBIAN_MPICH, DEBIAN_OPENMPI)}
+# An older userland: glibc 2.31, so host libraries built against glibc >= 2.34 must be refused.
+DEBIAN_BULLSEYE = Recipe(name="debian-bullseye", suite="bullseye", variant="minbase")
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (DEBIAN_BASE, DEBIAN_MPICH, DEBIAN_OPENMPI, DEBIAN_BULLSEYE)}
 
 
 # ---------------------------------------------------------------------------------------------

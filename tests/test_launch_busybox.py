@@ -141,3 +141,13 @@ def test_sigkill_leaves_nothing_behind(shim, busybox_sif, delay):
         assert wait_until(lambda: mount_ns_members(ns) == [])
     assert host_fuse_mounts() == before_fuse
     assert stage_dir_entries() == before_stage == ["README"]
+
+
+def test_bind_a_file_to_a_new_path(shim, busybox_sif, user_dir):
+    src = user_dir / "f.txt"
+    src.write_text("file bind\n")
+    src.chmod(0o644)
+    r = shim.run(["--bind", f"{src}:/new/dir/f.txt", "--bind", f"{src}:/tmp/sub/g.txt", busybox_sif,
+                  "/bin/busybox", "cat", "/new/dir/f.txt", "/tmp/sub/g.txt"])
+    assert (r.returncode, r.stdout) == (0, "file bind\nfile bind\n"), r.stderr
+    assert not os.path.exists("/tmp/sub")  # the mount point was made in an underlay, not on the host

@@ -15,6 +15,8 @@ from shim.errors import ShimError
 SUBCOMMANDS = {
     "inspect": "shim.cli.inspect_cmd",
     "build": "shim.cli.build_cmd",
+    "check": "shim.cli.check_cmd",
+    "profiles": "shim.cli.profiles_cmd",
 }
 INTERNAL_ERROR = 70
 

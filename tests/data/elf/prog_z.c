@@ -1,0 +1,2 @@
+const char *zlibVersion(void);
+int main(void) { return zlibVersion() ? 0 : 1; }
