@@ -147,8 +147,15 @@ DEBIAN_OPENMPI = Recipe(
                          run_env="OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1"),
 )
 
-# An older userland: glibc 2.31, so host libraries built against glibc >= 2.34 must be refused.
-DEBIAN_BULLSEYE = Recipe(name="debian-bullseye", suite="bullseye", variant="minbase")
+# An older userland: glibc 2.31 with MPICH 3.4 (libmpich.so.12), so a host MPICH built against
+# glibc >= 2.34 (Debian 12's own) must be refused although its ABI matches.
+DEBIAN_BULLSEYE = Recipe(
+    name="debian-bullseye",
+    suite="bullseye",
+    variant="apt",
+    packages=("libmpich12",),
+    customize=_mpi_hooks("mpicc.mpich", ("libmpich-dev", "gcc", "libc6-dev")),
+)
 
 RECIPES: dict[str, Recipe] = {r.name: r for r in (DEBIAN_BASE, DEBIAN_MPICH, DEBIAN_OPENMPI, DEBIAN_BULLSEYE)}
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from shim.elf import facts as facts_mod
 from shim.elf.cache import FactsCache
 from shim.elf.facts import ElfFacts, VersionNeed, dynamic_symbols, elf_facts
 from shim.errors import ImageError
@@ -359,3 +360,14 @@ def test_64_concurrent_writers(built: Path, tmp_path: Path) -> None:
     assert not [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]  # no temporary files left
     warm = FactsCache(str(cache_file))
     assert all(warm.get(lib).soname == "libdep.so.1" for lib in libs)
+
+
+@pytest.mark.parametrize("path", ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/lib/x86_64-linux-gnu/libmpich.so.12",
+                                  "/bin/ls", "/usr/lib/x86_64-linux-gnu/libstdc++.so.6"])
+def test_fast_dynsym_reader_agrees_with_pyelftools(path, monkeypatch):
+    if not os.path.exists(path):
+        pytest.skip(f"{path} is not installed")
+    fast = facts_mod.dynamic_symbols(path)
+    monkeypatch.setattr(facts_mod, "_dynsym_from_sections", lambda p: None)  # force the pyelftools walk
+    slow = facts_mod.dynamic_symbols(path)
+    assert fast == slow and fast.defined | fast.undefined

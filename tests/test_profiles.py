@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from shim.cli import profiles_cmd
+from shim.elf.ldcache import CacheEntry
+from shim.elf.ldcache_write import write_ld_cache
 from shim.errors import ExitCode, ShimError, UsageError
 from shim.site.config import BUNDLED_CONF_DIR, ConfigError
 from shim.site.profiles import Problem, ProfileSet, lint_files, load_profiles
@@ -50,9 +52,22 @@ def elf(path: Path) -> Path:
     return path
 
 
+X86_64_LIBC6 = 0x0303  # ld.so.cache flags of a native x86-64 library
+
+
+def host_cache(root: Path, sonames: dict[str, str]) -> None:
+    """The fake host's /etc/ld.so.cache: SONAME -> path, each path a (minimal) ELF file."""
+    (root / "etc").mkdir(parents=True, exist_ok=True)
+    for path in sonames.values():
+        elf(root / path.lstrip("/"))
+    entries = [CacheEntry(X86_64_LIBC6, k, v) for k, v in sonames.items()]
+    (root / "etc/ld.so.cache").write_bytes(write_ld_cache(entries))
+
+
 def make_host(root: Path, libraries: list[str] = MPICH_FILES) -> Path:
     for lib in libraries:
         elf(root / lib)
+    host_cache(root, {"libfabric.so.1": "/usr/lib/x86_64-linux-gnu/libfabric.so.1.18.2"})
     (root / "opt/mpich/lib/plugins").mkdir(parents=True, exist_ok=True)
     exe = root / "opt/mpich/bin/mpichversion"
     exe.parent.mkdir(parents=True, exist_ok=True)
@@ -112,7 +127,9 @@ def test_valid_profile_loads(conf: Path, host: Path) -> None:
     assert libs[0].path == "/opt/mpich/lib/libmpi.so.12*" and libs[0].is_glob
     assert libs[0].matches == ("/opt/mpich/lib/libmpi.so.12", "/opt/mpich/lib/libmpi.so.12.1.1")
     assert libs[1].matches == ("/opt/mpich/lib/libmpicxx.so.12",)
-    assert (libs[2].soname, libs[2].path, libs[2].key) == ("libfabric.so.1", "", "provides.libraries[2]")
+    # soname: entries are found through the host's ld.so.cache, as its ld.so would find them.
+    assert (libs[2].soname, libs[2].key) == ("libfabric.so.1", "provides.libraries[2]")
+    assert libs[2].matches == ("/usr/lib/x86_64-linux-gnu/libfabric.so.1.18.2",)
     assert p.provides.plugin_dirs[0].matches == ("/opt/mpich/lib/plugins",)
     assert p.provides.binaries[0].path == "/opt/mpich/bin/mpichversion"
     assert p.provides.devices[0].matches == ("/dev/infiniband/uverbs0",)
@@ -229,6 +246,15 @@ def test_replaced_soname_must_be_provided(conf: Path, host: Path) -> None:
     assert p.key == "profile.replaces[0]" and "libmpi.so.12" in p.message
 
 
+def test_soname_entry_missing_from_host_cache_makes_profile_unavailable(conf: Path, host: Path) -> None:
+    libs = 'libraries = ["soname:libfabric.so.1", "soname:libpsm3.so.1"]'
+    path = write(conf, "fab", profile("fabric", provides=libs))
+    p = only(lint_files([path], host_root=str(host)))
+    assert p.key == "provides.libraries[1]" and "libpsm3.so.1 is not in this host's ld.so cache" in p.message
+    (fab,) = load_profiles(conf, host_root=str(host)).profiles
+    assert not fab.available and "libpsm3.so.1" in fab.why_unavailable()
+
+
 def test_toml_syntax_error_names_line(conf: Path, host: Path) -> None:
     path = write(conf, "x", '[profile]\nkind = "mpi\n')
     p = only(lint_files([path], host_root=str(host)))
@@ -293,6 +319,7 @@ def test_glibc_needs_opt_in(conf: Path, host: Path) -> None:
     assert problems[1].message == "/lib64/ld-linux* matches ld-linux-x86-64.so.2, which is part of glibc"
     assert all("glibc_replacement = true" in p.fix for p in problems)
     path.write_text(path.read_text().replace("[provides]", "glibc_replacement = true\n[provides]"))
+    host_cache(host, {"libm.so.6": "/usr/lib/x86_64-linux-gnu/libm.so.6"})
     assert lint_files([path], host_root=str(host)) == []
     path.write_text(profile(extra='replaces = ["libc.so.6"]'))
     assert only(lint_files([path], host_root=str(host))).key == "profile.replaces[0]"
@@ -425,9 +452,14 @@ def materialize(example: Path, root: Path, environ: dict[str, str]) -> None:
         assert "?" not in path and "[" not in path, "examples use only * globs"
         return root / (path + ("0" if path.endswith("/") else "")).lstrip("/")
 
+    sonames = {}
     for entry in pv.get("libraries", []):
-        if not entry.startswith("soname:"):
+        if entry.startswith("soname:"):
+            name = entry.removeprefix("soname:")
+            sonames[name] = f"/usr/lib/x86_64-linux-gnu/{name}.0"
+        else:
             elf(where(entry))
+    host_cache(root, sonames)
     for entry in pv.get("plugin_dirs", []) + [b.split(":")[0] for b in pv.get("binds", [])]:
         where(entry).mkdir(parents=True, exist_ok=True)
     for entry in pv.get("binaries", []) + pv.get("config_files", []) + pv.get("devices", []):

@@ -12,6 +12,8 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     add_image_options(p)
     p.add_argument("image", metavar="IMAGE")
+    p.add_argument("command", nargs=argparse.REMAINDER, metavar="[COMMAND]",
+                   help="the program to be run: its own needs are checked too (MPI symbols, ISA level)")
     p.set_defaults(func=main)
 
 

@@ -9,6 +9,7 @@ import argparse
 import os
 import pwd
 import sys
+import time
 from pathlib import Path
 
 from shim.errors import ExitCode, ShimError, UsageError
@@ -93,14 +94,21 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
         raise execute(spec)
 
     from shim.plan.inject import plan_for_image
+    from shim.plan.model import ERROR, WARNING
     from shim.report.render import print_diagnostics, print_plan
 
     root = prepare(spec)
+    started, stats = time.perf_counter(), {}
     plan = plan_for_image(root, image.path, profiles, args.profile, args.no_profiles, command[:1],
-                          spec.env.direct.get("PATH", ""), scratch=spec.stage)
+                          spec.env.direct.get("PATH", ""), scratch=spec.stage,
+                          refusal_severity=ERROR if site.refusal == "error" else WARNING,
+                          use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
+    if args.debug:
+        print(f"shimrun: debug: analysis {1000 * (time.perf_counter() - started):.1f} ms "
+              f"(plan cache {stats['plan_cache']})", file=sys.stderr)
     if dry_run:
         print_plan(plan, as_json)
-        return int(ExitCode.REFUSED) if args.strict and plan.refusals() else 0
+        return int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
     print_diagnostics(plan, quiet=args.quiet)
     if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
         raise ShimError(ExitCode.REFUSED, "not starting the app: " + (

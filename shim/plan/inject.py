@@ -18,6 +18,7 @@ Rules (README, "Injection"):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -106,7 +107,10 @@ class Planner:
             return "no glibc found"
         versions = [v for v in self.libc.version_defs if v.startswith("GLIBC_2.")]
         newest = max(versions, key=lambda v: tuple(int(x) for x in re.findall(r"\d+", v)), default="?")
-        return f"glibc {newest.removeprefix('GLIBC_')} (defines GLIBC_2.2.5 … {newest})"
+        # A release that adds no symbols has no version node of its own (2.31 defines up to
+        # GLIBC_2.30): the release is in libc's banner string.
+        release = _glibc_release(self._in_root(self.libc_path)) or newest.removeprefix("GLIBC_")
+        return f"glibc {release} (defines GLIBC_2.2.5 … {newest})"
 
     # --- one profile -------------------------------------------------------------------------
     def plan_profile(self, profile) -> _Work:
@@ -361,6 +365,21 @@ class Planner:
                                         admin_key))
 
 
+def _glibc_release(libc: str) -> str | None:
+    """The release in libc's banner ("... stable release version 2.31."), None if not found."""
+    import mmap
+
+    try:
+        with open(libc, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            at = m.find(b"release version ")
+            if at < 0:
+                return None
+            found = re.match(rb"release version (\d+\.\d+)", m[at:at + 32])
+    except (OSError, ValueError):
+        return None
+    return found.group(1).decode() if found else None
+
+
 def _same_file(a: str, b: str) -> bool:
     try:
         sa, sb = os.stat(a), os.stat(b)
@@ -390,13 +409,51 @@ def _listdirs(dirs: list[str]) -> list[str]:
 
 
 def plan_for_image(root: str, image_label: str, profiles, requested: list[str], no_profiles: bool,
-                   command: list[str], path: str, host_root: str = "/", scratch: str | None = None) -> Plan:
-    """The whole plan for one launch (or `check`): select profiles, then plan each. The
-    re-pointed ld.so.cache is written into `scratch` (the launch's private tmpfs)."""
+                   command: list[str], path: str, host_root: str = "/", scratch: str | None = None,
+                   refusal_severity: str = WARNING, use_cache: bool = True, stats: dict | None = None) -> Plan:
+    """The whole plan for one launch (or `check`), from the plan cache when nothing it depends
+    on changed. The re-pointed ld.so.cache is written into `scratch` (the launch's private tmpfs)."""
+    from shim.plan.cache import load_plan, plan_key, store_plan
+
+    key = plan_key(image_label, profiles, requested, no_profiles, command, path, refusal_severity,
+                   host_root) if use_cache and profiles is not None else None
+    hit = load_plan(key) if key else None
+    if hit:
+        plan, ld_cache = hit
+    else:
+        plan, ld_cache = compute_plan(root, image_label, profiles, requested, no_profiles, command, path,
+                                      host_root, refusal_severity)
+        if key:
+            store_plan(key, plan, ld_cache)
+    if stats is not None:
+        stats["plan_cache"] = "hit" if hit else ("miss" if key else "off")
+    if ld_cache and scratch:
+        cache_path = os.path.join(scratch, "ld.so.cache")
+        with open(cache_path, "wb") as f:
+            f.write(ld_cache)
+        plan.binds.append(BindSpec(cache_path, LD_CACHE))
+    return plan
+
+
+def compute_plan(root: str, image_label: str, profiles, requested: list[str], no_profiles: bool,
+                 command: list[str], path: str, host_root: str = "/",
+                 refusal_severity: str = WARNING) -> tuple[Plan, bytes | None]:
+    """Select profiles, then plan each: the plan and the re-pointed ld.so.cache (None: unchanged)."""
+    from shim.elf.cache import FactsCache
+    from shim.elf.facts import elf_facts
+
     plan = Plan(image=image_label)
     if profiles is None:
-        return plan
-    planner = Planner(root, host_root=host_root, app=command[0] if command else None, path=path)
+        return plan, None
+    # Host files keep their identity between runs: their facts are cached per user. The image's
+    # files get a new st_dev with every mount, so caching them would only churn the cache.
+    host_facts = FactsCache()
+    inside = os.path.join(os.path.realpath(root), "")
+
+    def facts(p: str):
+        return elf_facts(p) if os.path.realpath(p).startswith(inside) else host_facts.get(p)
+
+    planner = Planner(root, host_root=host_root, app=command[0] if command else None, path=path, facts=facts)
     image_sonames = planner.container_sonames({r for p in profiles.profiles for r in p.replaces})
     repoint: dict[str, str] = {}
     for sel in profiles.select(requested, no_profiles, image_sonames):
@@ -413,7 +470,7 @@ def plan_for_image(root: str, image_label: str, profiles, requested: list[str], 
                                                    f"profile {sel.profile.name} refused: {first.code}", d.profile))
                 else:
                     plan.decisions.append(d)
-            plan.diagnostics.extend(work.refusals)
+            plan.diagnostics.extend(dataclasses.replace(d, severity=refusal_severity) for d in work.refusals)
             continue
         plan.decisions.extend(work.decisions)
         plan.binds.extend(work.binds)
@@ -423,9 +480,5 @@ def plan_for_image(root: str, image_label: str, profiles, requested: list[str], 
         plan.env_prepend.update(dict(env.prepend))
         plan.env_append.update(dict(env.append))
         plan.env_unset.extend(env.unset)
-    if repoint and scratch:
-        cache_path = os.path.join(scratch, "ld.so.cache")
-        with open(cache_path, "wb") as f:
-            f.write(planner.cache_file(repoint))
-        plan.binds.append(BindSpec(cache_path, LD_CACHE))
-    return plan
+    host_facts.save()
+    return plan, planner.cache_file(repoint) if repoint else None

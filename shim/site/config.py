@@ -6,6 +6,7 @@ Lookup order: --conf DIR, then $SHIMRUN_CONF, then /etc/shim, then the bundled c
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,7 +19,10 @@ _PKG = Path(__file__).resolve().parent.parent
 BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "shim.toml").is_file()),
                         _PKG / "conf")
 
-_KNOWN = {"launch": {"binds": list}}
+_KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict}}
+REFUSAL_ACTIONS = ("warn", "error")
+_CODE_RE = re.compile(r"[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*")
+CODE_ACTIONS = ("ignore", "warn", "error")
 
 
 class ConfigError(ShimError):
@@ -30,6 +34,11 @@ class ConfigError(ShimError):
 class SiteConfig:
     path: str
     binds: tuple[str, ...] = field(default_factory=tuple)
+    refusal: str = "warn"                    # a refused injection: warn (the image's own is used) or error
+    codes: tuple[tuple[str, str], ...] = ()  # diagnostic code -> ignore | warn | error
+
+    def policy(self) -> dict[str, str]:
+        return dict(self.codes)
 
 
 def find_conf_dir(option: str | None = None) -> Path:
@@ -67,4 +76,17 @@ def load_site_config(option: str | None = None) -> SiteConfig:
     binds = data.get("launch", {}).get("binds", [])
     if not all(isinstance(b, str) for b in binds):
         raise ConfigError(f"{path}: launch.binds must be a list of strings", 'e.g. binds = ["/scratch"]')
-    return SiteConfig(str(path), tuple(binds))
+    policy = data.get("policy", {})
+    refusal = policy.get("refusal", "warn")
+    if refusal not in REFUSAL_ACTIONS:
+        raise ConfigError(f"{path}: policy.refusal = {refusal!r} is not one of {', '.join(REFUSAL_ACTIONS)}",
+                          'e.g. refusal = "error" to never start an app whose injection was refused')
+    codes = policy.get("codes", {})
+    for code, action in codes.items():
+        if not _CODE_RE.fullmatch(code):
+            raise ConfigError(f"{path}: policy.codes: {code!r} is not a diagnostic code",
+                              "codes look like GPU-ABSENT (shimrun check --json lists them)")
+        if action not in CODE_ACTIONS:
+            raise ConfigError(f"{path}: policy.codes.{code} = {action!r} is not one of {', '.join(CODE_ACTIONS)}",
+                              f'e.g. {code} = "error"')
+    return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())))

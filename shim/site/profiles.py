@@ -31,6 +31,7 @@ KINDS = ("mpi", "fabric", "gpu", "rdma", "other")
 APPLIES = ("always", "when-used", "on-request")
 MPI_ABIS = ("mpich", "openmpi", "mpi-abi")
 SONAME_PREFIX = "soname:"
+_LD_CACHE = "/etc/ld.so.cache"
 
 # Table -> key -> (TOML type, an example line for the fix). "strings": array of strings;
 # "string-table": a table of string values.
@@ -741,7 +742,12 @@ def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provide
         if entry.startswith(SONAME_PREFIX):
             soname = entry[len(SONAME_PREFIX):].strip()
             if _check_soname(r, key, soname, glibc_ok):
-                libraries.append(LibrarySpec(key, entry, "", (), soname))
+                found_at = _host_cache_lookup(r, soname)
+                if found_at is None:
+                    r.problem(key, f"{soname} is not in this host's ld.so cache ({r.under(_LD_CACHE)})",
+                              "install it and run ldconfig, or name its path instead", host=True)
+                else:
+                    libraries.append(LibrarySpec(key, entry, found_at, (found_at,), soname))
             continue
         name = posixpath.basename(entry)
         if not glibc_ok and not any(c in name for c in _GLOB_CHARS) and _is_glibc_file(name):
@@ -771,6 +777,41 @@ def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provide
     return Provides(prefix=value, libraries=tuple(libraries), plugin_dirs=specs("plugin_dirs", "dir"),
                     binaries=specs("binaries", "exec"), config_files=specs("config_files", "any"),
                     devices=specs("devices", "any", relative_ok=False), binds=tuple(b for b in binds if b))
+
+
+def _host_cache_lookup(r: _Reader, soname: str) -> str | None:
+    """Where the host's ld.so takes `soname` from (its ld.so.cache, native entries only): the path
+    in host terms (the real file, so the profile names what will be bound)."""
+    path = os.path.join(r.root, _LD_CACHE.lstrip("/"))
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    found = _read_host_cache(path, st.st_mtime_ns, st.st_size).lookup(soname, _native_cache_flags() or None)
+    if found is None:
+        return None
+    if r.root == "/":
+        real = os.path.realpath(found)
+    else:  # symlinks inside a host root resolve within it
+        from shim.elf.rootpath import RootPaths
+
+        real = r.under(RootPaths(r.root).resolve(found) or found)
+    return r.strip(real) if os.path.isfile(real) and _is_elf(real) else None
+
+
+@cache
+def _read_host_cache(path: str, _mtime_ns: int, _size: int):
+    """Read once per load of several soname: entries (the stat values key the memo)."""
+    from shim.elf.ldcache import read_ld_cache
+
+    return read_ld_cache(path)
+
+
+def _native_cache_flags() -> tuple[int, ...]:
+    from shim.elf.layout import lib_arch
+    from shim.image.arch import host_arch
+
+    return lib_arch(host_arch()).cache_flags
 
 
 def _parse_bind(r: _Reader, key: str, entry: str) -> BindEntry | None:

@@ -1,0 +1,92 @@
+"""Cache of whole injection plans, so a warm launch does no ELF parsing at all.
+
+A plan depends on the image, the profiles (their text and the host files they name), the host's
+ld.so.cache (where host dependencies are found), the command and PATH, and the refusal policy.
+The key is a hash of all of those; a file's identity is (st_dev, st_ino, st_size, st_mtime_ns),
+so a rebuilt image or an updated host library is a new key. The entry holds the plan as JSON and
+the re-pointed ld.so.cache it needs. One file per key under $SHIMRUN_CACHE/plans, written to a
+temporary name and renamed into place: concurrent writers (64 ranks of one step) each write a
+whole file and the last rename wins, all with the same content. A torn, foreign or unreadable
+entry is a miss, never an error.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+
+from shim.plan.model import Plan
+
+_FORMAT = 1
+PLANS_DIR = "plans"
+
+
+def cache_dir() -> str:
+    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
+    return os.path.join(base, PLANS_DIR)
+
+
+def _identity(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def plan_key(image_path: str, profiles, requested: Iterable[str], no_profiles: bool, command: list[str],
+             path: str, refusal_severity: str, host_root: str = "/") -> str:
+    """The hash of everything a plan is computed from (see the module docstring)."""
+    from shim import __version__
+
+    files: dict[str, object] = {}
+    for p in (profiles.profiles if profiles else ()):
+        files[p.file] = _identity(p.file)
+        pv = p.provides
+        for spec in (*pv.libraries, *pv.plugin_dirs, *pv.binaries, *pv.config_files, *pv.devices):
+            for m in spec.matches:
+                files[m] = _identity(os.path.join(host_root, m.lstrip("/")))
+    doc = {
+        "format": _FORMAT, "shim": __version__, "image": [os.path.realpath(image_path), _identity(image_path)],
+        "profiles": sorted(files.items()), "requested": list(requested), "no_profiles": no_profiles,
+        "command": command[:1], "path": path, "refusal": refusal_severity, "host_root": host_root,
+        "host_ld_cache": _identity(os.path.join(host_root, "etc/ld.so.cache")),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+def load_plan(key: str) -> tuple[Plan, bytes | None] | None:
+    """The cached plan and its ld.so.cache bytes, or None on a miss."""
+    try:
+        with open(os.path.join(cache_dir(), f"{key}.json"), "rb") as f:
+            doc = json.load(f)
+        if doc.get("format") != _FORMAT or doc.get("key") != key:
+            return None
+        ld_cache = doc.get("ld_cache")
+        return Plan.from_dict(doc["plan"]), base64.b64decode(ld_cache) if ld_cache else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store_plan(key: str, plan: Plan, ld_cache: bytes | None) -> bool:
+    """Write the entry atomically. False when it could not be written (read-only home): the
+    cache is an optimisation, never a reason to fail."""
+    directory = cache_dir()
+    doc = {"format": _FORMAT, "key": key, "plan": plan.to_dict(),
+           "ld_cache": base64.b64encode(ld_cache).decode() if ld_cache else None}
+    tmp = os.path.join(directory, f".{key}.{os.getpid()}.tmp")
+    try:
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump(doc, f, separators=(",", ":"))
+        os.replace(tmp, os.path.join(directory, f"{key}.json"))
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        return False
+    return True
