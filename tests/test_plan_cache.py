@@ -1,0 +1,63 @@
+"""The plan cache: a warm `check` (or launch) reuses the plan, opens no ELF file and does not import
+pyelftools; anything the plan depends on (a profile, a host library, the image) makes it a miss."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from test_inject_refusals import foo_image, foo_profile, site_libs, write_conf  # noqa: F401 (fixtures)
+
+STATE = re.compile(r"plan cache (hit|miss|off)")
+
+
+@pytest.fixture
+def conf(world_dir: Path, site_libs: dict[str, Path], request) -> Path:  # noqa: F811
+    return write_conf(world_dir / f"conf-{request.node.name}", {"site-foo": foo_profile(site_libs["good"])})
+
+
+def check(shim, conf: Path, image: Path, cache: Path, *extra: str, python_opts: tuple[str, ...] = ()):
+    cmd = ["check", "--json", "--debug", "--conf", conf, image, "/opt/app/foo-app"]
+    if python_opts:
+        r = subprocess.run(["/opt/shim/venv/bin/python", *python_opts, shim.shimrun, *map(str, cmd)],
+                           capture_output=True, text=True, check=False, cwd="/tmp",
+                           env=shim.env({"SHIMRUN_CACHE": str(cache), **dict(e.split("=", 1) for e in extra)}),
+                           **shim._ids())
+    else:
+        r = shim.run(cmd, env={"SHIMRUN_CACHE": str(cache), **dict(e.split("=", 1) for e in extra)})
+    assert r.returncode == 0, r.stderr
+    return STATE.search(r.stderr).group(1), r
+
+
+def test_second_check_is_a_hit_without_pyelftools(shim, conf, foo_image, user_dir):  # noqa: F811
+    cache = user_dir / "cache"
+    state, cold = check(shim, conf, foo_image, cache, python_opts=("-X", "importtime"))
+    assert state == "miss" and "elftools" in cold.stderr
+    state, warm = check(shim, conf, foo_image, cache, python_opts=("-X", "importtime"))
+    assert state == "hit" and "elftools" not in warm.stderr
+    assert warm.stdout == cold.stdout  # the same plan, JSON for JSON
+    assert check(shim, conf, foo_image, cache, "SHIMRUN_NO_PLAN_CACHE=1")[0] == "off"
+
+
+def test_changed_inputs_are_a_miss(shim, conf, foo_image, user_dir, site_libs):  # noqa: F811
+    cache = user_dir / "cache"
+    assert check(shim, conf, foo_image, cache)[0] == "miss"
+    assert check(shim, conf, foo_image, cache)[0] == "hit"
+    profile = conf / "profiles" / "site-foo.toml"
+    profile.write_text(profile.read_text() + "\n# edited\n")
+    assert check(shim, conf, foo_image, cache)[0] == "miss"
+    assert check(shim, conf, foo_image, cache)[0] == "hit"
+    os.utime(site_libs["good"])  # the host library was updated in place
+    assert check(shim, conf, foo_image, cache)[0] == "miss"
+
+
+def test_a_torn_entry_is_a_miss_not_an_error(shim, conf, foo_image, user_dir):  # noqa: F811
+    cache = user_dir / "cache"
+    check(shim, conf, foo_image, cache)
+    (entry,) = (cache / "plans").glob("*.json")
+    entry.write_text(entry.read_text()[: len(entry.read_text()) // 2])
+    state, r = check(shim, conf, foo_image, cache)
+    assert state == "miss" and '"decision": "inject"' in r.stdout
