@@ -16,6 +16,11 @@ void shim_fail(int code, int err, const char *fmt, ...);
 void shim_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int shim_debug_on;
 
+/* launch.c */
+void shim_begin(const struct shim_config *cfg, struct shim_result *res);
+int shim_setup_root(const struct shim_config *cfg, struct shim_result *res);
+int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res);
+
 /* userns.c */
 void enter_namespaces(int fakeroot);
 

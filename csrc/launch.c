@@ -120,7 +120,7 @@ static void exec_app(const struct shim_config *cfg)
 
 static char root[PATH_MAX];
 
-static void begin(const struct shim_config *cfg, struct shim_result *res)
+void shim_begin(const struct shim_config *cfg, struct shim_result *res)
 {
     shim_current_result = res;
     res->code = 0;
@@ -130,7 +130,7 @@ static void begin(const struct shim_config *cfg, struct shim_result *res)
 
 int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
 {
-    begin(cfg, res);
+    shim_begin(cfg, res);
     if (setjmp(shim_unwind))
         return res->code;
     snprintf(root, sizeof root, "%s/root", cfg->stage);
@@ -141,11 +141,12 @@ int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
     return 0;
 }
 
-int shim_finish(const struct shim_config *cfg, struct shim_result *res)
+/* After prepare: binds, appended files, sealing, pivot_root: "/" is now the container's. */
+int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
 {
     int i;
 
-    begin(cfg, res);
+    shim_begin(cfg, res);
     if (setjmp(shim_unwind))
         return res->code;
     for (i = 0; i < cfg->nbinds; i++)
@@ -154,6 +155,15 @@ int shim_finish(const struct shim_config *cfg, struct shim_result *res)
         append_to_image_file(root, &cfg->appends[i], i);
     seal_underlays(root);
     enter_root(root);
+    return 0;
+}
+
+/* In the container's root: working directory, no_new_privs, exec. Returns only on failure. */
+int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res)
+{
+    shim_begin(cfg, res);
+    if (setjmp(shim_unwind))
+        return res->code;
     if (cfg->cwd && chdir(cfg->cwd) == -1) {
         fprintf(stderr, "shimrun: warning: cannot enter %s in the container (%s); using /\n", cfg->cwd,
                 strerror(errno));
@@ -162,6 +172,12 @@ int shim_finish(const struct shim_config *cfg, struct shim_result *res)
     Z(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs");
     exec_app(cfg);
     return res->code; /* not reached: exec_app execs or fails */
+}
+
+int shim_finish(const struct shim_config *cfg, struct shim_result *res)
+{
+    int code = shim_setup_root(cfg, res);
+    return code ? code : shim_enter_and_exec(cfg, res);
 }
 
 int shim_launch(const struct shim_config *cfg, struct shim_result *res)

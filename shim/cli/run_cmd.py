@@ -58,17 +58,64 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
-    from shim.image.open import open_image
-    from shim.launch.binds import KEEPDEV, RO, Bind, parse_bind, parse_bind_list, plan_binds
-    from shim.launch.environment import EnvOptions, compose
-    from shim.launch.execute import LaunchSpec, execute, finish, prepare
-    from shim.launch.identity import identity_appends
-    from shim.launch.preflight import check_arch
-    from shim.launch.rootfs import choose_rootfs
-    from shim.site.config import find_conf_dir, load_site_config
+    from shim.launch.share import Joined, join_or_lead, share_group
 
     command = list(getattr(args, "command", None) or [])
     cwd = os.getcwd()
+    group = None if dry_run else share_group(sys.argv[1:], os.environ, cwd, args.image)
+    if group is None:
+        return _launch(args, command, cwd, dry_run, as_json, listener=None)
+    got = join_or_lead(group)
+    if isinstance(got, Joined):
+        raise _join(args, command, cwd, got)
+    if args.debug:
+        print(f"shimrun: debug: leading the shared container of {group.scope}", file=sys.stderr)
+    _launch(args, command, cwd, dry_run, as_json, listener=got, node=group.node)  # returns once it serves
+    got = join_or_lead(group)
+    if not isinstance(got, Joined):
+        raise ShimError(ExitCode.LAUNCH, "the node's shared container went away before this rank joined it",
+                        "run again; SHIMRUN_SHARE=0 runs a container per process")
+    raise _join(args, command, cwd, got)
+
+
+def _launch_env(args: argparse.Namespace, image_path: str, env_pairs: list[str], env_unset: list[str]):
+    from shim.launch.environment import EnvOptions, compose
+
+    home = None if getattr(args, "no_home", False) else _home()
+    workdir = getattr(args, "pwd", None) or os.getcwd()
+    env = compose(dict(os.environ, PWD=workdir), EnvOptions(
+        cleanenv=getattr(args, "cleanenv", False), env_pairs=tuple(getattr(args, "env", [])) + tuple(env_pairs),
+        home=home or "/", image_path=image_path))
+    for name in env_unset:
+        env.direct.pop(name, None)
+    return env
+
+
+def _join(args: argparse.Namespace, command: list[str], cwd: str, joined) -> ShimError:
+    """Enter the node's shared container (set up by the step's first rank here) and exec."""
+    from shim.launch.execute import LaunchSpec, join
+    from shim.launch.rootfs import RootfsSource
+
+    env = _launch_env(args, args.image, joined.payload.get("env_pairs", []), joined.payload.get("env_unset", []))
+    spec = LaunchSpec(rootfs=RootfsSource("dir", args.image), stage=str(STAGE_DIR), binds=(),
+                      cwd=getattr(args, "pwd", None) or cwd, argv=command or ["true"], env=env, debug=args.debug)
+    return join(spec, joined.userns, joined.mntns)
+
+
+def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: bool, as_json: bool, listener,
+            node: str = "") -> int:
+    """The pipeline: image -> host facts -> container facts -> plan -> diagnostics -> launch. With
+    `listener` (this rank leads a shared container) the set-up runs in the holder it forks, and
+    this returns once the holder serves; otherwise it execs the app (or prints the plan)."""
+    from shim.image.open import open_image
+    from shim.launch.binds import KEEPDEV, RO, Bind, parse_bind, parse_bind_list, plan_binds
+    from shim.launch.execute import LaunchSpec, execute, finish, hold, prepare
+    from shim.launch.identity import identity_appends
+    from shim.launch.preflight import check_arch
+    from shim.launch.rootfs import choose_rootfs
+    from shim.launch.share import payload_for
+    from shim.site.config import find_conf_dir, load_site_config
+
     image = open_image(args.image)
     check_arch(image)
     site = load_site_config(args.conf)
@@ -76,59 +123,66 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
     site_binds = [b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
     user_binds = parse_bind_list(",".join([os.environ.get("SHIMRUN_BIND", "")] + getattr(args, "bind", [])),
                                  "--bind/SHIMRUN_BIND", cwd)
-    no_home = getattr(args, "no_home", False)
     fakeroot = getattr(args, "fakeroot", False)
-    home = None if no_home else _home()
+    home = None if getattr(args, "no_home", False) else _home()
     workdir = getattr(args, "pwd", None) or cwd
-    host_env = dict(os.environ, PWD=workdir)
-    env_pairs = list(getattr(args, "env", []))
     spec = LaunchSpec(rootfs=choose_rootfs(image), stage=str(STAGE_DIR),
                       binds=plan_binds(home, cwd, site_binds, user_binds), cwd=workdir, argv=command or ["true"],
-                      env=compose(host_env, EnvOptions(cleanenv=getattr(args, "cleanenv", False),
-                                                       env_pairs=tuple(env_pairs), home=home or "/",
-                                                       image_path=image.path)),
+                      env=_launch_env(args, image.path, [], []),
                       fakeroot=fakeroot, debug=args.debug, appends=identity_appends(home or "/", fakeroot))
     wants_analysis = dry_run or args.profile or (profiles is not None and any(
         p.available and p.applies != "on-request" for p in profiles.profiles) and not args.no_profiles)
     if not wants_analysis:
-        raise execute(spec)
+        if listener is None:
+            raise execute(spec)
+        hold(listener, lambda: (spec, False, payload_for([], [])))
+        return 0
 
-    from shim.plan.inject import plan_for_image
-    from shim.plan.model import ERROR, WARNING
-    from shim.report.render import print_diagnostics, print_plan
+    def set_up():
+        """In this process or in the holder: mount, analyse, report; the final spec."""
+        from shim.plan.inject import plan_for_image
+        from shim.plan.model import ERROR, WARNING
+        from shim.report.render import print_diagnostics, print_plan
 
-    root = prepare(spec)
-    started, stats = time.perf_counter(), {}
-    plan = plan_for_image(root, image.path, profiles, args.profile, args.no_profiles, command[:1],
-                          spec.env.direct.get("PATH", ""), scratch=spec.stage,
-                          refusal_severity=ERROR if site.refusal == "error" else WARNING,
-                          use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
-    if args.debug:
-        print(f"shimrun: debug: analysis {1000 * (time.perf_counter() - started):.1f} ms "
-              f"(plan cache {stats['plan_cache']})", file=sys.stderr)
-    if dry_run:
-        print_plan(plan, as_json)
-        return int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
-    print_diagnostics(plan, quiet=args.quiet)
-    if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
-        raise ShimError(ExitCode.REFUSED, "not starting the app: " + (
-            "an injection was refused" if plan.refusals() else "a diagnostic is fatal"),
-            "see the lines above; rerun with --dry-run for the whole plan, or without --strict")
-    for key, value in plan.env_set.items():
-        env_pairs.append(f"{key}={value}")
-    for key, value in plan.env_prepend.items():
-        env_pairs.append(f"PREPEND_PATH={value}" if key == "PATH" else f"{key}={value}")
-    for key, value in plan.env_append.items():
-        env_pairs.append(f"APPEND_PATH={value}" if key == "PATH" else f"{key}={value}")
-    env = compose(host_env, EnvOptions(cleanenv=getattr(args, "cleanenv", False), env_pairs=tuple(env_pairs),
-                                       home=home or "/", image_path=image.path))
-    for name in plan.env_unset:
-        env.direct.pop(name, None)
-    binds = list(spec.binds) + [Bind(b.src, b.dst, (RO if b.read_only else 0) | (KEEPDEV if b.device else 0))
-                                 for b in plan.binds]
+        root = prepare(spec)
+        started, stats = time.perf_counter(), {}
+        plan = plan_for_image(root, image.path, profiles, args.profile, args.no_profiles, command[:1],
+                              spec.env.direct.get("PATH", ""), scratch=spec.stage,
+                              refusal_severity=ERROR if site.refusal == "error" else WARNING,
+                              use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
+        if args.debug:
+            print(f"shimrun: debug: analysis {1000 * (time.perf_counter() - started):.1f} ms "
+                  f"(plan cache {stats['plan_cache']})", file=sys.stderr)
+        if dry_run:
+            print_plan(plan, as_json)
+            return None, int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
+        print_diagnostics(plan, quiet=args.quiet, node=node)
+        if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
+            raise ShimError(ExitCode.REFUSED, "not starting the app: " + (
+                "an injection was refused" if plan.refusals() else "a diagnostic is fatal"),
+                "see the lines above; rerun with --dry-run for the whole plan, or without --strict")
+        pairs = [f"{k}={v}" for k, v in plan.env_set.items()]
+        pairs += [f"PREPEND_PATH={v}" if k == "PATH" else f"{k}={v}" for k, v in plan.env_prepend.items()]
+        pairs += [f"APPEND_PATH={v}" if k == "PATH" else f"{k}={v}" for k, v in plan.env_append.items()]
+        binds = list(spec.binds) + [Bind(b.src, b.dst, (RO if b.read_only else 0) | (KEEPDEV if b.device else 0))
+                                     for b in plan.binds]
+        final = LaunchSpec(rootfs=spec.rootfs, stage=spec.stage, binds=binds, cwd=spec.cwd, argv=spec.argv,
+                           env=_launch_env(args, image.path, pairs, plan.env_unset), appends=spec.appends,
+                           fakeroot=spec.fakeroot, debug=spec.debug)
+        return final, payload_for(pairs, plan.env_unset)
+
+    def analysed():
+        final, payload = set_up()
+        return final, True, payload
+
+    if listener is not None:
+        hold(listener, analysed)
+        return 0
+    final, outcome = set_up()
+    if final is None:
+        return outcome
     sys.stderr.flush()
-    raise finish(LaunchSpec(rootfs=spec.rootfs, stage=spec.stage, binds=binds, cwd=spec.cwd, argv=spec.argv,
-                            env=env, appends=spec.appends, fakeroot=spec.fakeroot, debug=spec.debug))
+    raise finish(final)
 
 
 def _load_profiles(conf_dir: Path):

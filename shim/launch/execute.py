@@ -135,3 +135,65 @@ def execute(spec: LaunchSpec) -> ShimError:
     except ShimError as e:
         return e
     return finish(spec)
+
+
+def hold(listener, set_up) -> None:
+    """Fork the holder of the node's shared container and wait until it serves (csrc/share.c).
+    The holder runs `set_up()` -> (spec, prepared, payload): the image mount, analysis and
+    diagnostics happen there, once per node; `prepared` says set_up already entered the
+    namespaces and mounted the image. A failure there is raised here, in the leading rank."""
+    import os
+
+    from shim._core import lib
+
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # the holder: leaves only through _exit
+        code, message, hint = int(ExitCode.LAUNCH), b"the node's container could not be set up", b""
+        try:
+            os.close(read_end)
+            spec, prepared, payload = set_up()
+            conf = _Config(spec)
+            res = conf.ffi.new("struct shim_result *")
+            sys.stdout.flush()
+            sys.stderr.flush()
+            code = lib.shim_hold(conf.cfg, res, int(prepared), listener.fileno(), write_end, payload)
+            message = conf.ffi.string(res.message)
+        except ShimError as e:
+            code, message, hint = int(e.code), e.message.encode(), e.hint.encode()
+        finally:
+            try:
+                os.write(write_end, b"E%d\0%s\0%s" % (code, message, hint))
+            finally:
+                os._exit(code or int(ExitCode.LAUNCH))
+    os.close(write_end)
+    listener.close()
+    with os.fdopen(read_end, "rb") as f:
+        answer = f.read()
+    if answer == b"ok":
+        return
+    os.waitpid(pid, 0)
+    code, message, hint = (answer.split(b"\0", 2) + [b"", b""])[:3]
+    try:
+        exit_code = ExitCode(int(code[1:] or 0))
+    except ValueError:
+        exit_code = ExitCode.LAUNCH
+    raise ShimError(exit_code, message.decode("utf-8", "replace") or "the node's container could not be set up",
+                    hint.decode("utf-8", "replace"))
+
+
+def join(spec: LaunchSpec, userns: int, mntns: int) -> ShimError:
+    """Enter the node's shared container and exec the app; returns only with the reason it could not."""
+    from shim._core import lib
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    try:
+        _call(lambda cfg, res: lib.shim_join(cfg, res, userns, mntns), spec)
+    except ShimError as e:
+        return e
+    return ShimError(ExitCode.LAUNCH, "the C core returned without running the app")

@@ -11,17 +11,19 @@ from shim.plan.model import ERROR, INFO, WARNING, Diagnostic, Plan
 _LABEL = {ERROR: "error", WARNING: "warning", INFO: "info"}
 
 
-def diagnostic_line(d: Diagnostic) -> str:
+def diagnostic_line(d: Diagnostic, node: str = "") -> str:
     hint = f" (hint: {d.hint})" if d.hint else ""
-    return f"shimrun: {_LABEL.get(d.severity, d.severity)}: {d.code}: {d.message}{hint}"
+    where = f"[{node}] " if node else ""
+    return f"shimrun: {where}{_LABEL.get(d.severity, d.severity)}: {d.code}: {d.message}{hint}"
 
 
-def print_diagnostics(plan: Plan, out: TextIO = sys.stderr, quiet: bool = False) -> None:
-    """Before the app starts: one line per diagnostic (warnings and info hidden by --quiet)."""
+def print_diagnostics(plan: Plan, out: TextIO = sys.stderr, quiet: bool = False, node: str = "") -> None:
+    """Before the app starts: one line per diagnostic (warnings and info hidden by --quiet).
+    `node`: in a shared container only the node's leading rank prints, prefixed with the node."""
     for d in plan.diagnostics:
         if quiet and d.severity != ERROR:
             continue
-        print(diagnostic_line(d), file=out)
+        print(diagnostic_line(d, node), file=out)
 
 
 def plan_table(plan: Plan) -> list[str]:

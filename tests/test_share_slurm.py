@@ -1,0 +1,132 @@
+"""One container per node per job step, under a real local Slurm with three emulated nodes:
+ranks on one node share one image mount and one mount namespace, ranks on other nodes get their
+own, diagnostics print once per node, scancel reaches every app, and nothing is left behind."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from leftovers import wait_until
+from slurm import local_slurm_fixture
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="a local Slurm needs root")
+
+slurm3 = local_slurm_fixture(3)
+
+# Each rank: node, rank, its mount namespace, the device of "/" (the image's FUSE mount), job id.
+REPORT = ('echo "$SLURMD_NODENAME $SLURM_PROCID $(readlink /proc/self/ns/mnt) $(stat -c %d /) $SLURM_JOB_ID"')
+
+
+def env_for(shim, slurm, mark: str, **extra: str) -> dict[str, str]:
+    return slurm.env(shim.env({"SHIM_TEST_MARK": mark, **extra}))
+
+
+def marked(mark: str) -> dict[int, str]:
+    """Live processes carrying this test's marker in their environment (ranks, holders,
+    squashfuse): a concurrent run's processes of the same user do not count."""
+    found = {}
+    needle = f"SHIM_TEST_MARK={mark}".encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                stat = (entry / "stat").read_text()
+                if stat.rpartition(")")[2].split()[0] != "Z":
+                    found[int(entry.name)] = (entry / "comm").read_text().strip()
+        except OSError:
+            continue
+    return found
+
+
+def shim_sockets(uid: int, job_ids: set[str]) -> list[str]:
+    return [ln.split()[-1] for ln in Path("/proc/net/unix").read_text().splitlines()
+            if f"@shimrun/{uid}/slurm-" in ln and ln.split()[-1].split("/")[3].split(".")[0] in job_ids]
+
+
+def nothing_left(mark: str, uid: int, job_ids: set[str]) -> bool:
+    return not marked(mark) and not shim_sockets(uid, job_ids)
+
+
+def reports(stdout: str) -> list[tuple[str, int, str, str, str]]:
+    out = []
+    for line in stdout.splitlines():
+        node, rank, ns, dev, job = line.split()
+        out.append((node, int(rank), ns, dev, job))
+    return out
+
+
+def test_two_nodes_eight_ranks_two_containers(shim, slurm3, user, busybox_sif):
+    r = slurm3.srun(["-N", "2", "-n", "8", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", REPORT],
+                    user=user, env=env_for(shim, slurm3, "two-nodes"), timeout=120)
+    assert r.returncode == 0, r.stderr + slurm3.logs()
+    got = reports(r.stdout)
+    assert sorted(g[1] for g in got) == list(range(8))
+    by_node: dict[str, set[tuple[str, str]]] = {}
+    for node, _rank, ns, dev, _job in got:
+        by_node.setdefault(node, set()).add((ns, dev))
+    assert len(by_node) == 2, got
+    assert all(len(v) == 1 for v in by_node.values()), by_node      # one container per node...
+    assert len(set().union(*by_node.values())) == 2, by_node          # ...and two in all
+    jobs = {g[4] for g in got}
+    assert wait_until(lambda: nothing_left("two-nodes", user.uid, jobs), timeout=10), marked("two-nodes")
+
+
+def test_64_ranks_on_one_node_mount_the_image_once(shim, slurm3, user, busybox_sif):
+    # Rank 0 stays a little longer, so the sampling below sees the whole step.
+    script = f'{REPORT}; sleep 2'
+    proc = subprocess.Popen(["srun", "-N", "1", "-n", "64", "--mpi=none", shim.shimrun, str(busybox_sif),
+                             "sh", "-c", script], env=env_for(shim, slurm3, "sixty-four"), cwd="/tmp", text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user.uid, group=user.gid,
+                            extra_groups=[])
+    counts = []
+    deadline = time.monotonic() + 90
+    while proc.poll() is None and time.monotonic() < deadline:
+        counts.append(sum(1 for c in marked("sixty-four").values() if c == "squashfuse_ll"))
+        time.sleep(0.05)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err + slurm3.logs()
+    got = reports(out)
+    assert sorted(g[1] for g in got) == list(range(64))
+    assert len({(g[2], g[3]) for g in got}) == 1
+    assert max(counts) == 1, Counter(counts)
+    jobs = {g[4] for g in got}
+    assert wait_until(lambda: nothing_left("sixty-four", user.uid, jobs), timeout=10), marked("sixty-four")
+
+
+def test_scancel_reaches_every_rank_and_nothing_remains(shim, slurm3, user, busybox_sif, user_dir):
+    got = user_dir / "got"
+    script = (f'trap "echo term $SLURM_PROCID >> {got}; exit 143" TERM; '
+              f'echo up $SLURM_PROCID $SLURM_JOB_ID >> {got}; while :; do sleep 0.1; done')
+    proc = subprocess.Popen(["srun", "-N", "2", "-n", "4", "--mpi=none", "-J", "shim-scancel", shim.shimrun,
+                             str(busybox_sif), "sh", "-c", script], env=env_for(shim, slurm3, "scancel"), cwd="/tmp",
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user.uid,
+                            group=user.gid, extra_groups=[])
+    assert wait_until(lambda: got.exists() and got.read_text().count("up") == 4, timeout=30), slurm3.logs()
+    jobs = set(re.findall(r"up \d+ (\d+)", got.read_text()))
+    r = slurm3.run(["scancel", "--name", "shim-scancel"], user=user, env=shim.env())
+    assert r.returncode == 0, r.stderr
+    proc.communicate(timeout=60)
+    assert wait_until(lambda: got.read_text().count("term") == 4, timeout=10), got.read_text()
+    assert sorted(re.findall(r"term (\d)", got.read_text())) == ["0", "1", "2", "3"]
+    assert wait_until(lambda: nothing_left("scancel", user.uid, jobs), timeout=15), marked("scancel")
+
+
+def test_exit_status_of_each_rank_is_what_slurm_reports(shim, slurm3, user, busybox_sif):
+    r = slurm3.srun(["-N", "1", "-n", "3", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c",
+                     'exit $((SLURM_PROCID + 3))'], user=user, env=env_for(shim, slurm3, "exit"), timeout=60)
+    assert r.returncode == 5, r.stderr  # srun exits with the highest task exit code
+    assert re.search(r"task 2: Exited with exit code 5", r.stderr), r.stderr
+
+
+def test_share_off_gives_each_rank_its_own_container(shim, slurm3, user, busybox_sif):
+    r = slurm3.srun(["-N", "1", "-n", "3", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", REPORT],
+                    user=user, env=env_for(shim, slurm3, "off", SHIMRUN_SHARE="0"), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert len({g[2] for g in reports(r.stdout)}) == 3
