@@ -57,8 +57,10 @@ static int send_namespaces(int conn, int userns, int mntns, const char *payload)
     return sendmsg(conn, &msg, MSG_NOSIGNAL) == -1 ? -1 : 0;
 }
 
-/* The holder's life after set-up: serve until the last member's app has exited. */
-static void serve(int listen_fd, int userns, int mntns, const char *payload)
+/* The holder's life after set-up: serve until every expected member has come and gone (Slurm
+ * tells how many tasks a step has on this node), or, when that is unknown or a rank never comes,
+ * until no member has been there for linger_ms. */
+static void serve(int listen_fd, int userns, int mntns, const char *payload, int expected, int linger_ms)
 {
     static struct pollfd pfd[MAX_MEMBERS + 1];
     int members = 0, served = 0, i;
@@ -66,11 +68,11 @@ static void serve(int listen_fd, int userns, int mntns, const char *payload)
     pfd[0].fd = listen_fd;
     pfd[0].events = POLLIN;
     for (;;) {
-        int n = poll(pfd, (nfds_t)members + 1, served ? -1 : FIRST_MEMBER_GRACE_MS);
+        int n = poll(pfd, (nfds_t)members + 1, members ? -1 : served ? linger_ms : FIRST_MEMBER_GRACE_MS);
         if (n == -1 && errno == EINTR)
             continue;
         if (n <= 0)
-            break; /* nobody came: the leader died before joining */
+            break; /* nobody there for a while */
         for (i = 1; i <= members; i++) {
             if (pfd[i].revents) { /* that member's app has exited */
                 close(pfd[i].fd);
@@ -91,14 +93,14 @@ static void serve(int listen_fd, int userns, int mntns, const char *payload)
                     pfd[members].fd = pidfd;
                     pfd[members].events = POLLIN;
                     pfd[members].revents = 0;
-                    served = 1;
+                    served++;
                 } else {
                     close(pidfd);
                 }
             }
             close(conn);
         }
-        if (served && members == 0)
+        if (members == 0 && expected > 0 && served >= expected)
             break;
     }
     /* Stop accepting before exiting: a rank connecting now sees the refusal and starts afresh. */
@@ -106,7 +108,7 @@ static void serve(int listen_fd, int userns, int mntns, const char *payload)
 }
 
 int shim_hold(const struct shim_config *cfg, struct shim_result *res, int prepared, int listen_fd, int ready_fd,
-              const char *payload)
+              const char *payload, int expected, int linger_ms)
 {
     int userns, mntns, devnull;
     sigset_t set;
@@ -147,7 +149,7 @@ int shim_hold(const struct shim_config *cfg, struct shim_result *res, int prepar
         dup2(devnull, 2);
         close(devnull);
     }
-    serve(listen_fd, userns, mntns, payload);
+    serve(listen_fd, userns, mntns, payload, expected, linger_ms);
     _exit(0);
 }
 

@@ -143,16 +143,18 @@ def foo_image(world_dir: Path) -> Path:
     """A directory image: the host's glibc, its own libsitefoo.so.1 and an app using it, and an
     ld.so.cache listing both (the way ldconfig would in a built image)."""
     root = world_dir / "foo-image"
+    if (root / "etc/ld.so.cache").exists():  # built already (the fixture is shared with other modules)
+        return root
     libdir = root / "usr/lib/x86_64-linux-gnu"
-    libdir.mkdir(parents=True)
-    (root / "lib64").mkdir()
+    libdir.mkdir(parents=True, exist_ok=True)
+    (root / "lib64").mkdir(exist_ok=True)
     shutil.copy2("/lib64/ld-linux-x86-64.so.2", root / "lib64/ld-linux-x86-64.so.2")
     shutil.copy2("/lib/x86_64-linux-gnu/libc.so.6", libdir / "libc.so.6")
     img_foo = build_c("libsitefoo.so.1", FOO_SRC, ["-shared", "-fPIC", "-Wl,-soname,libsitefoo.so.1",
                                                    '-DFOO_NAME="image"', "-DUSE_DEP="])
     shutil.copy2(img_foo, libdir / "libsitefoo.so.1")
     app = build_c("foo-app", APP_SRC, [f"-L{img_foo.parent}", "-l:libsitefoo.so.1"])
-    (root / "opt/app").mkdir(parents=True)
+    (root / "opt/app").mkdir(parents=True, exist_ok=True)
     shutil.copy2(app, root / "opt/app/foo-app")
     for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
         (root / d).mkdir(exist_ok=True)

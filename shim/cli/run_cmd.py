@@ -70,7 +70,7 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
         raise _join(args, command, cwd, got)
     if args.debug:
         print(f"shimrun: debug: leading the shared container of {group.scope}", file=sys.stderr)
-    _launch(args, command, cwd, dry_run, as_json, listener=got, node=group.node)  # returns once it serves
+    _launch(args, command, cwd, dry_run, as_json, listener=got, group=group)  # returns once it serves
     got = join_or_lead(group)
     if not isinstance(got, Joined):
         raise ShimError(ExitCode.LAUNCH, "the node's shared container went away before this rank joined it",
@@ -103,7 +103,7 @@ def _join(args: argparse.Namespace, command: list[str], cwd: str, joined) -> Shi
 
 
 def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: bool, as_json: bool, listener,
-            node: str = "") -> int:
+            group=None) -> int:
     """The pipeline: image -> host facts -> container facts -> plan -> diagnostics -> launch. With
     `listener` (this rank leads a shared container) the set-up runs in the holder it forks, and
     this returns once the holder serves; otherwise it execs the app (or prints the plan)."""
@@ -135,7 +135,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     if not wants_analysis:
         if listener is None:
             raise execute(spec)
-        hold(listener, lambda: (spec, False, payload_for([], [])))
+        hold(listener, lambda: (spec, False, payload_for([], [])), group.expected, group.linger_ms)
         return 0
 
     def set_up():
@@ -156,7 +156,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         if dry_run:
             print_plan(plan, as_json)
             return None, int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
-        print_diagnostics(plan, quiet=args.quiet, node=node)
+        print_diagnostics(plan, quiet=args.quiet, node=group.node if group else "")
         if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
             raise ShimError(ExitCode.REFUSED, "not starting the app: " + (
                 "an injection was refused" if plan.refusals() else "a diagnostic is fatal"),
@@ -176,7 +176,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         return final, True, payload
 
     if listener is not None:
-        hold(listener, analysed)
+        hold(listener, analysed, group.expected, group.linger_ms)
         return 0
     final, outcome = set_up()
     if final is None:

@@ -137,7 +137,7 @@ def execute(spec: LaunchSpec) -> ShimError:
     return finish(spec)
 
 
-def hold(listener, set_up) -> None:
+def hold(listener, set_up, expected: int = 0, linger_ms: int = 2000) -> None:
     """Fork the holder of the node's shared container and wait until it serves (csrc/share.c).
     The holder runs `set_up()` -> (spec, prepared, payload): the image mount, analysis and
     diagnostics happen there, once per node; `prepared` says set_up already entered the
@@ -150,7 +150,15 @@ def hold(listener, set_up) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     pid = os.fork()
-    if pid == 0:  # the holder: leaves only through _exit
+    if pid == 0:
+        # Fork again and let the middle process go: the holder must not be a child of this rank's
+        # app, which may wait for all of its children (mpiexec does) while the holder waits for it.
+        try:
+            if os.fork():
+                os._exit(0)
+        except OSError:
+            os._exit(int(ExitCode.LAUNCH))
+        # The holder: leaves only through _exit.
         code, message, hint = int(ExitCode.LAUNCH), b"the node's container could not be set up", b""
         try:
             os.close(read_end)
@@ -159,7 +167,8 @@ def hold(listener, set_up) -> None:
             res = conf.ffi.new("struct shim_result *")
             sys.stdout.flush()
             sys.stderr.flush()
-            code = lib.shim_hold(conf.cfg, res, int(prepared), listener.fileno(), write_end, payload)
+            code = lib.shim_hold(conf.cfg, res, int(prepared), listener.fileno(), write_end, payload, expected,
+                                 linger_ms)
             message = conf.ffi.string(res.message)
         except ShimError as e:
             code, message, hint = int(e.code), e.message.encode(), e.hint.encode()
@@ -170,11 +179,11 @@ def hold(listener, set_up) -> None:
                 os._exit(code or int(ExitCode.LAUNCH))
     os.close(write_end)
     listener.close()
+    os.waitpid(pid, 0)  # the middle process, gone at once
     with os.fdopen(read_end, "rb") as f:
         answer = f.read()
     if answer == b"ok":
         return
-    os.waitpid(pid, 0)
     code, message, hint = (answer.split(b"\0", 2) + [b"", b""])[:3]
     try:
         exit_code = ExitCode(int(code[1:] or 0))

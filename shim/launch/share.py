@@ -21,6 +21,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Mapping, Sequence
@@ -28,7 +29,10 @@ from dataclasses import dataclass
 
 _MAX_PAYLOAD = 1 << 16
 _SETTINGS_PREFIXES = ("SHIMRUN", "APPTAINERENV_", "SINGULARITYENV_", "APPTAINER_", "SINGULARITY_")
-_ATTEMPTS = 200
+_JOIN_TIMEOUT = 120.0  # seconds a rank keeps trying to join or lead
+
+
+LINGER_MS = 2000  # how long a holder waits for more ranks once none is left, when it cannot know
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,24 @@ class ShareGroup:
     name: bytes            # abstract socket address
     node: str              # Slurm node name (or host name), for the diagnostics' prefix
     scope: str             # what is shared, for --debug
+    expected: int = 0      # ranks of the step on this node (0: unknown)
+    linger_ms: int = LINGER_MS
+
+
+def local_tasks(environ: Mapping[str, str]) -> int:
+    """How many tasks of this step run on this node, from SLURM_STEP_TASKS_PER_NODE ("4(x2),3")
+    and SLURM_NODEID (this node's index in the step); 0 when Slurm does not say."""
+    spec, node_id = environ.get("SLURM_STEP_TASKS_PER_NODE", ""), environ.get("SLURM_NODEID", "")
+    if not spec or not node_id.isdigit():
+        return 0
+    counts: list[int] = []
+    for part in spec.split(","):
+        m = re.fullmatch(r"(\d+)(?:\(x(\d+)\))?", part.strip())
+        if not m:
+            return 0
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    index = int(node_id)
+    return counts[index] if index < len(counts) else 0
 
 
 def share_group(args: Sequence[str], environ: Mapping[str, str], cwd: str, image_path: str) -> ShareGroup | None:
@@ -43,8 +65,10 @@ def share_group(args: Sequence[str], environ: Mapping[str, str], cwd: str, image
     if setting.lower() in ("0", "no", "off", "false"):
         return None
     node = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    expected = 0
     if environ.get("SLURM_JOB_ID") and environ.get("SLURM_STEP_ID"):
         scope = f"slurm-{environ['SLURM_JOB_ID']}.{environ['SLURM_STEP_ID']}@{node}"
+        expected = local_tasks(environ)
     elif setting.lower() in ("1", "yes", "on", "true"):
         scope = f"parent-{os.getppid()}@{node}"
     elif setting:
@@ -59,7 +83,7 @@ def share_group(args: Sequence[str], environ: Mapping[str, str], cwd: str, image
     settings = sorted((k, v) for k, v in environ.items() if k.startswith(_SETTINGS_PREFIXES) or k in ("PATH", "HOME"))
     doc = json.dumps({"args": list(args), "cwd": cwd, "image": image, "env": settings}, sort_keys=True)
     key = hashlib.sha256(doc.encode()).hexdigest()[:24]
-    return ShareGroup(f"\0shimrun/{os.getuid()}/{scope}/{key}".encode(), node, scope)
+    return ShareGroup(f"\0shimrun/{os.getuid()}/{scope}/{key}".encode(), node, scope, expected)
 
 
 @dataclass
@@ -86,7 +110,8 @@ def _receive(conn: socket.socket) -> Joined | None:
 
 def join_or_lead(group: ShareGroup) -> Joined | socket.socket:
     """Joined: a holder served us. A listening socket: we lead (bound the group's name)."""
-    for _ in range(_ATTEMPTS):
+    deadline = time.monotonic() + _JOIN_TIMEOUT
+    while time.monotonic() < deadline:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
         try:
             conn.connect(group.name)
@@ -106,7 +131,8 @@ def join_or_lead(group: ShareGroup) -> Joined | socket.socket:
             listener.close()
             if e.errno != errno.EADDRINUSE:
                 raise
-            continue  # another rank just became leader: join it
+            time.sleep(0.001)  # another rank just became leader and is about to listen: join it
+            continue
         listener.listen(socket.SOMAXCONN)
         return listener
     raise OSError(errno.EAGAIN, "could not join or start the node's container")

@@ -1,0 +1,50 @@
+"""Sharing outside Slurm (ranks started by mpiexec): SHIMRUN_SHARE=1 groups the processes of one
+parent, SHIMRUN_SHARE=TAG by tag; off by default. And the node's task count from Slurm's variables."""
+
+from __future__ import annotations
+
+import pytest
+from leftovers import user_processes, wait_until
+
+from shim.launch.share import local_tasks, share_group
+
+NS = "readlink /proc/self/ns/mnt; sleep 0.3"
+
+
+def namespaces(shim, busybox_sif, share: str | None, n: int = 4) -> list[str]:
+    env = f"SHIMRUN_SHARE={share} " if share is not None else ""
+    line = " & ".join([f"{env}{shim.shimrun} {busybox_sif} sh -c '{NS}'"] * n) + " & wait"
+    r = shim.sh(line)
+    assert r.returncode == 0, r.stderr
+    return r.stdout.split()
+
+
+def test_share_by_parent(shim, busybox_sif):
+    got = namespaces(shim, busybox_sif, "1")
+    assert len(got) == 4 and len(set(got)) == 1
+    assert wait_until(lambda: "squashfuse_ll" not in user_processes(shim.user.uid).values(), timeout=5)
+
+
+def test_no_sharing_by_default_outside_slurm(shim, busybox_sif):
+    got = namespaces(shim, busybox_sif, None, n=3)
+    assert len(set(got)) == 3
+
+
+@pytest.mark.parametrize(("spec", "node", "want"), [
+    ("4(x2)", "1", 4), ("3,2(x3)", "0", 3), ("3,2(x3)", "3", 2), ("8", "0", 8), ("2(x2)", "5", 0),
+    ("", "0", 0), ("garbage", "0", 0)])
+def test_local_tasks(spec, node, want):
+    assert local_tasks({"SLURM_STEP_TASKS_PER_NODE": spec, "SLURM_NODEID": node}) == want
+
+
+def test_group_names_differ_by_step_node_and_arguments(tmp_path):
+    img = tmp_path / "img.sif"
+    img.write_bytes(b"x")
+    base = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURMD_NODENAME": "n1"}
+    a = share_group(["img.sif", "app"], base, "/tmp", str(img))
+    assert a is not None and a.name.startswith(b"\0shimrun/")
+    assert share_group(["img.sif", "app"], base, "/tmp", str(img)) == a
+    assert share_group(["img.sif", "app"], {**base, "SLURM_STEP_ID": "1"}, "/tmp", str(img)).name != a.name
+    assert share_group(["img.sif", "app"], {**base, "SLURMD_NODENAME": "n2"}, "/tmp", str(img)).name != a.name
+    assert share_group(["--fakeroot", "img.sif", "app"], base, "/tmp", str(img)).name != a.name
+    assert share_group(["img.sif", "app"], {**base, "SHIMRUN_SHARE": "0"}, "/tmp", str(img)) is None
