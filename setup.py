@@ -1,6 +1,24 @@
 """shim: HPC node-side container runtime shim. The C core in csrc/ is built with cffi."""
 
+import os
+import subprocess
+import sys
+
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
+
+
+class BuildWithFrontend(build_py):
+    """Also build csrc/frontend.c, the native `shimrun` that joins a node's shared container
+    without starting Python (and runs `SHIM_PYTHON -m shim` otherwise), into shim/libexec/."""
+
+    def run(self) -> None:
+        super().run()
+        out = os.path.join(self.build_lib, "shim", "libexec", "shimrun")
+        os.makedirs(os.path.dirname(out), exist_ok=True)
+        cc = os.environ.get("CC", "cc")
+        subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-Icsrc", f'-DSHIM_PYTHON="{sys.executable}"',
+                        "-o", out, "csrc/frontend.c", "csrc/join.c"], check=True)
 
 setup(
     name="shim",
@@ -10,11 +28,13 @@ setup(
     packages=find_packages(include=["shim", "shim.*"]) + ["shim.conf"],
     # The site configuration and example profiles live in conf/ and ship as shim/conf.
     package_dir={"shim.conf": "conf"},
-    package_data={"shim": ["stage/README", "data/*"], "shim.conf": ["*.toml", "profiles/*.toml", "profiles/*.md", "profiles/examples/*.toml"]},
+    package_data={"shim": ["stage/README", "data/*", "diagnose/data/*.json"],
+                  "shim.conf": ["*.toml", "profiles/*.toml", "profiles/*.md", "profiles/examples/*.toml"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_core.py:ffibuilder"],
     install_requires=["cffi>=1.15", "psutil>=5.9", "pyelftools>=0.29", "nvidia-ml-py>=12"],
     extras_require={"test": ["pytest>=7", "mpi4py>=3.1"]},
     entry_points={"console_scripts": ["shimrun=shim.cli.main:entry"]},
+    cmdclass={"build_py": BuildWithFrontend},
     zip_safe=False,
 )

@@ -64,16 +64,13 @@ int shim_launch(const struct shim_config *cfg, struct shim_result *res);
 int shim_prepare(const struct shim_config *cfg, struct shim_result *res);
 int shim_finish(const struct shim_config *cfg, struct shim_result *res);
 
-/* One container per node per job step (share.c). shim_hold: set up like prepare + finish, then,
- * instead of exec'ing (prepared: prepare was done already, we are the analysing leader's fork), report "ok" on ready_fd and serve the namespaces to ranks connecting to
- * listen_fd (same uid only), each also sent `payload`, until `expected` members (0: unknown)
- * have come and their apps exited, or none has been there for linger_ms; it then exits. Returns only on a set-up failure. shim_receive: a rank's side of that (returns
- * the payload length, or -errno; -ECONNRESET when the holder is leaving). shim_join: enter the
- * received namespaces, then working directory, no_new_privs, exec; returns only on failure. */
-int shim_hold(const struct shim_config *cfg, struct shim_result *res, int prepared, int listen_fd, int ready_fd,
-              const char *payload, int expected, int linger_ms);
-int shim_receive(int conn, int *userns, int *mntns, char *payload, int payload_len);
-int shim_join(const struct shim_config *cfg, struct shim_result *res, int userns, int mntns);
+/* One container per node per job step. shim_hold_setup (share.c): set up like prepare + finish
+ * without the exec (prepared: prepare was done already), keep fds of the namespaces, block the
+ * signals meant for the apps. shim_join_exec (join.c): enter those namespaces (unless already
+ * in them), chdir, no_new_privs, exec argv with envp; returns -1 with err and *code on failure. */
+int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int prepared, int *userns, int *mntns);
+int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
+                   size_t errlen, int *code);
 
 /* Resolve PATH inside ROOT the way binds are resolved (symlinks cannot leave ROOT).
  * Writes the host path of the result into out; returns 0, or -errno. For tests. */

@@ -31,7 +31,10 @@ fi
 rm -rf "$here/build"
 "$venv/bin/pip" install -q --disable-pip-version-check --no-build-isolation --force-reinstall --no-deps "$here" \
     2>&1 | grep -v "is ignored" || true
-ln -sf "$venv/bin/shimrun" /usr/local/bin/shimrun
+# `shimrun` is the native front-end (csrc/frontend.c): it joins a node's shared container
+# without starting Python and runs the Python implementation (python -m shim) otherwise.
+frontend=$(cd / && "$venv/bin/python" -c 'import os, shim; print(os.path.join(os.path.dirname(shim.__file__), "libexec", "shimrun"))')
+ln -sf "$frontend" /usr/local/bin/shimrun
 chmod -R a+rX "$prefix"
 echo "install.sh: shimrun installed: $(command -v shimrun) ($("$venv/bin/shimrun" --version))"
 

@@ -44,8 +44,8 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
 
 
-def _home() -> str:
-    home = os.environ.get("HOME", "")
+def _home(environ=os.environ) -> str:
+    home = environ.get("HOME", "")
     if not home.startswith("/"):
         home = pwd.getpwuid(os.getuid()).pw_dir
     return os.path.normpath(home)
@@ -58,6 +58,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
+    from shim.launch.execute import join
     from shim.launch.share import Joined, join_or_lead, share_group
 
     command = list(getattr(args, "command", None) or [])
@@ -65,25 +66,37 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
     group = None if dry_run else share_group(sys.argv[1:], os.environ, cwd, args.image)
     if group is None:
         return _launch(args, command, cwd, dry_run, as_json, listener=None)
-    got = join_or_lead(group)
-    if isinstance(got, Joined):
-        raise _join(args, command, cwd, got)
-    if args.debug:
-        print(f"shimrun: debug: leading the shared container of {group.scope}", file=sys.stderr)
-    _launch(args, command, cwd, dry_run, as_json, listener=got, group=group)  # returns once it serves
-    got = join_or_lead(group)
-    if not isinstance(got, Joined):
-        raise ShimError(ExitCode.LAUNCH, "the node's shared container went away before this rank joined it",
-                        "run again; SHIMRUN_SHARE=0 runs a container per process")
-    raise _join(args, command, cwd, got)
+    for attempt in (1, 2):
+        got = join_or_lead(group, sys.argv[1:], cwd, os.environ)
+        if isinstance(got, Joined):
+            raise join(got)
+        if isinstance(got, str):  # the holder refused this rank
+            code, _, message = got.partition("\0")
+            raise ShimError(_exit_code(code), message)
+        if attempt == 2:
+            break
+        if args.debug:
+            print(f"shimrun: debug: leading the shared container of {group.scope}", file=sys.stderr)
+        _launch(args, command, cwd, dry_run, as_json, listener=got, group=group)  # returns once it serves
+    raise ShimError(ExitCode.LAUNCH, "the node's shared container went away before this rank joined it",
+                    "run again; SHIMRUN_SHARE=0 runs a container per process")
 
 
-def _launch_env(args: argparse.Namespace, image_path: str, env_pairs: list[str], env_unset: list[str]):
+def _exit_code(text: str) -> ExitCode:
+    try:
+        return ExitCode(int(text))
+    except ValueError:
+        return ExitCode.LAUNCH
+
+
+def _launch_env(args: argparse.Namespace, image_path: str, env_pairs: list[str], env_unset: list[str],
+                environ: dict[str, str] | None = None, cwd: str | None = None):
     from shim.launch.environment import EnvOptions, compose
 
-    home = None if getattr(args, "no_home", False) else _home()
-    workdir = getattr(args, "pwd", None) or os.getcwd()
-    env = compose(dict(os.environ, PWD=workdir), EnvOptions(
+    environ = dict(os.environ) if environ is None else environ
+    home = None if getattr(args, "no_home", False) else _home(environ)
+    workdir = getattr(args, "pwd", None) or cwd or os.getcwd()
+    env = compose(dict(environ, PWD=workdir), EnvOptions(
         cleanenv=getattr(args, "cleanenv", False), env_pairs=tuple(getattr(args, "env", [])) + tuple(env_pairs),
         home=home or "/", image_path=image_path))
     for name in env_unset:
@@ -91,15 +104,30 @@ def _launch_env(args: argparse.Namespace, image_path: str, env_pairs: list[str],
     return env
 
 
-def _join(args: argparse.Namespace, command: list[str], cwd: str, joined) -> ShimError:
-    """Enter the node's shared container (set up by the step's first rank here) and exec."""
-    from shim.launch.execute import LaunchSpec, join
-    from shim.launch.rootfs import RootfsSource
+def _exec_spec_for(image_path: str, pairs: list[str], unset: list[str]):
+    """The holder's answer to a rank: its argv/env composed from its own request, as a single
+    launch would (runs after the pivot: only modules imported already)."""
+    from shim.cli.main import SUBCOMMANDS, _parser
+    from shim.launch.environment import DEFAULT_PATH  # noqa: F401 (imported before the pivot)
+    from shim.launch.share import ExecSpec, Refused, parse_request
 
-    env = _launch_env(args, args.image, joined.payload.get("env_pairs", []), joined.payload.get("env_unset", []))
-    spec = LaunchSpec(rootfs=RootfsSource("dir", args.image), stage=str(STAGE_DIR), binds=(),
-                      cwd=getattr(args, "pwd", None) or cwd, argv=command or ["true"], env=env, debug=args.debug)
-    return join(spec, joined.userns, joined.mntns)
+    def exec_spec(request: bytes) -> ExecSpec:
+        argv, cwd, environ = parse_request(request)
+        if argv[:1] and argv[0] in SUBCOMMANDS:
+            raise Refused(int(ExitCode.USAGE), f"{argv[0]} cannot join a running container")
+        try:
+            ns = _parser(argv).parse_args(argv)
+        except SystemExit:
+            raise Refused(int(ExitCode.USAGE), "invalid arguments (see shimrun --help)") from None
+        env = _launch_env(ns, image_path, pairs, unset, environ=environ, cwd=cwd)
+        command = list(ns.command) or ["true"]
+        workdir = ns.pwd or cwd
+        if os.path.isdir("/.singularity.d/env") and os.access("/bin/sh", os.X_OK):
+            return ExecSpec(workdir, ["/bin/sh", "-c", env.action_script, "shimrun", *command],
+                            [f"{k}={v}" for k, v in env.base.items()])
+        return ExecSpec(workdir, command, [f"{k}={v}" for k, v in env.direct.items()])
+
+    return exec_spec
 
 
 def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: bool, as_json: bool, listener,
@@ -113,7 +141,6 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     from shim.launch.identity import identity_appends
     from shim.launch.preflight import check_arch
     from shim.launch.rootfs import choose_rootfs
-    from shim.launch.share import payload_for
     from shim.site.config import find_conf_dir, load_site_config
 
     image = open_image(args.image)
@@ -135,7 +162,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     if not wants_analysis:
         if listener is None:
             raise execute(spec)
-        hold(listener, lambda: (spec, False, payload_for([], [])), group.expected, group.linger_ms)
+        hold(listener, lambda: (spec, False, _exec_spec_for(image.path, [], [])), group.expected, group.linger_ms)
         return 0
 
     def set_up():
@@ -169,11 +196,11 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         final = LaunchSpec(rootfs=spec.rootfs, stage=spec.stage, binds=binds, cwd=spec.cwd, argv=spec.argv,
                            env=_launch_env(args, image.path, pairs, plan.env_unset), appends=spec.appends,
                            fakeroot=spec.fakeroot, debug=spec.debug)
-        return final, payload_for(pairs, plan.env_unset)
+        return final, (pairs, list(plan.env_unset))
 
     def analysed():
-        final, payload = set_up()
-        return final, True, payload
+        final, (pairs, unset) = set_up()
+        return final, True, _exec_spec_for(image.path, pairs, unset)
 
     if listener is not None:
         hold(listener, analysed, group.expected, group.linger_ms)

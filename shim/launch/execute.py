@@ -138,13 +138,16 @@ def execute(spec: LaunchSpec) -> ShimError:
 
 
 def hold(listener, set_up, expected: int = 0, linger_ms: int = 2000) -> None:
-    """Fork the holder of the node's shared container and wait until it serves (csrc/share.c).
-    The holder runs `set_up()` -> (spec, prepared, payload): the image mount, analysis and
+    """Fork the holder of the node's shared container and return once it serves (share.py).
+    The holder runs `set_up()` -> (spec, prepared, exec_spec): the image mount, analysis and
     diagnostics happen there, once per node; `prepared` says set_up already entered the
-    namespaces and mounted the image. A failure there is raised here, in the leading rank."""
+    namespaces and mounted the image. Then it sets the container up (csrc/share.c) and serves
+    it, composing each rank's exec with `exec_spec(request bytes) -> ExecSpec`.
+    A failure in the set-up is raised here, in the leading rank."""
     import os
 
     from shim._core import lib
+    from shim.launch.share import serve
 
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     sys.stdout.flush()
@@ -158,25 +161,7 @@ def hold(listener, set_up, expected: int = 0, linger_ms: int = 2000) -> None:
                 os._exit(0)
         except OSError:
             os._exit(int(ExitCode.LAUNCH))
-        # The holder: leaves only through _exit.
-        code, message, hint = int(ExitCode.LAUNCH), b"the node's container could not be set up", b""
-        try:
-            os.close(read_end)
-            spec, prepared, payload = set_up()
-            conf = _Config(spec)
-            res = conf.ffi.new("struct shim_result *")
-            sys.stdout.flush()
-            sys.stderr.flush()
-            code = lib.shim_hold(conf.cfg, res, int(prepared), listener.fileno(), write_end, payload, expected,
-                                 linger_ms)
-            message = conf.ffi.string(res.message)
-        except ShimError as e:
-            code, message, hint = int(e.code), e.message.encode(), e.hint.encode()
-        finally:
-            try:
-                os.write(write_end, b"E%d\0%s\0%s" % (code, message, hint))
-            finally:
-                os._exit(code or int(ExitCode.LAUNCH))
+        _holder(listener, set_up, expected, linger_ms, read_end, write_end, lib, serve)
     os.close(write_end)
     listener.close()
     os.waitpid(pid, 0)  # the middle process, gone at once
@@ -193,16 +178,58 @@ def hold(listener, set_up, expected: int = 0, linger_ms: int = 2000) -> None:
                     hint.decode("utf-8", "replace"))
 
 
-def join(spec: LaunchSpec, userns: int, mntns: int) -> ShimError:
-    """Enter the node's shared container and exec the app; returns only with the reason it could not."""
-    from shim._core import lib
+def _holder(listener, set_up, expected, linger_ms, read_end, write_end, lib, serve) -> None:
+    """The holder process: leaves only through _exit."""
+    import os
+
+    code, message, hint = int(ExitCode.LAUNCH), b"the node's container could not be set up", b""
+    try:
+        os.close(read_end)
+        spec, prepared, answer = set_up()  # everything `answer` needs is imported now, before the pivot
+        conf = _Config(spec)
+        res = conf.ffi.new("struct shim_result *")
+        userns, mntns = conf.ffi.new("int *"), conf.ffi.new("int *")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        code = lib.shim_hold_setup(conf.cfg, res, int(prepared), userns, mntns)
+        if code == 0:
+            os.write(write_end, b"ok")
+            os.close(write_end)
+            # Do not hold the step's output open (srun waits for it to close).
+            devnull = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            serve(listener, userns[0], mntns[0], answer, expected, linger_ms)
+            os._exit(0)
+        message = conf.ffi.string(res.message)
+    except ShimError as e:
+        code, message, hint = int(e.code), e.message.encode(), e.hint.encode()
+    except BaseException as e:  # noqa: BLE001 - the holder must report, never unwind into the rank's code
+        message = f"the node's container could not be set up: {type(e).__name__}: {e}".encode()
+    try:
+        os.write(write_end, b"E%d\0%s\0%s" % (code, message, hint))
+    finally:
+        os._exit(code or int(ExitCode.LAUNCH))
+
+
+def join(joined) -> ShimError:
+    """Enter the node's shared container and exec what the holder composed for this rank;
+    returns only with the reason it could not."""
+    from shim._core import ffi, lib
 
     sys.stdout.flush()
     sys.stderr.flush()
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    keep = [ffi.new("char[]", a.encode("utf-8", "surrogateescape")) for a in joined.argv]
+    env = [ffi.new("char[]", e.encode("utf-8", "surrogateescape")) for e in joined.envp]
+    argv = ffi.new("char *[]", keep + [ffi.NULL])
+    envp = ffi.new("char *[]", env + [ffi.NULL])
+    err = ffi.new("char[]", 1024)
+    code = ffi.new("int *")
+    lib.shim_join_exec(joined.userns, joined.mntns, joined.cwd.encode(), argv, envp, err, 1024, code)
     try:
-        _call(lambda cfg, res: lib.shim_join(cfg, res, userns, mntns), spec)
-    except ShimError as e:
-        return e
-    return ShimError(ExitCode.LAUNCH, "the C core returned without running the app")
+        exit_code = ExitCode(code[0])
+    except ValueError:
+        exit_code = ExitCode.LAUNCH
+    return ShimError(exit_code, ffi.string(err).decode("utf-8", "replace"))

@@ -5,34 +5,43 @@ Under `srun` (SLURM_JOB_ID and SLURM_STEP_ID set) this is the default; `SHIMRUN_
 it off. Elsewhere (e.g. ranks started by `mpiexec`) `SHIMRUN_SHARE=1` groups the processes that
 have the same parent (the launcher's proxy on that node), `SHIMRUN_SHARE=TAG` groups by TAG.
 
-The group is named by an abstract unix socket (nothing on disk to leave behind) that holds the
-user, the job step, the node (SLURMD_NODENAME: several slurmd on one machine are several nodes)
-and a hash of everything that shapes the container: shimrun's arguments, the working directory,
-the image file's identity and shimrun's own environment settings. The first rank to bind the
-name leads: it plans, prints the diagnostics (once per node), and forks the holder (csrc/share.c),
-which sets the container up and serves it; every rank, the leader included, then joins it and
-execs its app, keeping its pid (signals and exit status stay native). The holder leaves when the
-last member's app has exited; Slurm's end-of-step kill also ends it.
+The group is named by an abstract unix socket (nothing on disk to leave behind): the user, the
+job step, the node (SLURMD_NODENAME: several slurmd on one machine are several nodes) and a hash
+of everything that shapes the container: shimrun's arguments, the working directory, the image
+file's identity and shimrun's own environment settings. csrc/frontend.c computes the same name
+(group_key below and its group_name must stay in step).
+
+The first rank to bind the name leads: it forks the holder, which mounts, plans, prints the
+diagnostics (once per node), sets the container up (csrc/share.c) and serves it. Every rank, the
+leader included, then sends the holder its arguments, working directory and environment; the
+holder composes that rank's environment with the same code as a single launch and answers with
+its namespaces (SCM_RIGHTS) and what to exec; the rank enters them and execs, keeping its pid,
+so signals and exit status stay native. The native front-end does this without starting Python.
+The holder watches each app through a pidfd and leaves when the node's tasks of the step
+(SLURM_STEP_TASKS_PER_NODE) have come and gone, or when none has been there for LINGER_MS;
+Slurm's end-of-step kill also ends it, and squashfuse with it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import hashlib
-import json
 import os
 import re
+import select
 import socket
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-_MAX_PAYLOAD = 1 << 16
-_SETTINGS_PREFIXES = ("SHIMRUN", "APPTAINERENV_", "SINGULARITYENV_", "APPTAINER_", "SINGULARITY_")
-_JOIN_TIMEOUT = 120.0  # seconds a rank keeps trying to join or lead
-
-
-LINGER_MS = 2000  # how long a holder waits for more ranks once none is left, when it cannot know
+LINGER_MS = 2000        # how long a holder waits for more ranks once none is left, when it cannot know
+FIRST_MEMBER_MS = 60000  # the leader connects as soon as the holder serves; this is a backstop
+_JOIN_TIMEOUT = 120.0    # seconds a rank keeps trying to join or lead
+_REQUEST = b"SHIMREQ1"
+_MAX_REQUEST = 1 << 22
+_SETTINGS_PREFIXES = ("SHIMRUN", "APPTAINERENV_", "SINGULARITYENV_", "APPTAINER_", "SINGULARITY_", "PATH=", "HOME=")
+_FNV_PRIME = 0x100000001B3
+_MASK = (1 << 64) - 1
 
 
 @dataclass(frozen=True)
@@ -60,6 +69,16 @@ def local_tasks(environ: Mapping[str, str]) -> int:
     return counts[index] if index < len(counts) else 0
 
 
+def group_key(fields: Sequence[str]) -> str:
+    """Two FNV-1a 64-bit hashes over the fields, each with its NUL (frontend.c's fnv_add)."""
+    a, b = 0xCBF29CE484222325, 0x84222325CBF29CE4
+    for field in fields:
+        for byte in field.encode("utf-8", "surrogateescape") + b"\0":
+            a = ((a ^ byte) * _FNV_PRIME) & _MASK
+            b = ((b ^ byte) * _FNV_PRIME) & _MASK
+    return f"{a:016x}{b:016x}"
+
+
 def share_group(args: Sequence[str], environ: Mapping[str, str], cwd: str, image_path: str) -> ShareGroup | None:
     setting = environ.get("SHIMRUN_SHARE", "")
     if setting.lower() in ("0", "no", "off", "false"):
@@ -77,39 +96,68 @@ def share_group(args: Sequence[str], environ: Mapping[str, str], cwd: str, image
         return None
     try:
         st = os.stat(image_path)
-        image = [os.path.realpath(image_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
     except OSError:
         return None
-    settings = sorted((k, v) for k, v in environ.items() if k.startswith(_SETTINGS_PREFIXES) or k in ("PATH", "HOME"))
-    doc = json.dumps({"args": list(args), "cwd": cwd, "image": image, "env": settings}, sort_keys=True)
-    key = hashlib.sha256(doc.encode()).hexdigest()[:24]
-    return ShareGroup(f"\0shimrun/{os.getuid()}/{scope}/{key}".encode(), node, scope, expected)
+    uid = str(os.getuid())
+    settings = sorted(f"{k}={v}" for k, v in environ.items() if f"{k}=".startswith(_SETTINGS_PREFIXES))
+    key = group_key(["shim-share-v1", uid, scope, cwd, os.path.realpath(image_path),
+                     f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}", "--args--", *args, "--env--",
+                     *settings])
+    name = f"\0shimrun/{uid}/{scope}/{key}".encode()
+    if len(name) > 107:  # sun_path's size: the same rule as frontend.c (it then falls back to Python)
+        return None
+    return ShareGroup(name, node, scope, expected)
 
+
+# ---- a rank's side ----------------------------------------------------------------------------
 
 @dataclass
 class Joined:
     userns: int
     mntns: int
-    payload: dict
+    cwd: str
+    argv: list[str]
+    envp: list[str]
 
 
-def _receive(conn: socket.socket) -> Joined | None:
-    from shim._core import ffi, lib
+def _fields(data: bytes) -> list[str]:
+    return [f.decode("utf-8", "surrogateescape") for f in data.split(b"\0")[:-1]]
 
-    userns, mntns = ffi.new("int *"), ffi.new("int *")
-    buf = ffi.new("char[]", _MAX_PAYLOAD)
-    n = lib.shim_receive(conn.fileno(), userns, mntns, buf, _MAX_PAYLOAD)
-    if n < 0:
-        return None
+
+def request_bytes(args: Sequence[str], cwd: str, environ: Mapping[str, str]) -> bytes:
+    parts = [_REQUEST, cwd.encode(), str(len(args)).encode(), *(a.encode("utf-8", "surrogateescape") for a in args),
+             *(f"{k}={v}".encode("utf-8", "surrogateescape") for k, v in environ.items())]
+    return b"".join(p + b"\0" for p in parts)
+
+
+def _ask(conn: socket.socket, args: Sequence[str], cwd: str, environ: Mapping[str, str]) -> Joined | str | None:
+    """Joined; or the holder's refusal message ("code\\0message"); None: the holder was leaving."""
     try:
-        payload = json.loads(ffi.string(buf).decode())
-    except ValueError:
-        payload = {}
-    return Joined(userns[0], mntns[0], payload)
+        conn.sendall(request_bytes(args, cwd, environ))
+        conn.shutdown(socket.SHUT_WR)
+        data, fds, _flags, _addr = socket.recv_fds(conn, 1 << 16, 2)
+        chunks = [data]
+        while chunk := conn.recv(1 << 16):
+            chunks.append(chunk)
+    except OSError:
+        return None
+    fields = _fields(b"".join(chunks))
+    if fields[:1] == ["ER"] and len(fields) >= 3:
+        return f"{fields[1]}\0{fields[2]}"
+    if fields[:1] != ["OK"] or len(fds) != 2:
+        for fd in fds:
+            os.close(fd)
+        return None
+    argc = int(fields[2])
+    argv = fields[3:3 + argc]
+    envc = int(fields[3 + argc])
+    return Joined(fds[0], fds[1], fields[1], argv, fields[4 + argc:4 + argc + envc])
 
 
-def join_or_lead(group: ShareGroup) -> Joined | socket.socket:
-    """Joined: a holder served us. A listening socket: we lead (bound the group's name)."""
+def join_or_lead(group: ShareGroup, args: Sequence[str], cwd: str,
+                 environ: Mapping[str, str]) -> Joined | str | socket.socket:
+    """Joined: a holder served us. str: the holder refused ("code\\0message"). A listening socket:
+    we lead (we bound the group's name)."""
     deadline = time.monotonic() + _JOIN_TIMEOUT
     while time.monotonic() < deadline:
         conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -119,9 +167,9 @@ def join_or_lead(group: ShareGroup) -> Joined | socket.socket:
             conn.close()
         else:
             with conn:
-                joined = _receive(conn)  # blocks until the holder has the container ready
-            if joined:
-                return joined
+                answer = _ask(conn, args, cwd, environ)  # blocks until the holder has the container ready
+            if answer is not None:
+                return answer
             time.sleep(0.005)  # the holder was leaving: start afresh
             continue
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
@@ -138,10 +186,100 @@ def join_or_lead(group: ShareGroup) -> Joined | socket.socket:
     raise OSError(errno.EAGAIN, "could not join or start the node's container")
 
 
-def payload_for(env_pairs: Sequence[str], env_unset: Sequence[str]) -> bytes:
-    """What the holder tells every joining rank: the plan's environment edits (the rest of the
-    environment each rank composes from its own, so PMI ranks and the like stay per rank)."""
-    data = json.dumps({"env_pairs": list(env_pairs), "env_unset": list(env_unset)}).encode()
-    if len(data) >= _MAX_PAYLOAD:
-        raise ValueError("environment edits too large to share")
-    return data
+# ---- the holder's side ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ExecSpec:
+    cwd: str
+    argv: list[str]
+    envp: list[str]
+
+
+class Refused(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def parse_request(data: bytes) -> tuple[list[str], str, dict[str, str]]:
+    fields = _fields(data)
+    if fields[:1] != [_REQUEST.decode()] or len(fields) < 3 or not fields[2].isdigit():
+        raise Refused(71, "malformed request to the node's container")
+    argc = int(fields[2])
+    args = fields[3:3 + argc]
+    env = dict(e.split("=", 1) for e in fields[3 + argc:] if "=" in e)
+    return args, fields[1], env
+
+
+def _reply(conn: socket.socket, userns: int, mntns: int, spec: ExecSpec) -> None:
+    parts = ["OK", spec.cwd, str(len(spec.argv)), *spec.argv, str(len(spec.envp)), *spec.envp]
+    body = b"".join(p.encode("utf-8", "surrogateescape") + b"\0" for p in parts)
+    sent = socket.send_fds(conn, [body[:4096]], [userns, mntns])
+    conn.sendall(body[sent:])
+
+
+def _refuse(conn: socket.socket, code: int, message: str) -> None:
+    conn.sendall(b"ER\0" + str(code).encode() + b"\0" + message.encode("utf-8", "replace") + b"\0")
+
+
+def _read_request(conn: socket.socket) -> bytes:
+    conn.settimeout(10)
+    chunks, size = [], 0
+    while chunk := conn.recv(1 << 16):
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > _MAX_REQUEST:
+            raise Refused(71, "request to the node's container too large")
+    return b"".join(chunks)
+
+
+def serve(listener: socket.socket, userns: int, mntns: int, exec_spec: Callable[[bytes], ExecSpec],
+          expected: int = 0, linger_ms: int = LINGER_MS) -> None:
+    """Answer ranks until every expected member (0: unknown) has come and its app exited, or none
+    has been there for linger_ms. Runs after pivot_root: everything it uses is imported already."""
+    poller = select.poll()
+    poller.register(listener.fileno(), select.POLLIN)
+    members: dict[int, int] = {}  # pidfd -> pid
+    served = 0
+    uid = os.getuid()
+    while True:
+        timeout = None if members else (linger_ms if served else FIRST_MEMBER_MS)
+        events = poller.poll(timeout)
+        if not events:
+            break
+        for fd, _ev in events:
+            if fd in members:  # that member's app has exited
+                poller.unregister(fd)
+                os.close(fd)
+                del members[fd]
+                continue
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                try:
+                    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                    pid, peer_uid = int.from_bytes(creds[0:4], "little"), int.from_bytes(creds[4:8], "little")
+                    if peer_uid != uid:  # an abstract socket's name is not private
+                        continue
+                    pidfd = os.pidfd_open(pid)
+                except OSError:
+                    continue
+                try:
+                    _reply(conn, userns, mntns, exec_spec(_read_request(conn)))
+                except Refused as e:
+                    os.close(pidfd)
+                    with contextlib.suppress(OSError):
+                        _refuse(conn, e.code, e.message)
+                    continue
+                except OSError:
+                    os.close(pidfd)
+                    continue
+                members[pidfd] = pid
+                poller.register(pidfd, select.POLLIN)
+                served += 1
+        if not members and expected and served >= expected:
+            break
+    listener.close()  # a rank connecting now is refused and starts afresh

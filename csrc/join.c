@@ -1,0 +1,91 @@
+/* Entering the node's shared container and exec'ing a rank's app: used by the cffi core and by
+ * the native front-end (frontend.c), which joins without starting Python at all. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <limits.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "join.h"
+
+/* Is fd the namespace this process is in already? (A leader that analysed the image forked the
+ * holder from inside it: its root moved with the holder's pivot_root; there is nothing to enter.) */
+static int already_in(int fd, const char *self)
+{
+    struct stat a, b;
+    return fstat(fd, &a) == 0 && stat(self, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
+}
+
+static const char *env_value(char *const *envp, const char *name)
+{
+    size_t n = strlen(name);
+    for (; envp && *envp; envp++)
+        if (!strncmp(*envp, name, n) && (*envp)[n] == '=')
+            return *envp + n + 1;
+    return NULL;
+}
+
+int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
+                   size_t errlen, int *code)
+{
+    const char *cmd = argv[0], *path;
+    char buf[PATH_MAX];
+    int saw_eacces = 0, last = ENOENT;
+
+    *code = SHIM_JOIN_E_LAUNCH;
+    if (!already_in(userns, "/proc/self/ns/user") && setns(userns, CLONE_NEWUSER) == -1) {
+        snprintf(err, errlen, "join the node's container (user namespace): %s", strerror(errno));
+        return -1;
+    }
+    /* Root and working directory become the container's root with the mount namespace. */
+    if (!already_in(mntns, "/proc/self/ns/mnt") && setns(mntns, CLONE_NEWNS) == -1) {
+        snprintf(err, errlen, "join the node's container (mount namespace): %s", strerror(errno));
+        return -1;
+    }
+    close(userns);
+    close(mntns);
+    if (cwd && *cwd && chdir(cwd) == -1) {
+        fprintf(stderr, "shimrun: warning: cannot enter %s in the container (%s); using /\n", cwd, strerror(errno));
+        if (chdir("/") == -1) {
+            snprintf(err, errlen, "chdir / in the container: %s", strerror(errno));
+            return -1;
+        }
+    }
+    /* Nothing exec'd from here on can gain privileges (setuid files are also nosuid). */
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) {
+        snprintf(err, errlen, "set no_new_privs: %s", strerror(errno));
+        return -1;
+    }
+    if (strchr(cmd, '/')) {
+        execve(cmd, argv, envp);
+        last = errno;
+    } else {
+        const char *p = (path = env_value(envp, "PATH")) ? path : "/usr/local/bin:/usr/bin:/bin";
+        while (*p) {
+            const char *end = strchrnul(p, ':');
+            int len = (int)(end - p);
+            snprintf(buf, sizeof buf, "%.*s%s%s", len, p, len ? "/" : "", cmd);
+            execve(buf, argv, envp);
+            if (errno == EACCES || errno == ENOEXEC || errno == EPERM)
+                saw_eacces = errno;
+            else if (errno != ENOENT && errno != ENOTDIR)
+                last = errno;
+            p = *end ? end + 1 : end;
+        }
+        if (saw_eacces)
+            last = saw_eacces;
+    }
+    if (last == ENOENT || last == ENOTDIR) {
+        *code = SHIM_JOIN_E_NOTFOUND;
+        snprintf(err, errlen, "%s: command not found in the image", cmd);
+    } else {
+        *code = (last == ENOEXEC || last == EACCES || last == EPERM) ? SHIM_JOIN_E_NOEXEC : SHIM_JOIN_E_LAUNCH;
+        snprintf(err, errlen, "execute %s in the container: %s", cmd, strerror(last));
+    }
+    return -1;
+}

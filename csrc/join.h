@@ -1,0 +1,16 @@
+/* Joining the node's shared container (join.c): shared by the cffi core and the native front-end. */
+#ifndef SHIM_JOIN_H
+#define SHIM_JOIN_H
+
+#include <stddef.h>
+
+#define SHIM_JOIN_E_LAUNCH 71
+#define SHIM_JOIN_E_NOEXEC 126
+#define SHIM_JOIN_E_NOTFOUND 127
+
+/* Enter the namespaces (unless already in them), chdir, no_new_privs, exec argv with envp
+ * (argv[0] without a slash is looked up in envp's PATH). Returns -1 with err and *code set. */
+int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
+                   size_t errlen, int *code);
+
+#endif
