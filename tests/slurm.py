@@ -242,6 +242,7 @@ class LocalSlurm:
         self._procs: dict[str, subprocess.Popen] = {}
         self.start_seconds = 0.0
         self.created_munge_key = False
+        self.first_job_id = random.randrange(1000, 60_000_000)
 
     # -- paths -------------------------------------------------------------------------------
 
@@ -490,6 +491,10 @@ MpiDefault=none
 SlurmdParameters=config_overrides
 ReturnToService=2
 MaxJobCount=10000
+# Job ids start somewhere new for every test cluster: MPI libraries name shared-memory segments
+# after the job and step (MPICH's /dev/shm/mpich_shm_*), and a segment left by a killed run of an
+# earlier cluster with the same ids would be attached to and break MPI_Init.
+FirstJobId={self.first_job_id}
 MinJobAge=10
 KillWait=5
 KillOnBadExit=1

@@ -54,7 +54,7 @@ def test_check_plans_the_injection(shim, site_conf, mpich_sif):
     plan = json.loads(r.stdout)
     (d,) = [d for d in plan["decisions"] if d["library"] == "libmpich.so.12"]
     assert d["decision"] == "inject" and d["host_path"].endswith("/lib/libmpi.so.12")
-    assert plan["diagnostics"] == []
+    assert [d for d in plan["diagnostics"] if d["severity"] != "info"] == []  # hardware notes aside
 
 
 def test_host_mpi_is_used_inside(shim, site_conf, mpich_sif):

@@ -45,9 +45,16 @@ def marked(mark: str) -> dict[int, str]:
     return found
 
 
+def socket_job(name: str) -> str:
+    """The job id in a group's socket name: @shimrun/UID/slurm-JOB.STEP@NODE/KEY."""
+    return name.split("/")[2].removeprefix("slurm-").split(".")[0]
+
+
 def shim_sockets(uid: int, job_ids: set[str]) -> list[str]:
-    return [ln.split()[-1] for ln in Path("/proc/net/unix").read_text().splitlines()
-            if f"@shimrun/{uid}/slurm-" in ln and ln.split()[-1].split("/")[3].split(".")[0] in job_ids]
+    """Listening shimrun group sockets of these jobs (the holder's: gone when it is)."""
+    names = [ln.split()[-1] for ln in Path("/proc/net/unix").read_text().splitlines()
+             if f"@shimrun/{uid}/slurm-" in ln]
+    return [n for n in names if socket_job(n) in job_ids]
 
 
 def nothing_left(mark: str, uid: int, job_ids: set[str]) -> bool:
@@ -116,6 +123,10 @@ def test_scancel_reaches_every_rank_and_nothing_remains(shim, slurm3, user, busy
     assert wait_until(lambda: got.read_text().count("term") == 4, timeout=10), got.read_text()
     assert sorted(re.findall(r"term (\d)", got.read_text())) == ["0", "1", "2", "3"]
     assert wait_until(lambda: nothing_left("scancel", user.uid, jobs), timeout=15), marked("scancel")
+
+
+def test_socket_job_parses_group_names():
+    assert socket_job("@shimrun/1001/slurm-4711.0@n2/0123abcd") == "4711"
 
 
 def test_exit_status_of_each_rank_is_what_slurm_reports(shim, slurm3, user, busybox_sif):

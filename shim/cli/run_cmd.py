@@ -135,16 +135,18 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     """The pipeline: image -> host facts -> container facts -> plan -> diagnostics -> launch. With
     `listener` (this rank leads a shared container) the set-up runs in the holder it forks, and
     this returns once the holder serves; otherwise it execs the app (or prints the plan)."""
+    from shim.diagnose.check import apply_site_policy, cached, check_key, hardware_diagnostics_for, host_root, store
     from shim.image.open import open_image
     from shim.launch.binds import KEEPDEV, RO, Bind, parse_bind, parse_bind_list, plan_binds
     from shim.launch.execute import LaunchSpec, execute, finish, hold, prepare
     from shim.launch.identity import identity_appends
     from shim.launch.preflight import check_arch
     from shim.launch.rootfs import choose_rootfs
+    from shim.plan.model import Plan
     from shim.site.config import find_conf_dir, load_site_config
 
     image = open_image(args.image)
-    check_arch(image)
+    check_arch(image, os.environ, fatal=not dry_run)  # exit 66 before anything is mounted
     site = load_site_config(args.conf)
     profiles = _load_profiles(find_conf_dir(args.conf))
     site_binds = [b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
@@ -157,9 +159,16 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
                       binds=plan_binds(home, cwd, site_binds, user_binds), cwd=workdir, argv=command or ["true"],
                       env=_launch_env(args, image.path, [], []),
                       fakeroot=fakeroot, debug=args.debug, appends=identity_appends(home or "/", fakeroot))
-    wants_analysis = dry_run or args.profile or (profiles is not None and any(
+    node = group.node if group else ""
+    hw_off = bool(os.environ.get("SHIMRUN_NO_HW_CHECK"))
+    hw_key = None if hw_off else check_key(image.path, command[0] if command else None, os.environ,
+                                           host_root(os.environ))
+    hw = [] if hw_off else cached(hw_key) if hw_key else None
+    wants_analysis = dry_run or hw is None or args.profile or (profiles is not None and any(
         p.available and p.applies != "on-request" for p in profiles.profiles) and not args.no_profiles)
     if not wants_analysis:
+        # Warm: the hardware check's result is known and no profile applies: nothing to analyse.
+        _report(args, Plan(image=image.path, diagnostics=apply_site_policy(hw, site.policy())), node)
         if listener is None:
             raise execute(spec)
         hold(listener, lambda: (spec, False, _exec_spec_for(image.path, [], [])), group.expected, group.linger_ms)
@@ -169,7 +178,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         """In this process or in the holder: mount, analyse, report; the final spec."""
         from shim.plan.inject import plan_for_image
         from shim.plan.model import ERROR, WARNING
-        from shim.report.render import print_diagnostics, print_plan
+        from shim.report.render import print_plan
 
         root = prepare(spec)
         started, stats = time.perf_counter(), {}
@@ -177,17 +186,21 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
                               spec.env.direct.get("PATH", ""), scratch=spec.stage,
                               refusal_severity=ERROR if site.refusal == "error" else WARNING,
                               use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
+        found = hw
+        if found is None:
+            found = hardware_diagnostics_for(root, image.arch, command[0] if command else None, os.environ,
+                                             spec.env.direct.get("PATH", ""))
+            store(hw_key, found)
+        plan.diagnostics[:0] = found
+        plan.diagnostics = apply_site_policy(plan.diagnostics, site.policy())
         if args.debug:
             print(f"shimrun: debug: analysis {1000 * (time.perf_counter() - started):.1f} ms "
-                  f"(plan cache {stats['plan_cache']})", file=sys.stderr)
+                  f"(plan cache {stats['plan_cache']}, hardware check {'cached' if hw is not None else 'run'})",
+                  file=sys.stderr)
         if dry_run:
             print_plan(plan, as_json)
             return None, int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
-        print_diagnostics(plan, quiet=args.quiet, node=group.node if group else "")
-        if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
-            raise ShimError(ExitCode.REFUSED, "not starting the app: " + (
-                "an injection was refused" if plan.refusals() else "a diagnostic is fatal"),
-                "see the lines above; rerun with --dry-run for the whole plan, or without --strict")
+        _report(args, plan, node)
         pairs = [f"{k}={v}" for k, v in plan.env_set.items()]
         pairs += [f"PREPEND_PATH={v}" if k == "PATH" else f"{k}={v}" for k, v in plan.env_prepend.items()]
         pairs += [f"APPEND_PATH={v}" if k == "PATH" else f"{k}={v}" for k, v in plan.env_append.items()]
@@ -210,6 +223,17 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         return outcome
     sys.stderr.flush()
     raise finish(final)
+
+
+def _report(args: argparse.Namespace, plan, node: str) -> None:
+    """The diagnostics, once, before the app starts; stop when one is fatal."""
+    from shim.report.render import print_diagnostics
+
+    print_diagnostics(plan, quiet=args.quiet, node=node, verbose=args.debug)
+    if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
+        raise ShimError(ExitCode.REFUSED, "not starting the app: " + (
+            "an injection was refused" if plan.refusals() else "a diagnostic is fatal"),
+            "see the lines above; rerun with --dry-run for the whole plan, or without --strict")
 
 
 def _load_profiles(conf_dir: Path):

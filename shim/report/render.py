@@ -17,11 +17,13 @@ def diagnostic_line(d: Diagnostic, node: str = "") -> str:
     return f"shimrun: {where}{_LABEL.get(d.severity, d.severity)}: {d.code}: {d.message}{hint}"
 
 
-def print_diagnostics(plan: Plan, out: TextIO = sys.stderr, quiet: bool = False, node: str = "") -> None:
-    """Before the app starts: one line per diagnostic (warnings and info hidden by --quiet).
-    `node`: in a shared container only the node's leading rank prints, prefixed with the node."""
+def print_diagnostics(plan: Plan, out: TextIO = sys.stderr, quiet: bool = False, node: str = "",
+                      verbose: bool = False) -> None:
+    """Before the app starts: one line per error and warning (warnings hidden by --quiet); info
+    lines only when `verbose` (--debug; `check` shows everything). `node`: in a shared container
+    only the node's leading rank prints, prefixed with the node."""
     for d in plan.diagnostics:
-        if quiet and d.severity != ERROR:
+        if (quiet and d.severity != ERROR) or (d.severity == INFO and not verbose):
             continue
         print(diagnostic_line(d, node), file=out)
 

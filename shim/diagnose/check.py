@@ -1,0 +1,139 @@
+"""The hardware check of one launch: what the image expects against what this node has, with
+the site's policy applied, cached so a warm launch neither scans the image nor asks NVML.
+
+The result depends on the image (its identity), the app, the job's environment variables that
+the rules read, and the node. The node part of the key is a cheap fingerprint, never the facts
+themselves: the CPUs this process may use and its cgroup quota, the NVIDIA kernel module's
+version file, the RDMA devices and their port states, the binfmt_misc entries, the NVIDIA device
+nodes. Any change there, or a new job with another CPU allowance, is a miss. Entries are JSON
+files under $SHIMRUN_CACHE/hw/, written atomically like the plan cache.
+
+SHIMRUN_HOST_ROOT names a host root other than "/" (a simulated node, for tests and for
+checking an image against a node's facts captured elsewhere).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+
+from shim.plan.model import Diagnostic
+
+_FORMAT = 1
+JOB_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
+                 "SLURM_CPUS_PER_TASK", "SLURM_JOB_ID")
+
+
+def host_root(environ: Mapping[str, str] = os.environ) -> str:
+    return environ.get("SHIMRUN_HOST_ROOT") or "/"
+
+
+def _read(path: str, limit: int = 4096) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(limit).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+def host_fingerprint(root: str = "/") -> list[str]:
+    """Cheap signs of everything the host facts are made of (a few dozen syscalls)."""
+    under = root.rstrip("/")
+    parts = [_read(f"{under}/proc/driver/nvidia/version", 256),
+             " ".join(sorted(os.path.basename(p) for p in glob.glob(f"{under}/dev/nvidia*"))),
+             " ".join(sorted(os.listdir(f"{under}/proc/sys/fs/binfmt_misc")))
+             if os.path.isdir(f"{under}/proc/sys/fs/binfmt_misc") else "",
+             _read(f"{under}/proc/self/cgroup", 1024), _read(f"{under}/sys/fs/cgroup/cpu.max", 64)]
+    for port in sorted(glob.glob(f"{under}/sys/class/infiniband/*/ports/*/state")):
+        parts.append(f"{port}={_read(port, 64).strip()}")
+    for entry in sorted(glob.glob(f"{under}/proc/sys/fs/binfmt_misc/qemu-*")):
+        parts.append(_read(entry, 64).split("\n", 1)[0])
+    if root == "/":
+        parts.append(f"cpus={len(os.sched_getaffinity(0))}/{os.cpu_count()}")
+    else:
+        parts += [_read(f"{under}/proc/self/status", 8192), _read(f"{under}/proc/cpuinfo", 1 << 16),
+                  _read(f"{under}/sys/devices/system/cpu/online", 64)]
+    return parts
+
+
+def _cache_path(key: str) -> str:
+    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
+    return os.path.join(base, "hw", f"{key}.json")
+
+
+def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root: str) -> str:
+    from shim import __version__
+
+    try:
+        st = os.stat(image_path)
+        ident = [os.path.realpath(image_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    except OSError:
+        ident = [image_path]
+    doc = [_FORMAT, __version__, ident, app or "", root, [environ.get(v, "\0") for v in JOB_VARIABLES],
+           host_fingerprint(root)]
+    return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
+
+
+def cached(key: str) -> list[Diagnostic] | None:
+    try:
+        with open(_cache_path(key), "rb") as f:
+            doc = json.load(f)
+        return [Diagnostic(**d) for d in doc["diagnostics"]] if doc.get("key") == key else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def store(key: str, diagnostics: list[Diagnostic]) -> None:
+    from dataclasses import asdict
+
+    path = _cache_path(key)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        with open(tmp, "w") as f:
+            json.dump({"key": key, "diagnostics": [asdict(d) for d in diagnostics]}, f)
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+
+
+def hardware_diagnostics_for(root: str, image_arch: str, app: str | None, environ: Mapping[str, str],
+                             path: str = "") -> list[Diagnostic]:
+    """Scan the mounted image at `root` and compare with this node (no cache, no policy)."""
+    from shim.diagnose.hardware import hardware_diagnostics
+    from shim.expect.scan import scan_image
+    from shim.host.gather import gather_host_facts
+
+    expect = scan_image(root, app=_app_in_image(root, app, path), arch=image_arch or None)
+    return hardware_diagnostics(expect, gather_host_facts(host_root(environ), environ), image_arch, environ)
+
+
+def _app_in_image(root: str, app: str | None, path: str) -> str | None:
+    """The app as a container path (looked up in the container's PATH), or None."""
+    if not app:
+        return None
+    from shim.elf.rootpath import RootPaths
+
+    paths = RootPaths(root)
+    if "/" in app:
+        return app if paths.resolve(app) else None
+    for d in (path or "/usr/local/bin:/usr/bin:/bin").split(":"):
+        candidate = os.path.join(d or "/", app)
+        real = paths.resolve(candidate)
+        if real and os.path.isfile(os.path.join(root, real.lstrip("/"))):
+            return candidate
+    return None
+
+
+def apply_site_policy(diagnostics: list[Diagnostic], policy: Mapping[str, str]) -> list[Diagnostic]:
+    if not policy:
+        return diagnostics
+    from shim.diagnose.policy import apply_policy
+
+    return apply_policy(diagnostics, policy)
