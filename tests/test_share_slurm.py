@@ -141,3 +141,20 @@ def test_share_off_gives_each_rank_its_own_container(shim, slurm3, user, busybox
                     user=user, env=env_for(shim, slurm3, "off", SHIMRUN_SHARE="0"), timeout=60)
     assert r.returncode == 0, r.stderr
     assert len({g[2] for g in reports(r.stdout)}) == 3
+
+
+def test_pmi_mismatch_is_reported_once_per_node(shim, slurm3, user):
+    import images
+
+    image = images.build_sif(images.DEBIAN_MPICH)
+    r = slurm3.srun(["-N", "2", "-n", "4", "--mpi=none", shim.shimrun, image, "/opt/app/hello"], user=user,
+                    env=env_for(shim, slurm3, "pmi-none"), timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "MPI-PMI-MISMATCH" in ln]
+    assert sorted(ln.split("]")[0] for ln in lines) == ["shimrun: [n1", "shimrun: [n2"], r.stderr  # once per node
+    assert "4 tasks" in lines[0] and "rank 0 of a 1-rank world" in lines[0] and "--mpi=pmi2" in lines[0]
+    assert r.stdout.count("rank 0 of 1") == 4  # what the line predicted
+    ok = slurm3.srun(["-N", "1", "-n", "2", "--mpi=pmi2", shim.shimrun, image, "/opt/app/hello"], user=user,
+                     env=env_for(shim, slurm3, "pmi-two"), timeout=120)
+    assert ok.returncode == 0 and "MPI-PMI-MISMATCH" not in ok.stderr, ok.stderr
+    assert "sum=3 expected=3 ok" in ok.stdout

@@ -25,7 +25,8 @@ from shim.plan.model import Diagnostic
 
 _FORMAT = 1
 JOB_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
-                 "SLURM_CPUS_PER_TASK", "SLURM_JOB_ID")
+                 "SLURM_CPUS_PER_TASK", "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_MPI_TYPE", "SLURM_NTASKS",
+                 "PMI_FD", "PMIX_RANK")
 
 
 def host_root(environ: Mapping[str, str] = os.environ) -> str:
@@ -107,11 +108,13 @@ def hardware_diagnostics_for(root: str, image_arch: str, app: str | None, enviro
                              path: str = "") -> list[Diagnostic]:
     """Scan the mounted image at `root` and compare with this node (no cache, no policy)."""
     from shim.diagnose.hardware import hardware_diagnostics
+    from shim.diagnose.pmi import pmi_diagnostics
     from shim.expect.scan import scan_image
     from shim.host.gather import gather_host_facts
 
     expect = scan_image(root, app=_app_in_image(root, app, path), arch=image_arch or None)
-    return hardware_diagnostics(expect, gather_host_facts(host_root(environ), environ), image_arch, environ)
+    found = hardware_diagnostics(expect, gather_host_facts(host_root(environ), environ), image_arch, environ)
+    return found + pmi_diagnostics(root, environ, image_arch or None)
 
 
 def _app_in_image(root: str, app: str | None, path: str) -> str | None:

@@ -1,0 +1,76 @@
+"""PMI preflight: the process-management interface the Slurm step offers against what the image's
+MPI can speak, so a mismatch is one clear line instead of N copies of "rank 0 of 1".
+
+The step's side: SLURM_MPI_TYPE (srun --mpi), PMI_FD / PMI_RANK (PMI-1/PMI-2 wire protocol,
+srun --mpi=pmi2) and PMIX_RANK / PMIX_SERVER_URI* (srun --mpi=pmix). The image's side: its MPI
+family (MPICH ABI libmpi.so.12/libmpich.so.12, Open MPI libmpi.so.40) and whether it has a PMIx
+client (libpmix.so.2) or, for Open MPI, its Slurm PMI-1/2 components (mca_pmix_s1/s2).
+MPICH's own simple PMI client speaks PMI-1 and PMI-2, which srun --mpi=pmi2 serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from shim.plan.model import WARNING, Diagnostic
+
+CODE = "MPI-PMI-MISMATCH"
+
+
+def _offered(environ: Mapping[str, str]) -> str:
+    """pmix | pmi2 | none | "" (not under srun)."""
+    if not environ.get("SLURM_STEP_ID"):
+        return ""
+    if any(k.startswith("PMIX_SERVER_URI") for k in environ) or environ.get("PMIX_RANK"):
+        return "pmix"
+    if environ.get("PMI_FD") or environ.get("PMI_RANK"):
+        return "pmi2"
+    kind = environ.get("SLURM_MPI_TYPE", "none").lower()
+    return "pmix" if kind.startswith("pmix") else kind
+
+
+def pmi_diagnostics(root: str, environ: Mapping[str, str], arch: str | None = None) -> list[Diagnostic]:
+    offered = _offered(environ)
+    ntasks = int(environ.get("SLURM_NTASKS", "1") or 1) if environ.get("SLURM_NTASKS", "1").isdigit() else 1
+    if not offered:
+        return []
+    from shim.elf.rootpath import RootPaths
+    from shim.expect.libs import LibFinder
+
+    finder = LibFinder(RootPaths(root), arch)
+    mpich = finder.find("libmpich.so.12") or finder.find("libmpi.so.12")
+    ompi = finder.find("libmpi.so.40")
+    if not (mpich or ompi):
+        return []
+    family = "MPICH-ABI MPI" if mpich else "Open MPI"
+    lib = (mpich or ompi).path
+    has_pmix = finder.find("libpmix.so.2") is not None
+    if offered == "none" and ntasks > 1:
+        return [Diagnostic(
+            CODE, WARNING,
+            f"this step has {ntasks} tasks but no process manager interface (srun --mpi=none); the image's "
+            f"{family} ({lib}) will start every rank as rank 0 of a 1-rank world",
+            "run srun --mpi=pmi2" + (" or --mpi=pmix" if has_pmix or ompi else ""),
+            "set MpiDefault=pmi2 (or pmix) in slurm.conf")]
+    if offered == "pmix" and not has_pmix and mpich:
+        return [Diagnostic(
+            CODE, WARNING,
+            f"this step offers PMIx (srun --mpi=pmix) but the image's {family} ({lib}) has no PMIx client "
+            "(no libpmix.so.2): MPI_Init will fail or every rank will be rank 0",
+            "run srun --mpi=pmi2", "")]
+    if offered == "pmi2" and ompi and not _ompi_has_slurm_pmi(finder):
+        return [Diagnostic(
+            CODE, WARNING,
+            f"this step offers PMI-2 (srun --mpi=pmi2) but the image's Open MPI ({lib}) only speaks PMIx "
+            "(no mca_pmix_s1/s2 component)",
+            "run srun --mpi=pmix", "install Slurm's PMIx plugin (libpmix) on the nodes")]
+    return []
+
+
+def _ompi_has_slurm_pmi(finder) -> bool:
+    for d in finder.dirs:
+        for sub in ("openmpi", "openmpi/lib/openmpi"):
+            names = finder.listdir(f"{d}/{sub}")
+            if any(n.startswith(("mca_pmix_s1", "mca_pmix_s2")) for n in names):
+                return True
+    return False
