@@ -30,13 +30,44 @@ static const char *env_value(char *const *envp, const char *name)
     return NULL;
 }
 
-int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
-                   size_t errlen, int *code)
+int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t errlen, int *code)
 {
-    const char *cmd = argv[0], *path;
+    const char *cmd = argv[0], *path = env_value(envp, "PATH");
     char buf[PATH_MAX];
     int saw_eacces = 0, last = ENOENT;
 
+    if (strchr(cmd, '/')) {
+        execve(cmd, argv, envp);
+        last = errno;
+    } else {
+        const char *p = path ? path : "/usr/local/bin:/usr/bin:/bin";
+        while (*p) {
+            const char *end = strchrnul(p, ':');
+            int len = (int)(end - p);
+            snprintf(buf, sizeof buf, "%.*s%s%s", len, p, len ? "/" : "", cmd);
+            execve(buf, argv, envp);
+            if (errno == EACCES || errno == ENOEXEC || errno == EPERM)
+                saw_eacces = errno;
+            else if (errno != ENOENT && errno != ENOTDIR)
+                last = errno;
+            p = *end ? end + 1 : end;
+        }
+        if (saw_eacces)
+            last = saw_eacces;
+    }
+    if (last == ENOENT || last == ENOTDIR) {
+        *code = SHIM_JOIN_E_NOTFOUND;
+        snprintf(err, errlen, "%s: command not found in the image (PATH=%s)", cmd, path ? path : "");
+    } else {
+        *code = (last == ENOEXEC || last == EACCES || last == EPERM) ? SHIM_JOIN_E_NOEXEC : SHIM_JOIN_E_LAUNCH;
+        snprintf(err, errlen, "execute %s in the container: %s", cmd, strerror(last));
+    }
+    return -1;
+}
+
+int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
+                   size_t errlen, int *code)
+{
     *code = SHIM_JOIN_E_LAUNCH;
     if (!already_in(userns, "/proc/self/ns/user") && setns(userns, CLONE_NEWUSER) == -1) {
         snprintf(err, errlen, "join the node's container (user namespace): %s", strerror(errno));
@@ -61,31 +92,5 @@ int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, ch
         snprintf(err, errlen, "set no_new_privs: %s", strerror(errno));
         return -1;
     }
-    if (strchr(cmd, '/')) {
-        execve(cmd, argv, envp);
-        last = errno;
-    } else {
-        const char *p = (path = env_value(envp, "PATH")) ? path : "/usr/local/bin:/usr/bin:/bin";
-        while (*p) {
-            const char *end = strchrnul(p, ':');
-            int len = (int)(end - p);
-            snprintf(buf, sizeof buf, "%.*s%s%s", len, p, len ? "/" : "", cmd);
-            execve(buf, argv, envp);
-            if (errno == EACCES || errno == ENOEXEC || errno == EPERM)
-                saw_eacces = errno;
-            else if (errno != ENOENT && errno != ENOTDIR)
-                last = errno;
-            p = *end ? end + 1 : end;
-        }
-        if (saw_eacces)
-            last = saw_eacces;
-    }
-    if (last == ENOENT || last == ENOTDIR) {
-        *code = SHIM_JOIN_E_NOTFOUND;
-        snprintf(err, errlen, "%s: command not found in the image", cmd);
-    } else {
-        *code = (last == ENOEXEC || last == EACCES || last == EPERM) ? SHIM_JOIN_E_NOEXEC : SHIM_JOIN_E_LAUNCH;
-        snprintf(err, errlen, "execute %s in the container: %s", cmd, strerror(last));
-    }
-    return -1;
+    return shim_exec_search(argv, envp, err, errlen, code);
 }

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "join.h"
 
 extern struct shim_result *shim_current_result;
 extern jmp_buf shim_unwind;
@@ -50,45 +51,14 @@ static void enter_root(const char *root)
     Z(chdir("/"), "chdir / in the container");
 }
 
-static const char *lookup_env(const char *const *envp, const char *name)
-{
-    size_t n = strlen(name);
-    for (; envp && *envp; envp++)
-        if (!strncmp(*envp, name, n) && (*envp)[n] == '=')
-            return *envp + n + 1;
-    return NULL;
-}
-
 /* execvpe() with the container's PATH; reports "not found" vs "cannot execute" distinctly. */
 static void exec_direct(const struct shim_config *cfg)
 {
-    const char *cmd = cfg->argv[0], *path = lookup_env(cfg->envp_direct, "PATH");
-    char buf[PATH_MAX];
-    int saw_eacces = 0, last_err = ENOENT;
+    char err[sizeof shim_current_result->message];
+    int code;
 
-    if (strchr(cmd, '/')) {
-        execve(cmd, (char *const *)cfg->argv, (char *const *)cfg->envp_direct);
-        last_err = errno;
-    } else {
-        const char *p = path ? path : "/usr/local/bin:/usr/bin:/bin";
-        while (*p) {
-            const char *end = strchrnul(p, ':');
-            int len = (int)(end - p);
-            snprintf(buf, sizeof buf, "%.*s%s%s", len, p, len ? "/" : "", cmd);
-            execve(buf, (char *const *)cfg->argv, (char *const *)cfg->envp_direct);
-            if (errno == EACCES || errno == ENOEXEC || errno == EPERM)
-                saw_eacces = errno;
-            else if (errno != ENOENT && errno != ENOTDIR)
-                last_err = errno;
-            p = *end ? end + 1 : end;
-        }
-        if (saw_eacces)
-            last_err = saw_eacces;
-    }
-    if (last_err == ENOENT || last_err == ENOTDIR)
-        shim_fail(SHIM_E_NOTFOUND, 0, "%s: command not found in the image (PATH=%s)", cmd, path ? path : "");
-    shim_fail(last_err == ENOEXEC || last_err == EACCES || last_err == EPERM ? SHIM_E_NOEXEC : SHIM_E_LAUNCH,
-              last_err, "execute %s in the container", cmd);
+    shim_exec_search((char *const *)cfg->argv, (char *const *)cfg->envp_direct, err, sizeof err, &code);
+    shim_fail(code, 0, "%s", err);
 }
 
 static void exec_app(const struct shim_config *cfg)
