@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -39,6 +40,14 @@ def _identity(path: str) -> list[int] | None:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
+def _small(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            return f.read(4096).decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
 def plan_key(image_path: str, profiles, requested: Iterable[str], no_profiles: bool, command: list[str],
              path: str, refusal_severity: str, host_root: str = "/") -> str:
     """The hash of everything a plan is computed from (see the module docstring)."""
@@ -56,6 +65,9 @@ def plan_key(image_path: str, profiles, requested: Iterable[str], no_profiles: b
         "profiles": sorted(files.items()), "requested": list(requested), "no_profiles": no_profiles,
         "command": command[:1], "path": path, "refusal": refusal_severity, "host_root": host_root,
         "host_ld_cache": _identity(os.path.join(host_root, "etc/ld.so.cache")),
+        # GPU profiles are checked against the loaded kernel module and the GPU models.
+        "nvidia": _small(os.path.join(host_root, "proc/driver/nvidia/version")),
+        "gpus": sorted(_small(p) for p in glob.glob(os.path.join(host_root, "proc/driver/nvidia/gpus/*/information"))),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

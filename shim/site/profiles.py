@@ -30,6 +30,9 @@ PROFILES_DIR = "profiles"
 KINDS = ("mpi", "fabric", "gpu", "rdma", "other")
 APPLIES = ("always", "when-used", "on-request")
 MPI_ABIS = ("mpich", "openmpi", "mpi-abi")
+# cuda_forward_compat: may the image's CUDA forward-compatibility libcuda stand in for the host's
+# (README, "CUDA driver profiles"). auto: when the GPUs are known to support it.
+CUDA_FORWARD_COMPAT = ("auto", "always", "never")
 SONAME_PREFIX = "soname:"
 _LD_CACHE = "/etc/ld.so.cache"
 
@@ -45,10 +48,12 @@ _SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "abi": ("string", 'abi = "mpich"'),
         "conflicts": ("strings", 'conflicts = ["openmpi"]'),
         "glibc_replacement": ("boolean", "glibc_replacement = false"),
+        "cuda_forward_compat": ("string", 'cuda_forward_compat = "auto"'),
     },
     "provides": {
         "prefix": ("string", 'prefix = "/opt/mpich"'),
         "libraries": ("strings", 'libraries = ["lib/libmpi.so.12*", "soname:libfabric.so.1"]'),
+        "optional_libraries": ("strings", 'optional_libraries = ["soname:libnvidia-nvvm.so.4"]'),
         "plugin_dirs": ("strings", 'plugin_dirs = ["lib/ucx"]'),
         "binaries": ("strings", 'binaries = ["bin/mpichversion"]'),
         "config_files": ("strings", 'config_files = ["/etc/libibverbs.d"]'),
@@ -101,10 +106,12 @@ class PathSpec:
 
 @dataclass(frozen=True)
 class LibrarySpec(PathSpec):
-    """A library entry: a host path or glob, or "soname:NAME" (`soname` set, `path` empty),
-    to be found through the host's ld.so cache when the injection is planned."""
+    """A library entry: a host path or glob, or "soname:NAME" (`soname` set), found through the
+    host's ld.so cache when the profile is loaded. `optional` (from provides.optional_libraries):
+    missing on this host it has no matches instead of making the profile unavailable."""
 
     soname: str = ""
+    optional: bool = False
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,7 @@ class Profile:
     abi: str = ""
     conflicts: tuple[str, ...] = ()
     glibc_replacement: bool = False
+    cuda_forward_compat: str = "auto"   # kind = "gpu" only
     provides: Provides = field(default_factory=Provides)
     env: EnvSpec = field(default_factory=EnvSpec)
     unavailable: tuple[Problem, ...] = ()   # why it cannot be used on this host; empty: usable
@@ -169,11 +177,12 @@ class Profile:
             "name": self.name, "file": self.file, "description": self.description, "kind": self.kind,
             "applies": self.applies, "abi": self.abi, "replaces": list(self.replaces),
             "conflicts": list(self.conflicts), "glibc_replacement": self.glibc_replacement,
+            "cuda_forward_compat": self.cuda_forward_compat,
             "usable": self.available, "unavailable": [f"{p.key}: {p.message}" for p in self.unavailable],
             "provides": {
                 "prefix": pv.prefix,
-                "libraries": [{"entry": s.entry, "path": s.path, "soname": s.soname, "matches": list(s.matches)}
-                              for s in pv.libraries],
+                "libraries": [{"entry": s.entry, "path": s.path, "soname": s.soname, "matches": list(s.matches),
+                               "optional": s.optional} for s in pv.libraries],
                 **{k: [{"entry": s.entry, "path": s.path, "matches": list(s.matches)} for s in getattr(pv, k)]
                    for k in ("plugin_dirs", "binaries", "config_files", "devices")},
                 "binds": [{"src": b.src, "dst": b.dst, "read_only": b.read_only} for b in pv.binds],
@@ -577,17 +586,23 @@ def _parse_file(file: str, host_root: str, environ: Mapping[str, str]) -> tuple[
                   'remove abi, or set kind = "mpi"')
     if abi and kind == "mpi":
         _check_abi(r, abi, replaces)
+    forward_compat = r.choice(data, "cuda_forward_compat", CUDA_FORWARD_COMPAT, required=False) or "auto"
+    if kind and kind != "gpu" and "cuda_forward_compat" in _table(data, "profile"):
+        r.problem("profile.cuda_forward_compat", f'only GPU profiles inject libcuda, this one is kind = "{kind}"',
+                  'remove cuda_forward_compat, or set kind = "gpu"')
     if applies == "when-used" and not replaces:
         r.problem("profile.applies", '"when-used" needs the SONAMEs it replaces, and profile.replaces is empty',
                   'list them in profile.replaces, or use applies = "on-request"')
 
     provides = _parse_provides(r, data, glibc_ok)
-    if not any(p.key.startswith("provides.libraries") and not p.host for p in r.problems):
+    if not any(p.key.startswith(("provides.libraries", "provides.optional_libraries")) and not p.host
+               for p in r.problems):
         _check_replaced_provided(r, replaces, provides)
     env = _parse_env(r, data)
     profile = Profile(name=name, file=file, kind=kind, applies=applies, description=description,
                       replaces=tuple(replaces), abi=abi, conflicts=tuple(conflicts), glibc_replacement=glibc_ok,
-                      provides=provides, env=env, unavailable=tuple(p for p in r.problems if p.host))
+                      cuda_forward_compat=forward_compat, provides=provides, env=env,
+                      unavailable=tuple(p for p in r.problems if p.host))
     return profile, r.problems
 
 
@@ -737,32 +752,18 @@ def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provide
     prefix = (value, raw_prefix is not None, usable)
 
     libraries = []
-    for i, entry in enumerate(r.value(data, "provides", "libraries") or []):
-        key = f"provides.libraries[{i}]"
-        if entry.startswith(SONAME_PREFIX):
-            soname = entry[len(SONAME_PREFIX):].strip()
-            if _check_soname(r, key, soname, glibc_ok):
-                found_at = _host_cache_lookup(r, soname)
-                if found_at is None:
-                    r.problem(key, f"{soname} is not in this host's ld.so cache ({r.under(_LD_CACHE)})",
-                              "install it and run ldconfig, or name its path instead", host=True)
-                else:
-                    libraries.append(LibrarySpec(key, entry, found_at, (found_at,), soname))
-            continue
-        name = posixpath.basename(entry)
-        if not glibc_ok and not any(c in name for c in _GLOB_CHARS) and _is_glibc_file(name):
-            r.problem(key, f"{name} is part of glibc", _GLIBC_FIX)
-            continue
-        found = _host_path(r, key, entry, prefix, "elf")
-        if found is None:
-            continue
-        path, matches = found
-        # A glob is judged by what it matches: lib*.so* in an MPI's lib/ is fine, in /usr/lib64 it is not.
-        glibc = next((posixpath.basename(m) for m in matches if _is_glibc_file(posixpath.basename(m))), None)
-        if glibc and not glibc_ok:
-            r.problem(key, f"{entry} matches {glibc}, which is part of glibc", _GLIBC_FIX)
-            continue
-        libraries.append(LibrarySpec(key, entry, path, matches))
+    for name in ("libraries", "optional_libraries"):
+        optional = name == "optional_libraries"
+        for i, entry in enumerate(r.value(data, "provides", name) or []):
+            key = f"provides.{name}[{i}]"
+            before = len(r.problems)
+            spec = _parse_library(r, key, entry, prefix, glibc_ok, optional)
+            if optional:
+                # Absent (or unusable) on this host is what optional means: not a problem, only
+                # nothing to inject. Problems with the text itself stay.
+                r.problems[before:] = [p for p in r.problems[before:] if not p.host]
+            if spec is not None:
+                libraries.append(spec)
 
     def specs(name: str, want: str, relative_ok: bool = True) -> tuple[PathSpec, ...]:
         out = []
@@ -777,6 +778,38 @@ def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provide
     return Provides(prefix=value, libraries=tuple(libraries), plugin_dirs=specs("plugin_dirs", "dir"),
                     binaries=specs("binaries", "exec"), config_files=specs("config_files", "any"),
                     devices=specs("devices", "any", relative_ok=False), binds=tuple(b for b in binds if b))
+
+
+def _parse_library(r: _Reader, key: str, entry: str, prefix: tuple[str, bool, bool], glibc_ok: bool,
+                   optional: bool) -> LibrarySpec | None:
+    """One provides.libraries / provides.optional_libraries entry. A missing optional entry is
+    kept with no matches, so that profile.replaces can still name what it would provide."""
+    if entry.startswith(SONAME_PREFIX):
+        soname = entry[len(SONAME_PREFIX):].strip()
+        if not _check_soname(r, key, soname, glibc_ok):
+            return None
+        found_at = _host_cache_lookup(r, soname)
+        if found_at is None:
+            r.problem(key, f"{soname} is not in this host's ld.so cache ({r.under(_LD_CACHE)})",
+                      "install it and run ldconfig, or name its path instead", host=True)
+            return LibrarySpec(key, entry, "", (), soname, optional=True) if optional else None
+        return LibrarySpec(key, entry, found_at, (found_at,), soname, optional=optional)
+    name = posixpath.basename(entry)
+    if not glibc_ok and not any(c in name for c in _GLOB_CHARS) and _is_glibc_file(name):
+        r.problem(key, f"{name} is part of glibc", _GLIBC_FIX)
+        return None
+    found = _host_path(r, key, entry, prefix, "elf")
+    if found is None:
+        return None
+    path, matches = found
+    if optional:  # only the ELF files among what it names; none is fine
+        matches = tuple(m for m in matches if _is_elf(r.under(m)))
+    # A glob is judged by what it matches: lib*.so* in an MPI's lib/ is fine, in /usr/lib64 it is not.
+    glibc = next((posixpath.basename(m) for m in matches if _is_glibc_file(posixpath.basename(m))), None)
+    if glibc and not glibc_ok:
+        r.problem(key, f"{entry} matches {glibc}, which is part of glibc", _GLIBC_FIX)
+        return None
+    return LibrarySpec(key, entry, path, matches, optional=optional)
 
 
 def _host_cache_lookup(r: _Reader, soname: str) -> str | None:
