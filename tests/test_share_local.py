@@ -3,6 +3,8 @@ parent, SHIMRUN_SHARE=TAG by tag; off by default. And the node's task count from
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 from leftovers import user_processes, wait_until
 
@@ -48,3 +50,19 @@ def test_group_names_differ_by_step_node_and_arguments(tmp_path):
     assert share_group(["img.sif", "app"], {**base, "SLURMD_NODENAME": "n2"}, "/tmp", str(img)).name != a.name
     assert share_group(["--fakeroot", "img.sif", "app"], base, "/tmp", str(img)).name != a.name
     assert share_group(["img.sif", "app"], {**base, "SHIMRUN_SHARE": "0"}, "/tmp", str(img)) is None
+
+
+def test_joining_rank_needs_few_file_syscalls(shim, busybox_sif, user_dir):
+    """Issue #5's budget: a rank joining its node's container makes at most 200 file-system
+    syscalls (the native front-end, not Python), the app's own included."""
+    if not shutil.which("strace"):
+        pytest.skip("strace is not installed")
+    counts = user_dir / "strace.txt"
+    line = (f"SHIMRUN_SHARE=t {shim.shimrun} {busybox_sif} sleep 1 & sleep 0.5; "
+            f"SHIMRUN_SHARE=t strace -f -c -e trace=%file -o {counts} {shim.shimrun} {busybox_sif} sleep 1; wait")
+    r = shim.sh(line, cwd=user_dir)
+    assert r.returncode == 0, r.stderr
+    total = next(ln for ln in counts.read_text().splitlines() if ln.rstrip().endswith("total"))
+    calls = int(total.split()[3])  # % time, seconds, usecs/call, calls, [errors], "total"
+    assert 0 < calls <= 200, counts.read_text()
+    assert "openat2" not in counts.read_text()  # no mount set-up: it joined
