@@ -1,5 +1,6 @@
 """Warm single launch: `shimrun IMG /bin/true` vs Charliecloud's `ch-run` on the same content,
-as a SIF/squashfs image and as a directory, and vs bare /bin/true. Writes results/launch.md.
+as a SIF/squashfs image and as a directory, vs bubblewrap on the directory, and vs bare
+/bin/true. Writes results/launch.md.
 
 Usage (as root, after scripts/install.sh): /opt/shim/venv/bin/python benchmarks/bench_launch.py [RUNS]
 """
@@ -45,6 +46,10 @@ def main() -> None:
         "shimrun IMG.sqfs": [shimrun, str(sqfs), "/bin/true"],
         "shimrun DIR": [shimrun, str(rootfs), "/bin/true"],
     }
+    if shutil.which("bwrap"):
+        # Bubblewrap over the same directory: namespaces and binds, no image mount.
+        commands["bwrap DIR"] = ["bwrap", "--unshare-user", "--ro-bind", str(rootfs), "/", "--proc", "/proc",
+                                 "--dev", "/dev", "/bin/true"]
     if shutil.which("ch-run"):
         commands["ch-run IMG.sqfs"] = ["ch-run", str(sqfs), "--", "/bin/true"]
         commands["ch-run DIR"] = ["ch-run", str(rootfs), "--", "/bin/true"]

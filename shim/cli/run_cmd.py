@@ -58,12 +58,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
+    command = list(getattr(args, "command", None) or [])
+    cwd = os.getcwd()
+    sharing = not dry_run and (os.environ.get("SHIMRUN_SHARE") or os.environ.get("SLURM_STEP_ID"))
+    if not sharing:  # the common single launch does not even import the sharing code
+        return _launch(args, command, cwd, dry_run, as_json, listener=None)
     from shim.launch.execute import join
     from shim.launch.share import Joined, join_or_lead, share_group
 
-    command = list(getattr(args, "command", None) or [])
-    cwd = os.getcwd()
-    group = None if dry_run else share_group(sys.argv[1:], os.environ, cwd, args.image)
+    group = share_group(sys.argv[1:], os.environ, cwd, args.image)
     if group is None:
         return _launch(args, command, cwd, dry_run, as_json, listener=None)
     for attempt in (1, 2):
@@ -148,7 +151,13 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     image = open_image(args.image)
     check_arch(image, os.environ, fatal=not dry_run)  # exit 66 before anything is mounted
     site = load_site_config(args.conf)
-    profiles = _load_profiles(find_conf_dir(args.conf))
+    conf_dir = find_conf_dir(args.conf)
+    profiles = _load_profiles(conf_dir)
+    if profiles is None and args.profile:
+        from shim.site.config import ConfigError
+
+        raise ConfigError(f"unknown profile '{args.profile[0]}' requested",
+                          f"no profiles are configured in {conf_dir / 'profiles'}")
     site_binds = [b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
     user_binds = parse_bind_list(",".join([os.environ.get("SHIMRUN_BIND", "")] + getattr(args, "bind", [])),
                                  "--bind/SHIMRUN_BIND", cwd)
@@ -237,7 +246,10 @@ def _report(args: argparse.Namespace, plan, node: str) -> None:
 
 
 def _load_profiles(conf_dir: Path):
-    if not (conf_dir / "profiles").is_dir():
+    try:  # no profile files: do not even import the profile machinery
+        if not any(n.endswith(".toml") and not n.startswith(".") for n in os.listdir(conf_dir / "profiles")):
+            return None
+    except OSError:
         return None
     from shim.site.profiles import load_profiles
 
