@@ -251,6 +251,44 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
     return buf;
 }
 
+/* Connect to the node's holder; or, when there is none, become the leader: bind the group's name
+ * and listen at once, so that every other rank of the step queues on it while our Python starts
+ * and the holder sets the container up (they get their answer when it serves). The listening
+ * socket reaches Python as SHIMRUN_LISTEN_FD. Returns the connected fd, or -1 (run Python). */
+static int connect_or_lead(const struct sockaddr_un *addr, socklen_t alen)
+{
+    char num[16];
+    int tries;
+
+    for (tries = 0; tries < 2000; tries++) {
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), lfd;
+        if (fd == -1)
+            return -1;
+        if (connect(fd, (const struct sockaddr *)addr, alen) == 0)
+            return fd;
+        close(fd);
+        if (errno != ECONNREFUSED && errno != ENOENT && errno != EAGAIN)
+            return -1;
+        lfd = socket(AF_UNIX, SOCK_STREAM, 0); /* inherited by Python: no CLOEXEC */
+        if (lfd == -1)
+            return -1;
+        if (bind(lfd, (const struct sockaddr *)addr, alen) == 0) {
+            if (listen(lfd, SOMAXCONN) == -1) {
+                close(lfd);
+                return -1;
+            }
+            snprintf(num, sizeof num, "%d", lfd);
+            setenv("SHIMRUN_LISTEN_FD", num, 1);
+            return -1;
+        }
+        close(lfd);
+        if (errno != EADDRINUSE)
+            return -1;
+        usleep(500); /* the leader is between bind and listen: try again */
+    }
+    return -1;
+}
+
 /* Split NUL-terminated fields: "OK" cwd argc argv... envc envp... | "ER" code message. */
 static char *next_field(char **p, const char *end)
 {
@@ -274,12 +312,11 @@ int main(int argc, char **argv)
     len = group_name(argc, argv, image, addr.sun_path, sizeof addr.sun_path);
     if (len < 0 || !getcwd(cwd, sizeof cwd))
         python(argc, argv);
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd == -1 || connect(fd, (struct sockaddr *)&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len))
-        == -1)
-        python(argc, argv); /* no container on this node yet: Python leads (or joins a new one) */
+    fd = connect_or_lead(&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len));
+    if (fd < 0)
+        python(argc, argv); /* we lead (the socket is passed on), or sharing is not possible here */
     if (request(fd, argc, argv, cwd) || !(buf = reply(fd, &userns, &mntns, &got)))
-        python(argc, argv); /* the holder was leaving: start afresh */
+        python(argc, argv); /* the holder was leaving (or failed): start afresh */
     close(fd);
     p = buf, end = buf + got;
     f = next_field(&p, end);

@@ -60,17 +60,26 @@ def main(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
     command = list(getattr(args, "command", None) or [])
     cwd = os.getcwd()
+    inherited = _inherited_listener()
     sharing = not dry_run and (os.environ.get("SHIMRUN_SHARE") or os.environ.get("SLURM_STEP_ID"))
     if not sharing:  # the common single launch does not even import the sharing code
+        if inherited is not None:
+            inherited.close()
         return _launch(args, command, cwd, dry_run, as_json, listener=None)
     from shim.launch.execute import join
     from shim.launch.share import Joined, join_or_lead, share_group
 
     group = share_group(sys.argv[1:], os.environ, cwd, args.image)
+    if inherited is not None and (group is None or inherited.getsockname() != group.name):
+        inherited.close()  # not ours after all (cannot happen unless the two namings disagree)
+        inherited = None
     if group is None:
         return _launch(args, command, cwd, dry_run, as_json, listener=None)
     for attempt in (1, 2):
-        got = join_or_lead(group, sys.argv[1:], cwd, os.environ)
+        if inherited is not None:
+            got, inherited = inherited, None  # the native front-end won the election for us
+        else:
+            got = join_or_lead(group, sys.argv[1:], cwd, os.environ)
         if isinstance(got, Joined):
             raise join(got)
         if isinstance(got, str):  # the holder refused this rank
@@ -83,6 +92,22 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
         _launch(args, command, cwd, dry_run, as_json, listener=got, group=group)  # returns once it serves
     raise ShimError(ExitCode.LAUNCH, "the node's shared container went away before this rank joined it",
                     "run again; SHIMRUN_SHARE=0 runs a container per process")
+
+
+def _inherited_listener():
+    """The group socket the native front-end bound and listens on when it made this rank the
+    node's leader (SHIMRUN_LISTEN_FD); removed from the environment, which names the group."""
+    fd = os.environ.pop("SHIMRUN_LISTEN_FD", None)
+    if not fd or not fd.isdigit():
+        return None
+    import socket
+
+    try:
+        sock = socket.socket(fileno=int(fd))
+    except OSError:
+        return None
+    os.set_inheritable(sock.fileno(), False)
+    return sock
 
 
 def _exit_code(text: str) -> ExitCode:
