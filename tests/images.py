@@ -107,23 +107,29 @@ DEBIAN_BASE = Recipe(name="debian-base", suite="bookworm", variant="minbase",
 
 
 def _mpi_hooks(mpicc: str, build_packages: Sequence[str], run_env: str = "") -> tuple[str, ...]:
-    """Hooks that put tests/data/mpi_hello.c at /opt/app/hello.c, install the compiler packages,
-    compile /opt/app/hello with the image's own mpicc, smoke-run it (singleton), then purge the
-    compiler packages again. The source text is embedded, so editing it changes the key."""
-    src = (DATA / "mpi_hello.c").read_text()
-    if not src.endswith("\n"):
-        src += "\n"
-    assert "\nSHIM_EOF\n" not in src
+    """Hooks that put tests/data/mpi_hello.c at /opt/app/hello.c and tests/data/mpi_pingpong.c at
+    /opt/app/pingpong.c, install the compiler packages, compile /opt/app/hello and /opt/app/pingpong
+    with the image's own mpicc, smoke-run hello (singleton; pingpong needs 2 ranks), then purge the
+    compiler packages again. The source texts are embedded, so editing either changes the key."""
+    sources: dict[str, str] = {}
+    for name in ("mpi_hello.c", "mpi_pingpong.c"):
+        src = (DATA / name).read_text()
+        if not src.endswith("\n"):
+            src += "\n"
+        assert "\nSHIM_EOF\n" not in src
+        sources[name] = src
     apt = 'chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get -y -q'
     pkgs = " ".join(build_packages)
     return (
-        f"mkdir -p \"$1/opt/app\" && cat > \"$1/opt/app/hello.c\" <<'SHIM_EOF'\n{src}SHIM_EOF",
+        f"mkdir -p \"$1/opt/app\" && cat > \"$1/opt/app/hello.c\" <<'SHIM_EOF'\n{sources['mpi_hello.c']}SHIM_EOF",
+        f"cat > \"$1/opt/app/pingpong.c\" <<'SHIM_EOF'\n{sources['mpi_pingpong.c']}SHIM_EOF",
         f"{apt} install --no-install-recommends {pkgs}",
         f'chroot "$1" {mpicc} -O2 -o /opt/app/hello /opt/app/hello.c',
+        f'chroot "$1" {mpicc} -O2 -o /opt/app/pingpong /opt/app/pingpong.c',
         f'chroot "$1" env {run_env} /opt/app/hello' if run_env else 'chroot "$1" /opt/app/hello',
         f"{apt} purge --autoremove {pkgs}",
-        'chroot "$1" sh -c \'! ldd /opt/app/hello | grep "not found"\'',
-        'chmod 0755 "$1/opt/app/hello"',
+        'chroot "$1" sh -c \'! ldd /opt/app/hello /opt/app/pingpong | grep "not found"\'',
+        'chmod 0755 "$1/opt/app/hello" "$1/opt/app/pingpong"',
     )
 
 
