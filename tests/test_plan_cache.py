@@ -61,3 +61,43 @@ def test_a_torn_entry_is_a_miss_not_an_error(shim, conf, foo_image, user_dir):  
     entry.write_text(entry.read_text()[: len(entry.read_text()) // 2])
     state, r = check(shim, conf, foo_image, cache)
     assert state == "miss" and '"decision": "inject"' in r.stdout
+
+
+def _store(directory: str, barrier, n: int) -> None:
+    try:
+        os.environ["SHIMRUN_CACHE"] = directory
+        from shim.plan.cache import store_plan
+        from shim.plan.model import Decision, Plan
+
+        plan = Plan(image="img.sif", profiles=["p"], decisions=[Decision("libx.so.1", "/h", "/c", "inject", "r", "p")])
+        barrier.wait(30)
+        os._exit(0 if store_plan("k" * 32, plan, b"\x01" * 4096 * (1 + n % 3)) else 2)
+    except BaseException:
+        os._exit(1)
+
+
+def test_64_ranks_storing_the_same_plan_at_once(tmp_path, monkeypatch):
+    """A step's 64 first launches on a node may all miss and store together: every read in the
+    meantime is a miss or a whole entry, never a torn one, and no temporary file stays."""
+    import multiprocessing
+
+    from shim.plan.cache import load_plan
+
+    monkeypatch.setenv("SHIMRUN_CACHE", str(tmp_path))
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(64)
+    procs = [ctx.Process(target=_store, args=(str(tmp_path), barrier, i)) for i in range(64)]
+    for p in procs:
+        p.start()
+    reads = []
+    while any(p.is_alive() for p in procs):
+        got = load_plan("k" * 32)
+        if got is not None:
+            reads.append(got)
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0
+    final = load_plan("k" * 32)
+    assert final is not None and final[0].decisions[0].library == "libx.so.1"
+    assert all(plan.decisions[0].library == "libx.so.1" and len(ld) % 4096 == 0 for plan, ld in reads)
+    assert not [n for n in os.listdir(tmp_path / "plans") if n.endswith(".tmp")]

@@ -220,6 +220,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
                               spec.env.direct.get("PATH", ""), scratch=spec.stage,
                               refusal_severity=ERROR if site.refusal == "error" else WARNING,
                               use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
+        planned = time.perf_counter()
         found = hw
         if found is None:
             found = hardware_diagnostics_for(root, image.arch, command[0] if command else None, os.environ,
@@ -228,9 +229,9 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         plan.diagnostics[:0] = found
         plan.diagnostics = apply_site_policy(plan.diagnostics, site.policy())
         if args.debug:
-            print(f"shimrun: debug: analysis {1000 * (time.perf_counter() - started):.1f} ms "
-                  f"(plan cache {stats['plan_cache']}, hardware check {'cached' if hw is not None else 'run'})",
-                  file=sys.stderr)
+            print(f"shimrun: debug: analysis {1000 * (planned - started):.1f} ms (plan cache {stats['plan_cache']}); "
+                  f"hardware check {1000 * (time.perf_counter() - planned):.1f} ms "
+                  f"({'cached' if hw is not None else 'run'})", file=sys.stderr)
         if dry_run:
             print_plan(plan, as_json)
             return None, int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
