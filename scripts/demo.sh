@@ -29,4 +29,8 @@ shimrun inspect "$sif" | sed 's/^/    /'
 echo "demo: as user $user: shimrun $sif cat /etc/os-release"
 cd /tmp
 runuser -u "$user" -- shimrun "$sif" sh -c 'grep PRETTY_NAME /etc/os-release; echo "running as $(id -un) (uid $(id -u)) in $(pwd)"'
+echo "demo: as user $user: shimrun check $sif (injection plan and hardware diagnostics, no launch)"
+runuser -u "$user" -- shimrun check "$sif" | sed 's/^/    /'
+echo "demo: as user $user: srun-style ranks sharing one container (SHIMRUN_SHARE=1, 4 processes)"
+runuser -u "$user" -- sh -c "for i in 1 2 3 4; do SHIMRUN_SHARE=1 shimrun '$sif' sh -c 'echo \"    pid \$\$ in \$(readlink /proc/self/ns/mnt)\"' & done; wait"
 echo "demo: done"
