@@ -14,7 +14,6 @@ checking an image against a node's facts captured elsewhere).
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import hashlib
 import json
@@ -62,9 +61,9 @@ def host_fingerprint(root: str = "/") -> list[str]:
 
 
 def _cache_path(key: str) -> str:
-    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
-    return os.path.join(base, "hw", f"{key}.json")
+    from shim.cachefiles import cache_base
+
+    return os.path.join(cache_base(), "hw", f"{key}.json")
 
 
 def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root: str) -> str:
@@ -92,16 +91,9 @@ def cached(key: str) -> list[Diagnostic] | None:
 def store(key: str, diagnostics: list[Diagnostic]) -> None:
     from dataclasses import asdict
 
-    path = _cache_path(key)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump({"key": key, "diagnostics": [asdict(d) for d in diagnostics]}, f)
-        os.replace(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+    from shim.cachefiles import write_atomic
+
+    write_atomic(_cache_path(key), json.dumps({"key": key, "diagnostics": [asdict(d) for d in diagnostics]}).encode())
 
 
 def hardware_diagnostics_for(root: str, image_arch: str, app: str | None, environ: Mapping[str, str],

@@ -11,7 +11,6 @@ unreadable or corrupt file is an empty cache, never an error.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable
@@ -27,9 +26,9 @@ FactsFn = Callable[[str], ElfFacts | None]
 
 
 def default_cache_path() -> str:
-    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
-    return os.path.join(base, CACHE_NAME)
+    from shim.cachefiles import cache_base
+
+    return os.path.join(cache_base(), CACHE_NAME)
 
 
 def _identity(st: os.stat_result) -> list[int]:
@@ -100,28 +99,16 @@ class FactsCache:
         (read-only home, full disk): the cache is an optimisation, never a reason to fail."""
         if not self._changed:
             return True
-        directory = os.path.dirname(self.path) or "."
         merged = self._read_disk()  # what other processes saved since we loaded
         for key, value in self._changed.items():
             merged.pop(key, None)
             merged[key] = value
         while len(merged) > self._max:
             del merged[next(iter(merged))]
+        from shim.cachefiles import write_atomic
+
         data = json.dumps({"format": _FORMAT, "files": merged}, separators=(",", ":")).encode()
-        tmp = os.path.join(directory, f".{CACHE_NAME}.{os.getpid()}.{id(self):x}.tmp")
-        try:
-            os.makedirs(directory, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
+        if not write_atomic(self.path, data):
             return False
         self._entries = merged
         self._changed = {}

@@ -41,9 +41,9 @@ def fuse_problem(env: dict[str, str] | os._Environ[str] = os.environ) -> str | N
 
 
 def cache_dir() -> str:
-    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
-    return base
+    from shim.cachefiles import cache_base
+
+    return cache_base()
 
 
 def _partition_digest(image: ImageRef, cache: str) -> str:

@@ -13,7 +13,6 @@ entry is a miss, never an error.
 from __future__ import annotations
 
 import base64
-import contextlib
 import glob
 import hashlib
 import json
@@ -27,9 +26,9 @@ PLANS_DIR = "plans"
 
 
 def cache_dir() -> str:
-    base = os.environ.get("SHIMRUN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
-    return os.path.join(base, PLANS_DIR)
+    from shim.cachefiles import cache_base
+
+    return os.path.join(cache_base(), PLANS_DIR)
 
 
 def _identity(path: str) -> list[int] | None:
@@ -86,19 +85,9 @@ def load_plan(key: str) -> tuple[Plan, bytes | None] | None:
 
 
 def store_plan(key: str, plan: Plan, ld_cache: bytes | None) -> bool:
-    """Write the entry atomically. False when it could not be written (read-only home): the
-    cache is an optimisation, never a reason to fail."""
-    directory = cache_dir()
+    """Write the entry atomically; False when it could not be written."""
+    from shim.cachefiles import write_atomic
+
     doc = {"format": _FORMAT, "key": key, "plan": plan.to_dict(),
            "ld_cache": base64.b64encode(ld_cache).decode() if ld_cache else None}
-    tmp = os.path.join(directory, f".{key}.{os.getpid()}.tmp")
-    try:
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        with open(tmp, "w") as f:
-            json.dump(doc, f, separators=(",", ":"))
-        os.replace(tmp, os.path.join(directory, f"{key}.json"))
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        return False
-    return True
+    return write_atomic(os.path.join(cache_dir(), f"{key}.json"), json.dumps(doc, separators=(",", ":")).encode())
