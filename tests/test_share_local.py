@@ -66,3 +66,23 @@ def test_joining_rank_needs_few_file_syscalls(shim, busybox_sif, user_dir):
     calls = int(total.split()[3])  # % time, seconds, usecs/call, calls, [errors], "total"
     assert 0 < calls <= 200, counts.read_text()
     assert "openat2" not in counts.read_text()  # no mount set-up: it joined
+
+
+def test_ranks_started_by_mpiexec_share_one_container(shim, user):
+    """Outside Slurm, when asked (SHIMRUN_SHARE=1): the host's mpiexec (hydra) starts 2 ranks of
+    shimrun on this node; they share one container and still form one MPI world (PMI through
+    the environment and fds hydra hands each rank)."""
+    import hostmpi
+    import images
+
+    mpi = hostmpi.build_host_mpi()
+    if mpi.mpiexec is None:
+        pytest.skip("the host MPI has no mpiexec")
+    image = images.build_sif(images.DEBIAN_MPICH)
+    script = "echo ns $(readlink /proc/self/ns/mnt); exec /opt/app/hello"
+    r = shim.sh(f"SHIMRUN_SHARE=1 {mpi.mpiexec} -n 2 {shim.shimrun} --no-profiles {image} sh -c '{script}'",
+                timeout=120)
+    assert r.returncode == 0, r.stderr
+    namespaces = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("ns ")}
+    assert len(namespaces) == 1, r.stdout
+    assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout and "sum=3 expected=3 ok" in r.stdout
