@@ -264,8 +264,19 @@ static int connect_or_lead(const struct sockaddr_un *addr, socklen_t alen)
         int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), lfd;
         if (fd == -1)
             return -1;
-        if (connect(fd, (const struct sockaddr *)addr, alen) == 0)
-            return fd;
+        if (connect(fd, (const struct sockaddr *)addr, alen) == 0) {
+            /* An abstract name is not private: talk only to our own user's holder (another
+             * user's process squatting the name must not get our environment). */
+            struct ucred cred;
+            socklen_t clen = sizeof cred;
+            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && cred.uid == getuid())
+                return fd;
+            close(fd);
+            fprintf(stderr, "shimrun: warning: the node's shared-container socket belongs to another user: "
+                            "running this rank in a container of its own\n");
+            setenv("SHIMRUN_SHARE", "0", 1); /* Python then runs this rank in a container of its own */
+            return -1;
+        }
         close(fd);
         if (errno != ECONNREFUSED && errno != ENOENT && errno != EAGAIN)
             return -1;

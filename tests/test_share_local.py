@@ -86,3 +86,48 @@ def test_ranks_started_by_mpiexec_share_one_container(shim, user):
     namespaces = {ln.split()[1] for ln in r.stdout.splitlines() if ln.startswith("ns ")}
     assert len(namespaces) == 1, r.stdout
     assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout and "sum=3 expected=3 ok" in r.stdout
+
+
+def test_a_squatted_group_socket_gets_nothing(shim, user, busybox_sif):
+    """Abstract socket names are not private: another user (root here) binds the name a rank
+    would use. The rank must tell it nothing (not even its environment) and run on its own."""
+    import os
+    import socket
+    import threading
+
+    from shim.launch.share import _SETTINGS_PREFIXES, group_key
+
+    if os.getuid() != 0:
+        pytest.skip("needs a second user (root) to squat the name")
+    env = shim.env({"SHIMRUN_SHARE": "squat", "SECRET_TOKEN": "hunter2"})
+    args = [str(busybox_sif), "echo", "ok"]
+    st = os.stat(busybox_sif)
+    scope = f"tag-squat@{socket.gethostname()}"
+    settings = sorted(f"{k}={v}" for k, v in env.items() if f"{k}=".startswith(_SETTINGS_PREFIXES))
+    key = group_key(["shim-share-v1", str(user.uid), scope, "/tmp", os.path.realpath(busybox_sif),
+                     f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}", "--args--", *args, "--env--",
+                     *settings])
+    squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    squatter.bind(f"\0shimrun/{user.uid}/{scope}/{key}".encode())
+    squatter.listen(8)
+    received: list[bytes] = []
+
+    def serve() -> None:
+        squatter.settimeout(15)
+        try:
+            conn, _ = squatter.accept()
+            conn.settimeout(5)
+            received.append(conn.recv(1 << 16))
+        except OSError:
+            pass
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        r = shim.run(args, env={"SHIMRUN_SHARE": "squat", "SECRET_TOKEN": "hunter2"})
+    finally:
+        t.join(20)
+        squatter.close()
+    assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    assert "belongs to another user" in r.stderr
+    assert received in ([], [b""]), received  # connected at most, and was sent nothing

@@ -79,7 +79,11 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
         if inherited is not None:
             got, inherited = inherited, None  # the native front-end won the election for us
         else:
-            got = join_or_lead(group, sys.argv[1:], cwd, os.environ)
+            try:
+                got = join_or_lead(group, sys.argv[1:], cwd, os.environ)
+            except PermissionError as e:
+                print(f"shimrun: warning: {e.strerror}: running this rank in a container of its own", file=sys.stderr)
+                return _launch(args, command, cwd, dry_run, as_json, listener=None)
         if isinstance(got, Joined):
             raise join(got)
         if isinstance(got, str):  # the holder refused this rank

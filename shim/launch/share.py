@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 LINGER_MS = 2000        # how long a holder waits for more ranks once none is left, when it cannot know
-FIRST_MEMBER_MS = 60000  # the leader connects as soon as the holder serves; this is a backstop
+FIRST_MEMBER_MS = 10000  # the leader connects as soon as the holder serves; this is a backstop
 _JOIN_TIMEOUT = 120.0    # seconds a rank keeps trying to join or lead
 _REQUEST = b"SHIMREQ1"
 _MAX_REQUEST = 1 << 22
@@ -132,6 +132,10 @@ def request_bytes(args: Sequence[str], cwd: str, environ: Mapping[str, str]) -> 
 
 def _ask(conn: socket.socket, args: Sequence[str], cwd: str, environ: Mapping[str, str]) -> Joined | str | None:
     """Joined; or the holder's refusal message ("code\\0message"); None: the holder was leaving."""
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    if int.from_bytes(creds[4:8], "little") != os.getuid():
+        # An abstract name is not private: another user squats it. Tell them nothing.
+        raise PermissionError(errno.EACCES, "the node's shared-container socket belongs to another user")
     try:
         conn.sendall(request_bytes(args, cwd, environ))
         conn.shutdown(socket.SHUT_WR)
