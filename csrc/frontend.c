@@ -3,7 +3,7 @@
  * does, send our argv, cwd and environment to the holder, receive the namespaces and what to exec
  * (the holder composes the environment with the same code as a full launch), setns, exec.
  * Anything else (no group, no holder yet, a subcommand, an option we do not know) goes to the
- * Python implementation with the same arguments: SHIM_PYTHON -m shim ARGS. */
+ * Python implementation with the same arguments: SHIM_PYTHON -I -c "...entry()" ARGS. */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <stddef.h>
@@ -30,18 +30,21 @@ extern char **environ;
 static void python(int argc, char **argv) __attribute__((noreturn));
 static void python(int argc, char **argv)
 {
-    char **args = calloc((size_t)argc + 3, sizeof *args);
+    char **args = calloc((size_t)argc + 4, sizeof *args);
     int i;
 
     if (args == NULL) {
         perror("shimrun: error: allocate arguments");
         exit(SHIM_JOIN_E_LAUNCH);
     }
+    /* -I: isolated, so neither PYTHON* variables nor a shim/ directory where the job happens to
+     * run can change which code runs; -c instead of -m spares runpy. */
     args[0] = (char *)SHIM_PYTHON;
-    args[1] = (char *)"-m";
-    args[2] = (char *)"shim";
+    args[1] = (char *)"-I";
+    args[2] = (char *)"-c";
+    args[3] = (char *)"from shim.cli.main import entry; entry()";
     for (i = 1; i < argc; i++)
-        args[i + 2] = argv[i];
+        args[i + 3] = argv[i];
     execv(SHIM_PYTHON, args);
     fprintf(stderr, "shimrun: error: cannot run %s: %s (reinstall shim: scripts/install.sh)\n", SHIM_PYTHON,
             strerror(errno));
