@@ -158,3 +158,18 @@ def test_pmi_mismatch_is_reported_once_per_node(shim, slurm3, user):
                      env=env_for(shim, slurm3, "pmi-two"), timeout=120)
     assert ok.returncode == 0 and "MPI-PMI-MISMATCH" not in ok.stderr, ok.stderr
     assert "sum=3 expected=3 ok" in ok.stdout
+
+
+def test_step_time_limit_reaches_every_rank_as_sigterm(shim, slurm3, user, busybox_sif, user_dir):
+    """A step that runs out of time (srun -t 1: Slurm's smallest limit, one minute) ends the way
+    scancel does: every app gets SIGTERM, and nothing remains."""
+    got = user_dir / "got"
+    script = (f'trap "echo term $SLURM_PROCID >> {got}; exit 143" TERM; '
+              f'echo up $SLURM_PROCID $SLURM_JOB_ID >> {got}; while :; do sleep 0.2; done')
+    r = slurm3.srun(["-N", "1", "-n", "2", "-t", "1", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", script],
+                    user=user, env=env_for(shim, slurm3, "time-limit"), timeout=240)
+    assert r.returncode != 0
+    assert "DUE TO TIME LIMIT" in r.stderr, r.stderr
+    assert sorted(re.findall(r"term (\d)", got.read_text())) == ["0", "1"], got.read_text()
+    jobs = set(re.findall(r"up \d+ (\d+)", got.read_text()))
+    assert wait_until(lambda: nothing_left("time-limit", user.uid, jobs), timeout=15), marked("time-limit")
