@@ -15,7 +15,6 @@ Usage (as root, after scripts/install.sh):
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import time
@@ -28,6 +27,7 @@ from common import (
     bench_account,
     command_line,
     git_revision,
+    remove_join_leftovers,
     shimrun_path,
     wait_quiet,
     work_dir,
@@ -140,14 +140,6 @@ def measure(cluster, user, args: list[str], extra_env: dict[str, str], sleep_s: 
     return case
 
 
-def cleanup_join(tag: str) -> None:
-    from pathlib import Path
-
-    for p in Path("/dev/shm").glob(f"*ch-run_*-{tag}"):
-        with contextlib.suppress(OSError):
-            p.unlink()
-
-
 def main() -> None:
     import slurm
     from bench_launch import prepare
@@ -176,7 +168,7 @@ def main() -> None:
         for i in range(repeats):
             for key, (args, extra) in cases.items():
                 results[key].append(measure(cluster, user, args, extra, sleep_s))
-                cleanup_join(tag)
+                remove_join_leftovers(tag)
             print(f"round {i + 1}/{repeats} done", flush=True)
 
     rows = [("| case | apps seen | resident besides the app (peak) | RSS total (MiB) | PSS total (MiB) "

@@ -13,7 +13,6 @@ Usage (as root, after scripts/install.sh):
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import os
 import re
@@ -32,6 +31,7 @@ from common import (
     fmt_ms,
     git_revision,
     load_note,
+    remove_join_leftovers,
     shimrun_path,
     target_cell,
     wait_quiet,
@@ -99,12 +99,6 @@ def join_tag() -> str:
     """A fresh --join-tag per srun: ch-run names its shared memory after it (/dev/shm/ch-run_shm-TAG,
     sem.ch-run_sem-TAG), and a failed run leaves them behind, which would poison the next run."""
     return f"shimbench{os.getpid()}x{next(_tags)}"
-
-
-def remove_join_leftovers(tag: str) -> None:
-    for p in Path("/dev/shm").glob(f"*ch-run_*-{tag}"):
-        with contextlib.suppress(OSError):
-            p.unlink()
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import pwd
@@ -188,3 +189,11 @@ def write_results(name: str, title: str, sections: list[tuple[str, list[str]]]) 
         lines += [f"## {heading}", "", *body, ""]
     out.write_text("\n".join(lines))
     return out
+
+
+def remove_join_leftovers(tag: str) -> None:
+    """`ch-run --join` keeps its semaphore and shared memory in /dev/shm (sem.ch-run_sem-TAG ...);
+    a failed run leaves them behind and they would poison the next run with the same tag."""
+    for p in Path("/dev/shm").glob(f"*ch-run_*-{tag}"):
+        with contextlib.suppress(OSError):
+            p.unlink()

@@ -13,6 +13,15 @@ def cache_base() -> str:
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
 
 
+def file_identity(path: str) -> list[int] | None:
+    """(st_dev, st_ino, st_size, st_mtime_ns): a replaced or rewritten file is another one; None if absent."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+
+
 def write_atomic(path: str, data: bytes) -> bool:
     """Write to a temporary name beside `path` and rename it into place: readers see the old
     file or the new one, whole. False when it cannot be written (read-only home, full disk): a

@@ -68,13 +68,10 @@ def _cache_path(key: str) -> str:
 
 def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root: str) -> str:
     from shim import __version__
+    from shim.cachefiles import file_identity
 
-    try:
-        st = os.stat(image_path)
-        ident = [os.path.realpath(image_path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
-    except OSError:
-        ident = [image_path]
-    doc = [_FORMAT, __version__, ident, app or "", root, [environ.get(v, "\0") for v in JOB_VARIABLES],
+    doc = [_FORMAT, __version__, [os.path.realpath(image_path), file_identity(image_path)], app or "", root,
+           [environ.get(v, "\0") for v in JOB_VARIABLES],
            host_fingerprint(root)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
 

@@ -19,6 +19,7 @@ import json
 import os
 from collections.abc import Iterable
 
+from shim.cachefiles import file_identity
 from shim.plan.model import Plan
 
 _FORMAT = 1
@@ -29,14 +30,6 @@ def cache_dir() -> str:
     from shim.cachefiles import cache_base
 
     return os.path.join(cache_base(), PLANS_DIR)
-
-
-def _identity(path: str) -> list[int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
 def _small(path: str) -> str:
@@ -54,16 +47,16 @@ def plan_key(image_path: str, profiles, requested: Iterable[str], no_profiles: b
 
     files: dict[str, object] = {}
     for p in (profiles.profiles if profiles else ()):
-        files[p.file] = _identity(p.file)
+        files[p.file] = file_identity(p.file)
         pv = p.provides
         for spec in (*pv.libraries, *pv.plugin_dirs, *pv.binaries, *pv.config_files, *pv.devices):
             for m in spec.matches:
-                files[m] = _identity(os.path.join(host_root, m.lstrip("/")))
+                files[m] = file_identity(os.path.join(host_root, m.lstrip("/")))
     doc = {
-        "format": _FORMAT, "shim": __version__, "image": [os.path.realpath(image_path), _identity(image_path)],
+        "format": _FORMAT, "shim": __version__, "image": [os.path.realpath(image_path), file_identity(image_path)],
         "profiles": sorted(files.items()), "requested": list(requested), "no_profiles": no_profiles,
         "command": command[:1], "path": path, "refusal": refusal_severity, "host_root": host_root,
-        "host_ld_cache": _identity(os.path.join(host_root, "etc/ld.so.cache")),
+        "host_ld_cache": file_identity(os.path.join(host_root, "etc/ld.so.cache")),
         # GPU profiles are checked against the loaded kernel module and the GPU models.
         "nvidia": _small(os.path.join(host_root, "proc/driver/nvidia/version")),
         "gpus": sorted(_small(p) for p in glob.glob(os.path.join(host_root, "proc/driver/nvidia/gpus/*/information"))),
