@@ -138,7 +138,7 @@ def test_fixture_set_is_complete() -> None:
     on_disk = sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*")
                      if p.is_file() and p.name != "README.md")
     assert on_disk == sorted(EXPECTED["files"])
-    assert len(on_disk) == 33  # the README's file list: 29 images + 4 object payloads
+    assert len(on_disk) == 37  # the README's file list: 29 images, 4 object payloads, 4 public keys
     for rel, (size, sha) in EXPECTED["files"].items():
         data = (GOLDEN / rel).read_bytes()
         assert (len(data), hashlib.sha256(data).hexdigest()) == (size, sha), rel
