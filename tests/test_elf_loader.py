@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from shim.elf.facts import elf_facts
-from shim.elf.isa import host_isa_level, isa_level_of_flags
+from shim.elf.hwcaps import CpuFeatures, host_cpu_features, search_rules
+from shim.elf.isa import isa_level_of_flags
 from shim.elf.layout import lib_arch
 from shim.elf.ldcache import parse_ld_cache, read_ld_cache
 from shim.elf.loader import Loader
@@ -78,7 +79,7 @@ def assert_like_ldd(loader: Loader, program: Path, ld_library_path: str | None =
 
 @pytest.fixture(scope="module")
 def host_loader() -> Loader:
-    return Loader("/", isa_level=host_isa_level())
+    return Loader("/", cpu=host_cpu_features())
 
 
 # ---- ld.so.cache ----
@@ -176,7 +177,15 @@ def test_default_dirs_are_ld_so_s(host_loader: Loader) -> None:
     system = re.findall(r"^\s+(\S+) \(system search path\)$", help_text, re.M)
     assert list(host_loader.default_dirs(elf_facts("/bin/ls"))) == system
     supported = re.findall(r"^\s+(x86-64-v\d) \(supported, searched\)$", help_text, re.M)
-    assert list(lib_arch("amd64").hwcaps_subdirs(host_isa_level())) == supported
+    rules = host_loader.rules(lib_arch("amd64"))
+    assert list(rules.hwcaps) == supported
+    # The legacy names ld.so lists, and which of them it searches on this CPU (glibc < 2.37).
+    legacy = help_text.split("Legacy HWCAP subdirectories", 1)[1] if "Legacy HWCAP" in help_text else ""
+    listed = re.findall(r"^\s+(\S+)(?: \((.*)\))?$", legacy, re.M)
+    platform = [name for name, notes in listed if "AT_PLATFORM" in (notes or "")]
+    assert [rules.platform] == (platform or [rules.platform])
+    searched = {name for name, notes in listed if "searched" in (notes or "")}
+    assert set(rules.legacy[0].split("/")) - {""} == searched
     assert isa_level_of_flags([]) == 1
     assert isa_level_of_flags(["cx16", "lahf_lm", "popcnt", "pni", "sse4_1", "sse4_2", "ssse3"]) == 2
 
@@ -248,8 +257,8 @@ def test_rpath_is_inherited_runpath_is_not(host_loader: Loader, tree: Path) -> N
 
 def test_ld_library_path_like_ldd(tree: Path) -> None:
     llp = f"{tree}/main:{tree}/dep"
-    assert_like_ldd(Loader("/", ld_library_path=llp, isa_level=host_isa_level()), tree / "bin/prog_bare", llp)
-    assert_like_ldd(Loader("/", isa_level=host_isa_level()), tree / "bin/prog_bare")  # both not found
+    assert_like_ldd(Loader("/", ld_library_path=llp, cpu=host_cpu_features()), tree / "bin/prog_bare", llp)
+    assert_like_ldd(Loader("/", cpu=host_cpu_features()), tree / "bin/prog_bare")  # both not found
 
 
 def test_nodeflib_like_ldd(host_loader: Loader, tree: Path) -> None:
@@ -259,15 +268,21 @@ def test_nodeflib_like_ldd(host_loader: Loader, tree: Path) -> None:
 
 
 def test_lib_and_platform_tokens_like_ldd(host_loader: Loader, tree: Path) -> None:
-    for sub in ("lib/x86_64-linux-gnu", "plat/x86_64"):
+    # $PLATFORM is what glibc makes of this CPU (haswell or xeon_phi on Intel CPUs with their
+    # features, else the kernel's x86_64): each candidate alone, ldd is the judge.
+    found_in = []
+    for sub in ("lib/x86_64-linux-gnu", "plat/x86_64", "plat/haswell", "plat/xeon_phi"):
         shutil.rmtree(tree / "lib", ignore_errors=True)
         shutil.rmtree(tree / "plat", ignore_errors=True)
         (tree / sub).mkdir(parents=True)
         shutil.copy(tree / "main/libplain.so.1", tree / sub)
         shutil.copy(tree / "dep/libdep.so.1", tree / sub)
         assert_like_ldd(host_loader, tree / "bin/prog_dst")
-        assert host_loader.closure(str(tree / "bin/prog_dst")).resolved["libplain.so.1"] == \
-            f"{tree}/bin/../{sub}/libplain.so.1"
+        if ldd(tree / "bin/prog_dst")[0]["libplain.so.1"] is not None:
+            found_in.append(sub)
+            assert host_loader.closure(str(tree / "bin/prog_dst")).resolved["libplain.so.1"] == \
+                f"{tree}/bin/../{sub}/libplain.so.1"
+    assert found_in[0] == "lib/x86_64-linux-gnu" and len(found_in) == 2  # $LIB, and one platform
 
 
 def test_glibc_hwcaps_and_wrong_machine_like_ldd(tree: Path, tmp_path: Path) -> None:
@@ -278,13 +293,13 @@ def test_glibc_hwcaps_and_wrong_machine_like_ldd(tree: Path, tmp_path: Path) -> 
         shutil.copy(tree / "dep/libdep.so.1", d)
     llp = f"{tree}/main:{hw}"
     prog = tree / "bin/prog_bare"
-    isa = host_isa_level()
-    loader = Loader("/", ld_library_path=llp, isa_level=isa)
+    cpu = host_cpu_features()
+    loader = Loader("/", ld_library_path=llp, cpu=cpu)
     assert_like_ldd(loader, prog, llp)
     picked = loader.closure(str(prog)).resolved["libdep.so.1"]
-    assert picked == f"{hw}/glibc-hwcaps/x86-64-v{4 if isa == 4 else 2}/libdep.so.1"
-    for level in (1, None):  # a baseline CPU, or no hwcaps search at all: the plain directory
-        c = Loader("/", ld_library_path=llp, isa_level=level).closure(str(prog))
+    assert picked == f"{hw}/glibc-hwcaps/x86-64-v{4 if cpu.isa_level == 4 else 2}/libdep.so.1"
+    for baseline in (CpuFeatures(), None):  # a baseline CPU, or an unknown one: the plain directory
+        c = Loader("/", ld_library_path=llp, cpu=baseline).closure(str(prog))
         assert c.resolved["libdep.so.1"] == f"{hw}/libdep.so.1"
 
     # An aarch64 file of the same name earlier in the path is skipped, as ld.so skips it.
@@ -294,9 +309,52 @@ def test_glibc_hwcaps_and_wrong_machine_like_ldd(tree: Path, tmp_path: Path) -> 
     data[18:20] = (183).to_bytes(2, "little")  # e_machine = EM_AARCH64
     (arm / "libdep.so.1").write_bytes(bytes(data))
     llp = f"{arm}:{tree}/main:{tree}/dep"
-    loader = Loader("/", ld_library_path=llp, isa_level=isa)
+    loader = Loader("/", ld_library_path=llp, cpu=cpu)
     assert_like_ldd(loader, prog, llp)
     assert loader.closure(str(prog)).resolved["libdep.so.1"] == f"{tree}/dep/libdep.so.1"
+
+
+# Every legacy name glibc 2.26-2.36 can use on x86-64, on any CPU: the ones this CPU does not
+# have must not be searched, the others in ld.so's order.
+LEGACY_CANDIDATES = ("tls", "x86_64", "avx512_1", "haswell", "xeon_phi", "tls/x86_64", "tls/haswell",
+                     "tls/x86_64/x86_64", "x86_64/x86_64", "haswell/x86_64", "tls/haswell/x86_64",
+                     "haswell/avx512_1/x86_64", "tls/haswell/avx512_1/x86_64", "avx512_1/x86_64",
+                     "tls/avx512_1/x86_64", "tls/xeon_phi/x86_64", "xeon_phi/x86_64")
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_legacy_hwcap_subdirectories_like_ldd(tree: Path, tmp_path: Path, seed: int) -> None:
+    rng = random.Random(seed)
+    legacy = tmp_path / "legacy"
+    chosen = rng.sample(LEGACY_CANDIDATES, rng.randint(1, 6))
+    for sub in [*chosen, "glibc-hwcaps/x86-64-v2"] if seed == 0 else chosen:
+        (legacy / sub).mkdir(parents=True, exist_ok=True)
+        shutil.copy(tree / "dep/libdep.so.1", legacy / sub)
+    shutil.copy(tree / "dep/libdep.so.1", legacy)
+    llp = f"{tree}/main:{legacy}"
+    loader = Loader("/", ld_library_path=llp, cpu=host_cpu_features())
+    assert_like_ldd(loader, tree / "bin/prog_bare", llp)
+
+
+def test_search_rules_follow_the_roots_glibc_and_the_cpu() -> None:
+    """Data-driven rules, checked on made-up CPUs: the Intel-only platform override (2.26+), the
+    legacy names (< 2.37) and glibc-hwcaps (2.33+)."""
+    intel_v4 = CpuFeatures("GenuineIntel", ("avx2", "fma", "bmi1", "bmi2", "abm", "movbe", "popcnt", "avx512cd",
+                                            "avx512bw", "avx512dq", "avx512vl", "avx512f", "cx16", "lahf_lm",
+                                            "pni", "sse4_1", "sse4_2", "ssse3", "avx", "f16c", "xsave"))
+    amd_v4 = CpuFeatures("AuthenticAMD", intel_v4.flags)
+    r = search_rules("amd64", (2, 36), intel_v4)
+    assert r.platform == "haswell" and r.hwcaps == ("x86-64-v4", "x86-64-v3", "x86-64-v2")
+    assert r.legacy[0] == "tls/haswell/avx512_1/x86_64" and r.legacy[-1] == "" and len(r.legacy) == 16
+    assert search_rules("amd64", (2, 36), amd_v4).legacy[:4] == (
+        "tls/x86_64/x86_64", "tls/x86_64", "tls/x86_64", "tls")
+    assert search_rules("amd64", (2, 41), intel_v4).legacy == ("",)          # removed in 2.37
+    assert search_rules("amd64", (2, 41), intel_v4).platform == "haswell"    # the override stays
+    old = search_rules("amd64", (2, 17), intel_v4)                           # CentOS 7
+    assert (old.platform, old.hwcaps, old.legacy) == ("x86_64", (), ("tls/x86_64", "tls", "x86_64", ""))
+    assert search_rules("amd64", (2, 31), intel_v4).hwcaps == ()             # glibc-hwcaps: 2.33
+    phi = CpuFeatures("GenuineIntel", (*intel_v4.flags, "avx512er", "avx512pf"))
+    assert search_rules("amd64", (2, 28), phi).legacy[0] == "tls/xeon_phi/x86_64"
 
 
 def test_closure_errors(host_loader: Loader, tmp_path: Path) -> None:
@@ -334,7 +392,7 @@ def make_debian_root(root: Path) -> Path:
 
 def test_container_root_resolves_inside(tmp_path: Path) -> None:
     root = make_debian_root(tmp_path / "root")
-    loader = Loader(str(root), isa_level=host_isa_level())
+    loader = Loader(str(root), cpu=host_cpu_features())
     c = loader.closure("/bin/ls")
     host_found, host_order = ldd("/bin/ls")
     # No ld.so.cache in the root: the default directories find the same paths the host's cache does.

@@ -1,4 +1,5 @@
-"""Where glibc's ld.so looks for libraries on each architecture: one data table.
+"""Where glibc's ld.so looks for libraries on each architecture: one data table (the
+subdirectories it tries inside each directory, and $PLATFORM, are hwcaps.py's).
 
 Debian and Ubuntu build ld.so with multiarch directories first; other distributions (Fedora,
 RHEL, SUSE, Arch) with /lib64 or /lib only. On this Debian 12 amd64 host `ld.so --help` prints
@@ -40,9 +41,7 @@ class LibArch:
     go: str                          # shim's architecture name (shim.image.arch)
     triplet: str                     # Debian multiarch tuple
     libdir: str                      # "lib" or "lib64": glibc's slibdir on non-multiarch systems
-    platform: str                    # what $PLATFORM (AT_PLATFORM) expands to on a typical CPU
     cache_flags: tuple[int, ...]     # ld.so.cache entry flags this architecture's ld.so accepts
-    hwcaps: tuple[tuple[int, str], ...] = ()  # (ISA level, glibc-hwcaps subdirectory), lowest first
 
     def default_dirs(self, multiarch: bool) -> tuple[str, ...]:
         if multiarch:
@@ -53,33 +52,26 @@ class LibArch:
         """What $LIB expands to (Debian's ld.so: lib/<triplet>)."""
         return f"lib/{self.triplet}" if multiarch else self.libdir
 
-    def hwcaps_subdirs(self, isa_level: int | None) -> tuple[str, ...]:
-        """glibc-hwcaps subdirectories searched for a CPU of `isa_level`, most capable first."""
-        if isa_level is None:
-            return ()
-        return tuple(name for level, name in reversed(self.hwcaps) if level <= isa_level)
-
 
 LIB_ARCHES: dict[str, LibArch] = {a.go: a for a in (
-    LibArch("386", "i386-linux-gnu", "lib", "i686", _GENERIC_FLAGS),
-    LibArch("amd64", "x86_64-linux-gnu", "lib64", "x86_64", (FLAG_X8664_LIB64 | FLAG_ELF_LIBC6,),
-            ((2, "x86-64-v2"), (3, "x86-64-v3"), (4, "x86-64-v4"))),
-    LibArch("arm", "arm-linux-gnueabihf", "lib", "v7l", (FLAG_ARM_LIBHF | FLAG_ELF_LIBC6,)),
-    LibArch("arm64", "aarch64-linux-gnu", "lib64", "aarch64", (FLAG_AARCH64_LIB64 | FLAG_ELF_LIBC6,)),
-    LibArch("ppc64", "powerpc64-linux-gnu", "lib64", "power8", (FLAG_POWERPC_LIB64 | FLAG_ELF_LIBC6,)),
-    LibArch("ppc64le", "powerpc64le-linux-gnu", "lib64", "power9", (FLAG_POWERPC_LIB64 | FLAG_ELF_LIBC6,)),
-    LibArch("mips", "mips-linux-gnu", "lib", "mips", _GENERIC_FLAGS),
-    LibArch("mipsle", "mipsel-linux-gnu", "lib", "mips", _GENERIC_FLAGS),
-    LibArch("mips64", "mips64-linux-gnuabi64", "lib64", "mips64", (FLAG_MIPS64_LIBN64 | FLAG_ELF_LIBC6,)),
-    LibArch("mips64le", "mips64el-linux-gnuabi64", "lib64", "mips64", (FLAG_MIPS64_LIBN64 | FLAG_ELF_LIBC6,)),
-    LibArch("s390x", "s390x-linux-gnu", "lib64", "z13", (FLAG_S390_LIB64 | FLAG_ELF_LIBC6,)),
-    LibArch("riscv64", "riscv64-linux-gnu", "lib64", "riscv64", (FLAG_RISCV_FLOAT_ABI_DOUBLE | FLAG_ELF_LIBC6,)),
-    LibArch("loong64", "loongarch64-linux-gnu", "lib64", "loongarch64",
+    LibArch("386", "i386-linux-gnu", "lib", _GENERIC_FLAGS),
+    LibArch("amd64", "x86_64-linux-gnu", "lib64", (FLAG_X8664_LIB64 | FLAG_ELF_LIBC6,)),
+    LibArch("arm", "arm-linux-gnueabihf", "lib", (FLAG_ARM_LIBHF | FLAG_ELF_LIBC6,)),
+    LibArch("arm64", "aarch64-linux-gnu", "lib64", (FLAG_AARCH64_LIB64 | FLAG_ELF_LIBC6,)),
+    LibArch("ppc64", "powerpc64-linux-gnu", "lib64", (FLAG_POWERPC_LIB64 | FLAG_ELF_LIBC6,)),
+    LibArch("ppc64le", "powerpc64le-linux-gnu", "lib64", (FLAG_POWERPC_LIB64 | FLAG_ELF_LIBC6,)),
+    LibArch("mips", "mips-linux-gnu", "lib", _GENERIC_FLAGS),
+    LibArch("mipsle", "mipsel-linux-gnu", "lib", _GENERIC_FLAGS),
+    LibArch("mips64", "mips64-linux-gnuabi64", "lib64", (FLAG_MIPS64_LIBN64 | FLAG_ELF_LIBC6,)),
+    LibArch("mips64le", "mips64el-linux-gnuabi64", "lib64", (FLAG_MIPS64_LIBN64 | FLAG_ELF_LIBC6,)),
+    LibArch("s390x", "s390x-linux-gnu", "lib64", (FLAG_S390_LIB64 | FLAG_ELF_LIBC6,)),
+    LibArch("riscv64", "riscv64-linux-gnu", "lib64", (FLAG_RISCV_FLOAT_ABI_DOUBLE | FLAG_ELF_LIBC6,)),
+    LibArch("loong64", "loongarch64-linux-gnu", "lib64",
             (FLAG_LARCH_FLOAT_ABI_DOUBLE | FLAG_ELF_LIBC6,)),
 )}
 
 # For an ELF file of an architecture the table lacks: plain /lib, /usr/lib and no cache filter.
-GENERIC = LibArch("unknown", "", "lib", "", ())
+GENERIC = LibArch("unknown", "", "lib", ())
 
 
 def lib_arch(go: str | None) -> LibArch:

@@ -9,16 +9,17 @@ The search for a needed name without "/" follows ld.so (glibc 2.36, elf/dl-load.
   4. ROOT/etc/ld.so.cache, unless the requester is marked DF_1_NODEFLIB (then only entries
      outside the default directories);
   5. the default directories (layout.LibArch), unless DF_1_NODEFLIB.
-Every directory of 1, 2, 3 and 5 is tried with its glibc-hwcaps/x86-64-vN subdirectories first
-(those the CPU's ISA level supports); $ORIGIN, ${ORIGIN}, $LIB, $PLATFORM are expanded; a
-candidate of another ELF class, machine or byte order than the requester is skipped, as ld.so
-does. A name already loaded (as a needed name or a DT_SONAME), or a file already loaded under
-another path, is reused. Paths are container paths, resolved inside ROOT (rootpath.RootPaths);
-they are returned as ld.so names them (dir + "/" + name, ".." kept), as ldd prints them.
+Every directory of 1, 2, 3 and 5 is tried with its glibc-hwcaps subdirectories first, then its
+legacy hwcap subdirectories (tls/, x86_64/, haswell/...), as the root's own glibc release does it
+on the CPU given (hwcaps.py); $ORIGIN, ${ORIGIN}, $LIB, $PLATFORM are expanded ($PLATFORM as that
+glibc computes it on that CPU); a candidate of another ELF class, machine or byte order than the
+requester is skipped, as ld.so does. A name already loaded (as a needed name or a DT_SONAME),
+or a file already loaded under another path, is reused. Paths are container paths, resolved
+inside ROOT (rootpath.RootPaths); they are returned as ld.so names them (dir + "/" + name, ".."
+kept), as ldd prints them.
 
 Not emulated: relative search directories (relative to the process's working directory, which
-is unknown here), the legacy hwcap subdirectories (tls/, x86_64/) glibc < 2.37 also searched,
-LD_PRELOAD, DT_AUXILIARY/DT_FILTER, dlopen.
+is unknown here), LD_PRELOAD, DT_AUXILIARY/DT_FILTER, dlopen, and what hwcaps.py leaves out.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from shim.elf.facts import ElfFacts, elf_facts
+from shim.elf.glibc import libc_release
+from shim.elf.hwcaps import CpuFeatures, SearchRules, search_rules
 from shim.elf.layout import LibArch, lib_arch
 from shim.elf.ldcache import LdCache, read_ld_cache
 from shim.elf.rootpath import RootPaths
@@ -71,20 +74,22 @@ class _Hit:
 
 class Loader:
     def __init__(self, root: str = "/", arch_dirs: Sequence[str] | None = None,
-                 ld_library_path: str | Sequence[str] = (), isa_level: int | None = None,
+                 ld_library_path: str | Sequence[str] = (), cpu: CpuFeatures | None = None,
                  facts: FactsFn = elf_facts) -> None:
         """root: the root filesystem, "/" for the host. arch_dirs: the default directories,
         instead of the per-architecture table (layout.py). ld_library_path: the
-        LD_LIBRARY_PATH the program will run with ("a:b" or a sequence). isa_level: the x86-64
-        level of the CPU it will run on (isa.host_isa_level()), None to search no glibc-hwcaps
-        subdirectory. facts: host path -> ElfFacts (elf_facts, or a FactsCache)."""
+        LD_LIBRARY_PATH the program will run with ("a:b" or a sequence). cpu: the CPU it will
+        run on (hwcaps.host_cpu_features()); None: unknown, then no glibc-hwcaps subdirectory is
+        searched and no CPU-dependent legacy name or platform applies. facts: host path ->
+        ElfFacts (elf_facts, or a FactsCache)."""
         self.root = os.path.abspath(root)
         self.paths = RootPaths(self.root)
         self._arch_dirs = tuple(arch_dirs) if arch_dirs is not None else None
         if isinstance(ld_library_path, str):
             ld_library_path = re.split(r"[:;]", ld_library_path)  # ld.so splits on both
         self._ld_library_path = tuple(ld_library_path)
-        self._isa_level = isa_level
+        self._cpu = cpu
+        self._rules: dict[str, SearchRules] = {}
         self._facts = facts
         self._ld_cache: LdCache | None = None
         self._multiarch: dict[str, bool] = {}
@@ -111,6 +116,14 @@ class Loader:
             self._multiarch[arch.go] = bool(arch.triplet) and (
                 self.paths.is_dir(f"/usr/lib/{arch.triplet}") or self.paths.is_dir(f"/lib/{arch.triplet}"))
         return self._multiarch[arch.go]
+
+    def rules(self, arch: LibArch) -> SearchRules:
+        """The search rules of this root's glibc (its libc.so.6 in the default directories) on the CPU."""
+        if arch.go not in self._rules:
+            dirs = self._arch_dirs if self._arch_dirs is not None else arch.default_dirs(self._is_multiarch(arch))
+            libc = next((h for d in dirs if (h := self.paths.regular_file(f"{d}/libc.so.6"))), None)
+            self._rules[arch.go] = search_rules(arch.go, libc_release(libc) if libc else None, self._cpu)
+        return self._rules[arch.go]
 
     def default_dirs(self, facts: ElfFacts) -> tuple[str, ...]:
         if self._arch_dirs is not None:
@@ -156,7 +169,7 @@ class Loader:
                 return hit
         arch = lib_arch(want.arch)
         defaults = self.default_dirs(want)
-        cached = self.ld_cache.lookup(name, arch.cache_flags or None, arch.hwcaps_subdirs(self._isa_level))
+        cached = self.ld_cache.lookup(name, arch.cache_flags or None, self.rules(arch).hwcaps)
         if cached and want.nodeflib and any(cached.startswith(d.rstrip("/") + "/") for d in defaults):
             cached = None
         if cached:
@@ -169,19 +182,17 @@ class Loader:
 
     def _in_dirs(self, name: str, dirs: Sequence[str], owner: _Obj, want: ElfFacts) -> _Hit | None:
         """Search `dirs` (DSTs expanded for `owner`, the object whose list it is)."""
-        subdirs = lib_arch(want.arch).hwcaps_subdirs(self._isa_level)
+        rules = self.rules(lib_arch(want.arch))
+        subdirs = [f"glibc-hwcaps/{sub}/" for sub in rules.hwcaps] + [f"{sub}/" if sub else "" for sub in rules.legacy]
         for entry in dirs:
             d = self._expand(entry, owner)
             if not d or not d.startswith("/"):
                 continue
             d = d.rstrip("/")  # ld.so drops trailing slashes, then joins with one
             for sub in subdirs:
-                hit = self._try(f"{d}/glibc-hwcaps/{sub}/{name}", want)
+                hit = self._try(f"{d}/{sub}{name}", want)
                 if hit:
                     return hit
-            hit = self._try(f"{d}/{name}", want)
-            if hit:
-                return hit
         return None
 
     def _expand(self, text: str, owner: _Obj) -> str | None:
@@ -193,7 +204,7 @@ class Loader:
                 return owner.origin
             if which == "LIB":
                 return arch.lib_token(self._is_multiarch(arch))
-            return arch.platform
+            return self.rules(arch).platform
 
         return _DST.sub(token, text) if "$" in text else text
 
