@@ -56,7 +56,9 @@ for ver in ("12.2.140", "13.0.48", "13.2.10"):
         print(f"  {d.severity}: {d.code}: {d.message}")
 
 # The cuda-driver example profile, planned against this node for the CUDA 12.2 image.
-from shim.plan.inject import plan_for_image  # noqa: E402
+from shim.host.gather import gather_host_view  # noqa: E402
+from shim.plan.compose import plan_for_image  # noqa: E402
+from shim.plan.request import PlanRequest  # noqa: E402
 from shim.site.profiles import load_profiles  # noqa: E402
 
 conf = os.path.join(work, "conf")
@@ -69,7 +71,8 @@ for p in profiles.profiles:
 image = os.path.join(work, "img-12.2.140")
 if not profiles.profiles[0].available:
     sys.exit(0)
-plan = plan_for_image(image, image, profiles, ["cuda-driver"], False, [], "", use_cache=False)
+plan = plan_for_image(PlanRequest(root=image, image=image, profiles=profiles, requested=("cuda-driver",),
+                                  host=gather_host_view("/")), use_cache=False).plan
 for d in plan.decisions:
     print(f"  {d.decision}: {d.library}: {d.host_path} -> {d.container_path or '-'} ({d.reason})")
 for d in plan.diagnostics:

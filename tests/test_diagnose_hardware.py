@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 
-from shim.diagnose.cuda import cmp_version, driver_table, evaluate_require, parse_version
+from shim.diagnose.cuda import driver_table, evaluate_require
 from shim.diagnose.hardware import hardware_diagnostics
 from shim.diagnose.policy import apply_policy
 from shim.expect.model import CompatLib, ImageExpectations, LibFound, Requirement, VerbsProvider
@@ -22,7 +22,8 @@ from shim.host.model import (
     RdmaFacts,
     RdmaPort,
 )
-from shim.plan.model import Diagnostic
+from shim.knowledge.version import cmp_version, parse_version
+from shim.model import Diagnostic
 
 # ---- builders ----
 

@@ -45,7 +45,7 @@ def place(root: Path, path: str, built: Path, links: tuple[str, ...] = ()) -> No
     """Copy `built` to root/path and add relative symlinks (in the same directory) to it."""
     dst = root / path.lstrip("/")
     dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(built, dst)
+    shutil.copy(built, dst)  # with its mode: programs are found as execvp finds them
     for link in links:
         (dst.parent / link).symlink_to(dst.name)
 

@@ -26,9 +26,13 @@ from shim.elf.layout import lib_arch
 from shim.elf.ldcache import CacheEntry, read_ld_cache
 from shim.elf.ldcache_write import write_ld_cache
 from shim.elf.loader import Loader
+from shim.host.gather import gather_host_view
 from shim.image.arch import host_arch
-from shim.plan.inject import INJECT_DIR, plan_for_image
-from shim.plan.model import INJECT, REFUSE, SKIP, Plan
+from shim.model import INJECT, REFUSE, SKIP
+from shim.plan.compose import plan_for_image
+from shim.plan.job import INJECT_DIR
+from shim.plan.model import Plan
+from shim.plan.request import PlanRequest
 from shim.site.profiles import lint_files, load_profiles
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "conf" / "profiles" / "examples"
@@ -89,8 +93,12 @@ def plan(image: Path, host: SimulatedHost, conf: Path, requested: list[str] | No
     profiles = load_profiles(conf, host_root=str(host.root))
     unusable = [f"{p.name}: {p.why_unavailable()}" for p in profiles.profiles if not p.available]
     assert not unusable, unusable
-    return plan_for_image(str(image), "test-image", profiles, requested or [], False, [app], "",
-                          host_root=str(host.root), scratch=str(scratch) if scratch else None, use_cache=False)
+    request = PlanRequest(root=str(image), image="test-image", profiles=profiles, requested=tuple(requested or ()),
+                          command=(app,), host=gather_host_view(str(host.root)))
+    entry = plan_for_image(request, use_cache=False)
+    if scratch and entry.ld_cache:
+        (scratch / "ld.so.cache").write_bytes(entry.ld_cache)
+    return entry.plan
 
 
 def decision(p: Plan, library: str):

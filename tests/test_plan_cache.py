@@ -66,12 +66,13 @@ def test_a_torn_entry_is_a_miss_not_an_error(shim, conf, foo_image, user_dir):  
 def _store(directory: str, barrier, n: int) -> None:
     try:
         os.environ["SHIMRUN_CACHE"] = directory
-        from shim.plan.cache import store_plan
-        from shim.plan.model import Decision, Plan
+        from shim.model import Decision
+        from shim.plan.cache import CachedPlan, store_plan
+        from shim.plan.model import Plan
 
         plan = Plan(image="img.sif", profiles=["p"], decisions=[Decision("libx.so.1", "/h", "/c", "inject", "r", "p")])
         barrier.wait(30)
-        os._exit(0 if store_plan("k" * 32, plan, b"\x01" * 4096 * (1 + n % 3)) else 2)
+        os._exit(0 if store_plan("k" * 32, CachedPlan(plan, b"\x01" * 4096 * (1 + n % 3), {}, {})) else 2)
     except BaseException:
         os._exit(1)
 
@@ -91,13 +92,13 @@ def test_64_ranks_storing_the_same_plan_at_once(tmp_path, monkeypatch):
         p.start()
     reads = []
     while any(p.is_alive() for p in procs):
-        got = load_plan("k" * 32)
+        got = load_plan("k" * 32, str(tmp_path))
         if got is not None:
             reads.append(got)
     for p in procs:
         p.join()
         assert p.exitcode == 0
-    final = load_plan("k" * 32)
-    assert final is not None and final[0].decisions[0].library == "libx.so.1"
-    assert all(plan.decisions[0].library == "libx.so.1" and len(ld) % 4096 == 0 for plan, ld in reads)
+    final = load_plan("k" * 32, str(tmp_path))
+    assert final is not None and final.plan.decisions[0].library == "libx.so.1"
+    assert all(e.plan.decisions[0].library == "libx.so.1" and len(e.ld_cache) % 4096 == 0 for e in reads)
     assert not [n for n in os.listdir(tmp_path / "plans") if n.endswith(".tmp")]

@@ -307,7 +307,7 @@ def test_explicit_conflicts(conf: Path, host: Path) -> None:
         load_profiles(conf, host_root=str(host)).select(["fabric", "ucx"], False, set())
 
 
-def test_glibc_needs_opt_in(conf: Path, host: Path) -> None:
+def test_glibc_is_never_injected(conf: Path, host: Path) -> None:
     elf(host / "lib64/libc.so.6")
     elf(host / "lib64/ld-linux-x86-64.so.2")
     elf(host / "lib64/libpthread-2.31.so")
@@ -317,10 +317,11 @@ def test_glibc_needs_opt_in(conf: Path, host: Path) -> None:
     assert [p.key for p in problems] == [f"provides.libraries[{i}]" for i in range(4)]
     assert problems[0].message == "libc.so.6 is part of glibc"
     assert problems[1].message == "/lib64/ld-linux* matches ld-linux-x86-64.so.2, which is part of glibc"
-    assert all("glibc_replacement = true" in p.fix for p in problems)
-    path.write_text(path.read_text().replace("[provides]", "glibc_replacement = true\n[provides]"))
-    host_cache(host, {"libm.so.6": "/usr/lib/x86_64-linux-gnu/libm.so.6"})
-    assert lint_files([path], host_root=str(host)) == []
+    assert all("the image keeps its own C library" in p.fix for p in problems)
+    # The opt-in that could never work on an older image is gone, with a line saying so.
+    path.write_text(profile(extra="glibc_replacement = true"))
+    (removed,) = [p for p in lint_files([path], host_root=str(host)) if p.key == "profile.glibc_replacement"]
+    assert "not supported" in removed.message and not removed.host
     path.write_text(profile(extra='replaces = ["libc.so.6"]'))
     assert only(lint_files([path], host_root=str(host))).key == "profile.replaces[0]"
 

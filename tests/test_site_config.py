@@ -35,15 +35,20 @@ def test_lookup_order(tmp_path, monkeypatch):
 
 def test_policy_is_read(tmp_path):
     site = load_site_config(conf_with(tmp_path, '[policy]\nrefusal = "error"\n[policy.codes]\n'
-                                                'ARCH-EMULATED = "error"\nVIRTUALIZED = "ignore"\n'))
+                                                'ARCH-EMULATED = "error"\nVIRTUALIZED = "ignore"\n'
+                                                'ISA-UNDERUSED = "info"\n'))
     assert site.refusal == "error"
-    assert site.policy() == {"ARCH-EMULATED": "error", "VIRTUALIZED": "ignore"}
+    assert site.policy() == {"ARCH-EMULATED": "error", "VIRTUALIZED": "ignore", "ISA-UNDERUSED": "info"}
 
 
 @pytest.mark.parametrize(("text", "words"), [
     ('[policy]\nrefusal = "maybe"\n', "policy.refusal = 'maybe' is not one of warn, error"),
-    ('[policy.codes]\nGPU-ABSENT = "loud"\n', "policy.codes.GPU-ABSENT = 'loud' is not one of ignore, warn, error"),
-    ('[policy.codes]\ngpu_absent = "warn"\n', "'gpu_absent' is not a diagnostic code"),
+    ('[policy.codes]\nGPU-ABSENT = "loud"\n', "policy.codes.GPU-ABSENT = 'loud' is not one of ignore, info, warn, "
+                                                "error"),
+    ('[policy.codes]\ngpu_absent = "warn"\n', "'gpu_absent' is not a diagnostic code shim emits (did you mean "
+                                              "GPU-ABSENT?)"),
+    ('[policy.codes]\nGPU-ABSNET = "warn"\n', "did you mean GPU-ABSENT?"),
+    ('[policy.codes]\nNO-SUCH-THING = "warn"\n', "'NO-SUCH-THING' is not a diagnostic code shim emits"),
     ('[policy]\nrefusals = "warn"\n', "unknown key policy.refusals"),
     ('[polcy]\n', "unknown table [polcy]"),
     ('[launch]\nbinds = "/scratch"\n', "launch.binds must be a list"),

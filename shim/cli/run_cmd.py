@@ -15,6 +15,11 @@ from pathlib import Path
 from shim.errors import ExitCode, ShimError, UsageError
 
 STAGE_DIR = Path(__file__).resolve().parent.parent / "stage"
+LD_CACHE = "/etc/ld.so.cache"
+
+
+def _on_host(host_root: str, path: str) -> str:
+    return path if host_root in ("", "/") else os.path.join(host_root, path.lstrip("/"))
 
 
 def add_image_options(p: argparse.ArgumentParser) -> None:
@@ -121,26 +126,23 @@ def _exit_code(text: str) -> ExitCode:
         return ExitCode.LAUNCH
 
 
-def _launch_env(args: argparse.Namespace, image_path: str, env_pairs: list[str], env_unset: list[str],
+def _launch_env(args: argparse.Namespace, image_path: str, edits: tuple = (),
                 environ: dict[str, str] | None = None, cwd: str | None = None):
+    """The app's environment (shim.launch.environment); `edits`: the applied profiles' [env]."""
     from shim.launch.environment import EnvOptions, compose
 
     environ = dict(os.environ) if environ is None else environ
     home = None if getattr(args, "no_home", False) else _home(environ)
     workdir = getattr(args, "pwd", None) or cwd or os.getcwd()
-    env = compose(dict(environ, PWD=workdir), EnvOptions(
-        cleanenv=getattr(args, "cleanenv", False), env_pairs=tuple(getattr(args, "env", [])) + tuple(env_pairs),
-        home=home or "/", image_path=image_path))
-    for name in env_unset:
-        env.direct.pop(name, None)
-    return env
+    return compose(dict(environ, PWD=workdir), EnvOptions(
+        cleanenv=getattr(args, "cleanenv", False), env_pairs=tuple(getattr(args, "env", [])),
+        home=home or "/", image_path=image_path, edits=tuple(edits)))
 
 
-def _exec_spec_for(image_path: str, pairs: list[str], unset: list[str]):
+def _exec_spec_for(image_path: str, edits: tuple = ()):
     """The holder's answer to a rank: its argv/env composed from its own request, as a single
     launch would (runs after the pivot: only modules imported already)."""
     from shim.cli.main import SUBCOMMANDS, _parser
-    from shim.launch.environment import DEFAULT_PATH  # noqa: F401 (imported before the pivot)
     from shim.launch.share import ExecSpec, Refused, parse_request
 
     def exec_spec(request: bytes) -> ExecSpec:
@@ -151,7 +153,7 @@ def _exec_spec_for(image_path: str, pairs: list[str], unset: list[str]):
             ns = _parser(argv).parse_args(argv)
         except SystemExit:
             raise Refused(int(ExitCode.USAGE), "invalid arguments (see shimrun --help)") from None
-        env = _launch_env(ns, image_path, pairs, unset, environ=environ, cwd=cwd)
+        env = _launch_env(ns, image_path, edits, environ=environ, cwd=cwd)
         command = list(ns.command) or ["true"]
         workdir = ns.pwd or cwd
         if os.path.isdir("/.singularity.d/env") and os.access("/bin/sh", os.X_OK):
@@ -167,7 +169,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     """The pipeline: image -> host facts -> container facts -> plan -> diagnostics -> launch. With
     `listener` (this rank leads a shared container) the set-up runs in the holder it forks, and
     this returns once the holder serves; otherwise it execs the app (or prints the plan)."""
-    from shim.diagnose.check import apply_site_policy, cached, check_key, hardware_diagnostics_for, host_root, store
+    from shim.diagnose.check import apply_site_policy, cached, check_key, host_root, recorded_check, store
     from shim.image.open import open_image
     from shim.launch.binds import KEEPDEV, RO, Bind, parse_bind, parse_bind_list, plan_binds
     from shim.launch.execute import LaunchSpec, execute, finish, hold, prepare
@@ -181,7 +183,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     check_arch(image, os.environ, fatal=not dry_run)  # exit 66 before anything is mounted
     site = load_site_config(args.conf)
     conf_dir = find_conf_dir(args.conf)
-    profiles = _load_profiles(conf_dir)
+    profiles = _load_profiles(conf_dir, host_root(os.environ))
     if profiles is None and args.profile:
         from shim.site.config import ConfigError
 
@@ -195,13 +197,14 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     workdir = getattr(args, "pwd", None) or cwd
     spec = LaunchSpec(rootfs=choose_rootfs(image), stage=str(STAGE_DIR),
                       binds=plan_binds(home, cwd, site_binds, user_binds), cwd=workdir, argv=command or ["true"],
-                      env=_launch_env(args, image.path, [], []),
+                      env=_launch_env(args, image.path),
                       fakeroot=fakeroot, debug=args.debug, appends=identity_appends(home or "/", fakeroot))
     node = group.node if group else ""
     hw_off = bool(os.environ.get("SHIMRUN_NO_HW_CHECK"))
     hw_key = None if hw_off else check_key(image.path, command[0] if command else None, os.environ,
                                            host_root(os.environ))
-    hw = [] if hw_off else cached(hw_key) if hw_key else None
+    image_dir = image.path if image.kind == "dir" else ""
+    hw = [] if hw_off else cached(hw_key, image_dir) if hw_key else None
     wants_analysis = dry_run or hw is None or args.profile or (profiles is not None and any(
         p.available and p.applies != "on-request" for p in profiles.profiles) and not args.no_profiles)
     if not wants_analysis:
@@ -209,27 +212,32 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
         _report(args, Plan(image=image.path, diagnostics=apply_site_policy(hw, site.policy())), node)
         if listener is None:
             raise execute(spec)
-        hold(listener, lambda: (spec, False, _exec_spec_for(image.path, [], [])), group.expected, group.linger_ms)
+        hold(listener, lambda: (spec, False, _exec_spec_for(image.path)), group.expected, group.linger_ms)
         return 0
 
     def set_up():
         """In this process or in the holder: mount, analyse, report; the final spec."""
-        from shim.plan.inject import plan_for_image
-        from shim.plan.model import ERROR, WARNING
+        from shim.host.gather import gather_host_view
+        from shim.model import ERROR, WARNING
+        from shim.plan.compose import plan_for_image
+        from shim.plan.request import PlanRequest
         from shim.report.render import print_plan
 
         root = prepare(spec)
         started, stats = time.perf_counter(), {}
-        plan = plan_for_image(root, image.path, profiles, args.profile, args.no_profiles, command[:1],
-                              spec.env.direct.get("PATH", ""), scratch=spec.stage,
-                              refusal_severity=ERROR if site.refusal == "error" else WARNING,
-                              use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
+        hroot = host_root(os.environ)
+        request = PlanRequest(root=root, image=image.path, profiles=profiles, requested=tuple(args.profile),
+                              no_profiles=args.no_profiles, command=tuple(command[:1]),
+                              path=spec.env.direct.get("PATH", ""), host=gather_host_view(hroot),
+                              refusal_severity=ERROR if site.refusal == "error" else WARNING, image_dir=image_dir)
+        planned_entry = plan_for_image(request, use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
+        plan = planned_entry.plan
         planned = time.perf_counter()
         found = hw
         if found is None:
-            found = hardware_diagnostics_for(root, image.arch, command[0] if command else None, os.environ,
-                                             spec.env.direct.get("PATH", ""))
-            store(hw_key, found)
+            found, reads = recorded_check(root, image.arch, command[0] if command else None, os.environ,
+                                          spec.env.direct.get("PATH", ""))
+            store(hw_key, found, reads if image_dir else None)
         plan.diagnostics[:0] = found
         plan.diagnostics = apply_site_policy(plan.diagnostics, site.policy())
         if args.debug:
@@ -240,19 +248,23 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
             print_plan(plan, as_json)
             return None, int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals()) else 0
         _report(args, plan, node)
-        pairs = [f"{k}={v}" for k, v in plan.env_set.items()]
-        pairs += [f"PREPEND_PATH={v}" if k == "PATH" else f"{k}={v}" for k, v in plan.env_prepend.items()]
-        pairs += [f"APPEND_PATH={v}" if k == "PATH" else f"{k}={v}" for k, v in plan.env_append.items()]
-        binds = list(spec.binds) + [Bind(b.src, b.dst, (RO if b.read_only else 0) | (KEEPDEV if b.device else 0))
-                                     for b in plan.binds]
+        # Plan paths are the host's; on a simulated node (SHIMRUN_HOST_ROOT) they lie under its root.
+        binds = list(spec.binds) + [Bind(_on_host(hroot, b.src), b.dst, (RO if b.read_only else 0)
+                                         | (KEEPDEV if b.device else 0)) for b in plan.binds]
+        if planned_entry.ld_cache:
+            cache_path = os.path.join(spec.stage, "ld.so.cache")  # the launch's private tmpfs
+            with open(cache_path, "wb") as f:
+                f.write(planned_entry.ld_cache)
+            binds.append(Bind(cache_path, LD_CACHE, RO))
+        edits = tuple(plan.env)
         final = LaunchSpec(rootfs=spec.rootfs, stage=spec.stage, binds=binds, cwd=spec.cwd, argv=spec.argv,
-                           env=_launch_env(args, image.path, pairs, plan.env_unset), appends=spec.appends,
+                           env=_launch_env(args, image.path, edits), appends=spec.appends,
                            fakeroot=spec.fakeroot, debug=spec.debug)
-        return final, (pairs, list(plan.env_unset))
+        return final, edits
 
     def analysed():
-        final, (pairs, unset) = set_up()
-        return final, True, _exec_spec_for(image.path, pairs, unset)
+        final, edits = set_up()
+        return final, True, _exec_spec_for(image.path, edits)
 
     if listener is not None:
         hold(listener, analysed, group.expected, group.linger_ms)
@@ -275,7 +287,7 @@ def _report(args: argparse.Namespace, plan, node: str) -> None:
             "see the lines above; rerun with --dry-run for the whole plan, or without --strict")
 
 
-def _load_profiles(conf_dir: Path):
+def _load_profiles(conf_dir: Path, host_root: str = "/"):
     try:  # no profile files: do not even import the profile machinery
         if not any(n.endswith(".toml") and not n.startswith(".") for n in os.listdir(conf_dir / "profiles")):
             return None
@@ -283,4 +295,4 @@ def _load_profiles(conf_dir: Path):
         return None
     from shim.site.profiles import load_profiles
 
-    return load_profiles(conf_dir)
+    return load_profiles(conf_dir, host_root=host_root)

@@ -20,7 +20,8 @@ import json
 import os
 from collections.abc import Mapping
 
-from shim.plan.model import Diagnostic
+from shim.elf.rootpath import changed, recording
+from shim.model import Diagnostic
 
 _FORMAT = 1
 JOB_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
@@ -76,21 +77,30 @@ def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
 
 
-def cached(key: str) -> list[Diagnostic] | None:
+def cached(key: str, image_dir: str = "") -> list[Diagnostic] | None:
+    """The stored diagnostics; for a directory image (`image_dir`) only while every path the
+    check read inside it is unchanged (a removed .shim/requires, a replaced library)."""
     try:
         with open(_cache_path(key), "rb") as f:
             doc = json.load(f)
-        return [Diagnostic(**d) for d in doc["diagnostics"]] if doc.get("key") == key else None
-    except (OSError, ValueError, KeyError, TypeError):
+        if doc.get("key") != key:
+            return None
+        reads = doc.get("reads") or {}
+        if reads and (not image_dir or changed({image_dir: reads})):
+            return None
+        return [Diagnostic(**d) for d in doc["diagnostics"]]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 
 
-def store(key: str, diagnostics: list[Diagnostic]) -> None:
+def store(key: str, diagnostics: list[Diagnostic], reads: dict | None = None) -> None:
+    """reads: what the check read inside a directory image ({relative path: identity})."""
     from dataclasses import asdict
 
     from shim.cachefiles import write_atomic
 
-    write_atomic(_cache_path(key), json.dumps({"key": key, "diagnostics": [asdict(d) for d in diagnostics]}).encode())
+    write_atomic(_cache_path(key), json.dumps({"key": key, "diagnostics": [asdict(d) for d in diagnostics],
+                                               "reads": reads or {}}).encode())
 
 
 def hardware_diagnostics_for(root: str, image_arch: str, app: str | None, environ: Mapping[str, str],
@@ -106,21 +116,19 @@ def hardware_diagnostics_for(root: str, image_arch: str, app: str | None, enviro
     return found + pmi_diagnostics(root, environ, image_arch or None)
 
 
+def recorded_check(root: str, image_arch: str, app: str | None, environ: Mapping[str, str],
+                   path: str = "") -> tuple[list[Diagnostic], dict]:
+    """hardware_diagnostics_for, and what it read inside `root` ({relative path: identity})."""
+    with recording(root) as log:
+        found = hardware_diagnostics_for(root, image_arch, app, environ, path)
+    return found, log.reads[os.path.abspath(root)]
+
+
 def _app_in_image(root: str, app: str | None, path: str) -> str | None:
     """The app as a container path (looked up in the container's PATH), or None."""
-    if not app:
-        return None
-    from shim.elf.rootpath import RootPaths
+    from shim.elf.rootpath import RootPaths, find_program
 
-    paths = RootPaths(root)
-    if "/" in app:
-        return app if paths.resolve(app) else None
-    for d in (path or "/usr/local/bin:/usr/bin:/bin").split(":"):
-        candidate = os.path.join(d or "/", app)
-        real = paths.resolve(candidate)
-        if real and os.path.isfile(os.path.join(root, real.lstrip("/"))):
-            return candidate
-    return None
+    return find_program(RootPaths(root), app, path) if app else None
 
 
 def apply_site_policy(diagnostics: list[Diagnostic], policy: Mapping[str, str]) -> list[Diagnostic]:

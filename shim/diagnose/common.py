@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from shim.plan.model import ERROR, INFO, WARNING
+from shim.model import ERROR, INFO, WARNING
 
 TRUE_WORDS = ("1", "true", "yes", "on")
 

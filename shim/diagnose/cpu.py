@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from shim.diagnose.common import plural, raised
 from shim.expect.model import ImageExpectations
 from shim.host.model import HostFacts
-from shim.plan.model import ERROR, INFO, WARNING, Diagnostic
+from shim.model import ERROR, INFO, WARNING, Diagnostic
 
 # Host architectures that run another one natively (the kernel's compat layer).
 _NATIVE_ALSO = {"amd64": ("386",)}

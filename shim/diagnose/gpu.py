@@ -12,7 +12,8 @@ from shim.diagnose.common import TRUE_WORDS, raised
 from shim.diagnose.cuda import cmp_version, cuda_from_nvml, cuda_str, driver_table, evaluate_require, parse_version
 from shim.expect.model import ImageExpectations
 from shim.host.model import GpuFacts, HostFacts
-from shim.plan.model import ERROR, INFO, WARNING, Diagnostic
+from shim.knowledge.gpus import supports_forward_compat
+from shim.model import ERROR, INFO, WARNING, Diagnostic
 
 Version = tuple[int, ...]
 _HIDDEN = ("", "-1", "nodevfiles")  # NoDevFiles: Slurm's value for a job given no GPU
@@ -209,9 +210,9 @@ def _forward_compat(expect: ImageExpectations, gpu: GpuFacts) -> list[Diagnostic
         where = ("it is on the image's default library path, so it is used" if c.in_path else
                  f"it is used only when the app's LD_LIBRARY_PATH names {posixpath.dirname(c.path)} "
                  "(NGC images' entrypoint does that; shimrun runs no entrypoint)")
-        consumer = [n for n in names if "GeForce" in n or "TITAN" in n]
-        gpus = (f"; this node's GPUs ({', '.join(consumer)}) do not support it" if consumer and consumer == names
-                else "")
+        unsupported = [n for n in names if not supports_forward_compat(n)]
+        gpus = (f"; this node's GPUs ({', '.join(unsupported)}) do not support it"
+                if unsupported and unsupported == names else "")
         return [Diagnostic(
             "CUDA-FORWARD-COMPAT", INFO,
             f"the image carries CUDA forward-compatibility libcuda {c.version} ({c.path}), newer than this "

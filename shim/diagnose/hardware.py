@@ -18,7 +18,7 @@ from shim.diagnose.gpu import gpu_diagnostics
 from shim.diagnose.rdma import rdma_diagnostics
 from shim.expect.model import ImageExpectations
 from shim.host.model import HostFacts
-from shim.plan.model import Diagnostic
+from shim.model import Diagnostic
 
 
 def hardware_diagnostics(expect: ImageExpectations, host: HostFacts, image_arch: str,

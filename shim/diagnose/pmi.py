@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shim.plan.model import WARNING, Diagnostic
+from shim.knowledge.abi import mpi_abi, mpi_probes
+from shim.model import WARNING, Diagnostic
 
 CODE = "MPI-PMI-MISMATCH"
 
@@ -38,12 +39,13 @@ def pmi_diagnostics(root: str, environ: Mapping[str, str], arch: str | None = No
     from shim.expect.libs import LibFinder
 
     finder = LibFinder(RootPaths(root), arch)
-    mpich = finder.find("libmpich.so.12") or finder.find("libmpi.so.12")
-    ompi = finder.find("libmpi.so.40")
-    if not (mpich or ompi):
+    found = next(((name, lib) for name in mpi_probes() if (lib := finder.find(name))), None)
+    abi = mpi_abi(found[0]) if found else None
+    if found is None or abi is None or abi.family not in ("mpich", "openmpi"):
         return []
-    family = "MPICH-ABI MPI" if mpich else "Open MPI"
-    lib = (mpich or ompi).path
+    mpich, ompi = abi.family == "mpich", abi.family == "openmpi"
+    family = f"{abi.label} MPI" if mpich else abi.label
+    lib = found[1].path
     has_pmix = finder.find("libpmix.so.2") is not None
     if offered == "none" and ntasks > 1:
         return [Diagnostic(

@@ -1,8 +1,9 @@
 """Site policy over diagnostics: per code, drop it or set its severity.
 
-    [diagnostics]            # e.g. in the site configuration
+    [policy.codes]           # in the site configuration, shim.toml
     RDMA-ABSENT = "ignore"   # single-node cluster: TCP is all there is
     ISA-UNDERUSED = "warn"
+    VIRTUALIZED = "info"
     GPU-ABSENT = "error"
 """
 
@@ -11,14 +12,13 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable, Mapping
 
-from shim.plan.model import ERROR, INFO, WARNING, Diagnostic
-
-# Action -> the severity it sets (None: drop). "info" lets a site demote a warning.
-ACTIONS: dict[str, str | None] = {"ignore": None, "info": INFO, "warn": WARNING, "error": ERROR}
+from shim.knowledge.codes import ACTIONS
+from shim.model import Diagnostic
 
 
 def validate_policy(policy: Mapping[str, str]) -> dict[str, str]:
-    """The policy with its actions normalised; ValueError naming the first bad entry."""
+    """The policy with its actions normalised; ValueError naming the first bad entry. (The site
+    configuration checks the codes against the registry when it is loaded.)"""
     out: dict[str, str] = {}
     for code, action in policy.items():
         if not isinstance(code, str) or not code.strip():

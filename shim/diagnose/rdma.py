@@ -8,7 +8,7 @@ import re
 from shim.diagnose.common import raised
 from shim.expect.model import ImageExpectations
 from shim.host.model import HostFacts, RdmaDevice
-from shim.plan.model import INFO, WARNING, Diagnostic
+from shim.model import INFO, WARNING, Diagnostic
 
 # rdma-core provider serving a device, by the device's name (the kernel names devices after the
 # driver: mlx5_0, rxe0, efa_0, ...), most specific first.

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from shim.plan.model import Diagnostic
+from shim.model import Diagnostic
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from shim.expect.model import Requirement
-from shim.plan.model import WARNING, Diagnostic
+from shim.model import WARNING, Diagnostic
 
 LABEL = "shim.requires"
 FILES = ("/.shim/requires", "/etc/shim/requires")

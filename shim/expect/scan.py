@@ -15,22 +15,21 @@ import posixpath
 import re
 from collections.abc import Mapping, Sequence
 
-from shim.elf.rootpath import RootPaths
+from shim.elf.rootpath import RootPaths, find_program
 from shim.errors import ShimError
 from shim.expect.envscripts import read_image_env
 from shim.expect.libs import LibFinder, version_of
 from shim.expect.model import CompatLib, ImageExpectations, LibFound, Requirement, VerbsProvider
 from shim.expect.requires import FILES, LABEL, parse_requires
-from shim.plan.model import Diagnostic
+from shim.knowledge.rdma import provider_of
+from shim.model import Diagnostic
 
 LABELS_FILE = "/.singularity.d/labels.json"
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _MAX_SMALL_FILE = 1 << 20
 _TRUE = ("1", "true", "yes", "on")
 
 _COMPAT_DIRS = ("/usr/local/cuda*/compat", "/usr/local/cuda*/compat/lib", "/usr/local/cuda*/compat/lib.real")
 _STUBS = ("/usr/local/cuda*/lib64/stubs/libcuda.so", "/usr/local/cuda*/targets/*/lib/stubs/libcuda.so")
-_PROVIDER = re.compile(r"^lib(.+)-rdmav(\d+)\.so$")
 _UCX_MODULE = re.compile(r"^lib(uc[mpst]_\w+?|ucx_\w+?)\.so(?:\.\d+)*$")
 _FI_PROVIDER = re.compile(r"^lib(\w+)-fi\.so$")
 
@@ -87,10 +86,10 @@ def _verbs_providers(finder: LibFinder, verbs: LibFound | None) -> list[VerbsPro
     seen: set[str] = set()
     for d in finder.existing(posixpath.join(x, "libibverbs") for x in dirs):
         for name in finder.listdir(d):
-            m = _PROVIDER.match(name)
-            if m and m.group(1) not in seen:
-                seen.add(m.group(1))
-                out.append(VerbsProvider(m.group(1), int(m.group(2)), posixpath.join(d, name)))
+            found = provider_of(name)
+            if found and found[0] not in seen:
+                seen.add(found[0])
+                out.append(VerbsProvider(found[0], found[1], posixpath.join(d, name)))
     return out
 
 
@@ -162,16 +161,6 @@ def _hwcaps_dirs(finder: LibFinder) -> list[str]:
     return out
 
 
-def _resolve_app(paths: RootPaths, app: str, env: Mapping[str, str]) -> str | None:
-    if "/" in app:
-        path = app if app.startswith("/") else "/" + app
-        return path if paths.regular_file(path) else None
-    for d in (env.get("PATH") or DEFAULT_PATH).split(":"):
-        if d.startswith("/") and paths.regular_file(posixpath.join(d, app)):
-            return posixpath.join(d, app)
-    return None
-
-
 def _isa(root: str, paths: RootPaths, app_path: str, ld_library_path: str
          ) -> tuple[int | None, int | None, str | None, list[str]]:
     """(the app's own level, the max over the app and its direct libraries, the file needing
@@ -233,7 +222,7 @@ def scan_image(root: str, app: str | None = None, labels: Mapping[str, str] | No
 
     app_level = isa = isa_file = None
     checked: list[str] = []
-    app_path = _resolve_app(paths, app, env) if app else None
+    app_path = find_program(paths, app, env.get("PATH", "")) if app else None
     if app_path:
         app_level, isa, isa_file, checked = _isa(paths.root, paths, app_path, env.get("LD_LIBRARY_PATH", ""))
 

@@ -23,6 +23,7 @@ from shim.image.arch import host_arch
 
 NVML_SONAME = "libnvidia-ml.so.1"
 PROC_VERSION = "proc/driver/nvidia/version"
+GPU_INFO = "proc/driver/nvidia/gpus"
 LIBRARY_NOT_FOUND = "NVML Shared Library Not Found"   # pynvml's text for NVML_ERROR_LIBRARY_NOT_FOUND
 
 # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 ..." and the open
@@ -45,6 +46,26 @@ def kernel_module_version(host_root: str = "/") -> str | None:
         return None
     m = _NVRM_RE.search(text)
     return m.group(1) if m else None
+
+
+def gpu_models(host_root: str = "/") -> tuple[str, ...]:
+    """The model of each GPU the kernel module lists (/proc/driver/nvidia/gpus/<bus>/information,
+    "Model: NVIDIA A100-SXM4-80GB"): a file read, where NVML would load the driver."""
+    base = _host(host_root, GPU_INFO)
+    try:
+        buses = sorted(os.listdir(base))
+    except OSError:
+        return ()
+    models = []
+    for bus in buses:
+        try:
+            with open(os.path.join(base, bus, "information"), errors="replace") as f:
+                m = re.search(r"^Model:\s*(.+?)\s*$", f.read(8192), re.MULTILINE)
+        except OSError:
+            continue
+        if m:
+            models.append(m.group(1))
+    return tuple(models)
 
 
 def _natural(name: str) -> tuple[Any, ...]:

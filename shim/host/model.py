@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from shim.elf.hwcaps import CpuFeatures
+
 
 @dataclass(frozen=True)
 class GpuDevice:
@@ -91,3 +93,18 @@ class HostFacts:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class HostView:
+    """The few host facts the injection planner needs, cheap to gather (file reads, no NVML):
+    the CPU ld.so searches for, the loaded NVIDIA kernel module and the GPU models it lists."""
+
+    root: str = "/"
+    cpu: CpuFeatures | None = None
+    nvidia_module: str | None = None         # /proc/driver/nvidia/version
+    gpu_models: tuple[str, ...] = ()         # /proc/driver/nvidia/gpus/*/information "Model:"
+
+    def key(self) -> list:
+        """What of it a cached plan depends on."""
+        return [self.root, asdict(self.cpu) if self.cpu else None, self.nvidia_module, list(self.gpu_models)]

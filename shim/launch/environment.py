@@ -6,9 +6,12 @@ Precedence, highest first:
      and SINGULARITYENV_K=V from the host environment, in that order. PATH replaces the PATH;
      PREPEND_PATH and APPEND_PATH are added in front of / behind the final PATH. HOME cannot be
      overridden (shimrun sets it to the home directory in the container).
-  2. the image's environment scripts (/.singularity.d/env/*.sh: %environment, Docker ENV);
-  3. host variables passed through (below);
-  4. defaults: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
+  2. the site's injection profiles' [env] edits (set, prepend, append, unset), applied in
+     profile order to the value the app would otherwise see (after 3-5): a prepend goes in front
+     of the image's value, an unset removes the image's and the host's variable alike;
+  3. the image's environment scripts (/.singularity.d/env/*.sh: %environment, Docker ENV);
+  4. host variables passed through (below);
+  5. defaults: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
      SHIMRUN_CONTAINER (image path), SHIMRUN_NAME (image file name).
   HOME is always the home directory in the container.
 
@@ -27,7 +30,8 @@ container finds its rank and the process manager through them.
 How it runs: when the image has no /.singularity.d/env, the app is exec'd with `direct`.
 Otherwise the image's /bin/sh runs `action_script` with `base` as its environment; the script
 sets the host variables aside, sources the image's scripts in lexical order, restores the host
-value of each variable the scripts left unset, then applies the overrides and HOME.
+value of each variable the scripts left unset, then applies the profiles' edits, the overrides
+and HOME.
 
 Differences from Apptainer: override values are taken literally (Apptainer evaluates them in
 double quotes unless --no-eval); the image's 99-runtimevars.sh is skipped (Apptainer replaces it
@@ -43,9 +47,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from shim.elf.rootpath import DEFAULT_PATH
 from shim.errors import UsageError
+from shim.model import EnvEdit
 
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 HOSTVARS = "SHIMRUN_HOSTVARS"  # private: names of the host variables, for the action script
 
 # Lowest precedence first, so that later prefixes win.
@@ -68,6 +73,7 @@ class EnvOptions:
     home: str = ""  # HOME inside the container
     image_path: str = ""  # for SHIMRUN_CONTAINER / SHIMRUN_NAME
     extra: Mapping[str, str] = field(default_factory=dict)  # variables the runtime itself adds
+    edits: tuple[EnvEdit, ...] = ()  # the profiles' [env], in profile order
 
 
 @dataclass(frozen=True)
@@ -159,8 +165,33 @@ exec "$@"
 """
 
 
-def _script(env_dir: str, overrides: Mapping[str, str], home: str) -> str:
-    tail = [f"export {k}={_sq(v)}\n" for k, v in overrides.items() if k not in _PATH_EDITS]
+def _apply_edits(env: dict[str, str], edits: tuple[EnvEdit, ...]) -> None:
+    for e in edits:
+        if e.op == "set":
+            env[e.name] = e.value
+        elif e.op == "prepend":
+            env[e.name] = f"{e.value}:{env[e.name]}" if env.get(e.name) else e.value
+        elif e.op == "append":
+            env[e.name] = f"{env[e.name]}:{e.value}" if env.get(e.name) else e.value
+        elif e.op == "unset":
+            env.pop(e.name, None)
+
+
+def _edit_lines(edits: tuple[EnvEdit, ...]) -> list[str]:
+    """The same edits in sh (names are identifiers, checked when the profile was loaded)."""
+    out = []
+    for e in edits:
+        n, v = e.name, _sq(e.value)
+        if not _NAME.match(n):
+            continue
+        out.append({"set": f"export {n}={v}\n", "prepend": f"{n}={v}${{{n}:+:${n}}}; export {n}\n",
+                    "append": f"{n}=${{{n}:+${n}:}}{v}; export {n}\n", "unset": f"unset {n}\n"}[e.op])
+    return out
+
+
+def _script(env_dir: str, overrides: Mapping[str, str], home: str, edits: tuple[EnvEdit, ...] = ()) -> str:
+    tail = _edit_lines(edits)
+    tail += [f"export {k}={_sq(v)}\n" for k, v in overrides.items() if k not in _PATH_EDITS]
     if overrides.get("PATH"):
         tail.append(f"export PATH={_sq(overrides['PATH'])}\n")
     if overrides.get("PREPEND_PATH"):
@@ -186,10 +217,12 @@ def compose(host_env: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.sin
         host.setdefault("LANG", "C")
 
     direct = {"PATH": DEFAULT_PATH, **defaults, **host}
+    _apply_edits(direct, opts.edits)
+    direct.setdefault("PATH", DEFAULT_PATH)
     direct.update((k, v) for k, v in overrides.items() if k not in _PATH_EDITS)
     direct["PATH"] = _edit_path(direct["PATH"], overrides)
     direct["HOME"] = opts.home
 
     base = {**defaults, **host, "HOME": opts.home}
     base[HOSTVARS] = " ".join(k for k in host if _NAME.match(k) and k not in _SHELL_OWNED)
-    return LaunchEnv(direct=direct, base=base, action_script=_script(env_dir, overrides, opts.home))
+    return LaunchEnv(direct=direct, base=base, action_script=_script(env_dir, overrides, opts.home, opts.edits))

@@ -6,27 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-INJECT, SKIP, REFUSE = "inject", "skip", "refuse"
-ERROR, WARNING, INFO = "error", "warning", "info"
-
-
-@dataclass(frozen=True)
-class Decision:
-    library: str          # the name the container asks for (SONAME), or the file name
-    host_path: str
-    container_path: str   # where it is placed ("" when not injected)
-    decision: str         # inject | skip | refuse
-    reason: str
-    profile: str = ""
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    code: str             # stable, e.g. MPI-ABI-MISMATCH, GLIBC-TOO-OLD
-    severity: str         # error | warning | info
-    message: str          # what was checked, with the values on both sides
-    hint: str = ""        # for the user
-    admin_hint: str = ""  # for the sysadmin (profile file and key)
+from shim.model import ERROR, REFUSE, WARNING, Decision, Diagnostic, EnvEdit
 
 
 @dataclass(frozen=True)
@@ -44,10 +24,7 @@ class Plan:
     decisions: list[Decision] = field(default_factory=list)
     diagnostics: list[Diagnostic] = field(default_factory=list)
     binds: list[BindSpec] = field(default_factory=list)
-    env_set: dict[str, str] = field(default_factory=dict)
-    env_prepend: dict[str, str] = field(default_factory=dict)
-    env_append: dict[str, str] = field(default_factory=dict)
-    env_unset: list[str] = field(default_factory=list)
+    env: list[EnvEdit] = field(default_factory=list)   # the profiles' edits, in profile order
 
     def refusals(self) -> list[Decision]:
         return [d for d in self.decisions if d.decision == REFUSE]
@@ -65,16 +42,13 @@ class Plan:
             "decisions": [asdict(d) for d in self.decisions],
             "diagnostics": [asdict(d) for d in self.diagnostics],
             "binds": [asdict(b) for b in self.binds],
-            "env": {"set": self.env_set, "prepend": self.env_prepend, "append": self.env_append,
-                    "unset": self.env_unset},
+            "env": [asdict(e) for e in self.env],
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> Plan:
-        env = data.get("env", {})
         return cls(image=data["image"], profiles=list(data.get("profiles", [])),
                    decisions=[Decision(**d) for d in data.get("decisions", [])],
                    diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
                    binds=[BindSpec(**b) for b in data.get("binds", [])],
-                   env_set=dict(env.get("set", {})), env_prepend=dict(env.get("prepend", {})),
-                   env_append=dict(env.get("append", {})), env_unset=list(env.get("unset", [])))
+                   env=[EnvEdit(**e) for e in data.get("env", [])])

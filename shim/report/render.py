@@ -6,7 +6,8 @@ import json
 import sys
 from typing import TextIO
 
-from shim.plan.model import ERROR, INFO, WARNING, Diagnostic, Plan
+from shim.model import ERROR, INFO, WARNING, Diagnostic
+from shim.plan.model import Plan
 
 _LABEL = {ERROR: "error", WARNING: "warning", INFO: "info"}
 

@@ -6,11 +6,11 @@ Lookup order: --conf DIR, then $SHIMRUN_CONF, then /etc/shim, then the bundled c
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shim.errors import ExitCode, ShimError
+from shim.knowledge.codes import ACTIONS, closest, is_known
 
 CONFIG_NAME = "shim.toml"
 SYSTEM_CONF_DIR = "/etc/shim"
@@ -21,8 +21,6 @@ BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d 
 
 _KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict}}
 REFUSAL_ACTIONS = ("warn", "error")
-_CODE_RE = re.compile(r"[A-Z][A-Z0-9]*(?:-[A-Z0-9]+)*")
-CODE_ACTIONS = ("ignore", "warn", "error")
 
 
 class ConfigError(ShimError):
@@ -35,7 +33,7 @@ class SiteConfig:
     path: str
     binds: tuple[str, ...] = field(default_factory=tuple)
     refusal: str = "warn"                    # a refused injection: warn (the image's own is used) or error
-    codes: tuple[tuple[str, str], ...] = ()  # diagnostic code -> ignore | warn | error
+    codes: tuple[tuple[str, str], ...] = ()  # diagnostic code -> ignore | info | warn | error
 
     def policy(self) -> dict[str, str]:
         return dict(self.codes)
@@ -83,10 +81,12 @@ def load_site_config(option: str | None = None) -> SiteConfig:
                           'e.g. refusal = "error" to never start an app whose injection was refused')
     codes = policy.get("codes", {})
     for code, action in codes.items():
-        if not _CODE_RE.fullmatch(code):
-            raise ConfigError(f"{path}: policy.codes: {code!r} is not a diagnostic code",
-                              "codes look like GPU-ABSENT (shimrun check --json lists them)")
-        if action not in CODE_ACTIONS:
-            raise ConfigError(f"{path}: policy.codes.{code} = {action!r} is not one of {', '.join(CODE_ACTIONS)}",
+        if not is_known(code):
+            close = closest(code)
+            raise ConfigError(f"{path}: policy.codes: {code!r} is not a diagnostic code shim emits",
+                              f"did you mean {close}?" if close else
+                              "the codes are listed in the README (\"Hardware diagnostics\", \"Injection\")")
+        if action not in ACTIONS:
+            raise ConfigError(f"{path}: policy.codes.{code} = {action!r} is not one of {', '.join(ACTIONS)}",
                               f'e.g. {code} = "error"')
     return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())))

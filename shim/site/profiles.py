@@ -10,9 +10,9 @@ the prefix) only make the profile unavailable here, except for `lint`, which rep
 from __future__ import annotations
 
 import difflib
+import errno
 import fnmatch
 import glob
-import json
 import os
 import posixpath
 import re
@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from shim.errors import ExitCode, ShimError
+from shim.knowledge.abi import aliases, glibc_sonames, is_glibc, mpi_abi
 from shim.site.config import ConfigError
 
 PROFILES_DIR = "profiles"
@@ -47,7 +48,6 @@ _SCHEMA: dict[str, dict[str, tuple[str, str]]] = {
         "replaces": ("strings", 'replaces = ["libmpi.so.12"]'),
         "abi": ("string", 'abi = "mpich"'),
         "conflicts": ("strings", 'conflicts = ["openmpi"]'),
-        "glibc_replacement": ("boolean", "glibc_replacement = false"),
         "cuda_forward_compat": ("string", 'cuda_forward_compat = "auto"'),
     },
     "provides": {
@@ -154,11 +154,17 @@ class Profile:
     replaces: tuple[str, ...] = ()
     abi: str = ""
     conflicts: tuple[str, ...] = ()
-    glibc_replacement: bool = False
     cuda_forward_compat: str = "auto"   # kind = "gpu" only
     provides: Provides = field(default_factory=Provides)
     env: EnvSpec = field(default_factory=EnvSpec)
     unavailable: tuple[Problem, ...] = ()   # why it cannot be used on this host; empty: usable
+
+    @property
+    def stands_in_for(self) -> tuple[str, ...]:
+        """The names the image may use that this profile replaces: `replaces` and, for MPI
+        libraries, the other names of the same library in its ABI (abi.json: an MPICH-ABI
+        libmpi.so.12 also replaces Debian's libmpich.so.12)."""
+        return tuple(dict.fromkeys(n for r in self.replaces for n in aliases(r)))
 
     @property
     def available(self) -> bool:
@@ -176,7 +182,7 @@ class Profile:
         return {
             "name": self.name, "file": self.file, "description": self.description, "kind": self.kind,
             "applies": self.applies, "abi": self.abi, "replaces": list(self.replaces),
-            "conflicts": list(self.conflicts), "glibc_replacement": self.glibc_replacement,
+            "conflicts": list(self.conflicts), "stands_in_for": list(self.stands_in_for),
             "cuda_forward_compat": self.cuda_forward_compat,
             "usable": self.available, "unavailable": [f"{p.key}: {p.message}" for p in self.unavailable],
             "provides": {
@@ -438,7 +444,7 @@ class _Reader:
             return tuple(self.strip(f) for f in good)
         real = self.under(path)
         if not os.path.exists(real):
-            self.problem(key, f"{path} does not exist on this host", "install it, or fix the path", host=True)
+            self.problem(key, *_missing(path, real), host=True)
             return ()
         if not _is_a(real, want):
             fix = ("list directories in provides.plugin_dirs, or name the files with a glob such as DIR/lib*.so*"
@@ -453,6 +459,23 @@ class _Reader:
 
     def strip(self, real: str) -> str:
         return real if self.root == "/" else real[len(self.root):]
+
+
+def _missing(path: str, real: str) -> tuple[str, str]:
+    """(message, fix) for a host path that does not lead to anything: absent, a dangling
+    symlink, or a symlink loop."""
+    if not os.path.lexists(real):
+        return f"{path} does not exist on this host", "install it, or fix the path"
+    try:
+        os.stat(real)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return f"{path} is a symlink loop (too many levels of symbolic links)", "fix the links, or the path"
+    try:
+        target = os.readlink(real)
+    except OSError:
+        target = "?"
+    return f"{path} is a dangling symlink (to {target}, which does not exist)", "install its target, or fix the link"
 
 
 _SORT_WORDS = {"file": "files", "elf": "files", "exec": "executables", "dir": "directories", "any": "entries"}
@@ -534,7 +557,7 @@ def _check_keys(r: _Reader, data: dict[str, Any]) -> None:
             r.problem(table, f"must be a table, not {_toml_type(section)}", f"write it as [{table}] with keys below")
             continue
         for key in section:
-            if key in _SCHEMA[table]:
+            if key in _SCHEMA[table] or (table, key) == ("profile", "glibc_replacement"):  # removed: own line
                 continue
             if key in owner:
                 r.problem(f"{table}.{key}", f"{key} belongs in [{owner[key]}], not [{table}]",
@@ -570,9 +593,12 @@ def _parse_file(file: str, host_root: str, environ: Mapping[str, str]) -> tuple[
     applies = r.choice(data, "applies", APPLIES, required=True)
     abi = r.choice(data, "abi", MPI_ABIS, required=False)
     description = r.value(data, "profile", "description") or ""
-    glibc_ok = r.value(data, "profile", "glibc_replacement") or False
+    if "glibc_replacement" in _table(data, "profile"):
+        r.problem("profile.glibc_replacement", "is not supported: shim never injects glibc (a host C library "
+                  "needs the host's loader, locales and NSS modules, which the image does not have)",
+                  "remove it; the image keeps its own C library")
     replaces = [s for i, s in enumerate(r.value(data, "profile", "replaces") or [])
-                if _check_soname(r, f"profile.replaces[{i}]", s, glibc_ok)]
+                if _check_soname(r, f"profile.replaces[{i}]", s)]
     conflicts = r.value(data, "profile", "conflicts") or []
     for i, other in enumerate(conflicts):
         if other == name:
@@ -594,13 +620,13 @@ def _parse_file(file: str, host_root: str, environ: Mapping[str, str]) -> tuple[
         r.problem("profile.applies", '"when-used" needs the SONAMEs it replaces, and profile.replaces is empty',
                   'list them in profile.replaces, or use applies = "on-request"')
 
-    provides = _parse_provides(r, data, glibc_ok)
+    provides = _parse_provides(r, data)
     if not any(p.key.startswith(("provides.libraries", "provides.optional_libraries")) and not p.host
                for p in r.problems):
         _check_replaced_provided(r, replaces, provides)
     env = _parse_env(r, data)
     profile = Profile(name=name, file=file, kind=kind, applies=applies, description=description,
-                      replaces=tuple(replaces), abi=abi, conflicts=tuple(conflicts), glibc_replacement=glibc_ok,
+                      replaces=tuple(replaces), abi=abi, conflicts=tuple(conflicts),
                       cuda_forward_compat=forward_compat, provides=provides, env=env,
                       unavailable=tuple(p for p in r.problems if p.host))
     return profile, r.problems
@@ -611,19 +637,17 @@ def _table(data: dict[str, Any], table: str) -> dict[str, Any]:
     return section if isinstance(section, dict) else {}
 
 
-def _check_soname(r: _Reader, key: str, soname: str, glibc_ok: bool) -> bool:
+def _check_soname(r: _Reader, key: str, soname: str) -> bool:
     if "/" in soname or ".so" not in soname:
         r.problem(key, f"'{soname}' is not a SONAME", "write the library's SONAME, e.g. libmpi.so.12")
         return False
-    if not glibc_ok and _is_glibc_file(soname):
+    if _is_glibc_file(soname):
         r.problem(key, f"{soname} is part of glibc", _GLIBC_FIX)
         return False
     return True
 
 
 def _check_abi(r: _Reader, abi: str, replaces: list[str]) -> None:
-    from shim.plan.knowledge import mpi_abi
-
     for i, soname in enumerate(replaces):
         found = mpi_abi(soname)
         if found is not None and found.family != abi:
@@ -632,52 +656,41 @@ def _check_abi(r: _Reader, abi: str, replaces: list[str]) -> None:
 
 
 def _check_replaced_provided(r: _Reader, replaces: list[str], provides: Provides) -> None:
-    """A replaced SONAME must be among the libraries, or nothing would stand in for it."""
+    """A replaced SONAME must be provided by one of the libraries, or nothing would stand in for it."""
     for i, soname in enumerate(replaces):
-        if not any(_provides_soname(lib, soname) for lib in provides.libraries):
+        if not any(_provides_soname(r, lib, soname) for lib in provides.libraries):
             r.problem(f"profile.replaces[{i}]", f"no entry in provides.libraries provides {soname}",
                       f"add its host path (or soname:{soname}) to provides.libraries, or remove it from replaces")
 
 
-def _provides_soname(lib: LibrarySpec, soname: str) -> bool:
-    names = [lib.soname] if lib.soname else (
-        [posixpath.basename(m) for m in lib.matches] or [posixpath.basename(lib.path)])
-    # libmpi.so.12.1.1 is the file behind SONAME libmpi.so.12; a glob may name either.
-    if any(fnmatch.fnmatchcase(soname, n) or n == soname or n.startswith(soname + ".") for n in names):
+def _provides_soname(r: _Reader, lib: LibrarySpec, soname: str) -> bool:
+    """What a library provides is its ELF SONAME (and the other names of its MPI role), whatever
+    its file is called: a vendor's libmpi_vendor.so.12 with SONAME libmpi.so.12 provides that."""
+    wanted = set(aliases(soname))
+    if lib.soname:
+        return lib.soname in wanted
+    names = [posixpath.basename(m) for m in lib.matches] or [posixpath.basename(lib.path)]
+    # Cheap first: libmpi.so.12.1.1 is the file behind SONAME libmpi.so.12; a glob may name either.
+    if any(fnmatch.fnmatchcase(w, n) or n == w or n.startswith(w + ".") for n in names for w in wanted):
         return True
-    # Within one MPI ABI the main library goes by several names: an MPICH-ABI libmpi.so.12
-    # stands in for Debian's libmpich.so.12.
-    from shim.plan.knowledge import mpi_abi
-
-    want = mpi_abi(soname)
-    if want is None or not _MAIN_MPI.match(soname):
-        return False
-    for n in names:
-        m = _MAIN_MPI.match(n)
-        got = mpi_abi(m.group(0)) if m else None
-        if got is not None and (got.family, got.major) == (want.family, want.major):
-            return True
-    return False
+    return any(_elf_soname(r.under(m)) in wanted for m in lib.matches)
 
 
-_MAIN_MPI = re.compile(r"^libmpi(?:ch)?\.so\.\d+")
+def _elf_soname(path: str) -> str | None:
+    from shim.elf.cache import FactsCache  # per-user facts cache: a warm load reads no ELF
+
+    try:
+        facts = FactsCache().get(path)
+    except ShimError:
+        return None
+    return facts.soname if facts else None
 
 
-_GLIBC_FIX = ("remove it, the image keeps its own C library; or set profile.glibc_replacement = true "
-              "to inject all of the host's glibc, loader included")
-
-
-@cache
-def _glibc_sonames() -> tuple[str, ...]:
-    from shim.plan.knowledge import DATA
-
-    return tuple(json.loads(DATA.read_text())["glibc"])
+_GLIBC_FIX = "remove it: the image keeps its own C library (shim never injects glibc)"
 
 
 def _is_glibc_file(name: str) -> bool:
     """SONAMEs and file names of glibc: libc.so.6, libc.so (the linker script), libm-2.31.so, ld-2.31.so."""
-    from shim.plan.knowledge import is_glibc
-
     if is_glibc(name):
         return True
     base = re.sub(r"-2\.\d+\.so$", ".so", name)       # glibc < 2.34 named its files libX-2.NN.so
@@ -685,7 +698,7 @@ def _is_glibc_file(name: str) -> bool:
     if not m:
         return False
     base = m.group(1)
-    return base == "ld.so" or any(s == base or s.startswith(base + ".") for s in _glibc_sonames())
+    return base == "ld.so" or any(s == base or s.startswith(base + ".") for s in glibc_sonames())
 
 
 def _expand_prefix(r: _Reader, raw: str) -> tuple[str, bool]:
@@ -746,7 +759,7 @@ def _host_path(r: _Reader, key: str, entry: str, prefix: tuple[str, bool, bool],
     return path, r.host_matches(key, path, want)
 
 
-def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provides:
+def _parse_provides(r: _Reader, data: dict[str, Any]) -> Provides:
     raw_prefix = r.value(data, "provides", "prefix")
     value, usable = ("", True) if raw_prefix is None else _expand_prefix(r, raw_prefix)
     prefix = (value, raw_prefix is not None, usable)
@@ -757,7 +770,7 @@ def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provide
         for i, entry in enumerate(r.value(data, "provides", name) or []):
             key = f"provides.{name}[{i}]"
             before = len(r.problems)
-            spec = _parse_library(r, key, entry, prefix, glibc_ok, optional)
+            spec = _parse_library(r, key, entry, prefix, optional)
             if optional:
                 # Absent (or unusable) on this host is what optional means: not a problem, only
                 # nothing to inject. Problems with the text itself stay.
@@ -780,13 +793,13 @@ def _parse_provides(r: _Reader, data: dict[str, Any], glibc_ok: bool) -> Provide
                     devices=specs("devices", "any", relative_ok=False), binds=tuple(b for b in binds if b))
 
 
-def _parse_library(r: _Reader, key: str, entry: str, prefix: tuple[str, bool, bool], glibc_ok: bool,
+def _parse_library(r: _Reader, key: str, entry: str, prefix: tuple[str, bool, bool],
                    optional: bool) -> LibrarySpec | None:
     """One provides.libraries / provides.optional_libraries entry. A missing optional entry is
     kept with no matches, so that profile.replaces can still name what it would provide."""
     if entry.startswith(SONAME_PREFIX):
         soname = entry[len(SONAME_PREFIX):].strip()
-        if not _check_soname(r, key, soname, glibc_ok):
+        if not _check_soname(r, key, soname):
             return None
         found_at = _host_cache_lookup(r, soname)
         if found_at is None:
@@ -795,7 +808,7 @@ def _parse_library(r: _Reader, key: str, entry: str, prefix: tuple[str, bool, bo
             return LibrarySpec(key, entry, "", (), soname, optional=True) if optional else None
         return LibrarySpec(key, entry, found_at, (found_at,), soname, optional=optional)
     name = posixpath.basename(entry)
-    if not glibc_ok and not any(c in name for c in _GLOB_CHARS) and _is_glibc_file(name):
+    if not any(c in name for c in _GLOB_CHARS) and _is_glibc_file(name):
         r.problem(key, f"{name} is part of glibc", _GLIBC_FIX)
         return None
     found = _host_path(r, key, entry, prefix, "elf")
@@ -806,7 +819,7 @@ def _parse_library(r: _Reader, key: str, entry: str, prefix: tuple[str, bool, bo
         matches = tuple(m for m in matches if _is_elf(r.under(m)))
     # A glob is judged by what it matches: lib*.so* in an MPI's lib/ is fine, in /usr/lib64 it is not.
     glibc = next((posixpath.basename(m) for m in matches if _is_glibc_file(posixpath.basename(m))), None)
-    if glibc and not glibc_ok:
+    if glibc:
         r.problem(key, f"{entry} matches {glibc}, which is part of glibc", _GLIBC_FIX)
         return None
     return LibrarySpec(key, entry, path, matches, optional=optional)

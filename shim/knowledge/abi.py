@@ -1,0 +1,71 @@
+"""Reads abi.json: which SONAMEs are glibc, and the MPI ABIs with the names each of their
+libraries goes by (roles), so that a host library stands in only for its own role."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+DATA = Path(__file__).resolve().parent / "abi.json"
+MAIN_ROLE = "c"
+
+
+@dataclass(frozen=True)
+class MpiAbi:
+    family: str   # mpich | openmpi | mpi-abi
+    major: str    # "12", "40", ...
+    label: str    # for messages
+    role: str     # c | cxx | fortran | ...: which library of the ABI this name is
+
+    def describe(self, soname: str) -> str:
+        return f"{self.label} ({soname})"
+
+    def same_abi(self, other: MpiAbi) -> bool:
+        return (self.family, self.major) == (other.family, other.major)
+
+
+@cache
+def _data() -> dict:
+    return json.loads(DATA.read_text())
+
+
+@cache
+def _by_name() -> dict[str, tuple[MpiAbi, tuple[str, ...]]]:
+    """SONAME -> (its ABI and role, every name of that role)."""
+    out: dict[str, tuple[MpiAbi, tuple[str, ...]]] = {}
+    for abi in _data()["mpi_abis"]:
+        for role, names in abi["roles"].items():
+            for name in names:
+                out[name] = (MpiAbi(abi["family"], abi["major"], abi["label"], role), tuple(names))
+    return out
+
+
+def is_glibc(soname: str) -> bool:
+    data = _data()
+    return soname in data["glibc"] or soname.startswith(tuple(data["glibc_prefixes"]))
+
+
+def glibc_sonames() -> tuple[str, ...]:
+    return tuple(_data()["glibc"])
+
+
+def mpi_abi(soname: str) -> MpiAbi | None:
+    """The MPI ABI and role of a library name, None when it names no known MPI library."""
+    found = _by_name().get(soname)
+    return found[0] if found else None
+
+
+def aliases(soname: str) -> tuple[str, ...]:
+    """Every name container binaries may ask for that a library of SONAME `soname` stands in
+    for: itself, then the other names of its role in its ABI (libmpi.so.12 -> libmpich.so.12)."""
+    found = _by_name().get(soname)
+    if found is None:
+        return (soname,)
+    return (soname, *(n for n in found[1] if n != soname))
+
+
+def mpi_probes() -> tuple[str, ...]:
+    """The names whose presence in an image tells its MPI: every main (C) library name."""
+    return tuple(n for n, (abi, _names) in _by_name().items() if abi.role == MAIN_ROLE)

@@ -1,0 +1,65 @@
+"""The generic planner of one profile: a decision for every library it offers.
+
+For each library (offered.py): the names container binaries may ask for that it stands in for
+(its SONAME and, for MPI libraries, the other names of its role: knowledge/abi.json); where the
+image's loader finds one, the library is injected in its place (placement.py, with its
+dependencies: closure.py); where it finds none, the library is skipped as unused unless the
+kind's rule says it is loaded with dlopen. Then the app's imports are checked against the final
+mapping (symbols.py). The kind's rule (rules/) hooks in at fixed points. A refusal anywhere
+refuses the whole profile (compose.py): never a half-injected stack.
+"""
+
+from __future__ import annotations
+
+from shim.knowledge.abi import aliases
+from shim.plan.context import PlanContext
+from shim.plan.job import ProfileJob, Work
+from shim.plan.model import BindSpec
+from shim.plan.offered import offered_libraries, usable
+from shim.plan.placement import inject_at
+from shim.plan.rules import rule_for
+from shim.plan.symbols import check_symbols
+from shim.site.profiles import Profile
+
+
+def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) -> Work:
+    """requested: asked for by name (--profile)."""
+    job = ProfileJob(ctx, profile, requested)
+    rule = rule_for(profile.kind)
+    job.libs = offered_libraries(job)
+    rule.start(job)
+    if job.refused:
+        return job.work  # the profile as a whole cannot work here (e.g. driver vs kernel module)
+    for lib in job.libs:
+        if not usable(job, lib) or rule.take(job, lib):
+            continue
+        names = aliases(lib.soname)
+        targets = {n: p for n in names if (p := ctx.find_in_container(n))}
+        if not targets:
+            refusals = len(job.work.refusals)
+            why = rule.without_target(job, lib, names)
+            if why:
+                inject_at(job, lib, lib.soname, None, why + rule.note(job, lib))
+            elif len(job.work.refusals) == refusals:
+                job.skip(lib.soname, lib, "", rule.unused(job, lib, names))
+            continue
+        for name, target in targets.items():
+            if not rule.check_target(job, lib, name, target):
+                break
+            inject_at(job, lib, name, target, rule.note(job, lib))
+    if not job.refused:
+        check_symbols(job, rule.symbols_code)
+    if not job.refused:
+        rule.finish(job)
+    _extras(job)
+    return job.work
+
+
+def _extras(job: ProfileJob) -> None:
+    """Plugin directories, binaries, configuration files, devices and binds: bound as they are."""
+    p = job.profile.provides
+    for spec in (*p.plugin_dirs, *p.binaries, *p.config_files):
+        job.work.binds.extend(BindSpec(m, m) for m in spec.matches)
+    for spec in p.devices:
+        job.work.binds.extend(BindSpec(m, m, read_only=False, device=True) for m in spec.matches)
+    job.work.binds.extend(BindSpec(b.src, b.dst, b.read_only) for b in p.binds)
