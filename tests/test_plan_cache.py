@@ -3,8 +3,10 @@ pyelftools; anything the plan depends on (a profile, a host library, the image) 
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -102,3 +104,46 @@ def test_64_ranks_storing_the_same_plan_at_once(tmp_path, monkeypatch):
     assert final is not None and final.plan.decisions[0].library == "libx.so.1"
     assert all(e.plan.decisions[0].library == "libx.so.1" and len(e.ld_cache) % 4096 == 0 for e in reads)
     assert not [n for n in os.listdir(tmp_path / "plans") if n.endswith(".tmp")]
+
+
+def test_a_directory_image_whose_library_changed_gets_a_fresh_plan(shim, conf, foo_image, user_dir,  # noqa: F811
+                                                                   site_libs):  # noqa: F811
+    """The plan records every path it read inside the image with its identity: replacing the
+    image's libsitefoo.so.1 (same directory, same top-level mtime) is a miss, and the new plan
+    sees the new file."""
+    image = user_dir / "image"
+    shutil.copytree(foo_image, image, symlinks=True)
+    os.utime(image, (1, 1))  # the top directory's stat must not be what catches it
+    cache = user_dir / "cache"
+    state, r = check(shim, conf, image, cache)
+    (d,) = [d for d in json.loads(r.stdout)["decisions"] if d["library"] == "libsitefoo.so.1"]
+    assert state == "miss" and d["decision"] == "inject"
+    assert check(shim, conf, image, cache)[0] == "hit"
+    lib = image / "usr/lib/x86_64-linux-gnu/libsitefoo.so.1"
+    lib.unlink()
+    shutil.copy2(site_libs["good"], lib)  # the image now carries the host's very build
+    os.utime(image, (1, 1))
+    state, r = check(shim, conf, image, cache)
+    (d,) = [d for d in json.loads(r.stdout)["decisions"] if d["library"] == "libsitefoo.so.1"]
+    assert state == "miss" and (d["decision"], d["reason"]) == ("skip", "the image already has an identical file")
+    assert check(shim, conf, image, cache)[0] == "hit"
+
+
+def test_a_directory_images_hardware_check_follows_its_files(shim, user_dir):
+    """The hardware-check cache revalidates what the check read in a directory image: once the
+    image's declaration is removed, launches stop failing on it."""
+    image = user_dir / "declares-cuda"
+    (image / "bin").mkdir(parents=True)
+    shutil.copy("/bin/busybox", image / "bin/busybox")
+    for d in ("etc", "proc", "sys", "dev", "tmp", "home", ".shim"):
+        (image / d).mkdir()
+    (image / ".shim/requires").write_text("gpu.cuda>=12.2\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(image)], check=True)
+    env = {"SHIMRUN_CACHE": str(user_dir / "cache")}
+    for _ in range(2):  # cold, then from the cache
+        r = shim.run([image, "/bin/busybox", "true"], env=env)
+        assert r.returncode == 67 and "GPU-ABSENT" in r.stderr and "gpu.cuda>=12.2" in r.stderr, r.stderr
+    (image / ".shim/requires").unlink()
+    os.utime(image, (1, 1))
+    r = shim.run([image, "/bin/busybox", "true"], env=env)
+    assert r.returncode == 0 and "GPU-ABSENT" not in r.stderr, r.stderr

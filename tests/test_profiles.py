@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
 import re
 import tomllib
 from pathlib import Path
@@ -382,7 +383,9 @@ def test_select_rules(conf: Path, host: Path) -> None:
         "always": (True, "applies always"),
         "gpu": (False, "applies on request only (--profile gpu)"),
         "mpich": (True, "image uses libmpi.so.12")}
-    assert run([], False, set())["mpich"] == (False, "image uses none of libmpi.so.12")
+    assert run([], False, set())["mpich"] == (False, "image uses none of libmpi.so.12, libmpich.so.12")
+    # Debian's MPICH apps link libmpich.so.12: the ABI data makes it the same library.
+    assert run([], False, {"libmpich.so.12"})["mpich"] == (True, "image uses libmpich.so.12")
     assert run(["gpu", "gpu"], False, set())["gpu"] == (True, "requested with --profile")
     off = run(["gpu"], True, {"libmpi.so.12"})
     assert off["gpu"][0] and not off["always"][0] and not off["mpich"][0]
@@ -443,13 +446,24 @@ def test_cli_lint(conf: Path, host: Path, capsys: pytest.CaptureFixture[str]) ->
 
 # ------------------------------------------------------------------------------------------ examples
 
+def example_environ(example: Path) -> dict[str, str]:
+    """A value for each ${VAR} the example's prefix uses."""
+    return {v: f"/opt/from-env/{v.lower()}" for v in re.findall(r"\$\{(\w+)\}", example.read_text())}
+
+
+def host_path(example: Path, entry: str, environ: dict[str, str]) -> str:
+    """The absolute host path (or glob) a [provides] entry names, as lint writes it in messages."""
+    pv = tomllib.loads(example.read_text()).get("provides", {})
+    prefix = re.sub(r"\$\{(\w+)\}", lambda m: environ[m.group(1)], pv.get("prefix", ""))
+    return entry if entry.startswith("/") else posixpath.normpath(f"{prefix}/{entry}")
+
+
 def materialize(example: Path, root: Path, environ: dict[str, str]) -> None:
     """Create, under root, every host file the example lists (a glob's * taken as empty)."""
     pv = tomllib.loads(example.read_text()).get("provides", {})
-    prefix = re.sub(r"\$\{(\w+)\}", lambda m: environ[m.group(1)], pv.get("prefix", ""))
 
     def where(entry: str) -> Path:
-        path = (entry if entry.startswith("/") else f"{prefix}/{entry}").replace("*", "")
+        path = host_path(example, entry, environ).replace("*", "")
         assert "?" not in path and "[" not in path, "examples use only * globs"
         return root / (path + ("0" if path.endswith("/") else "")).lstrip("/")
 
@@ -477,10 +491,68 @@ def test_there_are_examples() -> None:
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.stem)
 def test_example_passes_lint(example: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    environ = {v: f"/opt/from-env/{v.lower()}" for v in re.findall(r"\$\{(\w+)\}", example.read_text())}
+    environ = example_environ(example)
     materialize(example, tmp_path, environ)
     assert [str(p) for p in lint_files([example], host_root=str(tmp_path), environ=environ)] == []
     assert example.read_text().lstrip().startswith("#"), "examples explain themselves"
     if not environ:
         assert cli(["profiles", "lint", str(example), "--host-root", str(tmp_path)]) == 0
         assert capsys.readouterr().out == f"{example}: ok\n"
+
+
+# Each example's [provides].libraries entries that name host paths (soname: entries are looked up
+# in the ld.so cache instead): (example, index in the list, entry).
+EXAMPLE_LIBRARIES = [(ex, i, entry) for ex in EXAMPLES
+                     for i, entry in enumerate(tomllib.loads(ex.read_text()).get("provides", {}).get("libraries", []))
+                     if not entry.startswith("soname:")]
+BREAKAGES = ("missing", "directory", "dangling", "loop")
+
+
+def break_file(path: Path, how: str) -> None:
+    """Replace the host file at path by nothing, a directory, a dangling symlink or a symlink loop."""
+    path.unlink()
+    if how == "directory":
+        path.mkdir()
+    elif how == "dangling":
+        path.symlink_to(path.name + ".gone")
+    elif how == "loop":
+        path.symlink_to(path.name)
+
+
+def test_example_libraries_found() -> None:
+    assert {ex.stem for ex, _i, _e in EXAMPLE_LIBRARIES} == {ex.stem for ex in EXAMPLES} - {"cuda-driver"}
+
+
+@pytest.mark.parametrize("literal", [False, True], ids=["as-shipped", "literal"])
+@pytest.mark.parametrize("how", BREAKAGES)
+@pytest.mark.parametrize(("example", "index", "entry"), EXAMPLE_LIBRARIES,
+                         ids=[f"{ex.stem}-{i}" for ex, i, _e in EXAMPLE_LIBRARIES])
+def test_example_broken_host_library(example: Path, index: int, entry: str, how: str, literal: bool,
+                                     tmp_path: Path) -> None:
+    """One library of an example broken on an otherwise complete host: lint reports that entry, and
+    only it, as a host problem. The examples name libraries with globs (lib/libmpi.so.12*); the
+    literal variant lints a copy naming the file itself (lib/libmpi.so.12), which lint judges by
+    the path's own kind of breakage."""
+    environ = example_environ(example)
+    root = tmp_path / "host"
+    materialize(example, root, environ)
+    linted = example
+    if literal:
+        assert entry.endswith("*") and "*" not in entry[:-1], "examples glob only the version suffix"
+        linted = tmp_path / example.name
+        text = example.read_text()
+        assert text.count(f'"{entry}"') == 1
+        linted.write_text(text.replace(f'"{entry}"', f'"{entry[:-1]}"'))
+        entry = entry[:-1]
+    path = host_path(example, entry, environ)
+    break_file(root / path.replace("*", "").lstrip("/"), how)
+    if literal:
+        want = {"missing": f"{path} does not exist on this host",
+                "directory": f"{path} is not a file",
+                "dangling": f"{path} is a dangling symlink (to {posixpath.basename(path)}.gone, which does not exist)",
+                "loop": f"{path} is a symlink loop (too many levels of symbolic links)"}[how]
+    else:
+        want = f"{path} matches nothing on this host" if how == "missing" else f"{path} matches 1 entries but no files"
+    problems = lint_files([linted], host_root=str(root), environ=environ)
+    assert [(p.file, p.key, p.message, p.host) for p in problems] == [
+        (str(linted), f"provides.libraries[{index}]", want, True)]

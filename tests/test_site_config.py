@@ -43,10 +43,8 @@ def test_policy_is_read(tmp_path):
 
 @pytest.mark.parametrize(("text", "words"), [
     ('[policy]\nrefusal = "maybe"\n', "policy.refusal = 'maybe' is not one of warn, error"),
-    ('[policy.codes]\nGPU-ABSENT = "loud"\n', "policy.codes.GPU-ABSENT = 'loud' is not one of ignore, info, warn, "
-                                                "error"),
-    ('[policy.codes]\ngpu_absent = "warn"\n', "'gpu_absent' is not a diagnostic code shim emits (did you mean "
-                                              "GPU-ABSENT?)"),
+    ('[policy.codes]\nGPU-ABSENT = "loud"\n', "'loud' is not one of ignore, info, warn, error"),
+    ('[policy.codes]\ngpu_absent = "warn"\n', "'gpu_absent' is not a diagnostic code shim emits (did you mean"),
     ('[policy.codes]\nGPU-ABSNET = "warn"\n', "did you mean GPU-ABSENT?"),
     ('[policy.codes]\nNO-SUCH-THING = "warn"\n', "'NO-SUCH-THING' is not a diagnostic code shim emits"),
     ('[policy]\nrefusals = "warn"\n', "unknown key policy.refusals"),

@@ -65,8 +65,8 @@ def _params(fn: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 def test_the_planner_is_small_functions_in_small_files() -> None:
     too_long = [f"{p.relative_to(REPO)}: {n} lines" for p in _py_files(SHIM / "plan")
                 if (n := len(p.read_text().splitlines())) > 400]
-    too_many = [f"{p.relative_to(REPO)}:{fn.lineno} {fn.name}: {_params(fn)} parameters" for p in _py_files(SHIM / "plan")
-                for fn in ast.walk(ast.parse(p.read_text()))
+    too_many = [f"{p.relative_to(REPO)}:{fn.lineno} {fn.name}: {_params(fn)} parameters"
+                for p in _py_files(SHIM / "plan") for fn in ast.walk(ast.parse(p.read_text()))
                 if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef) and _params(fn) > 6]
     assert too_long == [] and too_many == []
 
@@ -101,7 +101,8 @@ def test_each_piece_of_knowledge_lives_in_one_data_file(data_file: str) -> None:
     found = []
     for path in _py_files():
         for line, value in _code_strings(path):
-            found += [f"{path.relative_to(REPO)}:{line}: {value}" for rx in KNOWLEDGE[data_file] if re.search(rx, value)]
+            found += [f"{path.relative_to(REPO)}:{line}: {value}" for rx in KNOWLEDGE[data_file]
+                      if re.search(rx, value)]
     assert found == []
 
 

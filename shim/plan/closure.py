@@ -52,8 +52,8 @@ def _dependency(job: ProfileJob, walk: _Walk, requester: tuple[str, ElfFacts], d
     host copy put beside it, to walk next; False: refused."""
     ctx = job.ctx
     path, facts = requester
-    if is_glibc(dep) or dep in walk.provided:
-        return None
+    if is_glibc(dep) or dep in walk.provided or job.offered(dep):
+        return None  # the profile's own libraries are planned (and injected when needed) by core.py
     inside = ctx.find_in_container(dep)
     host_dep = ctx.host.find(dep, facts, path)
     if inside and (host_dep is None or _serves(job, facts, dep, inside)):

@@ -12,6 +12,7 @@ refuses the whole profile (compose.py): never a half-injected stack.
 from __future__ import annotations
 
 from shim.knowledge.abi import aliases
+from shim.model import SKIP
 from shim.plan.context import PlanContext
 from shim.plan.job import ProfileJob, Work
 from shim.plan.model import BindSpec
@@ -31,7 +32,7 @@ def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) ->
     if job.refused:
         return job.work  # the profile as a whole cannot work here (e.g. driver vs kernel module)
     for lib in job.libs:
-        if not usable(job, lib) or rule.take(job, lib):
+        if _already_injected(job, lib) or not usable(job, lib) or rule.take(job, lib):
             continue
         names = aliases(lib.soname)
         targets = {n: p for n in names if (p := ctx.find_in_container(n))}
@@ -48,11 +49,35 @@ def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) ->
                 break
             inject_at(job, lib, name, target, rule.note(job, lib))
     if not job.refused:
+        _needed_offered(job)
+    if not job.refused:
         check_symbols(job, rule.symbols_code)
     if not job.refused:
         rule.finish(job)
     _extras(job)
     return job.work
+
+
+def _already_injected(job: ProfileJob, lib) -> bool:
+    """Put beside another library as its dependency already: one decision per library."""
+    real = job.ctx.host_real(lib.host_path)
+    return any(job.ctx.host_real(h) == real for h in job.work.injected.values())
+
+
+def _needed_offered(job: ProfileJob) -> None:
+    """A library of the profile that another one it injects needs (libmpicxx needs libmpi) is
+    injected under its own SONAME, even where nothing in the image asks for that name."""
+    queue = list(dict.fromkeys(job.work.injected.values()))
+    while queue:
+        facts = job.ctx.host_facts(queue.pop())
+        for name in facts.needed if facts else ():
+            lib = job.offered(name)
+            if lib is not None and name not in job.work.cache and not _already_injected(job, lib):
+                # It was skipped as unused by the image: it is used, by the profile's own library.
+                job.work.decisions = [d for d in job.work.decisions
+                                      if not (d.host_path == lib.host_path and d.decision == SKIP)]
+                inject_at(job, lib, name, None, "needed by another library of the profile")
+                queue.append(lib.host_path)
 
 
 def _extras(job: ProfileJob) -> None:

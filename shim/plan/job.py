@@ -43,6 +43,10 @@ class ProfileJob:
     work: Work = field(default_factory=Work)
     state: Any = None                        # the kind's rule keeps its own findings here
 
+    def offered(self, soname: str) -> OfferedLib | None:
+        """The profile's own library of that SONAME, if it offers one."""
+        return next((lib for lib in self.libs if lib.soname == soname and lib.facts is not None), None)
+
     @property
     def placed_dir(self) -> str:
         return f"{INJECT_DIR}/{self.profile.name}"

@@ -41,6 +41,9 @@ def inject_at(job: ProfileJob, lib: OfferedLib, name: str, target: str | None, r
         job.work.injected[placed] = lib.host_path
         job.work.binds.extend(b for b in origin_binds if b not in job.work.binds)
     job.work.cache[name] = placed
+    # Its own SONAME leads there too: the host's tools bound beside it (mpichversion) and
+    # dlopen("libmpi.so.12") find it although the image calls it libmpich.so.12.
+    job.work.cache.setdefault(lib.soname, placed)
     if not real:
         job.inject(name, lib, placed, f"{reason}; the image has no {name}")
         return

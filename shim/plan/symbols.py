@@ -1,7 +1,7 @@
 """Symbol coverage on the final mapping: for every name an object of the image (the app and the
-libraries it loads, those that stay the image's) would now get from a host file, the host side
-(that file and everything the profile injects with it) must define each symbol the object
-imports from the image's own library of that name. Otherwise the app would die at start with
+libraries it loads, those that stay the image's) would now get from a host file, that file and
+what it brings (the injected files its DT_NEEDED names lead to) must define each symbol the
+object imports from the image's own library of that name. Otherwise the app would die at start with
 "symbol lookup error", so the profile is refused before it starts, with the symbols named.
 
 Without a dynamic app (`shimrun check IMAGE` with no command) there is nothing to check."""
@@ -22,10 +22,6 @@ def check_symbols(job: ProfileJob, code: str) -> None:
                 if placed in job.work.injected}
     if closure is None or not injected:
         return
-    have: set[str] = set()
-    for host_file in set(job.work.injected.values()):
-        syms = ctx.symbols(ctx.on_host(host_file))
-        have |= syms.defined if syms else set()
     replaced = {closure.resolved[n] for n in injected if n in closure.resolved}
     for obj in closure.order:
         if obj in replaced:
@@ -39,10 +35,26 @@ def check_symbols(job: ProfileJob, code: str) -> None:
             theirs = ctx.symbols(ctx.in_root(closure.resolved[name]))
             if mine is None or theirs is None:
                 continue
-            missing = sorted((mine.undefined & theirs.defined) - have)
+            missing = sorted((mine.undefined & theirs.defined) - _brings(job, injected, injected[name]))
             if missing:
                 _refuse(job, code, (obj, name, injected[name]), missing)
                 return
+
+
+def _brings(job: ProfileJob, injected: dict[str, str], host_file: str) -> set[str]:
+    """The symbols defined by `host_file` and by the injected host files its DT_NEEDED names
+    lead to (transitively): what is in the process once it is loaded."""
+    ctx, defined, todo, seen = job.ctx, set(), [host_file], set()
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        syms = ctx.symbols(ctx.on_host(path))
+        defined |= syms.defined if syms else set()
+        facts = ctx.host_facts(path)
+        todo += [injected[n] for n in (facts.needed if facts else ()) if n in injected]
+    return defined
 
 
 def _refuse(job: ProfileJob, code: str, where: tuple[str, str, str], missing: list[str]) -> None:

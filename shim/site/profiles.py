@@ -253,9 +253,9 @@ class ProfileSet:
             elif p.applies == "always":
                 out.append(Selection(p, True, "applies always"))
             else:
-                used = sorted(set(p.replaces) & image_sonames)
+                used = sorted(set(p.stands_in_for) & image_sonames)
                 out.append(Selection(p, True, f"image uses {', '.join(used)}") if used else
-                           Selection(p, False, f"image uses none of {', '.join(p.replaces)}"))
+                           Selection(p, False, f"image uses none of {', '.join(p.stands_in_for)}"))
         # load_profiles rejects conflicting automatic profiles; this guards sets built by hand.
         applied = [s.profile for s in out if s.applies]
         for i, a in enumerate(applied):

@@ -1,0 +1,77 @@
+"""A profile's [env] as the app sees it, launched: applied after the image's environment scripts
+(a prepend goes in front of the image's value, an unset removes the image's and the host's
+variable), composed in profile order, and below the user's own --env."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+BUSYBOX = Path("/bin/busybox")
+SHOW = 'echo "IMGVAR=$IMGVAR HOSTVAR=$HOSTVAR LD_RUN_DIRS=$LD_RUN_DIRS PROF_SET=$PROF_SET PATH=$PATH"'
+
+pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
+
+
+def busybox_image(root: Path, env_script: str | None) -> Path:
+    """A directory image: a static busybox as /bin/sh, and (unless None) an env script as
+    Apptainer's %environment would write it."""
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(BUSYBOX, root / "bin" / "busybox")
+    (root / "bin" / "sh").symlink_to("busybox")
+    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
+        (root / d).mkdir()
+    if env_script is not None:
+        (root / ".singularity.d" / "env").mkdir(parents=True)
+        (root / ".singularity.d" / "env" / "91-test.sh").write_text(env_script)
+    return root
+
+
+def conf_with(conf: Path, profiles: dict[str, str]) -> Path:
+    (conf / "profiles").mkdir(parents=True)
+    (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
+    for name, env in profiles.items():
+        (conf / "profiles" / f"{name}.toml").write_text(f'[profile]\nkind = "other"\napplies = "always"\n'
+                                                        f"[provides]\n[env]\n{env}")
+    return conf
+
+
+@pytest.fixture
+def site(user_dir: Path) -> Path:
+    # Profiles apply in file-name order: a-site, then b-site.
+    conf = conf_with(user_dir / "conf", {
+        "a-site": 'prepend = { PATH = "/site/bin", LD_RUN_DIRS = "/site/lib" }\nunset = ["IMGVAR", "HOSTVAR"]\n'
+                  'set = { PROF_SET = "profile" }\n',
+        "b-site": 'prepend = { PATH = "/b/bin" }\n'})
+    subprocess.run(["chmod", "-R", "a+rX", str(user_dir)], check=True)
+    return conf
+
+
+def run(shim, conf: Path, image: Path, cwd: Path, *extra: str):
+    env = {"HOSTVAR": "fromhost", "LD_RUN_DIRS": "/hostlib"}
+    return shim.run(["--conf", conf, *extra, image, "/bin/sh", "-c", SHOW], env=env, cwd=cwd)
+
+
+def test_profile_edits_apply_after_the_image_environment(shim, site: Path, user_dir: Path) -> None:
+    image = busybox_image(user_dir / "img", "export IMGVAR=fromimage\nexport LD_RUN_DIRS=/img/lib\n")
+    subprocess.run(["chmod", "-R", "a+rX", str(user_dir)], check=True)
+    r = run(shim, site, image, user_dir)
+    assert r.returncode == 0, r.stderr
+    assert "IMGVAR= HOSTVAR= LD_RUN_DIRS=/site/lib:/img/lib PROF_SET=profile " in r.stdout, r.stdout
+    # Both prepends, in profile order: b-site's goes in front of a-site's.
+    assert "PATH=/b/bin:/site/bin:/usr/local/sbin:" in r.stdout, r.stdout
+    # The user's own --env wins over a profile's set and prepend.
+    r = run(shim, site, image, user_dir, "-e", "PROF_SET=user", "-e", "LD_RUN_DIRS=/mine")
+    assert "LD_RUN_DIRS=/mine PROF_SET=user " in r.stdout, r.stdout
+
+
+def test_profile_edits_without_env_scripts(shim, site: Path, user_dir: Path) -> None:
+    """No /.singularity.d/env: the app is exec'd directly, with the edits applied on the host's values."""
+    image = busybox_image(user_dir / "img", None)
+    subprocess.run(["chmod", "-R", "a+rX", str(user_dir)], check=True)
+    r = run(shim, site, image, user_dir)
+    assert r.returncode == 0, r.stderr
+    assert "IMGVAR= HOSTVAR= LD_RUN_DIRS=/site/lib:/hostlib PROF_SET=profile PATH=/b/bin:/site/bin:" in r.stdout
