@@ -135,8 +135,14 @@ int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res)
     if (setjmp(shim_unwind))
         return res->code;
     if (cfg->cwd && chdir(cfg->cwd) == -1) {
-        fprintf(stderr, "shimrun: warning: cannot enter %s in the container (%s); using /\n", cfg->cwd,
-                strerror(errno));
+        int err = errno;
+        if (cfg->cwd_required)
+            shim_fail(SHIM_E_LAUNCH, 0, "working directory %s: %s in the container (give --pwd a directory the "
+                      "image has, or bind one there with --bind)", cfg->cwd, strerror(err));
+        if (!cfg->quiet)
+            fprintf(stderr, "shimrun: warning: cannot enter %s in the container (%s); using / (hint: --pwd DIR "
+                    "chooses another, --bind puts one there)\n", cfg->cwd, strerror(err));
+        Z(chdir("/"), "chdir / in the container");
     }
     /* Nothing exec'd from here on can gain privileges (setuid files are also nosuid). */
     Z(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs");

@@ -25,6 +25,11 @@
 
 #include "core.h"
 
+/* What a user can do when the image's own tree cannot take a bind destination (a dangling
+ * symlink at /home, a loop at /tmp): the image cannot be fixed from here, the bind can. */
+#define DEST_HINT "the image's tree cannot take this mount: bind it elsewhere with --bind SRC:DST, or leave " \
+    "it out (--no-home for the home directory)"
+
 #define MAX_UNDERLAYS 64
 
 static char stage_dir[PATH_MAX]; /* a copy: prepare and finish get separate configs */
@@ -202,8 +207,11 @@ static int ensure_target(const char *root, int *root_fdp, const char *path, int 
     fd = open_in_root(root_fd, path, O_PATH);
     if (fd >= 0)
         return fd;
-    if (errno != ENOENT)
-        shim_fail(SHIM_E_LAUNCH, errno, "resolve bind destination %s in the container", path);
+    if (errno != ENOENT) {
+        int err = errno;
+        shim_fail(SHIM_E_LAUNCH, 0, "resolve bind destination %s in the container: %s (%s)", path, strerror(err),
+                  DEST_HINT);
+    }
     prefix[0] = '\0';
     parent = open_in_root(root_fd, "/", O_PATH);
     Z(parent, "open container root");
@@ -221,8 +229,11 @@ static int ensure_target(const char *root, int *root_fdp, const char *path, int 
         p = end;
         for (tries = 0; (fd = open_in_root(root_fd, prefix, O_PATH)) == -1; tries++) {
             int last = (*p == '\0' || p[strspn(p, "/")] == '\0'), r;
-            if (errno != ENOENT || tries > 1)
-                shim_fail(SHIM_E_LAUNCH, errno, "resolve %s in the container", prefix);
+            if (errno != ENOENT || tries > 1) {
+                int err = errno;
+                shim_fail(SHIM_E_LAUNCH, 0, "resolve %s in the container (for %s): %s (%s)", prefix, path,
+                          strerror(err), DEST_HINT);
+            }
             /* Mount points are only ever made on our own tmpfs: never in the image, and never in
              * a host directory bound in (e.g. /tmp), which would leave them behind on the host. */
             if (!on_underlay(parent)) {
@@ -237,8 +248,8 @@ static int ensure_target(const char *root, int *root_fdp, const char *path, int 
             if (r == 0)
                 continue;
             if (errno == EEXIST) /* a symlink in the image pointing at nothing */
-                shim_fail(SHIM_E_LAUNCH, 0, "bind destination %s: %s in the image is a dangling symlink", path,
-                          prefix);
+                shim_fail(SHIM_E_LAUNCH, 0, "bind destination %s: %s in the image is a dangling symlink (%s)", path,
+                          prefix, DEST_HINT);
             if (errno != EROFS && errno != EACCES && errno != EPERM)
                 shim_fail(SHIM_E_LAUNCH, errno, "create mount point %s in the container", prefix);
             {

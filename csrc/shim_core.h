@@ -43,6 +43,8 @@ struct shim_config {
     const struct shim_append *appends;
     int nappends;
     const char *cwd;          /* working directory inside the container */
+    int cwd_required;         /* 1: cwd missing is an error (--pwd given, or --strict); 0: warn, use / */
+    int quiet;                /* 1: no warnings (--quiet) */
     const char *const *argv;  /* the app and its arguments, NULL-terminated */
     const char *const *envp_direct; /* env when exec'ing the app directly */
     const char *const *envp_script; /* env for /bin/sh running action_script */

@@ -223,7 +223,8 @@ CASES = [
           "libmlx5-rdmav34.so": (INJECT, "/usr/lib64/libibverbs/libmlx5-rdmav34.so")},
          (IMAGE_MPICH_RUNS, ("ls /etc/libibverbs.d", "mlx5.driver"))),
     Case("cuda-driver", images.DEBIAN_BASE, cuda_host,
-         {"libcuda.so.1": (INJECT, "/libcuda.so.535.104.05"), "libnvidia-ml.so.1": (INJECT, "/libnvidia-ml.so.535.104.05")},
+         {"libcuda.so.1": (INJECT, "/libcuda.so.535.104.05"),
+          "libnvidia-ml.so.1": (INJECT, "/libnvidia-ml.so.535.104.05")},
          (("nvidia-smi", "simulated"),), app="/bin/true"),
 ]
 
@@ -310,3 +311,26 @@ def test_a_stand_in_lacking_symbols_the_app_imports_is_refused(world_dir: Path, 
     assert "MPICH Version: 4.0.2" in r.stdout  # its own MPI, whole: nothing of the profile injected
     strict = shim.run(["--strict", "--conf", conf, rootfs, "/opt/app/hello"], env=env, cwd=user_dir)
     assert strict.returncode == 67 and strict.stdout == ""
+
+
+def test_a_library_provides_its_soname_whatever_its_file_is_called(world_dir: Path, wheels: Wheels,
+                                                                     monkeypatch: pytest.MonkeyPatch,
+                                                                     tmp_path: Path) -> None:
+    """A vendor build named libmpi_vendor.so.12 with SONAME libmpi.so.12 provides libmpi.so.12:
+    the profile loads (no "no entry provides libmpi.so.12"), and stands in for libmpich.so.12."""
+    host = base_host(world_dir / "vendor-host")
+    host.copy("/opt/vendor/lib/libmpi_vendor.so.12", wheels.mpich / "lib" / "libmpi.so.12")
+    host.copy("/opt/vendor/lib/mpich", wheels.mpich / "lib" / "mpich")
+    conf = tmp_path / "conf"
+    (conf / "profiles").mkdir(parents=True)
+    (conf / "shim.toml").write_text("")
+    (conf / "profiles" / "vendor.toml").write_text(
+        '[profile]\nkind = "mpi"\nabi = "mpich"\napplies = "when-used"\nreplaces = ["libmpi.so.12"]\n'
+        '[provides]\nlibraries = ["/opt/vendor/lib/libmpi_vendor.so.12"]\n')
+    monkeypatch.setenv("SHIMRUN_CACHE", str(tmp_path / "cache"))
+    profiles = load_profiles(conf, host_root=str(host.root))
+    rootfs = images.build_rootfs(images.DEBIAN_MPICH)
+    request = PlanRequest(root=str(rootfs), image=str(rootfs), profiles=profiles, command=("/opt/app/hello",),
+                          host=gather_host_view(str(host.root)))
+    (d,) = [d for d in plan_for_image(request, use_cache=False).plan.decisions if d.library == "libmpich.so.12"]
+    assert (d.decision, d.host_path) == (INJECT, "/opt/vendor/lib/libmpi_vendor.so.12")

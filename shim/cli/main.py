@@ -30,7 +30,8 @@ def _parser(argv: list[str]) -> argparse.ArgumentParser:
     from shim.cli import run_cmd
 
     parser = argparse.ArgumentParser(
-        prog="shimrun", usage="shimrun [OPTIONS] IMAGE COMMAND [ARGS...]\n       shimrun {inspect,build} ...",
+        prog="shimrun", usage="shimrun [OPTIONS] IMAGE COMMAND [ARGS...]\n       shimrun {" + ",".join(SUBCOMMANDS)
+        + "} ...",
         description="Run COMMAND inside IMAGE (SIF, squashfs or directory) as an unprivileged user.")
     parser.add_argument("--version", action="version", version=f"shim {_version()}")
     run_cmd.add_run_options(parser)

@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from shim.errors import ExitCode, UsageError
 
@@ -33,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from shim.site.config import find_conf_dir
+    from shim.site.config import BUNDLED_CONF_DIR, SYSTEM_CONF_DIR, find_conf_dir
     from shim.site.profiles import load_profiles
 
     conf_dir = find_conf_dir(args.conf)
@@ -44,8 +45,13 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         return 0
     if not profiles.profiles:
-        print(f"no profiles in {profiles.directory}; to enable one, copy it there from "
-              f"{os.path.join(profiles.directory, 'examples')}")
+        examples = os.path.join(BUNDLED_CONF_DIR, "profiles", "examples")
+        # The bundled conf dir lives inside the installed package: a site's profiles go to
+        # /etc/shim (or the --conf/SHIMRUN_CONF directory), never there.
+        target = (os.path.join(SYSTEM_CONF_DIR, "profiles") if Path(conf_dir) == BUNDLED_CONF_DIR
+                  else profiles.directory)
+        print(f"no profiles in {profiles.directory}; to enable one, copy an example from {examples} to {target}/, "
+              f"edit its paths, and check it with: shimrun profiles lint {target}/*.toml")
         return 0
     rows = [("NAME", "KIND", "APPLIES", "REPLACES", "ON THIS HOST")]
     for p in profiles.profiles:

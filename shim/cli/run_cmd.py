@@ -6,6 +6,7 @@ Without applicable profiles the image is not analysed at all (the fast path)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pwd
 import sys
@@ -29,18 +30,20 @@ def add_image_options(p: argparse.ArgumentParser) -> None:
                    help="apply injection profile NAME (repeatable)")
     p.add_argument("--no-profiles", action="store_true", help="apply no profile unless requested with --profile")
     p.add_argument("--strict", action="store_true", help="a refused injection or a warning is fatal")
-    p.add_argument("--quiet", action="store_true", help="print errors only, no warnings or info")
+    p.add_argument("--quiet", action="store_true", help="print errors only (no warnings, no notices)")
     p.add_argument("--debug", action="store_true", help="show each set-up step (and tracebacks)")
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro]]",
-                   help="bind a host path into the container (repeatable; also SHIMRUN_BIND=a,b)")
+    p.add_argument("-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]",
+                   help="bind a host path into the container (repeatable; also SHIMRUN_BIND=a,b:c)")
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
-                   help="set K=V in the container (repeatable; also SHIMRUNENV_K=V)")
+                   help="set K=V in the container (repeatable; also SHIMRUNENV_K=V, APPTAINERENV_K=V, "
+                        "SINGULARITYENV_K=V)")
     p.add_argument("--cleanenv", action="store_true", help="pass no host variables except TERM, proxies, Slurm/PMI")
     p.add_argument("--fakeroot", action="store_true", help="appear as root (uid 0) inside the container")
-    p.add_argument("--pwd", metavar="DIR", help="working directory inside the container (default: the current one)")
+    p.add_argument("--pwd", metavar="DIR", help="working directory inside the container, absolute; it must "
+                   "exist there (default: the current one, else / with a warning)")
     p.add_argument("--no-home", action="store_true", help="do not bind the home directory")
     p.add_argument("--dry-run", action="store_true", help="print the injection plan and diagnostics, do not run")
     p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
@@ -59,6 +62,8 @@ def _home(environ=os.environ) -> str:
 def main(args: argparse.Namespace) -> int:
     if not args.command and not args.dry_run:
         raise UsageError("no command given", "usage: shimrun [OPTIONS] IMAGE COMMAND [ARGS...]")
+    if args.pwd is not None and not args.pwd.startswith("/"):
+        raise UsageError(f"--pwd {args.pwd}: not an absolute path", "give the container directory as /path")
     return run(args, dry_run=args.dry_run, as_json=args.json)
 
 
@@ -156,6 +161,13 @@ def _exec_spec_for(image_path: str, edits: tuple = ()):
         env = _launch_env(ns, image_path, edits, environ=environ, cwd=cwd)
         command = list(ns.command) or ["true"]
         workdir = ns.pwd or cwd
+        # The holder sees the container: the working-directory rule of a single launch, here.
+        if not os.path.isdir(workdir):
+            if ns.pwd or ns.strict:
+                raise Refused(int(ExitCode.LAUNCH), f"working directory {workdir}: no such directory in the "
+                              "container (give --pwd a directory the image has, or bind one there with --bind)")
+            if ns.quiet:
+                workdir = "/"  # the rank's own chdir would warn
         if os.path.isdir("/.singularity.d/env") and os.access("/bin/sh", os.X_OK):
             return ExecSpec(workdir, ["/bin/sh", "-c", env.action_script, "shimrun", *command],
                             [f"{k}={v}" for k, v in env.base.items()])
@@ -195,10 +207,11 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     fakeroot = getattr(args, "fakeroot", False)
     home = None if getattr(args, "no_home", False) else _home()
     workdir = getattr(args, "pwd", None) or cwd
-    spec = LaunchSpec(rootfs=choose_rootfs(image), stage=str(STAGE_DIR),
+    spec = LaunchSpec(rootfs=choose_rootfs(image, args.quiet), stage=str(STAGE_DIR),
                       binds=plan_binds(home, cwd, site_binds, user_binds), cwd=workdir, argv=command or ["true"],
                       env=_launch_env(args, image.path),
-                      fakeroot=fakeroot, debug=args.debug, appends=identity_appends(home or "/", fakeroot))
+                      fakeroot=fakeroot, debug=args.debug, appends=identity_appends(home or "/", fakeroot),
+                      cwd_required=bool(getattr(args, "pwd", None)) or args.strict, quiet=args.quiet)
     node = group.node if group else ""
     hw_off = bool(os.environ.get("SHIMRUN_NO_HW_CHECK"))
     hw_key = None if hw_off else check_key(image.path, command[0] if command else None, os.environ,
@@ -257,9 +270,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
                 f.write(planned_entry.ld_cache)
             binds.append(Bind(cache_path, LD_CACHE, RO))
         edits = tuple(plan.env)
-        final = LaunchSpec(rootfs=spec.rootfs, stage=spec.stage, binds=binds, cwd=spec.cwd, argv=spec.argv,
-                           env=_launch_env(args, image.path, edits), appends=spec.appends,
-                           fakeroot=spec.fakeroot, debug=spec.debug)
+        final = dataclasses.replace(spec, binds=binds, env=_launch_env(args, image.path, edits))
         return final, edits
 
     def analysed():
@@ -282,9 +293,10 @@ def _report(args: argparse.Namespace, plan, node: str) -> None:
 
     print_diagnostics(plan, quiet=args.quiet, node=node, verbose=args.debug)
     if plan.has_errors() or (args.strict and (plan.refusals() or plan.has_warnings())):
-        raise ShimError(ExitCode.REFUSED, "not starting the app: " + (
-            "an injection was refused" if plan.refusals() else "a diagnostic is fatal"),
-            "see the lines above; rerun with --dry-run for the whole plan, or without --strict")
+        why = "an injection was refused" if plan.refusals() else "a diagnostic is fatal"
+        strict = "; --strict makes every refusal and warning fatal" if args.strict and not plan.has_errors() else ""
+        raise ShimError(ExitCode.REFUSED, f"not starting the app: {why}",
+                        f"see the lines above{strict}; shimrun check IMAGE COMMAND shows the whole plan")
 
 
 def _load_profiles(conf_dir: Path, host_root: str = "/"):

@@ -90,6 +90,15 @@ def _time_flags(deterministic: bool) -> list[str]:
     return ["-mkfs-time", epoch, "-all-time", epoch]
 
 
+def _mksquashfs_env(cmd: list[str]) -> dict[str, str]:
+    """mksquashfs refuses SOURCE_DATE_EPOCH together with -mkfs-time/-all-time, the flags
+    --deterministic passes (having read SOURCE_DATE_EPOCH itself, _time_flags): then it is not
+    passed on. An ordinary build leaves it to mksquashfs."""
+    if "-all-time" not in cmd:
+        return dict(os.environ)
+    return {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
+
+
 def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],
               compression: str = "zstd", deterministic: bool = False,
               progress: Progress | None = None, arch: str | None = None) -> str:
@@ -176,7 +185,7 @@ def _failure(what: str, source: str, log: IO[bytes] | None, rc: int) -> ShimErro
 def _run_mksquashfs(cmd: list[str], source: str) -> None:
     with _mksquashfs_output() as (extra, out, log):
         rc = subprocess.run([*cmd, *extra], stdin=subprocess.DEVNULL, stdout=out,
-                            stderr=subprocess.STDOUT, check=False).returncode
+                            stderr=subprocess.STDOUT, check=False, env=_mksquashfs_env(cmd)).returncode
         if rc != 0:
             raise _failure("mksquashfs", source, log, rc)
 
@@ -261,7 +270,7 @@ def _squash_tar(cmd: list[str], source: str) -> str | None:
                 procs.append(unzip)
             src = unzip.stdout if unzip else raw
             mk = subprocess.Popen([*cmd, *extra], stdin=subprocess.PIPE, stdout=out,
-                                  stderr=subprocess.STDOUT)
+                                  stderr=subprocess.STDOUT, env=_mksquashfs_env(cmd))
             procs.append(mk)
             try:
                 index = _index_tar(_Tee(src, mk.stdin))

@@ -33,6 +33,8 @@ class LaunchSpec:
     fakeroot: bool = False
     debug: bool = False
     env_dir: str = "/.singularity.d/env"
+    cwd_required: bool = False   # a missing cwd is an error (--pwd, --strict), not a warning and /
+    quiet: bool = False          # --quiet: the C core prints no warning either
 
 
 def _envp(env: Mapping[str, str]) -> list[str]:
@@ -68,6 +70,8 @@ class _Config:
         cfg.appends = appends
         cfg.nappends = len(spec.appends)
         cfg.cwd = self.cstr(spec.cwd)
+        cfg.cwd_required = int(spec.cwd_required)
+        cfg.quiet = int(spec.quiet)
         cfg.argv = self.cvec(spec.argv)
         cfg.envp_direct = self.cvec(_envp(spec.env.direct))
         cfg.envp_script = self.cvec(_envp(spec.env.base))
@@ -208,6 +212,16 @@ def _holder(listener, set_up, expected, linger_ms, read_end, write_end, lib, ser
         message = f"the node's container could not be set up: {type(e).__name__}: {e}".encode()
     try:
         os.write(write_end, b"E%d\0%s\0%s" % (code, message, hint))
+        os.close(write_end)
+        # The leader says why, once for the node; the step's other ranks get the same answer.
+        devnull = os.open("/dev/null", os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        from shim.launch.share import refuse_all
+
+        refuse_all(listener, code or int(ExitCode.LAUNCH),
+                   "the node's container was not started: " + message.decode("utf-8", "replace")
+                   + " (the node's first rank printed why)", max(expected - 1, 0), linger_ms)
     finally:
         os._exit(code or int(ExitCode.LAUNCH))
 

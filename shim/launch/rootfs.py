@@ -104,16 +104,18 @@ def _unsquashfs(image: ImageRef, dest: str) -> None:
                         "check free space in " + os.path.dirname(dest))
 
 
-def extracted_rootfs(image: ImageRef, reason: str) -> str:
-    """The extracted copy of the image's squashfs, making it the first time. Prints one line."""
+def extracted_rootfs(image: ImageRef, reason: str, quiet: bool = False) -> str:
+    """The extracted copy of the image's squashfs, making it the first time. Prints one line
+    (unless quiet)."""
     cache = cache_dir()
     rootfs_dir = os.path.join(cache, "rootfs")
     os.makedirs(rootfs_dir, mode=0o700, exist_ok=True)
     digest = _partition_digest(image, cache)
     final = os.path.join(rootfs_dir, digest)
     if os.path.isdir(final):
-        print(f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}",
-              file=sys.stderr)
+        if not quiet:
+            print(f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}",
+                  file=sys.stderr)
         return final
     _remove_stale_partials(rootfs_dir)
     partial = f"{final}.partial.{os.getpid()}"
@@ -129,16 +131,17 @@ def extracted_rootfs(image: ImageRef, reason: str) -> str:
         shutil.rmtree(partial, ignore_errors=True)
         raise
     took = time.monotonic() - start
-    print(f"shimrun: FUSE unusable ({reason}); extracted the image ({image.size / 2**20:.0f} MiB squashfs) "
-          f"to {final} in {took:.1f} s; later runs reuse it", file=sys.stderr)
+    if not quiet:
+        print(f"shimrun: FUSE unusable ({reason}); extracted the image ({image.size / 2**20:.0f} MiB squashfs) "
+              f"to {final} in {took:.1f} s; later runs reuse it", file=sys.stderr)
     return final
 
 
-def choose_rootfs(image: ImageRef) -> RootfsSource:
+def choose_rootfs(image: ImageRef, quiet: bool = False) -> RootfsSource:
     if image.kind == "dir":
         return RootfsSource("dir", image.path)
     problem = fuse_problem()
     if problem is None:
         exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
         return RootfsSource("squashfs", image.path, image.offset, exe)
-    return RootfsSource("dir", extracted_rootfs(image, problem))
+    return RootfsSource("dir", extracted_rootfs(image, problem, quiet))

@@ -224,7 +224,7 @@ def _reply(conn: socket.socket, userns: int, mntns: int, spec: ExecSpec) -> None
 
 
 def _refuse(conn: socket.socket, code: int, message: str) -> None:
-    conn.sendall(b"ER\0" + str(code).encode() + b"\0" + message.encode("utf-8", "replace") + b"\0")
+    conn.sendall(serve_refusal(code, message))
 
 
 def _read_request(conn: socket.socket) -> bytes:
@@ -236,6 +236,37 @@ def _read_request(conn: socket.socket) -> bytes:
         if size > _MAX_REQUEST:
             raise Refused(71, "request to the node's container too large")
     return b"".join(chunks)
+
+
+def refuse_all(listener: socket.socket, code: int, message: str, expected: int = 0,
+               linger_ms: int = LINGER_MS) -> None:
+    """The node's container could not be set up (its leader printed why, once for the node):
+    answer every other rank of the step with the same refusal instead of letting each become a
+    leader in turn and print it all again. Until `expected` ranks (0: unknown) have been answered,
+    or none came for linger_ms."""
+    answer = serve_refusal(code, message)
+    uid, refused = os.getuid(), 0
+    listener.settimeout(linger_ms / 1000)
+    while not (expected and refused >= expected):
+        try:
+            conn, _ = listener.accept()
+        except OSError:  # the linger time passed with nobody coming
+            break
+        with conn:
+            try:
+                creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+                if int.from_bytes(creds[4:8], "little") != uid:
+                    continue
+                _read_request(conn)
+                conn.sendall(answer)
+            except (OSError, Refused):
+                continue
+        refused += 1
+    listener.close()
+
+
+def serve_refusal(code: int, message: str) -> bytes:
+    return b"ER\0" + str(code).encode() + b"\0" + message.encode("utf-8", "replace") + b"\0"
 
 
 def serve(listener: socket.socket, userns: int, mntns: int, exec_spec: Callable[[bytes], ExecSpec],
