@@ -90,6 +90,7 @@ class Loader:
         self._ld_library_path = tuple(ld_library_path)
         self._cpu = cpu
         self._rules: dict[str, SearchRules] = {}
+        self._subdirs: dict[tuple[str, tuple[str, ...]], list[str]] = {}
         self._facts = facts
         self._ld_cache: LdCache | None = None
         self._multiarch: dict[str, bool] = {}
@@ -189,11 +190,19 @@ class Loader:
             if not d or not d.startswith("/"):
                 continue
             d = d.rstrip("/")  # ld.so drops trailing slashes, then joins with one
-            for sub in subdirs:
+            for sub in self._existing(d, subdirs):
                 hit = self._try(f"{d}/{sub}{name}", want)
                 if hit:
                     return hit
         return None
+
+    def _existing(self, d: str, subdirs: list[str]) -> list[str]:
+        """The subdirectories of d that exist (ld.so, too, remembers which do not): most
+        directories have none, and each name then costs one lookup instead of a dozen."""
+        key = (d, tuple(subdirs))
+        if key not in self._subdirs:
+            self._subdirs[key] = [s for s in subdirs if not s or self.paths.is_dir(f"{d}/{s}")]
+        return self._subdirs[key]
 
     def _expand(self, text: str, owner: _Obj) -> str | None:
         arch = lib_arch(owner.facts.arch)
