@@ -101,8 +101,8 @@ def main() -> None:
                     f"{'' if target is None else f'≤ {target:.0f}'} | {met} | {hw:.2f} | {whole:.1f} |")
     notes = [(f"{runs} rounds, each: a fresh empty cache directory, then cold, facts-warm and warm runs, as an "
               "ordinary user. Image: Debian bookworm + MPICH 4.0.2 (SIF, squashfuse). Host MPI: MPICH wheel 5.0."),
-             ("The whole command includes Python start-up, profile loading and the image mount (squashfuse), "
-              "which issue #5's warm launch path addresses; the targets are for the analysis.")]
+             ("The whole command includes Python start-up, profile loading and the image mount (squashfuse); "
+              "the targets are for the analysis.")]
     out = write_results("check", "Cold and warm `shimrun check` (MPICH profile)",
                         [("ELF/ABI analysis", rows), ("Notes", notes)])
     print(out.read_text())
