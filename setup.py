@@ -18,7 +18,7 @@ class BuildWithFrontend(build_py):
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cc = os.environ.get("CC", "cc")
         subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-Icsrc", f'-DSHIM_PYTHON="{sys.executable}"',
-                        "-o", out, "csrc/frontend.c", "csrc/join.c"], check=True)
+                        "-o", out, "csrc/frontend.c", "csrc/join.c", "csrc/stdfds.c"], check=True)
 
 setup(
     name="shim",

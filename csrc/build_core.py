@@ -5,7 +5,7 @@ from pathlib import Path
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
-SOURCES = ["util.c", "userns.c", "fuse.c", "mounts.c", "launch.c", "share.c", "join.c"]
+SOURCES = ["util.c", "stdfds.c", "userns.c", "fuse.c", "mounts.c", "launch.c", "share.c", "join.c"]
 
 ffibuilder = FFI()
 # The cdef is the public header minus preprocessor lines other than simple #defines.

@@ -13,6 +13,12 @@ void shim_fail(int code, int err, const char *fmt, ...);
  * happy path then reads as a list of steps. */
 #define Z(expr, ...) do { if ((expr) == -1) shim_fail(SHIM_E_LAUNCH, errno, __VA_ARGS__); } while (0)
 
+/* The same for reading the image's own content: EIO there is a corrupt image (squashfuse
+ * cannot decompress a block), which is the image's fault, not the launch's. */
+#define ZIMG(expr, ...) do { if ((expr) == -1) shim_fail_image(errno, __VA_ARGS__); } while (0)
+__attribute__((noreturn, format(printf, 2, 3)))
+void shim_fail_image(int err, const char *fmt, ...);
+
 void shim_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int shim_debug_on;
 

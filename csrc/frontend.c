@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "join.h"
+#include "shim_core.h"
 
 #ifndef SHIM_PYTHON
 #define SHIM_PYTHON "/usr/bin/python3"
@@ -320,6 +321,10 @@ int main(int argc, char **argv)
     int image, len, fd, userns = -1, mntns = -1, n, i, code;
     size_t got;
 
+    if (shim_standard_fds() < 0) {
+        perror("shimrun: error: open /dev/null for a closed standard descriptor");
+        return SHIM_JOIN_E_LAUNCH;
+    }
     image = argc > 1 ? image_index(argc, argv) : -1;
     if (image < 0 || image + 1 >= argc)
         python(argc, argv);

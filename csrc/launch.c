@@ -100,9 +100,13 @@ void shim_begin(const struct shim_config *cfg, struct shim_result *res)
 
 int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
 {
+    int r;
+
     shim_begin(cfg, res);
     if (setjmp(shim_unwind))
         return res->code;
+    if ((r = shim_standard_fds()) < 0)
+        shim_fail(SHIM_E_LAUNCH, -r, "open /dev/null for a closed standard descriptor");
     snprintf(root, sizeof root, "%s/root", cfg->stage);
     set_stage(cfg->stage);
     enter_namespaces(cfg->fakeroot);

@@ -158,10 +158,10 @@ static void underlay(int dir_fd, const char *where)
         int s, t;
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
             continue;
-        Z(fstatat(list_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW), "stat %s/%s in the image", where, e->d_name);
+        ZIMG(fstatat(list_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW), "stat %s/%s in the image", where, e->d_name);
         if (S_ISLNK(st.st_mode)) {
             ssize_t n = readlinkat(list_fd, e->d_name, target, sizeof target - 1);
-            Z(n, "readlink %s/%s in the image", where, e->d_name);
+            ZIMG(n, "readlink %s/%s in the image", where, e->d_name);
             target[n] = '\0';
             Z(symlinkat(target, scratch_fd, e->d_name), "recreate symlink %s/%s", where, e->d_name);
             continue;
@@ -184,7 +184,7 @@ static void underlay(int dir_fd, const char *where)
         close(t);
     }
     if (errno)
-        shim_fail(SHIM_E_LAUNCH, errno, "read image directory %s", where);
+        shim_fail_image(errno, "read image directory %s", where);
     closedir(d);
     close(scratch_fd);
     fd_path(dir_fd, dst, sizeof dst);
@@ -192,6 +192,22 @@ static void underlay(int dir_fd, const char *where)
     snprintf(underlay_paths[n_underlays], sizeof underlay_paths[0], "%s", where[0] ? where : "/");
     n_underlays++;
     shim_debug("underlay over read-only %s", where[0] ? where : "/");
+}
+
+/* The container path of the directory fd (inside root; "" for the root itself). */
+static void resolved_path(const char *root, int fd, char *out, size_t len)
+{
+    char link[64], host[PATH_MAX];
+    size_t rl = strlen(root);
+    ssize_t n;
+
+    fd_path(fd, link, sizeof link);
+    n = readlink(link, host, sizeof host - 1);
+    Z(n, "find a directory of the container");
+    host[n] = '\0';
+    if (strncmp(host, root, rl) || (host[rl] != '/' && host[rl] != '\0'))
+        shim_fail(SHIM_E_LAUNCH, 0, "a directory of the container (%s) lies outside its root", host);
+    snprintf(out, len, "%s", host + rl);
 }
 
 /* Open the destination `path` inside the root, creating what is missing (directories, or an
@@ -253,8 +269,10 @@ static int ensure_target(const char *root, int *root_fdp, const char *path, int 
             if (errno != EROFS && errno != EACCES && errno != EPERM)
                 shim_fail(SHIM_E_LAUNCH, errno, "create mount point %s in the container", prefix);
             {
+                /* Where the parent really is: through an image symlink (home -> /) the directory
+                 * to cover is its target, not the path that led there. */
                 char where[PATH_MAX];
-                snprintf(where, sizeof where, "%.*s", (int)(plen - strlen(comp) - 1), prefix);
+                resolved_path(root, parent, where, sizeof where);
                 underlay(parent, where);
                 close(parent);
                 if (where[0] == '\0') { /* the root itself is now covered: reopen it */
@@ -354,7 +372,7 @@ void append_to_image_file(const char *root, const struct shim_append *a, int n)
         shim_fail(SHIM_E_LAUNCH, errno, "allocate a copy of %s", a->path);
     for (len = 0; len < st.st_size; len += got) {
         got = read(in_fd, buf + len, (size_t)(st.st_size - len));
-        Z(got, "read %s in the image", a->path);
+        ZIMG(got, "read %s in the image", a->path);
         if (got == 0)
             break;
     }

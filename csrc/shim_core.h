@@ -5,6 +5,7 @@
 #define SHIM_CORE_H
 
 /* Error classes; the numbers are shimrun's exit codes (see shim/errors.py). */
+#define SHIM_E_IMAGE 65
 #define SHIM_E_HOST 69
 #define SHIM_E_LAUNCH 71
 #define SHIM_E_NOEXEC 126
@@ -77,6 +78,9 @@ int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, ch
 /* Resolve PATH inside ROOT the way binds are resolved (symlinks cannot leave ROOT).
  * Writes the host path of the result into out; returns 0, or -errno. For tests. */
 int shim_resolve_in_root(const char *root, const char *path, char *out, int outlen);
+
+/* Open /dev/null on each of 0, 1, 2 the caller closed (stdfds.c); 0 or -errno. */
+int shim_standard_fds(void);
 
 /* Ask for SIGKILL when the parent dies (for helper processes such as unsquashfs). */
 int shim_die_with_parent(void);

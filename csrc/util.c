@@ -28,6 +28,20 @@ void shim_fail(int code, int err, const char *fmt, ...)
     longjmp(shim_unwind, 1);
 }
 
+void shim_fail_image(int err, const char *fmt, ...)
+{
+    char what[1024];
+    va_list ap;
+
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    if (err != EIO)
+        shim_fail(SHIM_E_LAUNCH, err, "%s", what);
+    shim_fail(SHIM_E_IMAGE, 0, "the image is corrupt: %s: %s (rebuild or fetch it again; shimrun inspect IMAGE "
+              "checks its header)", what, strerror(err));
+}
+
 void shim_debug(const char *fmt, ...)
 {
     va_list ap;

@@ -1,16 +1,165 @@
-"""Where shim keeps its per-user caches, and how a cache file is written so that concurrent
-shimrun processes (64 ranks of a step) never see a torn one."""
+"""Where shim keeps its per-user caches, what of them it trusts, and how a cache file is written
+so that concurrent shimrun processes (64 ranks of a step) never see a torn one.
+
+A cache holds what later launches act on (extracted root filesystems, injection plans, ELF
+facts, hardware verdicts): whoever can write there decides what runs. So everything read from a
+cache is trusted only if it and every directory above it, up to the cache root, belong to this
+user and are not writable by group or others (and a file has no other hard link); anything else
+is ignored, with one notice naming it. A cache root that others may write (SHIMRUN_CACHE=/tmp/x,
+mode 1777) is not used itself: a private directory .shim-UID inside it is, made 0700.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
+import stat
+import sys
+from dataclasses import dataclass
+from functools import cache
+
+
+@dataclass(frozen=True)
+class CacheRoot:
+    path: str | None      # the directory to use; None: no trustworthy one (caching is off)
+    problem: str = ""     # why `path` is not the configured one, or why there is none
+
+
+_settings = {"quiet": False}
+_said: set[str] = set()
+
+
+def set_quiet(quiet: bool) -> None:
+    """--quiet: notices are not printed."""
+    _settings["quiet"] = quiet
+
+
+def notice(message: str) -> None:
+    """One line on stderr, once per process and message."""
+    if message in _said or _settings["quiet"]:
+        return
+    _said.add(message)
+    print(f"shimrun: notice: {message}", file=sys.stderr)
 
 
 def cache_base() -> str:
-    """$SHIMRUN_CACHE, else $XDG_CACHE_HOME/shim, else ~/.cache/shim."""
-    return os.environ.get("SHIMRUN_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "shim")
+    """$SHIMRUN_CACHE, else $XDG_CACHE_HOME/shim, else ~/.cache/shim. A relative path in any of
+    them (HOME=relative) is ignored: it would put the cache wherever the job happens to run."""
+    given = os.environ.get("SHIMRUN_CACHE", "")
+    if given.startswith("/"):
+        return given
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if xdg.startswith("/"):
+        return os.path.join(xdg, "shim")
+    home = os.environ.get("HOME", "")
+    if not home.startswith("/"):
+        home = pwd.getpwuid(os.getuid()).pw_dir
+    return os.path.join(home, ".cache", "shim")
+
+
+def _private_dir_problem(st: os.stat_result) -> str:
+    if not stat.S_ISDIR(st.st_mode):
+        return "is not a directory"
+    if st.st_uid != os.geteuid():
+        return f"belongs to uid {st.st_uid}"
+    if st.st_mode & 0o022:
+        return "is writable by group or others"
+    return ""
+
+
+def cache_root() -> CacheRoot:
+    """The cache root to use now (see the module docstring)."""
+    return _cache_root(cache_base(), os.geteuid())
+
+
+@cache
+def _cache_root(base: str, uid: int) -> CacheRoot:
+    try:
+        with contextlib.suppress(FileExistsError):  # a file there: said below
+            os.makedirs(base, mode=0o700, exist_ok=True)
+        real = os.path.realpath(base)
+        st = os.lstat(real)
+    except OSError as e:
+        return CacheRoot(None, f"{base}: {e.strerror or e}")
+    problem = _private_dir_problem(st)
+    if not problem:
+        return CacheRoot(real)
+    if not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
+        return CacheRoot(None, f"{base} {problem}")
+    # A shared sticky directory (like /tmp): others cannot remove or replace what we make in it.
+    private = os.path.join(real, f".shim-{uid}")
+    with contextlib.suppress(FileExistsError, OSError):
+        os.mkdir(private, 0o700)
+    try:
+        pst = os.lstat(private)
+    except OSError as e:
+        return CacheRoot(None, f"{base} {problem}, and {private}: {e.strerror}")
+    if stat.S_ISLNK(pst.st_mode) or _private_dir_problem(pst):
+        return CacheRoot(None, f"{base} {problem}, and {private} is not a private directory of yours")
+    notice(f"the cache {base} {problem}: using {private}, a private directory in it")
+    return CacheRoot(private, f"{base} {problem}")
+
+
+def cache_path(*parts: str) -> str | None:
+    """A path under the cache root; None when caching is off."""
+    root = cache_root()
+    if root.path is None:
+        notice(f"caching is off: {root.problem} (set SHIMRUN_CACHE to a directory of your own)")
+        return None
+    return os.path.join(root.path, *parts)
+
+
+def untrusted(path: str, leaf_is_file: bool = True) -> str:
+    """Why `path` (in the cache) must not be trusted, "" if it may be (or does not exist).
+    Checked from `path` up to the cache root (for a file given outside it, up to its own
+    directory): no symlink, this user's, not writable by others; a file with no other hard link."""
+    root = cache_root().path
+    if root is None or not path.startswith(root + "/"):
+        root = os.path.dirname(path)
+    uid, p, leaf = os.geteuid(), path, True
+    while True:
+        try:
+            st = os.lstat(p)
+        except FileNotFoundError:
+            if leaf:
+                return ""  # nothing there: nothing to trust
+            return f"{p} is missing"
+        except OSError as e:
+            return f"{p}: {e.strerror}"
+        if stat.S_ISLNK(st.st_mode):
+            return f"{p} is a symlink"
+        if st.st_uid != uid:
+            return f"{p} belongs to uid {st.st_uid}"
+        if st.st_mode & 0o022:
+            return f"{p} is writable by group or others"
+        if leaf and leaf_is_file and (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1):
+            return f"{p} is not a plain file of its own (a hard link, or not a regular file)"
+        if p == root:
+            return ""
+        parent = os.path.dirname(p)
+        if parent == p or not p.startswith(root + "/"):
+            return f"{path} is outside the cache {root}"
+        p, leaf = parent, False
+
+
+def read_trusted(path: str | None, limit: int = 64 << 20) -> bytes | None:
+    """The bytes of a cache file, None when it is absent, unreadable or not to be trusted (then
+    with one notice saying why)."""
+    if path is None:
+        return None
+    problem = untrusted(path)
+    if problem:
+        notice(f"ignoring the cache entry {path}: {problem}")
+        return None
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, limit)
+    finally:
+        os.close(fd)
 
 
 def file_identity(path: str) -> list[int] | None:
@@ -22,14 +171,18 @@ def file_identity(path: str) -> list[int] | None:
     return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
 
 
-def write_atomic(path: str, data: bytes) -> bool:
+def write_atomic(path: str | None, data: bytes) -> bool:
     """Write to a temporary name beside `path` and rename it into place: readers see the old
-    file or the new one, whole. False when it cannot be written (read-only home, full disk): a
-    cache is an optimisation, never a reason to fail."""
+    file or the new one, whole. False when it cannot be written (caching off, read-only home,
+    full disk, a directory others could write): a cache is an optimisation, never a reason to fail."""
+    if path is None:
+        return False
     directory = os.path.dirname(path) or "."
     tmp = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.tmp")
     try:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        if untrusted(directory, leaf_is_file=False):
+            return False
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             view = memoryview(data)

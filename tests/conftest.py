@@ -52,6 +52,26 @@ def user() -> User:
 
 
 @pytest.fixture(scope="session")
+def other_user(user: User) -> User:
+    """A second ordinary user: someone else on the same node (planting files in shared places)."""
+    if os.getuid() != 0:
+        pytest.skip("a second user can only be made as root")
+    name = f"{TEST_USER}2"
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+        pw = pwd.getpwnam(name)
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
+def as_user(who: User, args: Sequence[str], **kw) -> subprocess.CompletedProcess:
+    """Run a command as `who` (a plain subprocess: for what that user does besides shimrun)."""
+    return subprocess.run(list(map(str, args)), check=False, capture_output=True, text=True, user=who.uid,
+                          group=who.gid, extra_groups=[], **kw)
+
+
+@pytest.fixture(scope="session")
 def world_dir() -> Path:
     """A directory the test user can read (the repo and pytest's tmp may sit under /root)."""
     d = Path(tempfile.mkdtemp(prefix="shimtests.", dir="/var/tmp"))

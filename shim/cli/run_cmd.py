@@ -52,6 +52,14 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
 
 
+def current_directory() -> str:
+    try:
+        return os.getcwd()
+    except OSError as e:  # removed (or made unreadable) under the caller
+        raise UsageError(f"the current directory cannot be read ({e.strerror}): it was removed or its "
+                         "permissions changed", "cd to an existing directory and run again") from None
+
+
 def _home(environ=os.environ) -> str:
     home = environ.get("HOME", "")
     if not home.startswith("/"):
@@ -68,8 +76,11 @@ def main(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
+    from shim.cachefiles import set_quiet
+
+    set_quiet(args.quiet)
     command = list(getattr(args, "command", None) or [])
-    cwd = os.getcwd()
+    cwd = current_directory()
     inherited = _inherited_listener()
     sharing = not dry_run and (os.environ.get("SHIMRUN_SHARE") or os.environ.get("SLURM_STEP_ID"))
     if not sharing:  # the common single launch does not even import the sharing code
@@ -138,7 +149,7 @@ def _launch_env(args: argparse.Namespace, image_path: str, edits: tuple = (),
 
     environ = dict(os.environ) if environ is None else environ
     home = None if getattr(args, "no_home", False) else _home(environ)
-    workdir = getattr(args, "pwd", None) or cwd or os.getcwd()
+    workdir = getattr(args, "pwd", None) or cwd or current_directory()
     return compose(dict(environ, PWD=workdir), EnvOptions(
         cleanenv=getattr(args, "cleanenv", False), env_pairs=tuple(getattr(args, "env", [])),
         home=home or "/", image_path=image_path, edits=tuple(edits)))
@@ -231,6 +242,7 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
     def set_up():
         """In this process or in the holder: mount, analyse, report; the final spec."""
         from shim.host.gather import gather_host_view
+        from shim.image.regular import reading_image
         from shim.model import ERROR, WARNING
         from shim.plan.compose import plan_for_image
         from shim.plan.request import PlanRequest
@@ -243,14 +255,16 @@ def _launch(args: argparse.Namespace, command: list[str], cwd: str, dry_run: boo
                               no_profiles=args.no_profiles, command=tuple(command[:1]),
                               path=spec.env.direct.get("PATH", ""), host=gather_host_view(hroot),
                               refusal_severity=ERROR if site.refusal == "error" else WARNING, image_dir=image_dir)
-        planned_entry = plan_for_image(request, use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"), stats=stats)
-        plan = planned_entry.plan
-        planned = time.perf_counter()
-        found = hw
-        if found is None:
-            found, reads = recorded_check(root, image.arch, command[0] if command else None, os.environ,
-                                          spec.env.direct.get("PATH", ""))
-            store(hw_key, found, reads if image_dir else None)
+        with reading_image(image.path):
+            planned_entry = plan_for_image(request, use_cache=not os.environ.get("SHIMRUN_NO_PLAN_CACHE"),
+                                           stats=stats)
+            plan = planned_entry.plan
+            planned = time.perf_counter()
+            found = hw
+            if found is None:
+                found, reads = recorded_check(root, image.arch, command[0] if command else None, os.environ,
+                                              spec.env.direct.get("PATH", ""))
+                store(hw_key, found, reads if image_dir else None)
         plan.diagnostics[:0] = found
         plan.diagnostics = apply_site_policy(plan.diagnostics, site.policy())
         if args.debug:

@@ -61,10 +61,10 @@ def host_fingerprint(root: str = "/") -> list[str]:
     return parts
 
 
-def _cache_path(key: str) -> str:
-    from shim.cachefiles import cache_base
+def _cache_path(key: str) -> str | None:
+    from shim.cachefiles import cache_path
 
-    return os.path.join(cache_base(), "hw", f"{key}.json")
+    return cache_path("hw", f"{key}.json")
 
 
 def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root: str) -> str:
@@ -80,9 +80,13 @@ def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root
 def cached(key: str, image_dir: str = "") -> list[Diagnostic] | None:
     """The stored diagnostics; for a directory image (`image_dir`) only while every path the
     check read inside it is unchanged (a removed .shim/requires, a replaced library)."""
+    from shim.cachefiles import read_trusted
+
     try:
-        with open(_cache_path(key), "rb") as f:
-            doc = json.load(f)
+        raw = read_trusted(_cache_path(key))
+        if raw is None:
+            return None
+        doc = json.loads(raw)
         if doc.get("key") != key:
             return None
         reads = doc.get("reads") or {}

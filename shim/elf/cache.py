@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
+from shim.cachefiles import cache_path, read_trusted, write_atomic
 from shim.elf.facts import ElfFacts, elf_facts
 
 CACHE_NAME = "elf-facts.json"
@@ -25,10 +26,8 @@ MAX_ENTRIES = 20000  # oldest entries go first; a few thousand libraries is a bi
 FactsFn = Callable[[str], ElfFacts | None]
 
 
-def default_cache_path() -> str:
-    from shim.cachefiles import cache_base
-
-    return os.path.join(cache_base(), CACHE_NAME)
+def default_cache_path() -> str | None:
+    return cache_path(CACHE_NAME)
 
 
 def _identity(st: os.stat_result) -> list[int]:
@@ -40,7 +39,7 @@ class FactsCache:
 
     def __init__(self, path: str | None = None, compute: FactsFn = elf_facts,
                  max_entries: int = MAX_ENTRIES) -> None:
-        self.path = path or default_cache_path()
+        self.path = path or default_cache_path()   # None: caching is off (no private cache)
         self._compute = compute
         self._max = max_entries
         self._entries: dict[str, list[Any]] | None = None  # loaded on first use
@@ -53,9 +52,9 @@ class FactsCache:
 
     def _read_disk(self) -> dict[str, list[Any]]:
         try:
-            with open(self.path, "rb") as f:
-                doc = json.load(f)
-        except (OSError, ValueError):  # missing, unreadable, torn or not JSON
+            raw = read_trusted(self.path)
+            doc = json.loads(raw) if raw is not None else None
+        except ValueError:  # torn or not JSON
             return {}
         if not isinstance(doc, dict) or doc.get("format") != _FORMAT or not isinstance(doc.get("files"), dict):
             return {}
@@ -105,8 +104,6 @@ class FactsCache:
             merged[key] = value
         while len(merged) > self._max:
             del merged[next(iter(merged))]
-        from shim.cachefiles import write_atomic
-
         data = json.dumps({"format": _FORMAT, "files": merged}, separators=(",", ":")).encode()
         if not write_atomic(self.path, data):
             return False

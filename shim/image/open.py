@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 
 from shim.errors import ImageError
+from shim.image.regular import open_regular
 
 SIF_MAGIC_OFFSET = 32
 SIF_MAGIC = b"SIF_MAGIC\0"
@@ -33,7 +34,7 @@ def open_image(path: str) -> ImageRef:
     if os.path.isdir(real):
         return ImageRef(real, "dir", arch=archmod.arch_of_rootfs(real) or "unknown")
     try:
-        with open(real, "rb") as f:
+        with open_regular(real) as f:
             head = f.read(SIF_MAGIC_OFFSET + len(SIF_MAGIC))
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror}", "check its permissions") from None

@@ -16,6 +16,7 @@ from typing import Any
 
 from shim.errors import ImageError
 from shim.image.arch import sif_code_to_arch
+from shim.image.regular import open_regular
 
 HEADER_FORMAT = "<32s10s3s3s16s8q"
 HEADER_SIZE = struct.calcsize(HEADER_FORMAT)  # 128
@@ -226,7 +227,7 @@ def read_sif(path: str | os.PathLike[str]) -> SifImage:
     naming the file, the defect and a fix) for anything that is not a sound SIF."""
     path = os.fspath(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             file_size = os.fstat(f.fileno()).st_size
             head = f.read(HEADER_SIZE)
             header = _check_header(path, head, file_size)

@@ -59,6 +59,9 @@ def parse_bind(spec: str, where: str, cwd: str, optional: bool = False) -> Bind 
         raise UsageError(f"bind destination '{dst}' in {where} is not an absolute path", "write it as /path")
     if mode not in ("ro", "rw"):
         raise UsageError(f"bad bind mode '{mode}' in {where}", "use ro or rw")
+    if os.path.normpath(dst) == "/":
+        raise UsageError(f"bind '{spec}' in {where} would cover the container's root with a host directory",
+                         "bind it to a directory inside the container, e.g. /tmp:/data")
     if not os.path.exists(src):
         if optional:
             return None

@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from shim.cachefiles import cache_path, cache_root, read_trusted, untrusted, write_atomic
 from shim.errors import ExitCode, ShimError
 from shim.image.open import ImageRef
 
@@ -40,22 +41,37 @@ def fuse_problem(env: dict[str, str] | os._Environ[str] = os.environ) -> str | N
     return None
 
 
-def cache_dir() -> str:
-    from shim.cachefiles import cache_base
+def _extraction_dir(reason: str) -> str:
+    """CACHE/rootfs, made if missing; ShimError (69) when there is no private place for it."""
+    root = cache_root()
+    if root.path is None:
+        raise ShimError(ExitCode.HOST, f"FUSE is unusable ({reason}) and there is no private cache to extract the "
+                        f"image into: {root.problem}", "set SHIMRUN_CACHE to a directory of your own, or make "
+                        "squashfuse usable (README, \"Installing on a cluster\")")
+    rootfs_dir = os.path.join(root.path, "rootfs")
+    try:
+        os.makedirs(rootfs_dir, mode=0o700, exist_ok=True)
+    except OSError as e:
+        raise ShimError(ExitCode.HOST, f"FUSE is unusable ({reason}) and the image cannot be extracted: cannot "
+                        f"create {rootfs_dir}: {e.strerror}",
+                        "set SHIMRUN_CACHE to a directory you can write") from None
+    problem = untrusted(rootfs_dir, leaf_is_file=False)
+    if problem:
+        raise ShimError(ExitCode.HOST, f"FUSE is unusable ({reason}) and the extraction directory is not private: "
+                        f"{problem}", "set SHIMRUN_CACHE to a directory of your own (mode 0700)")
+    return rootfs_dir
 
-    return cache_base()
 
-
-def _partition_digest(image: ImageRef, cache: str) -> str:
+def _partition_digest(image: ImageRef) -> str:
     """sha256 of the squashfs bytes, memoised per file identity so a reuse reads nothing."""
     st = os.stat(image.path)
     ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{image.offset}:{image.size}"
-    memo_dir = os.path.join(cache, "digests")
-    memo = os.path.join(memo_dir, hashlib.sha256(ident.encode()).hexdigest()[:32])
+    memo = cache_path("digests", hashlib.sha256(ident.encode()).hexdigest()[:32])
     try:
-        with open(memo) as f:
-            return json.load(f)["sha256"]
-    except (OSError, ValueError, KeyError):
+        raw = read_trusted(memo)
+        if raw is not None:
+            return json.loads(raw)["sha256"]
+    except (ValueError, KeyError, TypeError):
         pass
     h = hashlib.sha256()
     with open(image.path, "rb") as f:
@@ -68,11 +84,7 @@ def _partition_digest(image: ImageRef, cache: str) -> str:
             h.update(chunk)
             left -= len(chunk)
     digest = h.hexdigest()
-    os.makedirs(memo_dir, exist_ok=True)
-    tmp = f"{memo}.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump({"sha256": digest, "identity": ident}, f)
-    os.replace(tmp, memo)
+    write_atomic(memo, json.dumps({"sha256": digest, "identity": ident}).encode())
     return digest
 
 
@@ -107,17 +119,19 @@ def _unsquashfs(image: ImageRef, dest: str) -> None:
 def extracted_rootfs(image: ImageRef, reason: str, quiet: bool = False) -> str:
     """The extracted copy of the image's squashfs, making it the first time. Prints one line
     (unless quiet)."""
-    cache = cache_dir()
-    rootfs_dir = os.path.join(cache, "rootfs")
-    os.makedirs(rootfs_dir, mode=0o700, exist_ok=True)
-    digest = _partition_digest(image, cache)
+    rootfs_dir = _extraction_dir(reason)
+    digest = _partition_digest(image)
     final = os.path.join(rootfs_dir, digest)
+    _remove_stale_partials(rootfs_dir)  # on every launch that looks here, warm ones too
+    problem = untrusted(final, leaf_is_file=False)
+    if problem:  # cannot happen in a private directory; if it does, it is not ours to run
+        raise ShimError(ExitCode.HOST, f"the extracted copy of this image is not to be trusted: {problem}",
+                        f"remove {final}, and keep {rootfs_dir} private (mode 0700)")
     if os.path.isdir(final):
         if not quiet:
             print(f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}",
                   file=sys.stderr)
         return final
-    _remove_stale_partials(rootfs_dir)
     partial = f"{final}.partial.{os.getpid()}"
     start = time.monotonic()
     try:

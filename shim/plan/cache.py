@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass
 
 from shim import __version__
-from shim.cachefiles import cache_base, file_identity, write_atomic
+from shim.cachefiles import cache_path, file_identity, read_trusted, write_atomic
 from shim.elf.rootpath import changed
 from shim.plan.model import Plan
 from shim.plan.request import PlanRequest
@@ -39,8 +39,8 @@ class CachedPlan:
     host_reads: dict            # {host root: {relative path: identity}}
 
 
-def cache_dir() -> str:
-    return os.path.join(cache_base(), PLANS_DIR)
+def entry_path(key: str) -> str | None:
+    return cache_path(PLANS_DIR, f"{key}.json")
 
 
 def plan_key(request: PlanRequest) -> str:
@@ -67,8 +67,10 @@ def load_plan(key: str, image_root: str) -> CachedPlan | None:
     """The cached plan if every input it recorded is unchanged (the image's paths looked up
     under `image_root`, where the image is now), else None."""
     try:
-        with open(os.path.join(cache_dir(), f"{key}.json"), "rb") as f:
-            doc = json.load(f)
+        raw = read_trusted(entry_path(key))
+        if raw is None:
+            return None
+        doc = json.loads(raw)
         if doc.get("format") != _FORMAT or doc.get("key") != key:
             return None
         image_reads, host_reads = dict(doc["image_reads"]), dict(doc["host_reads"])
@@ -86,4 +88,4 @@ def store_plan(key: str, entry: CachedPlan) -> bool:
     doc = {"format": _FORMAT, "key": key, "plan": entry.plan.to_dict(),
            "ld_cache": base64.b64encode(entry.ld_cache).decode() if entry.ld_cache else None,
            "image_reads": entry.image_reads, "host_reads": entry.host_reads}
-    return write_atomic(os.path.join(cache_dir(), f"{key}.json"), json.dumps(doc, separators=(",", ":")).encode())
+    return write_atomic(entry_path(key), json.dumps(doc, separators=(",", ":")).encode())

@@ -39,14 +39,23 @@ class SiteConfig:
         return dict(self.codes)
 
 
+def _is_config(directory: str, given: bool) -> bool:
+    """Does `directory` hold shim.toml? One the user named (--conf, SHIMRUN_CONF) that cannot be
+    entered is an error; the default place then only does not count."""
+    if given and os.path.isdir(directory) and not os.access(directory, os.X_OK):
+        raise ConfigError(f"cannot enter configuration directory {directory}: Permission denied",
+                          "ask its owner to make it readable (chmod a+rx), or point --conf/SHIMRUN_CONF elsewhere")
+    return os.path.isfile(os.path.join(directory, CONFIG_NAME))
+
+
 def find_conf_dir(option: str | None = None) -> Path:
     for candidate in (option, os.environ.get("SHIMRUN_CONF")):
         if candidate:
-            if not (Path(candidate) / CONFIG_NAME).is_file():
+            if not _is_config(candidate, given=True):
                 raise ConfigError(f"no {CONFIG_NAME} in configuration directory {candidate}",
                                   "point --conf/SHIMRUN_CONF at a directory holding shim.toml")
             return Path(candidate)
-    if (Path(SYSTEM_CONF_DIR) / CONFIG_NAME).is_file():
+    if _is_config(SYSTEM_CONF_DIR, given=False):
         return Path(SYSTEM_CONF_DIR)
     return BUNDLED_CONF_DIR
 
@@ -59,11 +68,19 @@ def load_site_config(option: str | None = None) -> SiteConfig:
         data = tomllib.loads(path.read_text())
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror}", "check its permissions") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not UTF-8 text", "save it as UTF-8") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: {e}", "fix the TOML syntax") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: arrays or tables nested too deeply", "fix the TOML: shim.toml needs "
+                          "two levels") from None
     for table, value in data.items():
         if table not in _KNOWN:
             raise ConfigError(f"{path}: unknown table [{table}]", f"known tables: {', '.join(sorted(_KNOWN))}")
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: {table} must be a table, not a {type(value).__name__}",
+                              f"write it as [{table}] with its keys below (see conf/shim.toml)")
         for key, item in value.items():
             want = _KNOWN[table].get(key)
             if want is None:

@@ -534,6 +534,9 @@ def _read(r: _Reader) -> dict[str, Any] | None:
         return None
     try:
         return tomllib.loads(text)
+    except RecursionError:
+        r.problem("toml", "arrays or tables nested too deeply", "fix the TOML: a profile needs two levels")
+        return None
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column \d+\)", str(e))
         r.problem(f"line {m.group(1)}" if m else "toml", re.sub(r"\s*\(at line.*\)$", "", str(e)),
