@@ -38,17 +38,22 @@ class User:
     home: str
 
 
+def _ordinary_user(name: str) -> User:
+    """The user `name`, made (with a home) if the system has none of that name."""
+    try:
+        pw = pwd.getpwnam(name)
+    except KeyError:
+        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
+        pw = pwd.getpwnam(name)
+    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+
+
 @pytest.fixture(scope="session")
 def user() -> User:
     if os.getuid() != 0:
         pw = pwd.getpwuid(os.getuid())
         return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
-    try:
-        pw = pwd.getpwnam(TEST_USER)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", TEST_USER], check=True)
-        pw = pwd.getpwnam(TEST_USER)
-    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+    return _ordinary_user(TEST_USER)
 
 
 @pytest.fixture(scope="session")
@@ -56,13 +61,7 @@ def other_user(user: User) -> User:
     """A second ordinary user: someone else on the same node (planting files in shared places)."""
     if os.getuid() != 0:
         pytest.skip("a second user can only be made as root")
-    name = f"{TEST_USER}2"
-    try:
-        pw = pwd.getpwnam(name)
-    except KeyError:
-        subprocess.run(["useradd", "-m", "-s", "/bin/sh", name], check=True)
-        pw = pwd.getpwnam(name)
-    return User(pw.pw_name, pw.pw_uid, pw.pw_gid, pw.pw_dir)
+    return _ordinary_user(f"{TEST_USER}2")
 
 
 def as_user(who: User, args: Sequence[str], **kw) -> subprocess.CompletedProcess:

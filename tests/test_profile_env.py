@@ -4,30 +4,15 @@ variable), composed in profile order, and below the user's own --env."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from dirimage import BUSYBOX, Extras, busybox_dir
 
-BUSYBOX = Path("/bin/busybox")
 SHOW = 'echo "IMGVAR=$IMGVAR HOSTVAR=$HOSTVAR LD_RUN_DIRS=$LD_RUN_DIRS PROF_SET=$PROF_SET PATH=$PATH"'
 
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
-
-
-def busybox_image(root: Path, env_script: str | None) -> Path:
-    """A directory image: a static busybox as /bin/sh, and (unless None) an env script as
-    Apptainer's %environment would write it."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin" / "busybox")
-    (root / "bin" / "sh").symlink_to("busybox")
-    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
-        (root / d).mkdir()
-    if env_script is not None:
-        (root / ".singularity.d" / "env").mkdir(parents=True)
-        (root / ".singularity.d" / "env" / "91-test.sh").write_text(env_script)
-    return root
 
 
 def conf_with(conf: Path, profiles: dict[str, str]) -> Path:
@@ -56,7 +41,8 @@ def run(shim, conf: Path, image: Path, cwd: Path, *extra: str):
 
 
 def test_profile_edits_apply_after_the_image_environment(shim, site: Path, user_dir: Path) -> None:
-    image = busybox_image(user_dir / "img", "export IMGVAR=fromimage\nexport LD_RUN_DIRS=/img/lib\n")
+    image = busybox_dir(user_dir / "img", Extras(env="export IMGVAR=fromimage\nexport LD_RUN_DIRS=/img/lib\n",
+                                                  env_name="91-test.sh"))
     subprocess.run(["chmod", "-R", "a+rX", str(user_dir)], check=True)
     r = run(shim, site, image, user_dir)
     assert r.returncode == 0, r.stderr
@@ -70,7 +56,7 @@ def test_profile_edits_apply_after_the_image_environment(shim, site: Path, user_
 
 def test_profile_edits_without_env_scripts(shim, site: Path, user_dir: Path) -> None:
     """No /.singularity.d/env: the app is exec'd directly, with the edits applied on the host's values."""
-    image = busybox_image(user_dir / "img", None)
+    image = busybox_dir(user_dir / "img")
     subprocess.run(["chmod", "-R", "a+rX", str(user_dir)], check=True)
     r = run(shim, site, image, user_dir)
     assert r.returncode == 0, r.stderr

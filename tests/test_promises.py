@@ -5,31 +5,13 @@ without profiles says where a site's go."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from dirimage import BUSYBOX, Extras, busybox_dir
 
-BUSYBOX = Path("/bin/busybox")
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
-
-
-def busybox_dir(root: Path, env: str | None = None, links: dict[str, str] | None = None) -> Path:
-    """A directory image: busybox as /bin/sh; `env`: an environment script; `links`: symlinks."""
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin/busybox")
-    (root / "bin/sh").symlink_to("busybox")
-    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
-        if d not in (links or {}):
-            (root / d).mkdir()
-    for name, target in (links or {}).items():
-        (root / name).symlink_to(target)
-    if env:
-        (root / ".singularity.d/env").mkdir(parents=True)
-        (root / ".singularity.d/env/10-docker2singularity.sh").write_text(env)
-    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    return root
 
 
 def test_quiet_hides_warnings_and_notices(shim, busybox_sif, user_dir: Path) -> None:
@@ -61,7 +43,7 @@ def test_pwd_must_exist_and_strict_makes_the_cwd_warning_fatal(shim, busybox_sif
 def test_the_refusal_hint_names_strict_only_when_it_was_given(shim, user_dir: Path) -> None:
     """A warning-only image (an undeclared CUDA image on a node without a GPU) runs; with --strict
     it is refused, and the hint says it was --strict; an error diagnostic says nothing of it."""
-    image = busybox_dir(user_dir / "cuda", env="export CUDA_VERSION=12.2.0\n")
+    image = busybox_dir(user_dir / "cuda", Extras(env="export CUDA_VERSION=12.2.0\n"))
     r = shim.run([image, "/bin/busybox", "true"])
     assert r.returncode == 0 and "warning: GPU-ABSENT" in r.stderr, r.stderr
     r = shim.run(["--strict", image, "/bin/busybox", "true"])
@@ -76,7 +58,7 @@ def test_the_refusal_hint_names_strict_only_when_it_was_given(shim, user_dir: Pa
 def test_a_shared_containers_warning_is_printed_once_per_node(shim, user_dir: Path) -> None:
     """Four ranks of one parent (as mpiexec starts them) in one container, --strict and a warning:
     the warning once, then every rank refused (exit 67)."""
-    image = busybox_dir(user_dir / "cuda", env="export CUDA_VERSION=12.2.0\n")
+    image = busybox_dir(user_dir / "cuda", Extras(env="export CUDA_VERSION=12.2.0\n"))
     start = f"SHIMRUN_SHARE=1 {shim.shimrun} --strict {image} /bin/busybox true"
     line = "; ".join(f"{start} & p{i}=$!" for i in range(4)) + "; " + "; ".join(
         f"wait $p{i}; echo rc=$?" for i in range(4))  # one parent shell, as mpiexec is
@@ -90,7 +72,7 @@ def test_a_shared_containers_warning_is_printed_once_per_node(shim, user_dir: Pa
     ({"tmp": "tmp"}, None, "/tmp"),                  # a symlink loop where /tmp is bound
 ])
 def test_unusable_bind_destinations_in_the_image_have_a_hint(shim, user_dir: Path, links, bind, words) -> None:
-    image = busybox_dir(user_dir / "odd", links=links)
+    image = busybox_dir(user_dir / "odd", Extras(links=links))
     r = shim.run([image, "/bin/busybox", "true"])
     assert r.returncode == 71, r.stderr
     (line,) = r.stderr.splitlines()

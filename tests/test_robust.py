@@ -16,25 +16,10 @@ from pathlib import Path
 
 import images
 import pytest
+from dirimage import BUSYBOX, Extras, busybox_dir
 from leftovers import user_processes, wait_until
 
-BUSYBOX = Path("/bin/busybox")
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
-
-
-def busybox_dir(root: Path, links: dict[str, str] | None = None, passwd: str | None = None) -> Path:
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin/busybox")
-    (root / "bin/sh").symlink_to("busybox")
-    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
-        if d not in (links or {}):
-            (root / d).mkdir()
-    for name, target in (links or {}).items():
-        (root / name).symlink_to(target)
-    if passwd is not None:
-        (root / "etc/passwd").write_text(passwd)
-    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    return root
 
 
 def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
@@ -156,7 +141,7 @@ def test_a_deleted_working_directory_is_one_line(shim, busybox_sif, user_dir: Pa
 # ------------------------------------------------------------------ 5. odd but legal layouts
 
 def test_home_linked_to_the_root_is_resolved_inside_it(shim, user_dir: Path) -> None:
-    image = busybox_dir(user_dir / "img", links={"home": "/"})
+    image = busybox_dir(user_dir / "img", Extras(links={"home": "/"}))
     r = shim.run([image, "/bin/busybox", "sh", "-c", "cd && pwd && ls -d /$(basename $HOME)"])
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [shim.user.home, f"/{os.path.basename(shim.user.home)}"]
@@ -169,7 +154,8 @@ def test_binding_onto_the_root_is_refused(shim, busybox_sif) -> None:
 def test_a_corrupt_squashfs_is_an_image_error(shim, user_dir: Path) -> None:
     """A data block that does not decompress: reading the image's /etc/passwd (for the user's
     entry) fails with EIO inside squashfuse; that is a corrupt image (65), not a launch failure."""
-    root = busybox_dir(user_dir / "root", passwd="".join(f"user{i}:x:{i}:{i}::/home/u:/bin/sh\n" for i in range(3000)))
+    root = busybox_dir(user_dir / "root", Extras(passwd="".join(f"user{i}:x:{i}:{i}::/home/u:/bin/sh\n"
+                                                             for i in range(3000))))
     good = user_dir / "good.sqfs"
     subprocess.run(["mksquashfs", root, good, "-comp", "gzip", "-no-fragments", "-noappend", "-all-root", "-quiet",
                     "-no-progress"], check=True)

@@ -137,7 +137,9 @@ def test_exit_status_of_each_rank_is_what_slurm_reports(shim, slurm3, user, busy
 
 
 def test_share_off_gives_each_rank_its_own_container(shim, slurm3, user, busybox_sif):
-    r = slurm3.srun(["-N", "1", "-n", "3", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", REPORT],
+    # Each rank stays a second: a namespace's inode number is reused once it is gone, so ranks
+    # that did not overlap could show the same number for different namespaces.
+    r = slurm3.srun(["-N", "1", "-n", "3", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", f"{REPORT}; sleep 1"],
                     user=user, env=env_for(shim, slurm3, "off", SHIMRUN_SHARE="0"), timeout=60)
     assert r.returncode == 0, r.stderr
     assert len({g[2] for g in reports(r.stdout)}) == 3

@@ -44,7 +44,10 @@ def format_size(n: int) -> str:
 
 
 def format_time(t: int) -> str:
-    return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S +0000 UTC")
+    except (ValueError, OverflowError, OSError):  # a damaged header: a time no calendar holds
+        return f"{t} (seconds since 1970: out of range)"
 
 
 def format_header(img: SifImage) -> str:
