@@ -14,6 +14,10 @@ class BuildWithFrontend(build_py):
 
     def run(self) -> None:
         super().run()
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from shim import cgen  # the shared constants, from their Python definitions
+
+        cgen.write("csrc/gen")
         out = os.path.join(self.build_lib, "shim", "libexec", "shimrun")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cc = os.environ.get("CC", "cc")

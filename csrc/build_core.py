@@ -1,10 +1,16 @@
 """cffi (API mode) builder for the C core: compiles csrc/*.c into the extension `shim._core`."""
 
+import sys
 from pathlib import Path
 
 from cffi import FFI
 
 HERE = Path(__file__).resolve().parent
+# The constants the C code shares with Python are written from the Python definitions first.
+sys.path.insert(0, str(HERE.parent))
+from shim import cgen  # noqa: E402
+
+cgen.write(str(HERE / "gen"))
 SOURCES = ["util.c", "stdfds.c", "userns.c", "fuse.c", "mounts.c", "launch.c", "share.c", "join.c"]
 
 ffibuilder = FFI()
@@ -14,7 +20,7 @@ ffibuilder.cdef(
     "\n".join(
         line
         for line in _header.splitlines()
-        if not line.startswith(("#ifndef", "#endif", "#define SHIM_CORE_H"))
+        if not line.startswith(("#ifndef", "#endif", "#define SHIM_CORE_H", "#include"))
     )
 )
 ffibuilder.set_source(

@@ -17,6 +17,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "gen/options.h"
 #include "join.h"
 #include "shim_core.h"
 
@@ -36,7 +37,7 @@ static void python(int argc, char **argv)
 
     if (args == NULL) {
         perror("shimrun: error: allocate arguments");
-        exit(SHIM_JOIN_E_LAUNCH);
+        exit(SHIM_E_LAUNCH);
     }
     /* -I: isolated, so neither PYTHON* variables nor a shim/ directory where the job happens to
      * run can change which code runs; -c instead of -m spares runpy. */
@@ -49,7 +50,7 @@ static void python(int argc, char **argv)
     execv(SHIM_PYTHON, args);
     fprintf(stderr, "shimrun: error: cannot run %s: %s (reinstall shim: scripts/install.sh)\n", SHIM_PYTHON,
             strerror(errno));
-    exit(SHIM_JOIN_E_LAUNCH);
+    exit(SHIM_E_LAUNCH);
 }
 
 /* ---- the group's name (keep in step with share.py's group_key) --------------------------- */
@@ -80,34 +81,28 @@ static int is_setting(const char *e)
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
-/* Which argument is the image? Options with a value are skipped; anything unknown means "let
- * Python decide" (-1). */
+/* Which argument is the image? Options with a value are skipped (the table is shim/options.py's,
+ * generated); an option we do not know, or one with which shimrun does not launch (--dry-run),
+ * means "let Python decide" (-1). */
 static int image_index(int argc, char **argv)
 {
-    static const char *const with_value[] = {"-B", "--bind", "-e", "--env", "--pwd", "--conf", "--profile", NULL};
-    static const char *const flags[] = {"--cleanenv", "--fakeroot", "--no-home", "--no-profiles", "--strict",
-                                        "--quiet", "--debug", NULL};
-    int i, k;
+    int i;
 
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
-        int known = 0;
+        const struct shim_option *o;
         if (a[0] != '-')
             return i;
-        for (k = 0; with_value[k]; k++) {
-            size_t n = strlen(with_value[k]);
-            if (!strcmp(a, with_value[k])) {
-                i++, known = 1;
+        for (o = SHIM_OPTIONS; o->name; o++) {
+            size_t n = strlen(o->name);
+            if (!strcmp(a, o->name)) {
+                i += o->takes_value;
                 break;
             }
-            if (!strncmp(a, with_value[k], n) && a[n] == '=' && a[1] == '-') {
-                known = 1;
+            if (o->takes_value && a[1] == '-' && !strncmp(a, o->name, n) && a[n] == '=')
                 break;
-            }
         }
-        for (k = 0; !known && flags[k]; k++)
-            known = !strcmp(a, flags[k]);
-        if (!known)
+        if (!o->name || !o->launches)
             return -1;
     }
     return -1;
@@ -323,7 +318,7 @@ int main(int argc, char **argv)
 
     if (shim_standard_fds() < 0) {
         perror("shimrun: error: open /dev/null for a closed standard descriptor");
-        return SHIM_JOIN_E_LAUNCH;
+        return SHIM_E_LAUNCH;
     }
     image = argc > 1 ? image_index(argc, argv) : -1;
     if (image < 0 || image + 1 >= argc)
@@ -342,7 +337,7 @@ int main(int argc, char **argv)
     if (f && !strcmp(f, "ER")) {
         const char *c = next_field(&p, end), *m = next_field(&p, end);
         fprintf(stderr, "shimrun: error: %s\n", m ? m : "the node's container refused this rank");
-        return c ? atoi(c) : SHIM_JOIN_E_LAUNCH;
+        return c ? atoi(c) : SHIM_E_LAUNCH;
     }
     if (!f || strcmp(f, "OK") || !(f = next_field(&p, end)))
         python(argc, argv);
@@ -360,7 +355,7 @@ int main(int argc, char **argv)
         xenv[i] = next_field(&p, end);
     if (!xargv || !xenv || !xargv[0]) {
         fprintf(stderr, "shimrun: error: malformed answer from the node's container (rerun with SHIMRUN_SHARE=0)\n");
-        return SHIM_JOIN_E_LAUNCH;
+        return SHIM_E_LAUNCH;
     }
     shim_join_exec(userns, mntns, cwd, xargv, xenv, err, sizeof err, &code);
     fprintf(stderr, "shimrun: error: %s\n", err);

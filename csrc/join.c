@@ -56,10 +56,10 @@ int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t err
             last = saw_eacces;
     }
     if (last == ENOENT || last == ENOTDIR) {
-        *code = SHIM_JOIN_E_NOTFOUND;
+        *code = SHIM_E_NOT_FOUND;
         snprintf(err, errlen, "%s: command not found in the image (PATH=%s)", cmd, path ? path : "");
     } else {
-        *code = (last == ENOEXEC || last == EACCES || last == EPERM) ? SHIM_JOIN_E_NOEXEC : SHIM_JOIN_E_LAUNCH;
+        *code = (last == ENOEXEC || last == EACCES || last == EPERM) ? SHIM_E_NOT_EXECUTABLE : SHIM_E_LAUNCH;
         snprintf(err, errlen, "execute %s in the container: %s", cmd, strerror(last));
     }
     return -1;
@@ -68,7 +68,7 @@ int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t err
 int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
                    size_t errlen, int *code)
 {
-    *code = SHIM_JOIN_E_LAUNCH;
+    *code = SHIM_E_LAUNCH;
     if (!already_in(userns, "/proc/self/ns/user") && setns(userns, CLONE_NEWUSER) == -1) {
         snprintf(err, errlen, "join the node's container (user namespace): %s", strerror(errno));
         return -1;

@@ -4,9 +4,7 @@
 
 #include <stddef.h>
 
-#define SHIM_JOIN_E_LAUNCH 71
-#define SHIM_JOIN_E_NOEXEC 126
-#define SHIM_JOIN_E_NOTFOUND 127
+#include "gen/codes.h"
 
 /* execve argv[0], looked up in envp's PATH when it has no slash (default PATH otherwise), the
  * way execvpe does; on failure, err names it and *code is 127 (not found), 126 (not executable)

@@ -4,12 +4,8 @@
 #ifndef SHIM_CORE_H
 #define SHIM_CORE_H
 
-/* Error classes; the numbers are shimrun's exit codes (see shim/errors.py). */
-#define SHIM_E_IMAGE 65
-#define SHIM_E_HOST 69
-#define SHIM_E_LAUNCH 71
-#define SHIM_E_NOEXEC 126
-#define SHIM_E_NOTFOUND 127
+/* Error classes: the numbers are shimrun's exit codes, generated from shim/errors.py. */
+#include "gen/codes.h"
 
 #define SHIM_IMG_SQUASHFS 1
 #define SHIM_IMG_DIR 2

@@ -7,6 +7,7 @@ Exit codes (documented in README.md, "Exit codes"):
   67 REFUSED                 an injection was refused (or a warning) and --strict or the site makes it fatal
   66 ARCH                    the image's architecture cannot run on this host
   69 HOST                    the host lacks what shim needs (user namespaces, FUSE and no fallback)
+  70 INTERNAL                a bug in shim (an exception shim did not expect)
   71 LAUNCH                  namespace / mount / pivot_root set-up failed
   78 CONFIG                  the site configuration or a profile is invalid
   126 NOT_EXECUTABLE         the command exists in the image but cannot be executed
@@ -25,6 +26,7 @@ class ExitCode(IntEnum):
     ARCH = 66
     REFUSED = 67
     HOST = 69
+    INTERNAL = 70
     LAUNCH = 71
     CONFIG = 78
     NOT_EXECUTABLE = 126

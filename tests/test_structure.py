@@ -18,7 +18,7 @@ from shim.knowledge.codes import registry
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "shim"
 # Lowest first: a module may import its own layer and the layers before it, never one after.
-LAYERS = [("errors", "model"), ("knowledge",), ("cachefiles", "image", "elf"), ("host", "expect"), ("site",),
+LAYERS = [("errors", "model", "options"), ("knowledge", "cgen"), ("cachefiles", "image", "elf"), ("host", "expect"), ("site",),
           ("diagnose",), ("plan",), ("report",), ("launch",), ("cli", "__main__", "__init__")]
 
 

@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from shim.errors import ShimError
+from shim.errors import ExitCode, ShimError
 
 # Subcommand name -> module with register(subparsers) and main(args). Imported only when used.
 SUBCOMMANDS = {
@@ -18,7 +18,7 @@ SUBCOMMANDS = {
     "check": "shim.cli.check_cmd",
     "profiles": "shim.cli.profiles_cmd",
 }
-INTERNAL_ERROR = 70
+INTERNAL_ERROR = int(ExitCode.INTERNAL)
 
 
 def _parser(argv: list[str]) -> argparse.ArgumentParser:

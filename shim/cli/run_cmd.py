@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from shim.errors import ExitCode, ShimError, UsageError
+from shim.options import APPEND, FLAG, image_options, launch_options
 
 STAGE_DIR = Path(__file__).resolve().parent.parent / "stage"
 LD_CACHE = "/etc/ld.so.cache"
@@ -23,31 +24,26 @@ def _on_host(host_root: str, path: str) -> str:
     return path if host_root in ("", "/") else os.path.join(host_root, path.lstrip("/"))
 
 
+def _add(p: argparse.ArgumentParser, options) -> None:
+    """argparse arguments from shim/options.py's table (the native front-end's table too)."""
+    for opt in options:
+        kw: dict = {"dest": opt.dest, "help": opt.help}
+        if opt.kind == FLAG:
+            kw["action"] = "store_true"
+        elif opt.kind == APPEND:
+            kw.update(action="append", default=[], metavar=opt.metavar)
+        else:
+            kw["metavar"] = opt.metavar
+        p.add_argument(*opt.names, **kw)
+
+
 def add_image_options(p: argparse.ArgumentParser) -> None:
     """Options shared by the run and by `check`: what gets injected and how strictly."""
-    p.add_argument("--conf", metavar="DIR", help="site configuration directory (default: SHIMRUN_CONF, /etc/shim)")
-    p.add_argument("--profile", action="append", default=[], metavar="NAME",
-                   help="apply injection profile NAME (repeatable)")
-    p.add_argument("--no-profiles", action="store_true", help="apply no profile unless requested with --profile")
-    p.add_argument("--strict", action="store_true", help="a refused injection or a warning is fatal")
-    p.add_argument("--quiet", action="store_true", help="print errors only (no warnings, no notices)")
-    p.add_argument("--debug", action="store_true", help="show each set-up step (and tracebacks)")
+    _add(p, image_options())
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-B", "--bind", action="append", default=[], metavar="SRC[:DST[:ro|rw]]",
-                   help="bind a host path into the container (repeatable; also SHIMRUN_BIND=a,b:c)")
-    p.add_argument("-e", "--env", action="append", default=[], metavar="K=V",
-                   help="set K=V in the container (repeatable; also SHIMRUNENV_K=V, APPTAINERENV_K=V, "
-                        "SINGULARITYENV_K=V)")
-    p.add_argument("--cleanenv", action="store_true", help="pass no host variables except TERM, proxies, Slurm/PMI")
-    p.add_argument("--fakeroot", action="store_true", help="appear as root (uid 0) inside the container")
-    p.add_argument("--pwd", metavar="DIR", help="working directory inside the container, absolute; it must "
-                   "exist there (default: the current one, else / with a warning)")
-    p.add_argument("--no-home", action="store_true", help="do not bind the home directory")
-    p.add_argument("--dry-run", action="store_true", help="print the injection plan and diagnostics, do not run")
-    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON")
-    add_image_options(p)
+    _add(p, launch_options())
     p.add_argument("image", metavar="IMAGE", help="SIF file, squashfs file or directory")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
 

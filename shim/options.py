@@ -1,0 +1,53 @@
+"""The one definition of shimrun's launch options, as data: argparse is built from it (shim/cli),
+and so is the table the native front-end parses argv with (csrc/gen/options.h, written by
+shim/cgen.py when the C code is built). Nothing here imports the rest of shim."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLAG, VALUE, APPEND = "flag", "value", "append"
+RUN, IMAGE = "run", "image"   # only for a launch; for a launch and `check`
+
+
+@dataclass(frozen=True)
+class Option:
+    names: tuple[str, ...]
+    dest: str
+    kind: str                 # flag | value | append (repeatable value)
+    help: str
+    metavar: str = ""
+    scope: str = RUN
+    launches: bool = True     # False: with it, shimrun does not launch (the native path leaves it to Python)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(("-B", "--bind"), "bind", APPEND, "bind a host path into the container (repeatable; also "
+           "SHIMRUN_BIND=a,b:c)", "SRC[:DST[:ro|rw]]"),
+    Option(("-e", "--env"), "env", APPEND, "set K=V in the container (repeatable; also SHIMRUNENV_K=V, "
+           "APPTAINERENV_K=V, SINGULARITYENV_K=V)", "K=V"),
+    Option(("--cleanenv",), "cleanenv", FLAG, "pass no host variables except TERM, proxies, Slurm/PMI"),
+    Option(("--fakeroot",), "fakeroot", FLAG, "appear as root (uid 0) inside the container"),
+    Option(("--pwd",), "pwd", VALUE, "working directory inside the container, absolute; it must exist there "
+           "(default: the current one, else / with a warning)", "DIR"),
+    Option(("--no-home",), "no_home", FLAG, "do not bind the home directory"),
+    Option(("--dry-run",), "dry_run", FLAG, "print the injection plan and diagnostics, do not run", launches=False),
+    Option(("--json",), "json", FLAG, "with --dry-run: the plan as JSON", launches=False),
+    Option(("--conf",), "conf", VALUE, "site configuration directory (default: SHIMRUN_CONF, /etc/shim)", "DIR",
+           scope=IMAGE),
+    Option(("--profile",), "profile", APPEND, "apply injection profile NAME (repeatable)", "NAME", scope=IMAGE),
+    Option(("--no-profiles",), "no_profiles", FLAG, "apply no profile unless requested with --profile",
+           scope=IMAGE),
+    Option(("--strict",), "strict", FLAG, "a refused injection or a warning is fatal", scope=IMAGE),
+    Option(("--quiet",), "quiet", FLAG, "print errors only (no warnings, no notices)", scope=IMAGE),
+    Option(("--debug",), "debug", FLAG, "show each set-up step (and tracebacks)", scope=IMAGE),
+)
+
+
+def launch_options() -> tuple[Option, ...]:
+    return OPTIONS
+
+
+def image_options() -> tuple[Option, ...]:
+    """The options `check` takes too."""
+    return tuple(o for o in OPTIONS if o.scope == IMAGE)
