@@ -9,8 +9,8 @@ from setuptools.command.build_py import build_py
 
 
 class BuildWithFrontend(build_py):
-    """Also build csrc/frontend.c, the native `shimrun` that joins a node's shared container
-    without starting Python (and runs `SHIM_PYTHON -m shim` otherwise), into shim/libexec/."""
+    """Also build the native `shimrun` (csrc/frontend.c and the whole C core) into shim/libexec/:
+    it runs launch records without starting Python, and the planner otherwise."""
 
     def run(self) -> None:
         super().run()
@@ -21,8 +21,9 @@ class BuildWithFrontend(build_py):
         out = os.path.join(self.build_lib, "shim", "libexec", "shimrun")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cc = os.environ.get("CC", "cc")
+        sources = sorted(os.path.join("csrc", n) for n in os.listdir("csrc") if n.endswith(".c"))
         subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-Icsrc", f'-DSHIM_PYTHON="{sys.executable}"',
-                        "-o", out, "csrc/frontend.c", "csrc/join.c", "csrc/stdfds.c"], check=True)
+                        "-o", out, *sources], check=True)
 
 setup(
     name="shim",

@@ -3,7 +3,7 @@ runs on one node of a real local Slurm (tests/slurm.py), sample the ordinary use
 that step that are not the app (`sleep`) nor the launcher (`srun`): image servers (squashfuse_ll),
 shim's per-node holder, Charliecloud's ch-run FUSE parents. Count, RSS and PSS. Then the same
 right after `srun` returns and a few seconds later: it must be nothing. Writes
-results/resident.md (issue #5, item 6e).
+results/resident.md (issue #5, item 6e; issue #11's holder target).
 
 A step's processes are recognised by a marker variable in srun's environment (inherited by every
 task and what it starts), or by sharing a session with a marked process (in case something
@@ -29,6 +29,7 @@ from common import (
     git_revision,
     remove_join_leftovers,
     shimrun_path,
+    target_cell,
     wait_quiet,
     work_dir,
     write_results,
@@ -189,6 +190,13 @@ def main() -> None:
             pss = [p.pss / 2**20 for p in group]
             detail.append(f"- {key}: {len(group)}× `{name}`, RSS {span(rss)} MiB, PSS {span(pss)} MiB each: "
                           f"`{group[0].cmdline}`")
+    shared = max(results["shimrun IMG.sif"], key=lambda c: (len(c.peak), sum(p.rss for p in c.peak)))
+    holder = [p for p in shared.peak if p.name != "squashfuse_ll"]
+    holder_pss = sum(p.pss for p in holder) / 2**20
+    targets = ["| target (issue #11) | before | now | result |", "|---|---:|---:|---|",
+               (f"| `shimrun IMG.sif` under srun: resident besides the apps = squashfuse + a holder of ≤ 2 MiB PSS "
+                f"| a Python holder, ~20 MiB PSS | {summary(shared.peak)}; holder PSS {holder_pss:.2f} MiB "
+                f"| {target_cell(holder_pss, 2.0, ' MiB') if len(holder) == 1 else 'missed: ' + summary(holder)} |")]
     notes = [f"- {n}" for n in (
         (f"{TASKS} tasks of `{APP} {sleep_s}` on one node, {repeats} run(s) per case; during each run the step's "
          f"processes are sampled every ~0.1 s while all {TASKS} apps run, and the sample with the most (then the "
@@ -204,7 +212,7 @@ def main() -> None:
     notes += ["", *[f"    {' '.join(f'{k}={v}' for k, v in extra.items())}{' ' if extra else ''}srun "
                     f"{command_line(args)}" for args, extra in cases.values()]]
     out = write_results("resident", f"Resident per node besides the app: `srun -n {TASKS} … {APP} {sleep_s}`",
-                        [("Resident processes", rows), ("Notes", notes),
+                        [("Resident processes", rows), ("Target", targets), ("Notes", notes),
                          ("Resident processes at the peak", detail or ["none"])])
     print(out.read_text())
 

@@ -3,9 +3,148 @@
 #define SHIM_CORE_INTERNAL_H
 
 #include <errno.h>
+#include <stdint.h>
+#include <sys/types.h>
 #include "shim_core.h"
 
-/* Record a failure (step, path, errno text) and unwind to shim_launch(). Never returns. */
+struct shim_bind {
+    const char *src; /* host path */
+    const char *dst; /* container path, resolved inside the container root */
+    int flags;       /* SHIM_BIND_* */
+};
+
+/* A file of the image shown with text appended (e.g. the user's /etc/passwd entry). */
+struct shim_append {
+    const char *path; /* container path; skipped when the image has no such regular file */
+    const char *text;
+};
+
+/* A file written into the launch's private staging tmpfs before the binds (the re-pointed
+ * ld.so.cache), then bound from <stage>/<name> like any host file. */
+struct shim_stage_file {
+    const char *name;
+    const char *data;
+    size_t len;
+};
+
+/* One launch, as the set-up steps (launch.c) take it. */
+struct shim_config {
+    int image_kind;           /* SHIM_IMG_* */
+    const char *image_path;   /* SIF file (squashfs partition at offset) or directory */
+    long long offset;
+    const char *squashfuse;
+    const char *stage;        /* existing directory that gets a private tmpfs */
+    int fakeroot;             /* map our uid/gid to 0 instead of to themselves */
+    const struct shim_bind *binds;
+    int nbinds;
+    const struct shim_append *appends;
+    int nappends;
+    const struct shim_stage_file *stage_files;
+    int nstage_files;
+    const char *cwd;          /* working directory inside the container */
+    int cwd_required;         /* 1: cwd missing is an error (--pwd given, or --strict); 0: warn, use / */
+    int quiet;
+    const char *const *argv;  /* the app and its arguments, NULL-terminated */
+    const char *const *envp_direct; /* env when exec'ing the app directly */
+    const char *const *envp_script; /* env for /bin/sh running action_script */
+    const char *action_script;      /* NULL: always exec directly */
+    const char *env_dir;      /* run action_script only when this dir exists in the image */
+    int debug;
+};
+
+/* ---- the record, parsed (record.c): pointers into the caller's buffer ---- */
+struct shim_env_op {
+    int target, op;
+    const char *name, *value;
+};
+
+struct shim_pass {
+    int rule;
+    const char *text;
+};
+
+struct shim_field {
+    int tag;
+    const unsigned char *p;
+    size_t len;
+};
+
+struct shim_rec {
+    const char *version, *key;
+    struct shim_config cfg;   /* all but argv and the environments, which each launch composes */
+    const char *command;
+    struct shim_env_op *ops;
+    int nops;
+    struct shim_pass *pass;
+    int npass;
+    const char *diagnostics, *refuse;
+    int refuse_code;
+    const char **notices;
+    int nnotices;
+    struct shim_field *inputs;
+    int ninputs;
+    void *mem;                /* the arrays above, one allocation */
+};
+
+/* 0, or -1 with why (a malformed record). shim_rec_free frees the arrays, not the data. */
+int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, size_t whylen);
+void shim_rec_free(struct shim_rec *r);
+/* Has it all a launch needs (image, stage, command), or is it a refusal? 1 yes, 0 no with why. */
+int shim_rec_complete(const struct shim_rec *r, char *why, size_t whylen);
+
+/* envcompose.c: the environment a record gives the app, NULL-terminated "K=V" strings in one
+ * allocation (free() it); NULL when out of memory. */
+char **shim_env_compose(const struct shim_rec *r, char *const *environ, int target);
+
+/* inputs.c: 1 when every input of the record holds, else 0 with why. */
+int shim_inputs_hold(const struct shim_rec *r, char *const *environ, char *why, size_t whylen);
+
+/* argv.c */
+const char *shim_env_get(char *const *environ, const char *name);
+void shim_node_name(char *const *environ, char *out, size_t outlen);
+
+/* fnv.c: two FNV-1a 64-bit hashes over NUL-terminated fields (the NUL hashed too). */
+struct shim_fnv {
+    uint64_t a, b;
+};
+void shim_fnv_init(struct shim_fnv *h);
+void shim_fnv_add(struct shim_fnv *h, const char *s);
+void shim_fnv_hex(const struct shim_fnv *h, char *out); /* 33 bytes */
+int shim_is_key_setting(const char *entry);             /* "K=V" of the runtime's own settings */
+
+/* cache.c: the trusted bytes of a cache file, malloc'd (NULL: absent or not trusted, with why). */
+char *shim_cache_read(const char *path, const char *root, size_t *len, char *why, size_t whylen);
+
+/* executor.c: run a record (struct shim_run: shim_core.h). Returns only on failure, with res set. */
+int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res);
+
+/* share.c: the node's shared container, a rank's side. shim_share_elect: join the group's
+ * container (execs the app: returns only on failure, then 1 with res set) or lead it (*listen_fd
+ * set) or neither (*listen_fd = -1); 0 when the caller goes on. */
+int shim_share_elect(int argc, char *const *argv, int image, const char *cwd, int *listen_fd,
+                     struct shim_result *res);
+int shim_share_join_fd(int fd, int argc, char *const *argv, const char *cwd, char *const *environ,
+                       struct shim_result *res);
+int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int *userns, int *mntns);
+
+/* serve.c: the holder's side. */
+struct shim_serve {
+    int listen_fd, userns, mntns;
+    int expected;             /* ranks of the step on this node (0: unknown) */
+    int linger_ms;
+    const struct shim_rec *rec;
+};
+void shim_serve(const struct shim_serve *s);
+void shim_refuse_all(int listen_fd, int code, const char *message, int expected, int linger_ms);
+#define SHIM_LINGER_MS 2000        /* how long a holder waits for more ranks once none is left */
+#define SHIM_FIRST_MEMBER_MS 10000 /* the leader connects as soon as the holder serves; a backstop */
+
+/* join.c */
+int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
+                   size_t errlen, int *code);
+int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t errlen, int *code);
+
+/* Record a failure (step, path, errno text) and unwind to the entry point. Never returns. */
 __attribute__((noreturn, format(printf, 3, 4)))
 void shim_fail(int code, int err, const char *fmt, ...);
 
@@ -22,7 +161,11 @@ void shim_fail_image(int err, const char *fmt, ...);
 void shim_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int shim_debug_on;
 
-/* launch.c */
+/* launch.c: shim_launch = prepare (namespaces, image at <stage>/root) + finish (stage files,
+ * binds, pivot_root, cwd, exec). Each returns 0 or an exit code with res set. */
+int shim_launch(const struct shim_config *cfg, struct shim_result *res);
+int shim_prepare(const struct shim_config *cfg, struct shim_result *res);
+int shim_finish(const struct shim_config *cfg, struct shim_result *res);
 void shim_begin(const struct shim_config *cfg, struct shim_result *res);
 int shim_setup_root(const struct shim_config *cfg, struct shim_result *res);
 int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res);
@@ -35,11 +178,12 @@ void mount_squashfs(const struct shim_config *cfg, const char *stage, const char
 
 /* mounts.c */
 int open_in_root(int root_fd, const char *path, int flags);
-void bind_into_root(const char *root, const struct shim_bind *b);
+void bind_into_root(const char *root, int *root_fd, const struct shim_bind *b);
 void make_private_tmpfs(const char *dir, const char *what);
 void set_mount_attrs(int fd, int recursive, int readonly, int keepdev);
-void seal_underlays(const char *root);
-void append_to_image_file(const char *root, const struct shim_append *a, int n);
+void seal_underlays(int root_fd);
+void append_to_image_file(int root_fd, const struct shim_append *a, int n);
+void write_stage_file(const char *stage, const struct shim_stage_file *f);
 void set_stage(const char *stage);
 
 #endif

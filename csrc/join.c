@@ -11,7 +11,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "join.h"
+#include "core.h"
 
 /* Is fd the namespace this process is in already? (A leader that analysed the image forked the
  * holder from inside it: its root moved with the holder's pivot_root; there is nothing to enter.) */

@@ -17,7 +17,6 @@
 #include <unistd.h>
 
 #include "core.h"
-#include "join.h"
 
 extern struct shim_result *shim_current_result;
 extern jmp_buf shim_unwind;
@@ -118,16 +117,21 @@ int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
 /* After prepare: binds, appended files, sealing, pivot_root: "/" is now the container's. */
 int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
 {
-    int i;
+    int i, root_fd;
 
     shim_begin(cfg, res);
     if (setjmp(shim_unwind))
         return res->code;
+    for (i = 0; i < cfg->nstage_files; i++)
+        write_stage_file(cfg->stage, &cfg->stage_files[i]);
+    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Z(root_fd, "open container root %s", root);
     for (i = 0; i < cfg->nbinds; i++)
-        bind_into_root(root, &cfg->binds[i]);
+        bind_into_root(root, &root_fd, &cfg->binds[i]);
     for (i = 0; i < cfg->nappends; i++)
-        append_to_image_file(root, &cfg->appends[i], i);
-    seal_underlays(root);
+        append_to_image_file(root_fd, &cfg->appends[i], i);
+    seal_underlays(root_fd);
+    close(root_fd);
     enter_root(root);
     return 0;
 }

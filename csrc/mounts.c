@@ -49,6 +49,29 @@ static int on_underlay(int fd)
     return 0;
 }
 
+/* Into the launch's private tmpfs (made by prepare), so only this launch's mounts can see it. */
+void write_stage_file(const char *stage, const struct shim_stage_file *f)
+{
+    char path[PATH_MAX];
+    const char *p = f->data;
+    size_t left = f->len;
+    int fd;
+
+    snprintf(path, sizeof path, "%s/%s", stage, f->name);
+    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
+    Z(fd, "create %s", path);
+    while (left) {
+        ssize_t n = write(fd, p, left);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            shim_fail(SHIM_E_LAUNCH, n < 0 ? errno : ENOSPC, "write %s", path);
+        p += n;
+        left -= (size_t)n;
+    }
+    Z(close(fd), "close %s", path);
+}
+
 void set_stage(const char *stage)
 {
     snprintf(stage_dir, sizeof stage_dir, "%s", stage);
@@ -129,7 +152,7 @@ void set_mount_attrs(int fd, int recursive, int readonly, int keepdev)
  * listing the same entries, so that a mount point can be created in it. */
 static void underlay(int dir_fd, const char *where)
 {
-    char scratch[PATH_MAX], src[64], dst[64], target[PATH_MAX];
+    char scratch[PATH_MAX + 32], src[64], dst[64], target[PATH_MAX];
     struct dirent *e;
     struct stat st;
     int list_fd, scratch_fd;
@@ -290,81 +313,110 @@ static int ensure_target(const char *root, int *root_fdp, const char *path, int 
     return parent;
 }
 
-void bind_into_root(const char *root, const struct shim_bind *b)
+/* Put the mount tree `tree` (a detached clone from open_tree) on dst_fd with our attributes. The
+ * attributes are set on the clone before it is attached, so it is never visible without them. */
+static int attach_tree(int tree, int dst_fd, int recursive, int readonly, int keepdev)
 {
-    char src_p[64], dst_p[64];
-    struct stat st, dst_st;
-    int root_fd, src_fd, dst_fd;
+    struct mount_attr attr;
 
-    src_fd = open(b->src, O_PATH | O_CLOEXEC);
+    memset(&attr, 0, sizeof attr);
+    attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
+    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr))
+        return -1;
+    return (int)syscall(SYS_move_mount, tree, "", dst_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+}
+
+/* Kernels without open_tree/mount_setattr (before 5.12): bind by path, then set the attributes
+ * on the new mount, reached by opening the destination again. */
+static void attach_by_path(int root_fd, const char *src, const char *dst, int dst_fd, int flags, int recursive)
+{
+    char src_p[PATH_MAX], dst_p[64];
+    int fd;
+
+    snprintf(src_p, sizeof src_p, "%s", src);
+    fd_path(dst_fd, dst_p, sizeof dst_p);
+    Z(mount(src_p, dst_p, NULL, MS_BIND | (recursive ? MS_REC : 0), NULL), "bind %s to %s", src, dst);
+    fd = open_in_root(root_fd, dst, O_PATH);
+    Z(fd, "reopen bind destination %s", dst);
+    set_mount_attrs(fd, recursive, flags & SHIM_BIND_RO, flags & SHIM_BIND_KEEPDEV);
+    close(fd);
+}
+
+static int clone_tree(const char *src, int recursive)
+{
+    return (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
+                        | (recursive ? AT_RECURSIVE : 0));
+}
+
+void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
+{
+    char src_p[64];
+    struct stat st, dst_st;
+    int src_fd, dst_fd, tree;
+
+    /* The source as a detached copy of its mount tree (open_tree), or, on kernels without it, by fd. */
+    tree = clone_tree(b->src, 1);
+    src_fd = tree >= 0 || errno != ENOSYS ? tree : open(b->src, O_PATH | O_CLOEXEC);
     if (src_fd == -1) {
         if (errno == ENOENT && (b->flags & SHIM_BIND_OPTIONAL))
             return;
         shim_fail(SHIM_E_LAUNCH, errno, "bind source %s (for %s)", b->src, b->dst);
     }
     Z(fstat(src_fd, &st), "stat bind source %s", b->src);
-    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    Z(root_fd, "open container root %s", root);
-    if (b->flags & SHIM_BIND_IFDST) {
-        dst_fd = open_in_root(root_fd, b->dst, O_PATH);
-        if (dst_fd == -1) {
-            close(root_fd);
-            close(src_fd);
-            return;
-        }
-    } else
-        dst_fd = ensure_target(root, &root_fd, b->dst, S_ISDIR(st.st_mode));
-    Z(fstat(dst_fd, &dst_st), "stat bind destination %s", b->dst);
-    if (S_ISDIR(st.st_mode) != S_ISDIR(dst_st.st_mode))
+    /* A directory goes on a directory (O_DIRECTORY checks it as it resolves), a file on a file. */
+    dst_fd = open_in_root(*root_fdp, b->dst, O_PATH | (S_ISDIR(st.st_mode) ? O_DIRECTORY : 0));
+    if (dst_fd == -1 && errno == ENOTDIR && (dst_fd = open_in_root(*root_fdp, b->dst, O_PATH)) >= 0)
         shim_fail(SHIM_E_LAUNCH, 0, "bind %s to %s: one is a directory and the other is not", b->src, b->dst);
-    fd_path(src_fd, src_p, sizeof src_p);
-    fd_path(dst_fd, dst_p, sizeof dst_p);
-    Z(mount(src_p, dst_p, NULL, MS_BIND | MS_REC, NULL), "bind %s to %s", b->src, b->dst);
-    close(dst_fd);
-    /* The fd above names the covered directory; reopen to reach the new mount. */
-    dst_fd = open_in_root(root_fd, b->dst, O_PATH);
-    Z(dst_fd, "reopen bind destination %s", b->dst);
-    set_mount_attrs(dst_fd, 1, b->flags & SHIM_BIND_RO, b->flags & SHIM_BIND_KEEPDEV);
+    if (dst_fd == -1 && (b->flags & SHIM_BIND_IFDST)) {
+        close(src_fd);
+        return;
+    }
+    if (dst_fd == -1)
+        dst_fd = ensure_target(root, root_fdp, b->dst, S_ISDIR(st.st_mode));
+    if (!S_ISDIR(st.st_mode)) {
+        Z(fstat(dst_fd, &dst_st), "stat bind destination %s", b->dst);
+        if (S_ISDIR(dst_st.st_mode))
+            shim_fail(SHIM_E_LAUNCH, 0, "bind %s to %s: one is a directory and the other is not", b->src, b->dst);
+    }
+    if (tree < 0 || attach_tree(tree, dst_fd, 1, b->flags & SHIM_BIND_RO, b->flags & SHIM_BIND_KEEPDEV)) {
+        if (tree >= 0 && errno != ENOSYS)
+            shim_fail(SHIM_E_LAUNCH, errno, "bind %s to %s", b->src, b->dst);
+        fd_path(src_fd, src_p, sizeof src_p);
+        attach_by_path(*root_fdp, src_p, b->dst, dst_fd, b->flags, 1);
+    }
     shim_debug("bind %s -> %s%s", b->src, b->dst, (b->flags & SHIM_BIND_RO) ? " (ro)" : "");
     close(dst_fd);
-    close(root_fd);
     close(src_fd);
 }
 
 /* Underlays are writable only while mount points are made; the image then stays read-only. */
-void seal_underlays(const char *root)
+void seal_underlays(int root_fd)
 {
-    int root_fd, fd, i;
+    int fd, i;
 
-    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    Z(root_fd, "open container root %s", root);
     for (i = 0; i < n_underlays; i++) {
         fd = open_in_root(root_fd, underlay_paths[i], O_PATH);
         Z(fd, "reopen underlay %s", underlay_paths[i]);
         set_mount_attrs(fd, 0, 1, 0);
         close(fd);
     }
-    close(root_fd);
 }
 
 #define MAX_APPEND_SOURCE (4 << 20)
 
 /* Show the image's file at a->path with a->text appended: a copy on the staging tmpfs is
  * bind-mounted read-only over it. The image itself is not touched. */
-void append_to_image_file(const char *root, const struct shim_append *a, int n)
+void append_to_image_file(int root_fd, const struct shim_append *a, int n)
 {
-    char copy[PATH_MAX], dst_p[64], *buf;
+    char copy[PATH_MAX + 32], *buf;
     struct stat st;
-    int root_fd, in_fd, out_fd, dst_fd;
+    int in_fd, out_fd, dst_fd, tree;
     ssize_t got, len;
 
-    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    Z(root_fd, "open container root %s", root);
     in_fd = open_in_root(root_fd, a->path, O_RDONLY | O_NOFOLLOW);
     if (in_fd == -1 || fstat(in_fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size > MAX_APPEND_SOURCE) {
         if (in_fd >= 0)
             close(in_fd);
-        close(root_fd);
         return; /* nothing to extend (or a symlink/odd file in the image): leave it alone */
     }
     buf = malloc((size_t)st.st_size + 1);
@@ -376,7 +428,6 @@ void append_to_image_file(const char *root, const struct shim_append *a, int n)
         if (got == 0)
             break;
     }
-    close(in_fd);
     snprintf(copy, sizeof copy, "%s/append%d", stage_dir, n);
     out_fd = open(copy, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
     Z(out_fd, "create %s", copy);
@@ -385,15 +436,15 @@ void append_to_image_file(const char *root, const struct shim_append *a, int n)
         shim_fail(SHIM_E_LAUNCH, errno, "write %s", copy);
     free(buf);
     Z(close(out_fd), "close %s", copy);
-    dst_fd = open_in_root(root_fd, a->path, O_PATH);
-    Z(dst_fd, "open %s in the container", a->path);
-    fd_path(dst_fd, dst_p, sizeof dst_p);
-    Z(mount(copy, dst_p, NULL, MS_BIND, NULL), "bind extended %s", a->path);
+    dst_fd = in_fd; /* the file just read is the one covered: it is not looked up again */
+    tree = clone_tree(copy, 0);
+    if (tree < 0 || attach_tree(tree, dst_fd, 0, 1, 0)) {
+        if (tree >= 0 && errno != ENOSYS)
+            shim_fail(SHIM_E_LAUNCH, errno, "bind extended %s", a->path);
+        attach_by_path(root_fd, copy, a->path, dst_fd, SHIM_BIND_RO, 0);
+    }
+    if (tree >= 0)
+        close(tree);
     close(dst_fd);
-    dst_fd = open_in_root(root_fd, a->path, O_PATH);
-    Z(dst_fd, "reopen %s in the container", a->path);
-    set_mount_attrs(dst_fd, 0, 1, 0);
-    close(dst_fd);
-    close(root_fd);
     shim_debug("%s: appended %zu bytes", a->path, strlen(a->text));
 }

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
-import stat
 import sys
 from dataclasses import dataclass
 from functools import cache
@@ -43,62 +41,27 @@ def notice(message: str) -> None:
     print(f"shimrun: notice: {message}", file=sys.stderr)
 
 
-def cache_base() -> str:
-    """$SHIMRUN_CACHE, else $XDG_CACHE_HOME/shim, else ~/.cache/shim. A relative path in any of
-    them (HOME=relative) is ignored: it would put the cache wherever the job happens to run."""
-    given = os.environ.get("SHIMRUN_CACHE", "")
-    if given.startswith("/"):
-        return given
-    xdg = os.environ.get("XDG_CACHE_HOME", "")
-    if xdg.startswith("/"):
-        return os.path.join(xdg, "shim")
-    home = os.environ.get("HOME", "")
-    if not home.startswith("/"):
-        home = pwd.getpwuid(os.getuid()).pw_dir
-    return os.path.join(home, ".cache", "shim")
-
-
-def _private_dir_problem(st: os.stat_result) -> str:
-    if not stat.S_ISDIR(st.st_mode):
-        return "is not a directory"
-    if st.st_uid != os.geteuid():
-        return f"belongs to uid {st.st_uid}"
-    if st.st_mode & 0o022:
-        return "is writable by group or others"
-    return ""
-
-
 def cache_root() -> CacheRoot:
-    """The cache root to use now (see the module docstring)."""
-    return _cache_root(cache_base(), os.geteuid())
+    """The cache root to use now (see the module docstring): $SHIMRUN_CACHE, else
+    $XDG_CACHE_HOME/shim, else ~/.cache/shim, a relative one ignored (it would put the cache
+    wherever the job happens to run). Decided by the C core (csrc/cache.c), which the native
+    front-end asks too when it looks for a launch record."""
+    from shim import native
+
+    rc, path, problem = _cache_root(os.environ.get("SHIMRUN_CACHE", ""), os.environ.get("XDG_CACHE_HOME", ""),
+                                    os.environ.get("HOME", ""), os.geteuid(), native)
+    if rc < 0:
+        return CacheRoot(None, problem)
+    if rc == 1:
+        notice(f"the cache {problem}: using {path}, a private directory in it")
+        return CacheRoot(path, problem)
+    return CacheRoot(path)
 
 
 @cache
-def _cache_root(base: str, uid: int) -> CacheRoot:
-    try:
-        with contextlib.suppress(FileExistsError):  # a file there: said below
-            os.makedirs(base, mode=0o700, exist_ok=True)
-        real = os.path.realpath(base)
-        st = os.lstat(real)
-    except OSError as e:
-        return CacheRoot(None, f"{base}: {e.strerror or e}")
-    problem = _private_dir_problem(st)
-    if not problem:
-        return CacheRoot(real)
-    if not (stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX):
-        return CacheRoot(None, f"{base} {problem}")
-    # A shared sticky directory (like /tmp): others cannot remove or replace what we make in it.
-    private = os.path.join(real, f".shim-{uid}")
-    with contextlib.suppress(FileExistsError, OSError):
-        os.mkdir(private, 0o700)
-    try:
-        pst = os.lstat(private)
-    except OSError as e:
-        return CacheRoot(None, f"{base} {problem}, and {private}: {e.strerror}")
-    if stat.S_ISLNK(pst.st_mode) or _private_dir_problem(pst):
-        return CacheRoot(None, f"{base} {problem}, and {private} is not a private directory of yours")
-    notice(f"the cache {base} {problem}: using {private}, a private directory in it")
-    return CacheRoot(private, f"{base} {problem}")
+def _cache_root(_given: str, _xdg: str, _home: str, _uid: int, native) -> tuple[int, str, str]:
+    """Memoised per setting: the arguments that change the answer are the key."""
+    return native.cache_root(create=True)
 
 
 def cache_path(*parts: str) -> str | None:
@@ -114,33 +77,9 @@ def untrusted(path: str, leaf_is_file: bool = True) -> str:
     """Why `path` (in the cache) must not be trusted, "" if it may be (or does not exist).
     Checked from `path` up to the cache root (for a file given outside it, up to its own
     directory): no symlink, this user's, not writable by others; a file with no other hard link."""
-    root = cache_root().path
-    if root is None or not path.startswith(root + "/"):
-        root = os.path.dirname(path)
-    uid, p, leaf = os.geteuid(), path, True
-    while True:
-        try:
-            st = os.lstat(p)
-        except FileNotFoundError:
-            if leaf:
-                return ""  # nothing there: nothing to trust
-            return f"{p} is missing"
-        except OSError as e:
-            return f"{p}: {e.strerror}"
-        if stat.S_ISLNK(st.st_mode):
-            return f"{p} is a symlink"
-        if st.st_uid != uid:
-            return f"{p} belongs to uid {st.st_uid}"
-        if st.st_mode & 0o022:
-            return f"{p} is writable by group or others"
-        if leaf and leaf_is_file and (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1):
-            return f"{p} is not a plain file of its own (a hard link, or not a regular file)"
-        if p == root:
-            return ""
-        parent = os.path.dirname(p)
-        if parent == p or not p.startswith(root + "/"):
-            return f"{path} is outside the cache {root}"
-        p, leaf = parent, False
+    from shim import native
+
+    return native.cache_untrusted(path, cache_root().path, leaf_is_file)
 
 
 def read_trusted(path: str | None, limit: int = 64 << 20) -> bytes | None:

@@ -75,9 +75,11 @@ def test_a_squatted_private_directory_is_not_used(shim, busybox_sif, shared: Pat
 @pytest.mark.parametrize("plant", ["file", "symlink", "hardlink"])
 def test_planted_cache_entries_are_ignored(shim, busybox_sif, user_dir: Path, other_user, plant: str) -> None:
     """The user's own cache, one of its directories opened to others (or an entry with a second
-    hard link): a forged hardware verdict there would refuse every launch; it is ignored."""
+    hard link): a forged hardware verdict there would refuse every launch; it is ignored. (The
+    launch record would spare the second launch the hardware cache: records are off here;
+    tests/test_records.py plants records.)"""
     cache = user_dir / "cache"
-    env = {"SHIMRUN_CACHE": str(cache)}
+    env = {"SHIMRUN_CACHE": str(cache), "SHIMRUN_NO_RECORD_CACHE": "1"}
     assert shim.run([busybox_sif, "/bin/busybox", "true"], env=env).returncode == 0
     (entry,) = (cache / "hw").glob("*.json")
     key = entry.stem

@@ -228,7 +228,7 @@ def test_importing_shim_elf_does_not_import_pyelftools() -> None:
     code = ("import sys, shim.elf.facts, shim.elf.cache, shim.elf.loader, shim.elf.ldcache, shim.elf.isa;"
             "import shim.elf.facts as f; assert f.elf_facts('/etc/passwd') is None;"
             "print('elftools' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd="/").stdout
     assert out.strip() == "False"
 
@@ -309,12 +309,12 @@ def test_cache_default_location(monkeypatch, tmp_path: Path) -> None:
 
 
 def test_warm_lookup_does_not_import_pyelftools(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "SHIMRUN_CACHE": str(tmp_path)}
+    env = {**os.environ, "SHIMRUN_CACHE": str(tmp_path)}
     fill = f"from shim.elf.cache import FactsCache; c = FactsCache(); c.get({str(LIBC)!r}); assert c.save()"
-    subprocess.run([sys.executable, "-c", fill], check=True, env=env, cwd="/")
+    subprocess.run([sys.executable, "-P", "-c", fill], check=True, env=env, cwd="/")
     probe = (f"import sys, json; from shim.elf.cache import FactsCache; c = FactsCache(); f = c.get({str(LIBC)!r});"
              "print(json.dumps([f.soname, 'GLIBC_2.36' in f.version_defs, 'elftools' in sys.modules, c.dirty]))")
-    out = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-P", "-c", probe], check=True, capture_output=True, text=True,
                          env=env, cwd="/").stdout
     assert json.loads(out) == ["libc.so.6", True, False, False]
 

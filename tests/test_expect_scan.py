@@ -295,7 +295,7 @@ def test_no_app_means_no_isa_and_no_elf_parsing(cuda_root: Path) -> None:
     assert e.app is None and e.isa_level is None
     code = ("import sys; from shim.expect.scan import scan_image; "
             f"e = scan_image({str(cuda_root)!r}); assert e.cuda_runtime; print('elftools' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([sys.executable, "-P", "-c", code], check=True, capture_output=True, text=True).stdout
     assert out.strip() == "False"
 
 

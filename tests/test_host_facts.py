@@ -50,7 +50,7 @@ needs_gcc = pytest.mark.skipif(not shutil.which("gcc") or os.uname().machine != 
 
 def in_fresh_python(code: str) -> dict:
     """Run `code` (which sets `out`) in a new interpreter; its `out` as JSON."""
-    r = subprocess.run([sys.executable, "-c", code + "\nimport json; print(json.dumps(out))"],
+    r = subprocess.run([sys.executable, "-P", "-c", code + "\nimport json; print(json.dumps(out))"],
                        capture_output=True, text=True, check=True, timeout=120)
     return json.loads(r.stdout.splitlines()[-1])
 

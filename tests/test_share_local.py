@@ -8,7 +8,7 @@ import shutil
 import pytest
 from leftovers import user_processes, wait_until
 
-from shim.launch.share import local_tasks, share_group
+from shim.native import group_name, local_tasks
 
 NS = "readlink /proc/self/ns/mnt; sleep 0.3"
 
@@ -40,16 +40,23 @@ def test_local_tasks(spec, node, want):
 
 
 def test_group_names_differ_by_step_node_and_arguments(tmp_path):
-    img = tmp_path / "img.sif"
-    img.write_bytes(b"x")
+    img = str(tmp_path / "img.sif")
+    (tmp_path / "img.sif").write_bytes(b"x")
     base = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURMD_NODENAME": "n1"}
-    a = share_group(["img.sif", "app"], base, "/tmp", str(img))
-    assert a is not None and a.name.startswith(b"\0shimrun/")
-    assert share_group(["img.sif", "app"], base, "/tmp", str(img)) == a
-    assert share_group(["img.sif", "app"], {**base, "SLURM_STEP_ID": "1"}, "/tmp", str(img)).name != a.name
-    assert share_group(["img.sif", "app"], {**base, "SLURMD_NODENAME": "n2"}, "/tmp", str(img)).name != a.name
-    assert share_group(["--fakeroot", "img.sif", "app"], base, "/tmp", str(img)).name != a.name
-    assert share_group(["img.sif", "app"], {**base, "SHIMRUN_SHARE": "0"}, "/tmp", str(img)) is None
+
+    def name(args, env):
+        return group_name(["shimrun", *args], "/tmp", env, 1001)
+
+    a = name([img, "app"], base)
+    assert a is not None and a.startswith(b"\0shimrun/1001/slurm-7.0@n1/")
+    assert name([img, "app"], base) == a
+    assert name([img, "app"], {**base, "SLURM_STEP_ID": "1"}) != a
+    assert name([img, "app"], {**base, "SLURMD_NODENAME": "n2"}) != a
+    assert name(["--fakeroot", img, "app"], base) != a
+    assert name([img, "app"], {**base, "SHIMRUN_BIND": "/x"}) != a
+    assert name([img, "app"], {**base, "UNRELATED": "1"}) == a
+    assert name([img, "app"], {**base, "SHIMRUN_SHARE": "0"}) is None
+    assert name([img, "app"], {}) is None  # outside Slurm: only when asked
 
 
 def test_joining_rank_needs_few_file_syscalls(shim, busybox_sif, user_dir):
@@ -95,20 +102,14 @@ def test_a_squatted_group_socket_gets_nothing(shim, user, busybox_sif):
     import socket
     import threading
 
-    from shim.launch.share import _SETTINGS_PREFIXES, group_key
-
     if os.getuid() != 0:
         pytest.skip("needs a second user (root) to squat the name")
     env = shim.env({"SHIMRUN_SHARE": "squat", "SECRET_TOKEN": "hunter2"})
     args = [str(busybox_sif), "echo", "ok"]
-    st = os.stat(busybox_sif)
-    scope = f"tag-squat@{socket.gethostname()}"
-    settings = sorted(f"{k}={v}" for k, v in env.items() if f"{k}=".startswith(_SETTINGS_PREFIXES))
-    key = group_key(["shim-share-v1", str(user.uid), scope, "/tmp", os.path.realpath(busybox_sif),
-                     f"{st.st_dev} {st.st_ino} {st.st_size} {st.st_mtime_ns}", "--args--", *args, "--env--",
-                     *settings])
+    name = group_name(["shimrun", *args], "/tmp", env, user.uid)
+    assert name is not None
     squatter = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    squatter.bind(f"\0shimrun/{user.uid}/{scope}/{key}".encode())
+    squatter.bind(name)
     squatter.listen(8)
     received: list[bytes] = []
 

@@ -125,6 +125,32 @@ def test_scancel_reaches_every_rank_and_nothing_remains(shim, slurm3, user, busy
     assert wait_until(lambda: nothing_left("scancel", user.uid, jobs), timeout=15), marked("scancel")
 
 
+def test_a_warm_step_runs_no_python_on_the_node(shim, slurm3, user, busybox_sif):
+    """The step's second run finds the launch record: no Python process at any time on the node;
+    the container's holder is the native front-end (one per node), besides squashfuse and the apps."""
+    if os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
+        pytest.skip("SHIMRUN_NO_RECORD_CACHE: every launch is planned")
+    args = ["-N", "1", "-n", "4", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", "sleep 1"]
+    r = slurm3.srun(args, user=user, env=env_for(shim, slurm3, "warm-step"), timeout=120)
+    assert r.returncode == 0, r.stderr + slurm3.logs()
+    proc = subprocess.Popen(["srun", *map(str, args)], env=env_for(shim, slurm3, "warm-step"), cwd="/tmp", text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user.uid, group=user.gid,
+                            extra_groups=[])
+    seen: Counter = Counter()
+    while_running: list[Counter] = []  # the processes besides srun's when all four apps run
+    while proc.poll() is None:
+        now = Counter(marked("warm-step").values())
+        seen.update(set(now))
+        if now["sleep"] == 4:
+            while_running.append(now)
+        time.sleep(0.02)
+    _out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert not [c for c in seen if c.startswith("python")], seen
+    assert while_running, seen
+    assert all(c["shimrun"] == 1 and c["squashfuse_ll"] == 1 for c in while_running), while_running
+
+
 def test_socket_job_parses_group_names():
     assert socket_job("@shimrun/1001/slurm-4711.0@n2/0123abcd") == "4711"
 

@@ -120,7 +120,7 @@ def test_crashed_run_is_cleaned_up():
                 f"s = slurm.LocalSlurm(1, base_dir={str(parent)!r}).start()\n"
                 "print(s.base, flush=True)\n"
                 "os._exit(0)\n")
-        r = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60,
+        r = subprocess.run([sys.executable, "-P", "-c", code], check=False, capture_output=True, text=True, timeout=60,
                            cwd=Path(__file__).parent, env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
         assert r.returncode == 0, r.stderr
         stale = Path(r.stdout.strip())

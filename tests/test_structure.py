@@ -18,8 +18,9 @@ from shim.knowledge.codes import registry
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "shim"
 # Lowest first: a module may import its own layer and the layers before it, never one after.
-LAYERS = [("errors", "model", "options"), ("knowledge", "cgen"), ("cachefiles", "image", "elf"), ("host", "expect"), ("site",),
-          ("diagnose",), ("plan",), ("report",), ("launch",), ("cli", "__main__", "__init__")]
+LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"), ("cachefiles", "image", "elf"),
+          ("host", "expect"), ("site",), ("diagnose",), ("plan",), ("report",), ("launch",), ("pipeline",),
+          ("cli", "__main__", "__init__")]
 
 
 def _layer(module: str) -> int:

@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             args = parser.parse_args(argv)
         except SystemExit as e:  # argparse already printed a usage line
             return 0 if e.code == 0 else 64
+        args.argv = list(argv)  # as given: part of a launch record's key
         return args.func(args)
     except ShimError as e:
         print(f"shimrun: error: {e}", file=sys.stderr)

@@ -14,7 +14,6 @@ checking an image against a node's facts captured elsewhere).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
@@ -22,43 +21,37 @@ from collections.abc import Mapping
 
 from shim.elf.rootpath import changed, recording
 from shim.model import Diagnostic
+from shim.record.format import ENV_HOW
 
-_FORMAT = 1
-JOB_VARIABLES = ("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
-                 "SLURM_CPUS_PER_TASK", "SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_MPI_TYPE", "SLURM_NTASKS",
-                 "PMI_FD", "PMIX_RANK")
+_FORMAT = 2
+# The job's environment variables the hardware check reads, and what of each: its value, or only
+# whether it is set to something (a new job step must not be a new check), or whether any
+# variable of that prefix is set. One list for the check's cache key and a launch record's inputs.
+JOB_VARIABLES: dict[str, int] = {
+    **dict.fromkeys(("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
+                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH"), ENV_HOW["VALUE"]),
+    **dict.fromkeys(("SLURM_JOB_ID", "SLURM_STEP_ID", "PMI_FD", "PMI_RANK", "PMIX_RANK"), ENV_HOW["NONEMPTY"]),
+    "PMIX_SERVER_URI": ENV_HOW["PREFIX"],
+}
 
 
 def host_root(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("SHIMRUN_HOST_ROOT") or "/"
 
 
-def _read(path: str, limit: int = 4096) -> str:
-    try:
-        with open(path, "rb") as f:
-            return f.read(limit).decode("utf-8", "replace")
-    except OSError:
-        return ""
+def job_inputs(environ: Mapping[str, str]) -> list:
+    from shim.record.snapshot import env_input
+
+    return [env_input(environ, name, how) for name, how in JOB_VARIABLES.items()]
 
 
-def host_fingerprint(root: str = "/") -> list[str]:
-    """Cheap signs of everything the host facts are made of (a few dozen syscalls)."""
-    under = root.rstrip("/")
-    parts = [_read(f"{under}/proc/driver/nvidia/version", 256),
-             " ".join(sorted(os.path.basename(p) for p in glob.glob(f"{under}/dev/nvidia*"))),
-             " ".join(sorted(os.listdir(f"{under}/proc/sys/fs/binfmt_misc")))
-             if os.path.isdir(f"{under}/proc/sys/fs/binfmt_misc") else "",
-             _read(f"{under}/proc/self/cgroup", 1024), _read(f"{under}/sys/fs/cgroup/cpu.max", 64)]
-    for port in sorted(glob.glob(f"{under}/sys/class/infiniband/*/ports/*/state")):
-        parts.append(f"{port}={_read(port, 64).strip()}")
-    for entry in sorted(glob.glob(f"{under}/proc/sys/fs/binfmt_misc/qemu-*")):
-        parts.append(_read(entry, 64).split("\n", 1)[0])
-    if root == "/":
-        parts.append(f"cpus={len(os.sched_getaffinity(0))}/{os.cpu_count()}")
-    else:
-        parts += [_read(f"{under}/proc/self/status", 8192), _read(f"{under}/proc/cpuinfo", 1 << 16),
-                  _read(f"{under}/sys/devices/system/cpu/online", 64)]
-    return parts
+def host_fingerprint(root: str = "/") -> list:
+    """Cheap signs of everything the host facts are made of (shim.host.fingerprint)."""
+    from dataclasses import astuple
+
+    from shim.host.fingerprint import host_inputs
+
+    return [repr(astuple(i)) for i in host_inputs(root)]
 
 
 def _cache_path(key: str) -> str | None:
@@ -72,14 +65,15 @@ def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root
     from shim.cachefiles import file_identity
 
     doc = [_FORMAT, __version__, [os.path.realpath(image_path), file_identity(image_path)], app or "", root,
-           [environ.get(v, "\0") for v in JOB_VARIABLES],
+           [repr(i) for i in job_inputs(environ)],
            host_fingerprint(root)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]
 
 
-def cached(key: str, image_dir: str = "") -> list[Diagnostic] | None:
-    """The stored diagnostics; for a directory image (`image_dir`) only while every path the
-    check read inside it is unchanged (a removed .shim/requires, a replaced library)."""
+def cached(key: str, image_dir: str = "") -> tuple[list[Diagnostic], dict] | None:
+    """The stored diagnostics and what the check read inside a directory image ({relative path:
+    identity}); for a directory image (`image_dir`) only while every one of those paths is
+    unchanged (a removed .shim/requires, a replaced library)."""
     from shim.cachefiles import read_trusted
 
     try:
@@ -92,7 +86,7 @@ def cached(key: str, image_dir: str = "") -> list[Diagnostic] | None:
         reads = doc.get("reads") or {}
         if reads and (not image_dir or changed({image_dir: reads})):
             return None
-        return [Diagnostic(**d) for d in doc["diagnostics"]]
+        return [Diagnostic(**d) for d in doc["diagnostics"]], reads
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
 

@@ -116,48 +116,14 @@ def _node_and_allowed(host_root: str, pid: int) -> tuple[int, int]:
     return node, allowed
 
 
-def _quota_v2(text: str | None) -> float | None:
-    """cpu.max "QUOTA PERIOD" in CPUs; "max ..." (or nothing) is unlimited."""
-    parts = (text or "").split()
-    try:
-        return int(parts[0]) / int(parts[1]) if len(parts) == 2 and parts[0] != "max" else None
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _quota_v1(quota: str | None, period: str | None) -> float | None:
-    try:
-        q, p = int((quota or "").strip()), int((period or "").strip())
-    except ValueError:
-        return None
-    return q / p if q > 0 and p > 0 else None
-
-
-def _ancestors(path: str) -> list[str]:
-    """A cgroup path and its parents up to the root: a limit anywhere above applies too."""
-    parts = [p for p in path.split("/") if p and p != ".."]
-    return ["/".join(parts[:i]) for i in range(len(parts), -1, -1)]
-
-
 def _cgroup_quota(host_root: str, pid: int) -> float | None:
-    fs = os.path.join(host_root, "sys/fs/cgroup")
-    quotas: list[float] = []
-    for line in (_read(os.path.join(host_root, _proc(pid), "cgroup")) or "").splitlines():
-        hier, _, rest = line.partition(":")
-        controllers, _, path = rest.partition(":")
-        if hier == "0" and controllers == "":   # cgroup v2 (unified; "unified/" on hybrid hosts)
-            for mount in (fs, os.path.join(fs, "unified")):
-                quotas += [q for a in _ancestors(path)
-                           if (q := _quota_v2(_read(os.path.join(mount, a, "cpu.max"), 256))) is not None]
-        elif "cpu" in controllers.split(","):   # cgroup v1 CFS bandwidth
-            for mount in dict.fromkeys((os.path.join(fs, controllers), os.path.join(fs, "cpu"))):
-                for a in _ancestors(path):
-                    d = os.path.join(mount, a)
-                    q = _quota_v1(_read(os.path.join(d, "cpu.cfs_quota_us"), 64),
-                                  _read(os.path.join(d, "cpu.cfs_period_us"), 64))
-                    if q is not None:
-                        quotas.append(q)
-    return min(quotas) if quotas else None
+    """The strictest cgroup CPU quota (v2 cpu.max, v1 CFS bandwidth) of `pid` and its ancestor
+    cgroups, in CPUs; None when unlimited. Read by the C core (csrc/cgroup.c), which checks the
+    same quota when it revalidates a launch record."""
+    from shim import native
+
+    text = native.cgroup_quota(host_root, pid)
+    return float(text) if text else None
 
 
 def cpu_allowance(host_root: str = "/", pid: int = 0) -> CpuAllowance:

@@ -9,12 +9,10 @@ import os
 from dataclasses import dataclass
 
 from shim.errors import UsageError
+from shim.record.format import BIND
 
-# Flag values shared with the C core (csrc/shim_core.h).
-RO = 1
-OPTIONAL = 2
-KEEPDEV = 4
-IFDST = 8
+# The flags the C core takes (one definition: shim/record/format.py).
+RO, OPTIONAL, KEEPDEV, IFDST = BIND["RO"], BIND["OPTIONAL"], BIND["KEEPDEV"], BIND["IFDST"]
 
 
 @dataclass(frozen=True)

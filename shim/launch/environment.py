@@ -27,7 +27,11 @@ all_proxy, no_proxy, each also in upper case) pass, and LANG=C is set (it can be
 Slurm and PMI variables (SLURM_*, PMI_*, PMIX_*) always pass, even with --cleanenv: MPI in the
 container finds its rank and the process manager through them.
 
-How it runs: when the image has no /.singularity.d/env, the app is exec'd with `direct`.
+How it runs: the planner turns these rules into a launch record's environment rules (which host
+variables pass, then ordered set/prepend/append/unset operations); the C executor applies them to
+each launch's own host environment (csrc/envcompose.c), so a launch from a cached record, a
+freshly planned one and a rank joining a shared container get the same environment. `compose`
+below asks the same C code. When the image has no /.singularity.d/env, the app is exec'd with `direct`.
 Otherwise the image's /bin/sh runs `action_script` with `base` as its environment; the script
 sets the host variables aside, sources the image's scripts in lexical order, restores the host
 value of each variable the scripts left unset, then applies the profiles' edits, the overrides
@@ -50,6 +54,8 @@ from dataclasses import dataclass, field
 from shim.elf.rootpath import DEFAULT_PATH
 from shim.errors import UsageError
 from shim.model import EnvEdit
+from shim.record.format import ENV_OP, ENV_PASS, ENV_TARGET
+from shim.record.model import EnvOp, EnvRules
 
 HOSTVARS = "SHIMRUN_HOSTVARS"  # private: names of the host variables, for the action script
 
@@ -74,6 +80,7 @@ class EnvOptions:
     image_path: str = ""  # for SHIMRUN_CONTAINER / SHIMRUN_NAME
     extra: Mapping[str, str] = field(default_factory=dict)  # variables the runtime itself adds
     edits: tuple[EnvEdit, ...] = ()  # the profiles' [env], in profile order
+    pwd: str = ""  # PWD as the app sees it (passes like a host variable)
 
 
 @dataclass(frozen=True)
@@ -122,16 +129,6 @@ def _passes(name: str, cleanenv: bool) -> bool:
     return not cleanenv or name in _CLEANENV_KEEP
 
 
-def _edit_path(path: str, overrides: Mapping[str, str]) -> str:
-    # Empty values are ignored, as Apptainer's runtime_vars.sh does.
-    path = overrides.get("PATH") or path
-    if overrides.get("PREPEND_PATH"):
-        path = f"{overrides['PREPEND_PATH']}:{path}"
-    if overrides.get("APPEND_PATH"):
-        path = f"{path}:{overrides['APPEND_PATH']}"
-    return path
-
-
 # {env_dir}, {default_path} and {tail} are filled in. Notes:
 # - PATH starts unset (the shell would invent one) so that the image's scripts see what they
 #   see under Apptainer; 90-environment.sh gets the default PATH if nothing set one before it.
@@ -165,18 +162,6 @@ exec "$@"
 """
 
 
-def _apply_edits(env: dict[str, str], edits: tuple[EnvEdit, ...]) -> None:
-    for e in edits:
-        if e.op == "set":
-            env[e.name] = e.value
-        elif e.op == "prepend":
-            env[e.name] = f"{e.value}:{env[e.name]}" if env.get(e.name) else e.value
-        elif e.op == "append":
-            env[e.name] = f"{env[e.name]}:{e.value}" if env.get(e.name) else e.value
-        elif e.op == "unset":
-            env.pop(e.name, None)
-
-
 def _edit_lines(edits: tuple[EnvEdit, ...]) -> list[str]:
     """The same edits in sh (names are identifiers, checked when the profile was loaded)."""
     out = []
@@ -203,26 +188,72 @@ def _script(env_dir: str, overrides: Mapping[str, str], home: str, edits: tuple[
                           default_dirs=" ".join(DEFAULT_PATH.split(":")), tail="".join(tail))
 
 
-def compose(host_env: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.singularity.d/env") -> LaunchEnv:
-    """The environment for both launch paths; raises UsageError for a bad or refused override."""
-    overrides = _overrides(host_env, opts.env_pairs)
+_SET, _PREPEND, _APPEND, _UNSET = ENV_OP["SET"], ENV_OP["PREPEND"], ENV_OP["APPEND"], ENV_OP["UNSET"]
+_EDIT_OPS = {"set": _SET, "prepend": _PREPEND, "append": _APPEND, "unset": _UNSET}
+HOST_T, DIRECT_T, BASE_T = ENV_TARGET["HOST"], ENV_TARGET["DIRECT"], ENV_TARGET["BASE"]
+
+
+def _pass_rules(cleanenv: bool) -> tuple[tuple[int, str], ...]:
+    rules = [(ENV_PASS["ALWAYS_PREFIX"], p) for p in _ALWAYS_PREFIXES]
+    rules += [(ENV_PASS["BLOCKED"], n) for n in sorted(_BLOCKED)]
+    rules += [(ENV_PASS["BLOCKED_PREFIX"], p) for p in _BLOCKED_PREFIXES]
+    rules += [(ENV_PASS["CLEANENV_KEEP"], n) for n in sorted(_CLEANENV_KEEP)]
+    rules += [(ENV_PASS["SHELL_OWNED"], n) for n in sorted(_SHELL_OWNED)]
+    if cleanenv:
+        rules.append((ENV_PASS["CLEANENV"], ""))
+    return tuple(rules)
+
+
+def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.singularity.d/env") -> EnvRules:
+    """The rules for both launch paths; raises UsageError for a bad or refused override.
+    `settings`: the host variables the overrides come from (SHIMRUNENV_*, APPTAINERENV_*,
+    SINGULARITYENV_*: the runtime's own settings, part of a record's key)."""
+    overrides = _overrides(settings, opts.env_pairs)
     defaults = {"HOME": opts.home}
     if opts.image_path:
         defaults["SHIMRUN_CONTAINER"] = opts.image_path
         defaults["SHIMRUN_NAME"] = os.path.basename(opts.image_path)
     defaults.update(opts.extra)
-    host = {k: v for k, v in host_env.items() if _passes(k, opts.cleanenv)}
+    ops: list[EnvOp] = []
+    if opts.pwd and _passes("PWD", opts.cleanenv):
+        ops.append(EnvOp(HOST_T, _SET, "PWD", opts.pwd))
     if opts.cleanenv:
         # Apptainer sets it in the process env: it ranks with the host variables.
-        host.setdefault("LANG", "C")
+        ops.append(EnvOp(HOST_T, ENV_OP["SET_DEFAULT"], "LANG", "C"))
+    # direct: defaults < host < the profiles' edits < overrides; PATH edits; HOME.
+    ops.append(EnvOp(DIRECT_T, _SET, "PATH", DEFAULT_PATH))
+    ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in defaults.items()]
+    ops.append(EnvOp(DIRECT_T, ENV_OP["HOST"]))
+    ops += [EnvOp(DIRECT_T, _EDIT_OPS[e.op], e.name, e.value) for e in opts.edits]
+    ops.append(EnvOp(DIRECT_T, ENV_OP["SET_DEFAULT"], "PATH", DEFAULT_PATH))
+    ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in overrides.items() if k not in _PATH_EDITS]
+    # Empty values are ignored, as Apptainer's runtime_vars.sh does.
+    if overrides.get("PATH"):
+        ops.append(EnvOp(DIRECT_T, _SET, "PATH", overrides["PATH"]))
+    if overrides.get("PREPEND_PATH"):
+        ops.append(EnvOp(DIRECT_T, _PREPEND, "PATH", overrides["PREPEND_PATH"]))
+    if overrides.get("APPEND_PATH"):
+        ops.append(EnvOp(DIRECT_T, _APPEND, "PATH", overrides["APPEND_PATH"]))
+    ops.append(EnvOp(DIRECT_T, _SET, "HOME", opts.home))
+    # base (for /bin/sh and the action script): defaults < host, HOME, the host variables' names.
+    ops += [EnvOp(BASE_T, _SET, k, v) for k, v in defaults.items()]
+    ops += [EnvOp(BASE_T, ENV_OP["HOST"]), EnvOp(BASE_T, _SET, "HOME", opts.home),
+            EnvOp(BASE_T, ENV_OP["HOST_NAMES"], HOSTVARS)]
+    return EnvRules(_pass_rules(opts.cleanenv), tuple(ops), _script(env_dir, overrides, opts.home, opts.edits),
+                    env_dir)
 
-    direct = {"PATH": DEFAULT_PATH, **defaults, **host}
-    _apply_edits(direct, opts.edits)
-    direct.setdefault("PATH", DEFAULT_PATH)
-    direct.update((k, v) for k, v in overrides.items() if k not in _PATH_EDITS)
-    direct["PATH"] = _edit_path(direct["PATH"], overrides)
-    direct["HOME"] = opts.home
 
-    base = {**defaults, **host, "HOME": opts.home}
-    base[HOSTVARS] = " ".join(k for k in host if _NAME.match(k) and k not in _SHELL_OWNED)
-    return LaunchEnv(direct=direct, base=base, action_script=_script(env_dir, overrides, opts.home, opts.edits))
+def environment(rules: EnvRules, host_env: Mapping[str, str]) -> LaunchEnv:
+    """What the rules give for this host environment (computed by the C executor's code)."""
+    from shim import native
+    from shim.record.encode import env_only
+
+    record = env_only(native.build_id(), rules)
+    return LaunchEnv(direct=native.record_env(record, host_env, DIRECT_T),
+                     base=native.record_env(record, host_env, BASE_T), action_script=rules.action_script)
+
+
+def compose(host_env: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.singularity.d/env") -> LaunchEnv:
+    """The environment for `host_env` (its overrides included); raises UsageError for a bad or
+    refused override."""
+    return environment(env_rules(host_env, opts, env_dir), host_env)

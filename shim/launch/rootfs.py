@@ -97,7 +97,7 @@ def _remove_stale_partials(rootfs_dir: str) -> None:
 
 
 def _unsquashfs(image: ImageRef, dest: str) -> None:
-    from shim import _core
+    from shim import native
 
     exe = shutil.which("unsquashfs")
     if exe is None:
@@ -109,11 +109,15 @@ def _unsquashfs(image: ImageRef, dest: str) -> None:
     cmd = [exe, "-n", "-no-xattrs", "-o", str(image.offset), "-d", dest, "-r", image.path,
            r"^([^d].*|d[^e].*|de[^v].*|dev.+|de|d)$"]
     proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          preexec_fn=_core.lib.shim_die_with_parent)
+                          preexec_fn=native.die_with_parent)
     if proc.returncode != 0:
         last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise ShimError(ExitCode.IMAGE, f"extracting {image.path} with unsquashfs failed: {last}",
                         "check free space in " + os.path.dirname(dest))
+
+
+def _reuse_line(reason: str, final: str) -> str:
+    return f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}"
 
 
 def extracted_rootfs(image: ImageRef, reason: str, quiet: bool = False) -> str:
@@ -129,8 +133,7 @@ def extracted_rootfs(image: ImageRef, reason: str, quiet: bool = False) -> str:
                         f"remove {final}, and keep {rootfs_dir} private (mode 0700)")
     if os.path.isdir(final):
         if not quiet:
-            print(f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}",
-                  file=sys.stderr)
+            print(_reuse_line(reason, final), file=sys.stderr)
         return final
     partial = f"{final}.partial.{os.getpid()}"
     start = time.monotonic()
@@ -151,11 +154,14 @@ def extracted_rootfs(image: ImageRef, reason: str, quiet: bool = False) -> str:
     return final
 
 
-def choose_rootfs(image: ImageRef, quiet: bool = False) -> RootfsSource:
+def choose_rootfs(image: ImageRef, quiet: bool = False) -> tuple[RootfsSource, tuple[str, ...]]:
+    """Where the root comes from, and the lines a later launch of it prints (they are printed
+    now, as it is chosen)."""
     if image.kind == "dir":
-        return RootfsSource("dir", image.path)
+        return RootfsSource("dir", image.path), ()
     problem = fuse_problem()
     if problem is None:
         exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
-        return RootfsSource("squashfs", image.path, image.offset, exe)
-    return RootfsSource("dir", extracted_rootfs(image, problem, quiet))
+        return RootfsSource("squashfs", image.path, image.offset, exe), ()
+    final = extracted_rootfs(image, problem, quiet)
+    return RootfsSource("dir", final), (() if quiet else (_reuse_line(problem, final),))

@@ -1,0 +1,205 @@
+/* Running a launch record: everything after planning, for a single launch and for the leader of
+ * a node's shared container. The record says what to print (its diagnostics, rendered by the
+ * planner), whether the app may start (a refusal), and the launch; each launch adds its own
+ * arguments, environment and working directory. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "core.h"
+
+static int fail(struct shim_result *res, int code, const char *message)
+{
+    res->code = code;
+    snprintf(res->message, sizeof res->message, "%s", message);
+    return code;
+}
+
+static void quiet_stdio(void)
+{
+    /* Do not hold the step's output open (srun waits for it to close). */
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC), fd;
+    for (fd = 0; devnull >= 0 && fd < 3; fd++)
+        dup2(devnull, fd);
+}
+
+/* The refusal the step's other ranks get when the node's container is not started. */
+static void refuse_others(int listen_fd, int code, const char *why, char *const *environ)
+{
+    char message[2300];
+    int expected = shim_local_tasks(environ);
+    pid_t pid;
+
+    snprintf(message, sizeof message, "the node's container was not started: %s (the node's first rank printed why)",
+             why);
+    fflush(NULL);
+    if ((pid = fork()) == 0) {
+        if (fork() == 0) {
+            quiet_stdio();
+            shim_refuse_all(listen_fd, code, message, expected > 1 ? expected - 1 : 0, SHIM_LINGER_MS);
+            _exit(0);
+        }
+        _exit(0);
+    }
+    if (pid > 0)
+        waitpid(pid, NULL, 0);
+    close(listen_fd);
+}
+
+/* Fork the holder (twice: it must not be a child of this rank's app, which may wait for all of
+ * its children, as mpiexec does, while the holder waits for it), wait until it serves or says
+ * why it cannot, then join it like any rank. */
+static int lead(const struct shim_rec *r, const struct shim_config *cfg, const struct shim_run *run,
+                struct shim_result *res)
+{
+    struct sockaddr_un addr;
+    socklen_t alen = sizeof addr;
+    char answer[2200];
+    size_t got = 0;
+    ssize_t n;
+    int pipefd[2], fd, rc;
+    pid_t pid;
+
+    if (getsockname(run->listen_fd, (struct sockaddr *)&addr, &alen) == -1 || pipe2(pipefd, O_CLOEXEC) == -1)
+        return fail(res, SHIM_E_LAUNCH, "set up the node's shared container: no socket");
+    fflush(NULL);
+    pid = fork();
+    if (pid == -1)
+        return fail(res, SHIM_E_LAUNCH, "fork the node's container holder");
+    if (pid == 0) {
+        struct shim_serve s = {run->listen_fd, -1, -1, shim_local_tasks(run->environ), SHIM_LINGER_MS, r};
+        struct shim_result hres;
+        if (fork())
+            _exit(0);
+        close(pipefd[0]);
+        if ((rc = shim_hold_setup(cfg, &hres, &s.userns, &s.mntns)) == 0) {
+            (void)!write(pipefd[1], "ok", 2);
+            close(pipefd[1]);
+            quiet_stdio();
+            shim_serve(&s);
+            _exit(0);
+        }
+        n = snprintf(answer, sizeof answer, "E%d", rc);
+        (void)!write(pipefd[1], answer, (size_t)n + 1);
+        (void)!write(pipefd[1], hres.message, strlen(hres.message));
+        close(pipefd[1]);
+        quiet_stdio();
+        refuse_others(run->listen_fd, rc, hres.message, run->environ);
+        _exit(rc);
+    }
+    close(pipefd[1]);
+    close(run->listen_fd);
+    waitpid(pid, NULL, 0); /* the middle process, gone at once */
+    while (got < sizeof answer - 1 && (n = read(pipefd[0], answer + got, sizeof answer - 1 - got)) != 0) {
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0)
+            break;
+        got += (size_t)n;
+    }
+    close(pipefd[0]);
+    answer[got] = '\0';
+    if (got != 2 || memcmp(answer, "ok", 2)) {
+        int code = got > 1 && answer[0] == 'E' ? atoi(answer + 1) : SHIM_E_LAUNCH;
+        size_t head = strlen(answer) + 1;
+        return fail(res, code ? code : SHIM_E_LAUNCH,
+                    head < got ? answer + head : "the node's container could not be set up");
+    }
+    shim_debug("holding the node's shared container");
+    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd == -1 || connect(fd, (struct sockaddr *)&addr, alen) == -1)
+        return fail(res, SHIM_E_LAUNCH, "the node's shared container went away before this rank joined it");
+    rc = shim_share_join_fd(fd, run->argc, run->argv, run->cwd, run->environ, res);
+    if (rc == -2)
+        return fail(res, SHIM_E_LAUNCH, "the node's shared container went away before this rank joined it (run "
+                    "again; SHIMRUN_SHARE=0 runs a container per process)");
+    return rc;
+}
+
+/* As rendered; in a job step (a node's shared container, or the step's only task on this node)
+ * only the node's leading rank prints them, each line prefixed with the node
+ * ("shimrun: [n1] warning: ..."). */
+static void print_diagnostics(const char *text, const struct shim_run *run)
+{
+    static const char head[] = "shimrun: ";
+    char node[256], group[108];
+    const char *line, *end;
+
+    if (run->listen_fd < 0 && shim_group_name(run, (unsigned)getuid(), group, sizeof group) < 0) {
+        fputs(text, stderr);
+        return;
+    }
+    shim_node_name(run->environ, node, sizeof node);
+    for (line = text; *line; line = end) {
+        end = strchrnul(line, '\n');
+        if (*end)
+            end++;
+        if (!strncmp(line, head, sizeof head - 1))
+            fprintf(stderr, "%s[%s] %.*s", head, node, (int)(end - line - (sizeof head - 1)), line + sizeof head - 1);
+        else
+            fprintf(stderr, "%.*s", (int)(end - line), line);
+    }
+}
+
+int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res)
+{
+    struct shim_config cfg = r->cfg;
+    const char **argv;
+    char **direct, **script;
+    int i, n, code;
+
+    shim_debug_on = r->cfg.debug;
+    for (i = 0; run->from_cache && i < r->nnotices; i++)
+        fprintf(stderr, "%s\n", r->notices[i]);
+    if (r->diagnostics)
+        print_diagnostics(r->diagnostics, run);
+    if (r->refuse) {
+        if (run->listen_fd >= 0)
+            refuse_others(run->listen_fd, r->refuse_code, r->refuse, run->environ);
+        return fail(res, r->refuse_code, r->refuse);
+    }
+    if (run->listen_fd >= 0)
+        return lead(r, &cfg, run, res);
+    n = run->argc - run->image - 1;
+    if (!(argv = calloc((size_t)n + 1, sizeof *argv)))
+        return fail(res, SHIM_E_LAUNCH, "out of memory");
+    argv[0] = r->command;
+    for (i = 1; i < n; i++)
+        argv[i] = run->argv[run->image + 1 + i];
+    direct = shim_env_compose(r, run->environ, SHIM_ENV_DIRECT);
+    script = shim_env_compose(r, run->environ, SHIM_ENV_BASE);
+    if (!direct || !script)
+        return fail(res, SHIM_E_LAUNCH, "out of memory");
+    cfg.argv = argv;
+    cfg.envp_direct = (const char *const *)direct;
+    cfg.envp_script = (const char *const *)script;
+    cfg.cwd = r->cfg.cwd[0] ? r->cfg.cwd : run->cwd;
+    fflush(NULL);
+    code = shim_launch(&cfg, res);
+    free(argv);
+    free(direct);
+    free(script);
+    return code;
+}
+
+int shim_record_prepare(const char *data, size_t len, struct shim_result *res)
+{
+    struct shim_rec r;
+    int code;
+
+    if (shim_rec_parse(data, len, &r, res->message, sizeof res->message))
+        return res->code = SHIM_E_INTERNAL;
+    if (!shim_rec_complete(&r, res->message, sizeof res->message)) {
+        shim_rec_free(&r);
+        return res->code = SHIM_E_INTERNAL;
+    }
+    code = shim_prepare(&r.cfg, res);
+    shim_rec_free(&r);
+    return code;
+}

@@ -1,0 +1,198 @@
+/* Does everything a record was derived from still hold? Each input is checked the cheapest way
+ * that is exact for it: a file by stat(2) (the parts of its identity the planner asked for), a
+ * /proc or /sys file by its content (their times say nothing), a directory listing by glob(3),
+ * an environment variable by value or presence, the CPUs by sched_getaffinity and the cgroup
+ * quota. Nothing is trusted that a record merely claims: a malformed input is a change. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <glob.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core.h"
+#include "rd.h"
+
+static int file_holds(struct rd *d, char *why, size_t whylen)
+{
+    unsigned check = (unsigned)rd_int(d, 4), mode = (unsigned)rd_int(d, 4);
+    uint64_t dev = rd_int(d, 8), ino = rd_int(d, 8), size = rd_int(d, 8);
+    int64_t mtime = (int64_t)rd_int(d, 8);
+    const char *path = rd_str(d);
+    struct stat st;
+    int rc;
+
+    if (d->bad || d->p != d->end)
+        return 0;
+    rc = (check & SHIM_CHECK_FOLLOW) ? stat(path, &st) : lstat(path, &st);
+    if (mode == 0) {
+        if (rc == 0 || (errno != ENOENT && errno != ENOTDIR)) {
+            snprintf(why, whylen, "%s appeared", path);
+            return 0;
+        }
+        return 1;
+    }
+    if (rc == -1) {
+        snprintf(why, whylen, "%s is gone", path);
+        return 0;
+    }
+    if (((check & SHIM_CHECK_TYPE) && (st.st_mode & S_IFMT) != (mode & S_IFMT))
+        || ((check & SHIM_CHECK_MODE) && (st.st_mode & 07777) != (mode & 07777))
+        || ((check & SHIM_CHECK_ID) && ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino))
+        || ((check & SHIM_CHECK_SIZE) && (uint64_t)st.st_size != size)
+        || ((check & SHIM_CHECK_MTIME) && (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != mtime)) {
+        snprintf(why, whylen, "%s changed", path);
+        return 0;
+    }
+    return 1;
+}
+
+static int content_holds(struct rd *d, char *buf, char *why, size_t whylen)
+{
+    int present = (int)rd_int(d, 1);
+    const char *path = rd_str(d);
+    size_t want = (size_t)(d->end - d->p), got = 0;
+    ssize_t n;
+    int fd;
+
+    if (d->bad || want > SHIM_CONTENT_MAX)
+        return 0;
+    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        if (present)
+            snprintf(why, whylen, "%s is gone", path);
+        else
+            return 1;
+        return 0;
+    }
+    while (got <= want && (n = read(fd, buf + got, SHIM_CONTENT_MAX + 1 - got)) > 0)
+        got += (size_t)n;
+    close(fd);
+    if (!present || got != want || memcmp(buf, d->p, want)) {
+        snprintf(why, whylen, "%s changed", path);
+        return 0;
+    }
+    return 1;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* The sorted matches of a pattern as NUL-terminated names one after the other. */
+int shim_glob(const char *pattern, char *out, size_t outlen)
+{
+    glob_t g;
+    size_t i, used = 0;
+    int rc = glob(pattern, GLOB_NOSORT, NULL, &g);
+
+    if (rc == GLOB_NOMATCH || rc == GLOB_ABORTED)
+        return 0;
+    if (rc)
+        return -1;
+    qsort(g.gl_pathv, g.gl_pathc, sizeof *g.gl_pathv, cmp_str);
+    for (i = 0; i < g.gl_pathc; i++) {
+        size_t n = strlen(g.gl_pathv[i]) + 1;
+        if (used + n > outlen) {
+            globfree(&g);
+            return -1;
+        }
+        memcpy(out + used, g.gl_pathv[i], n);
+        used += n;
+    }
+    globfree(&g);
+    return (int)used;
+}
+
+static int glob_holds(struct rd *d, char *buf, char *why, size_t whylen)
+{
+    const char *pattern = rd_str(d);
+    size_t want = (size_t)(d->end - d->p);
+    int got;
+
+    if (d->bad)
+        return 0;
+    got = shim_glob(pattern, buf, SHIM_CONTENT_MAX);
+    if (got < 0 || (size_t)got != want || memcmp(buf, d->p, want)) {
+        snprintf(why, whylen, "what %s matches changed", pattern);
+        return 0;
+    }
+    return 1;
+}
+
+static int env_holds(struct rd *d, char *const *environ, char *why, size_t whylen)
+{
+    int how = (int)rd_int(d, 1), expect = (int)rd_int(d, 1), now = 0;
+    const char *name = rd_str(d), *value = rd_str(d), *v;
+    size_t n = strlen(name);
+    char *const *e;
+
+    if (d->bad || d->p != d->end)
+        return 0;
+    switch (how) {
+    case SHIM_ENVHOW_VALUE:
+        v = shim_env_get(environ, name);
+        now = expect ? v && !strcmp(v, value) : !v;
+        break;
+    case SHIM_ENVHOW_NONEMPTY:
+        v = shim_env_get(environ, name);
+        now = (v && *v) == expect;
+        break;
+    case SHIM_ENVHOW_PREFIX:
+        for (e = environ; e && *e && !now; e++)
+            now = !strncmp(*e, name, n) && strchr(*e, '=');
+        now = now == expect;
+        break;
+    default: return 0;
+    }
+    if (!now)
+        snprintf(why, whylen, "the environment variable %s%s changed", name, how == SHIM_ENVHOW_PREFIX ? "*" : "");
+    return now;
+}
+
+static int cpus_holds(struct rd *d, char *why, size_t whylen)
+{
+    unsigned allowed = (unsigned)rd_int(d, 4);
+    const char *root = rd_str(d), *quota = rd_str(d);
+    char now[64];
+    cpu_set_t set;
+
+    if (d->bad || d->p != d->end)
+        return 0;
+    if (allowed && (sched_getaffinity(0, sizeof set, &set) == -1 || (unsigned)CPU_COUNT(&set) != allowed)) {
+        snprintf(why, whylen, "the CPUs this job may use changed");
+        return 0;
+    }
+    shim_cgroup_quota(root, 0, now, sizeof now);
+    if (strcmp(now, quota)) {
+        snprintf(why, whylen, "the cgroup CPU quota changed");
+        return 0;
+    }
+    return 1;
+}
+
+int shim_inputs_hold(const struct shim_rec *r, char *const *environ, char *why, size_t whylen)
+{
+    char *buf = NULL;
+    int i, ok = 1;
+
+    for (i = 0; i < r->ninputs && ok; i++) {
+        const struct shim_field *f = &r->inputs[i];
+        struct rd d = {f->p, f->p + f->len, 0};
+        snprintf(why, whylen, "a malformed input");
+        if ((f->tag == SHIM_R_INPUT_CONTENT || f->tag == SHIM_R_INPUT_GLOB) && !buf
+            && !(buf = malloc(SHIM_CONTENT_MAX + 1)))
+            return 0;
+        switch (f->tag) {
+        case SHIM_R_INPUT_FILE: ok = file_holds(&d, why, whylen); break;
+        case SHIM_R_INPUT_CONTENT: ok = content_holds(&d, buf, why, whylen); break;
+        case SHIM_R_INPUT_GLOB: ok = glob_holds(&d, buf, why, whylen); break;
+        case SHIM_R_INPUT_ENV: ok = env_holds(&d, environ, why, whylen); break;
+        case SHIM_R_INPUT_CPUS: ok = cpus_holds(&d, why, whylen); break;
+        default: ok = 0;
+        }
+    }
+    free(buf);
+    return ok;
+}

@@ -1,0 +1,23 @@
+"""What a launch is asked to do: the command line, parsed, and where it was given."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    args: argparse.Namespace      # shimrun's options, IMAGE and COMMAND (shim/options.py)
+    argv: tuple[str, ...]         # shimrun's arguments as given (argv[1:])
+    cwd: str
+    environ: Mapping[str, str]    # the job's environment, the front-end's hand-over removed
+    dry_run: bool = False         # print the plan instead of launching (`check`, --dry-run)
+    as_json: bool = False
+    listen_fd: int | None = None  # the node's group socket, when the front-end made this rank its leader
+    frontend: str = ""            # the native front-end's flags: it ran (and held the election) first
+
+    @property
+    def command(self) -> list[str]:
+        return list(getattr(self.args, "command", None) or [])

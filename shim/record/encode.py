@@ -1,0 +1,82 @@
+"""Launch records as bytes (shim/record/format.py; docs/launch-record.md)."""
+
+from __future__ import annotations
+
+import struct
+
+from shim.record.format import ENV_TARGET, MAGIC, TAGS
+from shim.record.model import (
+    ContentInput,
+    CpusInput,
+    EnvInput,
+    EnvRules,
+    FileInput,
+    GlobInput,
+    Input,
+    LaunchRecord,
+)
+
+
+def _s(text: str) -> bytes:
+    raw = text.encode("utf-8", "surrogateescape")
+    if b"\0" in raw:
+        raise ValueError(f"a NUL in a launch record string: {text!r}")
+    return raw + b"\0"
+
+
+def _u32(n: int) -> bytes:
+    return struct.pack("<I", n)
+
+
+def _f(name: str, payload: bytes) -> bytes:
+    return struct.pack("<HI", TAGS[name][0], len(payload)) + payload
+
+
+def _input(i: Input) -> bytes:
+    if isinstance(i, FileInput):
+        return _f("INPUT_FILE", struct.pack("<IIQQQq", i.check, i.mode, i.dev, i.ino, i.size, i.mtime_ns) + _s(i.path))
+    if isinstance(i, ContentInput):
+        return _f("INPUT_CONTENT", bytes([i.data is not None]) + _s(i.path) + (i.data or b""))
+    if isinstance(i, GlobInput):
+        return _f("INPUT_GLOB", _s(i.pattern) + b"".join(_s(n) for n in i.names))
+    if isinstance(i, EnvInput):
+        return _f("INPUT_ENV", bytes([i.how, int(i.expect)]) + _s(i.name) + _s(i.value))
+    if isinstance(i, CpusInput):
+        return _f("INPUT_CPUS", _u32(i.allowed) + _s(i.host_root) + _s(i.quota))
+    raise TypeError(i)
+
+
+def env_fields(rules: EnvRules) -> bytes:
+    out = [_f("ENV_PASS", bytes([rule]) + _s(text)) for rule, text in rules.passing]
+    out += [_f("ENV_OP", bytes([o.target, o.op]) + _s(o.name) + _s(o.value)) for o in rules.ops]
+    if rules.action_script:
+        out.append(_f("ACTION_SCRIPT", _s(rules.action_script)))
+    out.append(_f("ENV_DIR", _s(rules.env_dir)))
+    return b"".join(out)
+
+
+def env_only(version: str, rules: EnvRules) -> bytes:
+    """A record with only the environment rules: for composing an environment (shim.native)."""
+    return MAGIC + _f("VERSION", _s(version)) + env_fields(rules)
+
+
+def encode(r: LaunchRecord) -> bytes:
+    out = [MAGIC, _f("VERSION", _s(r.version)), _f("KEY", _s(r.key))]
+    out += [_input(i) for i in r.inputs]
+    out += [_f("IMAGE_KIND", _u32(r.image.kind)), _f("IMAGE_PATH", _s(r.image.path)),
+            _f("IMAGE_OFFSET", struct.pack("<Q", r.image.offset)), _f("SQUASHFUSE", _s(r.image.squashfuse)),
+            _f("STAGE", _s(r.stage)), _f("FAKEROOT", _u32(int(r.fakeroot)))]
+    out += [_f("BIND", _u32(b.flags) + _s(b.src) + _s(b.dst)) for b in r.binds]
+    out += [_f("APPEND", _s(path) + _s(text)) for path, text in r.appends]
+    out += [_f("STAGE_FILE", _s(name) + data) for name, data in r.stage_files]
+    out += [_f("CWD", _s(r.cwd)), _f("CWD_REQUIRED", _u32(int(r.cwd_required))), _f("QUIET", _u32(int(r.quiet))),
+            _f("DEBUG", _u32(int(r.debug))), _f("COMMAND", _s(r.command)), env_fields(r.env)]
+    if r.diagnostics:
+        out.append(_f("DIAGNOSTICS", _s(r.diagnostics)))
+    if r.refuse:
+        out.append(_f("REFUSE", _u32(r.refuse[0]) + _s(r.refuse[1])))
+    out += [_f("NOTICE", _s(n)) for n in r.notices]
+    return b"".join(out)
+
+
+DIRECT, BASE = ENV_TARGET["DIRECT"], ENV_TARGET["BASE"]

@@ -1,0 +1,75 @@
+"""The launch record's format, as data: the one definition of its tags and of every number the
+planner and the C executor share (docs/launch-record.md describes each field). shim/cgen.py
+writes csrc/gen/record.h from it; shim/record/encode.py writes records with it.
+
+A record is MAGIC, then fields: u16 tag, u32 length, payload; integers little-endian, strings
+NUL-terminated (the NUL is part of the payload). Nothing here imports the rest of shim."""
+
+from __future__ import annotations
+
+MAGIC = b"SHIMREC1"
+MAX_RECORD = 64 << 20        # bytes: a record larger than this is not read
+MAX_CONTENT = 1 << 16        # bytes of a file kept as a content input
+
+# name: (tag, payload)
+TAGS: dict[str, tuple[int, str]] = {
+    "VERSION": (1, "string: the build that wrote it (a record of another build is never run)"),
+    "KEY": (2, "string: the key it was written under"),
+    "INPUT_FILE": (10, "u32 check, u32 mode, u64 dev, u64 ino, u64 size, i64 mtime_ns, path (mode 0: absent)"),
+    "INPUT_CONTENT": (11, "u8 present, path, bytes: the whole file as it was"),
+    "INPUT_GLOB": (12, "pattern, then each name glob(3) matched, sorted"),
+    "INPUT_ENV": (13, "u8 how, u8 expect, name, value"),
+    "INPUT_CPUS": (14, "u32 allowed CPUs (0: not checked), host root, cgroup CPU quota (\"\": none)"),
+    "IMAGE_KIND": (20, "u32 IMG_*"),
+    "IMAGE_PATH": (21, "string: SIF/squashfs file or directory"),
+    "IMAGE_OFFSET": (22, "u64: offset of the squashfs partition"),
+    "SQUASHFUSE": (23, "string: the squashfuse binary"),
+    "STAGE": (24, "string: the directory that gets the launch's private tmpfs"),
+    "FAKEROOT": (25, "u32"),
+    "BIND": (30, "u32 BIND_* flags, src, dst"),
+    "APPEND": (31, "container path, text shown appended to it"),
+    "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
+    "CWD": (40, "string: the working directory (\"\": the caller's)"),
+    "CWD_REQUIRED": (41, "u32: a missing working directory is an error"),
+    "QUIET": (42, "u32"),
+    "DEBUG": (43, "u32"),
+    "COMMAND": (44, "string: the app; its arguments come from each launch"),
+    "ENV_OP": (50, "u8 target, u8 op, name, value"),
+    "ENV_PASS": (51, "u8 rule, text"),
+    "ACTION_SCRIPT": (52, "string: run by the image's /bin/sh when ENV_DIR exists in the image"),
+    "ENV_DIR": (53, "string"),
+    "DIAGNOSTICS": (60, "string: printed on stderr before the app, as it is"),
+    "REFUSE": (61, "u32 exit code, string: printed, and the app is not started"),
+    "NOTICE": (62, "string: printed when the record is run from the cache (the planner printed it itself)"),
+}
+
+# INPUT_FILE: what of stat(2) must still match.
+CHECK = {"EXISTS": 1, "TYPE": 2, "ID": 4, "SIZE": 8, "MTIME": 16, "MODE": 32, "FOLLOW": 64}
+IDENTITY = CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"] | CHECK["SIZE"] | CHECK["MTIME"] | CHECK["MODE"]
+# INPUT_ENV: VALUE: set to this value (expect 1) or unset (0); NONEMPTY: set and not empty (1) or
+# not (0); PREFIX: some variable whose name starts with `name` is set (1) or none is (0).
+ENV_HOW = {"VALUE": 1, "NONEMPTY": 2, "PREFIX": 3}
+
+# ENV_OP targets: HOST edits the passing host variables; DIRECT is the app's environment when it
+# is exec'd directly; BASE is /bin/sh's when the action script runs.
+ENV_TARGET = {"HOST": 1, "DIRECT": 2, "BASE": 3}
+ENV_OP = {"SET": 1, "PREPEND": 2, "APPEND": 3, "UNSET": 4, "SET_DEFAULT": 5,
+          "HOST": 6,         # all passing host variables, here
+          "HOST_NAMES": 7}   # name = the passing host variables' names sh can take, space-separated
+ENV_PASS = {"ALWAYS_PREFIX": 1, "BLOCKED": 2, "BLOCKED_PREFIX": 3, "CLEANENV_KEEP": 4, "CLEANENV": 5,
+            "SHELL_OWNED": 6}
+
+IMG = {"SQUASHFS": 1, "DIR": 2}
+BIND = {"RO": 1,          # read-only in the container
+        "OPTIONAL": 2,    # skipped when the source does not exist
+        "KEEPDEV": 4,     # device nodes stay usable (host /dev); still nosuid
+        "IFDST": 8}       # only when the destination already exists in the image
+
+# Variables that are the runtime's own settings: part of a record's key (and so never inputs),
+# except those that carry one launch's hand-over between the front-end and the planner.
+KEY_ENV_PREFIXES = ("SHIMRUN", "APPTAINER", "SINGULARITY")
+HANDOVER_ENV = {"LISTEN_FD": "SHIMRUN_LISTEN_FD",   # the group socket a leading rank bound
+                "RECORD_FD": "SHIMRUN_RECORD_FD",   # the planner's record, for the executor
+                "FRONTEND": "SHIMRUN_FRONTEND"}     # the front-end ran (and elected); its flags
+NO_RECORD_CACHE = "SHIMRUN_NO_RECORD_CACHE"         # set: no record is looked up or stored
+RECORDS_DIR = "records"
