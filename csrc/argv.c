@@ -110,6 +110,15 @@ void shim_record_key(int argc, char *const *argv, int image, const char *cwd, ch
     shim_fnv_add(&h, cwd);
     for (a = 1; a < argc && a <= image + 1; a++)
         shim_fnv_add(&h, argv[a]);
+    shim_fnv_add(&h, "--job--");
+    {
+        static const char *const values[] = SHIM_KEY_ENV_VALUES;
+        for (a = 0; values[a]; a++) {
+            const char *v = shim_env_get(environ, values[a]);
+            shim_fnv_add(&h, v ? "set" : "unset");
+            shim_fnv_add(&h, v ? v : "");
+        }
+    }
     shim_fnv_add(&h, "--env--");
     for (i = 0; environ && environ[i]; i++)
         n++;

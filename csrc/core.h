@@ -125,6 +125,7 @@ int shim_share_elect(int argc, char *const *argv, int image, const char *cwd, in
                      struct shim_result *res);
 int shim_share_join_fd(int fd, int argc, char *const *argv, const char *cwd, char *const *environ,
                        struct shim_result *res);
+int shim_send_all(int fd, const char *p, size_t n); /* the whole buffer, or -1 */
 int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int *userns, int *mntns);
 
 /* serve.c: the holder's side. */

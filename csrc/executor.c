@@ -203,3 +203,19 @@ int shim_record_prepare(const char *data, size_t len, struct shim_result *res)
     shim_rec_free(&r);
     return code;
 }
+
+int shim_run_record(const char *data, size_t len, const struct shim_run *run, struct shim_result *res)
+{
+    struct shim_rec r;
+    int code;
+
+    if (shim_rec_parse(data, len, &r, res->message, sizeof res->message))
+        return res->code = SHIM_E_INTERNAL;
+    if (!shim_rec_complete(&r, res->message, sizeof res->message)) {
+        shim_rec_free(&r);
+        return res->code = SHIM_E_INTERNAL;
+    }
+    code = shim_execute(&r, run, res);
+    shim_rec_free(&r);
+    return code;
+}

@@ -62,25 +62,12 @@ static int peer_ok(int conn, pid_t *pid)
     return 1;
 }
 
-static int send_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-        if (w == -1 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w, n -= (size_t)w;
-    }
-    return 0;
-}
-
 static void refuse(int conn, int code, const char *message)
 {
     char head[32];
     int n = snprintf(head, sizeof head, "ER%c%d", 0, code);
-    if (send_all(conn, head, (size_t)n + 1) == 0)
-        send_all(conn, message, strlen(message) + 1);
+    if (shim_send_all(conn, head, (size_t)n + 1) == 0)
+        shim_send_all(conn, message, strlen(message) + 1);
 }
 
 /* A growing buffer of NUL-terminated fields. */
@@ -227,7 +214,7 @@ static int reply_ok(int conn, const struct shim_serve *s, const struct out *o)
     while (w == -1 && errno == EINTR);
     if (w <= 0)
         return -1;
-    return send_all(conn, o->p + w, o->n - (size_t)w);
+    return shim_send_all(conn, o->p + w, o->n - (size_t)w);
 }
 
 void shim_serve(const struct shim_serve *s)

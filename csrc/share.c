@@ -152,7 +152,7 @@ int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t
     return len > 0 && (size_t)len < outlen ? len : -1;
 }
 
-static int send_all(int fd, const char *p, size_t n)
+int shim_send_all(int fd, const char *p, size_t n)
 {
     while (n) {
         ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
@@ -165,7 +165,7 @@ static int send_all(int fd, const char *p, size_t n)
     return 0;
 }
 
-static int send_field(int fd, const char *s) { return send_all(fd, s, strlen(s) + 1); }
+static int send_field(int fd, const char *s) { return shim_send_all(fd, s, strlen(s) + 1); }
 
 static int request(int fd, int argc, char *const *argv, const char *cwd, char *const *env)
 {

@@ -42,7 +42,8 @@ int shim_image_index(int argc, char *const *argv);
 
 /* The key a launch's record is stored under: a hash of the build, the user, the node, the
  * working directory, the command line up to and including the command's name, and the
- * runtime's own settings in `environ` (SHIMRUN*, APPTAINER*, SINGULARITY*). out: 33 bytes. */
+ * runtime's own settings in `environ` (SHIMRUN*, APPTAINER*, SINGULARITY*) and the values of the job
+ * variables the hardware check reads (shim/record/format.py JOB_VARIABLES). out: 33 bytes. */
 void shim_record_key(int argc, char *const *argv, int image, const char *cwd, char *const *environ, char *out);
 
 /* One launch as the front-end was given it. */
@@ -55,6 +56,10 @@ struct shim_run {
     int listen_fd;            /* >= 0: lead the node's shared container, serving ranks on this socket */
     int from_cache;           /* print the record's notices (the planner printed them itself otherwise) */
 };
+
+/* Run a record the planner just wrote (a single launch; a node's leader execs the front-end,
+ * so that the holder is native): returns only on failure, with res set. */
+int shim_run_record(const char *data, size_t len, const struct shim_run *run, struct shim_result *res);
 
 /* The abstract socket name of the node's shared container this launch of user `uid` belongs
  * to (share.c): its length (a leading NUL included), or -1 when it shares none. */

@@ -56,7 +56,9 @@ def record_h() -> str:
     lines += _defines("SHIM_IMG_", rf.IMG) + _defines("SHIM_BIND_", rf.BIND)
     prefixes = ", ".join(_c_string(p) for p in rf.KEY_ENV_PREFIXES)
     handover = ", ".join(_c_string(v) for v in rf.HANDOVER_ENV.values())
-    lines += [f"#define SHIM_KEY_ENV_PREFIXES {{{prefixes}, NULL}}", f"#define SHIM_HANDOVER_ENV {{{handover}, NULL}}"]
+    values = ", ".join(_c_string(n) for n, how in rf.JOB_VARIABLES.items() if how == rf.ENV_HOW["VALUE"])
+    lines += [f"#define SHIM_KEY_ENV_PREFIXES {{{prefixes}, NULL}}", f"#define SHIM_HANDOVER_ENV {{{handover}, NULL}}",
+              f"#define SHIM_KEY_ENV_VALUES {{{values}, NULL}}"]
     lines += [f"#define SHIM_VAR_{name} {_c_string(value)}" for name, value in rf.HANDOVER_ENV.items()]
     lines += [f"#define SHIM_VAR_NO_RECORD_CACHE {_c_string(rf.NO_RECORD_CACHE)}",
               f"#define SHIM_RECORDS_DIR {_c_string(rf.RECORDS_DIR)}"]

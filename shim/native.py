@@ -151,3 +151,19 @@ def group_name(argv: Sequence[str], cwd: str, environ: Mapping[str, str], uid: i
     out = ffi.new("char[]", 108)
     n = lib.shim_group_name(run, uid, out, 108)
     return ffi.buffer(out, n)[:] if n > 0 else None
+
+
+def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, str]:
+    """Run a freshly planned record in this process (a single launch): returns only on failure,
+    with (exit code, message)."""
+    import os
+
+    ffi, lib = _lib()
+    vec, _keep = _cvec(ffi, list(argv))
+    env, _keep_env = _environ(ffi, environ)
+    c_cwd = ffi.new("char[]", os.getcwd().encode(*_ENC))
+    run = ffi.new("struct shim_run *", {"argc": len(argv), "argv": vec, "image": lib.shim_image_index(len(argv), vec),
+                                        "environ": env, "cwd": c_cwd, "listen_fd": -1, "from_cache": 0})
+    res = ffi.new("struct shim_result *")
+    code = lib.shim_run_record(record, len(record), run, res)
+    return code or int(ExitCode.LAUNCH), ffi.string(res.message).decode("utf-8", "replace")

@@ -167,8 +167,15 @@ def test_relevant_environment_variables(launcher, busybox_sif, user_dir):
     args = [busybox_sif, "/bin/busybox", "true"]
     assert [launcher.state(args), launcher.state(args)] == ["cold", "warm"]
     assert launcher.state(args, {"UNRELATED": "x"}) == "warm"  # passes to the app, plans nothing
-    assert "CUDA_VISIBLE_DEVICES" in launcher.why(args, {"CUDA_VISIBLE_DEVICES": "0"})
+    # A job variable the hardware check reads by value: each value its own record (a step that
+    # alternates them does not plan every time)...
+    assert launcher.state(args, {"CUDA_VISIBLE_DEVICES": "0"}) == "cold"
     assert launcher.state(args, {"CUDA_VISIBLE_DEVICES": "0"}) == "warm"
+    assert launcher.state(args) == "warm"
+    # ... one it reads for being set: another job step is the same record, no job step is not.
+    assert launcher.state(args, {"SLURM_JOB_ID": "1"}) == "cold"
+    assert launcher.state(args, {"SLURM_JOB_ID": "2"}) == "warm"
+    assert "SLURM_JOB_ID changed" in launcher.why(args)
     bound = user_dir / "data"
     bound.mkdir()
     _world_readable(user_dir)

@@ -90,4 +90,7 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
 
     data = encode(planned.record)
     store(planned, data, request.environ)
-    raise run_record(data, argv, request.environ, listen_fd, flags)
+    failed = run_record(data, argv, request.environ, listen_fd, flags)
+    # The executor's own failure (the app not found, a refusal): one line, as from a cached record.
+    print(f"shimrun: error: {failed}", file=sys.stderr)
+    return int(failed.code)

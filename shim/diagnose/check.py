@@ -21,20 +21,9 @@ from collections.abc import Mapping
 
 from shim.elf.rootpath import changed, recording
 from shim.model import Diagnostic
-from shim.record.format import ENV_HOW
+from shim.record.format import JOB_VARIABLES
 
 _FORMAT = 2
-# The job's environment variables the hardware check reads, and what of each: its value, or only
-# whether it is set to something (a new job step must not be a new check), or whether any
-# variable of that prefix is set. One list for the check's cache key and a launch record's inputs.
-JOB_VARIABLES: dict[str, int] = {
-    **dict.fromkeys(("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
-                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH"), ENV_HOW["VALUE"]),
-    **dict.fromkeys(("SLURM_JOB_ID", "SLURM_STEP_ID", "PMI_FD", "PMI_RANK", "PMIX_RANK"), ENV_HOW["NONEMPTY"]),
-    "PMIX_SERVER_URI": ENV_HOW["PREFIX"],
-}
-
-
 def host_root(environ: Mapping[str, str] = os.environ) -> str:
     return environ.get("SHIMRUN_HOST_ROOT") or "/"
 
@@ -47,11 +36,9 @@ def job_inputs(environ: Mapping[str, str]) -> list:
 
 def host_fingerprint(root: str = "/") -> list:
     """Cheap signs of everything the host facts are made of (shim.host.fingerprint)."""
-    from dataclasses import astuple
-
     from shim.host.fingerprint import host_inputs
 
-    return [repr(astuple(i)) for i in host_inputs(root)]
+    return [repr(tuple(i)) for i in host_inputs(root)]
 
 
 def _cache_path(key: str) -> str | None:

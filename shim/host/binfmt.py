@@ -15,9 +15,9 @@ import os
 import re
 
 from shim.host.model import Emulator
+from shim.host.paths import BINFMT_DIR
 from shim.image.arch import UNKNOWN, normalize_arch
 
-BINFMT_DIR = "proc/sys/fs/binfmt_misc"
 _CONTROL_FILES = {"register", "status"}
 
 

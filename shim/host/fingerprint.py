@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 
-from shim.host.binfmt import BINFMT_DIR
-from shim.host.gpu import GPU_INFO, PROC_VERSION
-from shim.host.rdma import DEV_DIR, SYSFS_CLASS
+from shim.host.paths import BINFMT_DIR, DEV_DIR, GPU_INFO, PROC_VERSION, SYSFS_CLASS
 from shim.record.model import CpusInput, Input
 from shim.record.snapshot import content_input, file_input, glob_input
 

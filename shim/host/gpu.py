@@ -19,11 +19,10 @@ from shim.elf.layout import lib_arch
 from shim.elf.ldcache import read_ld_cache
 from shim.elf.rootpath import RootPaths
 from shim.host.model import GpuDevice, GpuFacts
+from shim.host.paths import GPU_INFO, PROC_VERSION
 from shim.image.arch import host_arch
 
 NVML_SONAME = "libnvidia-ml.so.1"
-PROC_VERSION = "proc/driver/nvidia/version"
-GPU_INFO = "proc/driver/nvidia/gpus"
 LIBRARY_NOT_FOUND = "NVML Shared Library Not Found"   # pynvml's text for NVML_ERROR_LIBRARY_NOT_FOUND
 
 # "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 ..." and the open

@@ -6,9 +6,8 @@ import os
 import re
 
 from shim.host.model import RdmaDevice, RdmaFacts, RdmaPort
+from shim.host.paths import DEV_DIR, SYSFS_CLASS
 
-SYSFS_CLASS = "sys/class/infiniband"
-DEV_DIR = "dev/infiniband"
 # Soft-RoCE (rxe) and soft-iWARP (siw): RDMA verbs emulated in the kernel over an Ethernet NIC.
 SOFTWARE_DRIVERS = {"rxe": "rdma_rxe", "siw": "siw"}
 

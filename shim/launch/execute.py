@@ -1,6 +1,8 @@
-"""Handing a launch record to the C executor: the native front-end (csrc/frontend.c, installed as
-shim/libexec/shimrun) is exec'd with the record on a memory file (SHIMRUN_RECORD_FD) and runs
-it as it runs one from the cache. The process keeps its pid: the app replaces it."""
+"""Handing a launch record to the C executor. A single launch runs it in this process, through
+cffi (shim_run_record: the code the front-end runs a cached record with); a node's leader execs
+the native front-end (csrc/frontend.c, installed as shim/libexec/shimrun) with the record on a
+memory file (SHIMRUN_RECORD_FD), so that the holder it forks is native, not a copy of Python.
+The process keeps its pid: the app replaces it."""
 
 from __future__ import annotations
 
@@ -24,25 +26,27 @@ def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], l
     """Exec the executor with `record` for shimrun's arguments `argv`; returns only with the
     reason it could not. `frontend`: the flags the front-end handed over ("" when Python was
     started directly: the executor then holds the node's election itself)."""
-    exe = frontend_path()
-    fd = os.memfd_create("shim-launch-record", 0)  # inherited by the executor: no CLOEXEC
-    view = memoryview(record)
-    while view:
-        view = view[os.write(fd, view):]
-    env = dict(environ)
-    env[HANDOVER_ENV["RECORD_FD"]] = str(fd)
-    if frontend:
-        env[HANDOVER_ENV["FRONTEND"]] = frontend
-        if "no-lc-ctype" in frontend.split(","):
-            env.pop("LC_CTYPE", None)  # set by Python itself (PEP 538), not by the caller
-    if listen_fd is not None:
-        os.set_inheritable(listen_fd, True)
-        env[HANDOVER_ENV["LISTEN_FD"]] = str(listen_fd)
     sys.stdout.flush()
     sys.stderr.flush()
     # Python ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals ignored, the app must not inherit that.
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+    env = dict(environ)
+    if "no-lc-ctype" in frontend.split(","):
+        env.pop("LC_CTYPE", None)  # set by Python itself (PEP 538), not by the caller
+    if listen_fd is None and (frontend or not _may_share(env)):
+        return _run_here(record, argv, env)  # a single launch: the front-end's election is done, or moot
+    exe = frontend_path()
+    fd = os.memfd_create("shim-launch-record", 0)  # inherited by the executor: no CLOEXEC
+    view = memoryview(record)
+    while view:
+        view = view[os.write(fd, view):]
+    env[HANDOVER_ENV["RECORD_FD"]] = str(fd)
+    if frontend:
+        env[HANDOVER_ENV["FRONTEND"]] = frontend
+    if listen_fd is not None:
+        os.set_inheritable(listen_fd, True)
+        env[HANDOVER_ENV["LISTEN_FD"]] = str(listen_fd)
     try:
         os.execve(exe, ["shimrun", *argv], env)
     except OSError as e:
@@ -50,3 +54,23 @@ def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], l
         return ShimError(ExitCode.LAUNCH, f"cannot run the launch executor {exe}: {e.strerror}",
                          "reinstall shim: scripts/install.sh")
     raise AssertionError("not reached")
+
+
+def _may_share(environ: Mapping[str, str]) -> bool:
+    """Might this launch belong to a node's shared container? (Then, with Python started directly,
+    the front-end holds the election.)"""
+    share = environ.get("SHIMRUN_SHARE", "").lower()
+    if share in ("0", "no", "off", "false"):
+        return False
+    return bool(share) or bool(environ.get("SLURM_JOB_ID") and environ.get("SLURM_STEP_ID"))
+
+
+def _run_here(record: bytes, argv: Sequence[str], environ: Mapping[str, str]) -> ShimError:
+    from shim import native
+
+    code, message = native.run_record(record, ["shimrun", *argv], environ)
+    try:
+        exit_code = ExitCode(code)
+    except ValueError:
+        exit_code = ExitCode.LAUNCH
+    return ShimError(exit_code, message)

@@ -10,8 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pwd
-from dataclasses import dataclass, replace
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 
 from shim.errors import ExitCode, ShimError
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE, InputSet, image_inputs, profile_inputs, read_log_inputs
@@ -20,7 +19,7 @@ from shim.record.format import CHECK, IDENTITY, IMG, KEY_ENV_PREFIXES
 from shim.record.model import Image, LaunchRecord, RecordBind
 from shim.record.snapshot import RecordingEnv, file_input, glob_input
 
-STAGE_DIR = str(Path(__file__).resolve().parent.parent / "stage")
+STAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "stage")
 LD_CACHE = "/etc/ld.so.cache"
 STAGED_LD_CACHE = "ld.so.cache"
 
@@ -44,7 +43,7 @@ def _on_host(host_root: str, path: str) -> str:
     return path if host_root in ("", "/") else os.path.join(host_root, path.lstrip("/"))
 
 
-def _load_profiles(conf_dir: Path, host_root: str, environ):
+def _load_profiles(conf_dir, host_root: str, environ):
     try:  # no profile files: do not even import the profile machinery
         if not any(n.endswith(".toml") and not n.startswith(".") for n in os.listdir(conf_dir / "profiles")):
             return None
@@ -79,129 +78,203 @@ def _site_bind_sources(specs, cwd: str) -> list[str]:
     return [os.path.normpath(os.path.join(cwd, s.split(":")[0])) for s in specs if s.split(":")[0]]
 
 
-def plan_launch(req: LaunchRequest) -> Planned:
-    from shim import native
-    from shim.diagnose.check import JOB_VARIABLES, apply_site_policy, cached, check_key, host_root, job_inputs
-    from shim.host.fingerprint import host_inputs
-    from shim.image.open import open_image
-    from shim.launch.binds import KEEPDEV, RO, Bind, parse_bind, parse_bind_list, plan_binds
-    from shim.launch.environment import DEFAULT_PATH, EnvOptions, env_rules
-    from shim.launch.identity import identity_appends
-    from shim.launch.preflight import check_arch
-    from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
-    from shim.model import ERROR, WARNING
-    from shim.plan.model import Plan
-    from shim.record.encode import DIRECT, encode
-    from shim.site.config import CONFIG_NAME, SYSTEM_CONF_DIR, ConfigError, find_conf_dir, load_site_config
+@dataclass
+class _Found:
+    """What planning found: the plan, and what the launch adds for it."""
+    plan: object                                  # shim.plan.model.Plan
+    ld_cache: bytes | None = None
+    binds: list[RecordBind] = field(default_factory=list)
 
-    args, cwd, command = req.args, req.cwd, req.command
-    env = RecordingEnv(req.environ, declared=JOB_VARIABLES, ignored=KEY_ENV_PREFIXES)
-    inputs = InputSet()
-    image = open_image(args.image)
-    inputs.extend(image_inputs(image.path, image.kind))
-    check_arch(image, env, fatal=not req.dry_run)  # exit 66 before anything is mounted
-    site = load_site_config(args.conf)
-    conf_dir = find_conf_dir(args.conf)
-    inputs.extend([file_input(os.path.join(SYSTEM_CONF_DIR, CONFIG_NAME), IDENTITY | CHECK["FOLLOW"]),
-                   file_input(str(conf_dir / CONFIG_NAME), IDENTITY | CHECK["FOLLOW"])])
-    hroot = host_root(req.environ)
-    profiles = _load_profiles(conf_dir, hroot, env)
-    inputs.extend(profile_inputs(str(conf_dir), profiles, hroot))
-    if profiles is None and args.profile:
-        raise ConfigError(f"unknown profile '{args.profile[0]}' requested",
-                          f"no profiles are configured in {conf_dir / 'profiles'}")
-    site_binds = [b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
-    user_binds = parse_bind_list(",".join([req.environ.get("SHIMRUN_BIND", "")] + args.bind), "--bind/SHIMRUN_BIND",
-                                 cwd)
-    inputs.extend(file_input(src, PRESENCE) for src in _site_bind_sources(site.binds, cwd))
-    inputs.extend(file_input(b.src, PRESENCE) for b in user_binds)
-    home = None if args.no_home else _home(env)
-    workdir = args.pwd or cwd
-    rootfs, notices = choose_rootfs(image, args.quiet)
-    if rootfs.kind == "squashfs":
-        inputs.add(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
-    elif image.kind != "dir":  # extracted: the copy, while it is there; and a killed extraction's
-        # leftover (another image's) makes the next launch a planned one, which removes it
-        inputs.add(file_input(rootfs.path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"]))
-        inputs.add(glob_input(os.path.join(os.path.dirname(rootfs.path), "*.partial.*")))
-    if image.kind != "dir":
-        inputs.add(file_input(FUSE_DEVICE, FUSE_DEVICE_CHECK))
-    appends = identity_appends(home or "/", args.fakeroot)
-    inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends)
-    env_opts = EnvOptions(cleanenv=args.cleanenv, env_pairs=tuple(args.env), home=home or "/", image_path=image.path,
-                          pwd=workdir)
-    rules = env_rules(req.environ, env_opts)
-    version = native.build_id()
-    base = LaunchRecord(version=version, key="", image=Image(IMG["SQUASHFS"] if rootfs.kind == "squashfs"
-                                                             else IMG["DIR"], rootfs.path, rootfs.offset,
-                                                             rootfs.squashfuse),
-                        stage=STAGE_DIR, command=command[0] if command else "true", env=rules,
-                        binds=tuple(RecordBind(b.src, b.dst, b.flags) for b in plan_binds(home, cwd, site_binds,
-                                                                                         user_binds)),
-                        appends=tuple(appends), fakeroot=args.fakeroot, cwd=args.pwd or "",
-                        cwd_required=bool(args.pwd) or args.strict, quiet=args.quiet, debug=args.debug,
-                        notices=tuple(notices))
-    hw_off = bool(req.environ.get("SHIMRUN_NO_HW_CHECK"))
-    app = command[0] if command else None
-    hw_key = None if hw_off else check_key(image.path, app, req.environ, hroot)
-    image_dir = image.path if image.kind == "dir" else ""
-    known = cached(hw_key, image_dir) if hw_key else None
-    if hw_key:
-        inputs.extend(job_inputs(req.environ))
-    if hw_key or profiles is not None:
-        inputs.extend(host_inputs(hroot))
-    wants_analysis = req.dry_run or (hw_key and known is None) or args.profile or (profiles is not None and any(
-        p.available and p.applies != "on-request" for p in profiles.profiles) and not args.no_profiles)
-    if not wants_analysis:
-        found, reads = known or ([], {})
-        plan = Plan(image=image.path, diagnostics=apply_site_policy(found, site.policy()))
-        if image_dir:
-            inputs.extend(read_log_inputs(image_dir, reads))
-        ld_cache, extra = None, []
-    else:
-        from shim.pipeline.analysis import AnalysisJob, analyse
 
-        path = native.record_env(encode(base), {}, DIRECT).get("PATH", DEFAULT_PATH)
-        job = AnalysisJob(prepare_record=encode(base), stage=STAGE_DIR, image_path=image.path, image_arch=image.arch,
-                          image_dir=image_dir, profiles=profiles, requested=tuple(args.profile),
-                          no_profiles=args.no_profiles, command=tuple(command), path=path, host_root=hroot,
-                          refusal_severity=ERROR if site.refusal == "error" else WARNING,
-                          environ=dict(req.environ), hw_key=hw_key, hw_known=known[0] if known else None,
-                          debug=args.debug)
-        analysis = analyse(job)
-        plan = analysis.plan
-        plan.diagnostics = apply_site_policy(plan.diagnostics, site.policy())
-        if req.dry_run:
-            from shim.report.render import print_plan
+class _Planner:
+    """One launch planned, step by step; each step notes the inputs it read."""
 
-            print_plan(plan, req.as_json)
-            return Planned(exit_code=int(ExitCode.REFUSED) if plan.has_errors() or (args.strict and plan.refusals())
-                           else 0)
-        if image_dir:
-            inputs.extend(read_log_inputs(image_dir, analysis.image_reads))
-            inputs.extend(read_log_inputs(image_dir, known[1] if known else {}))
+    def __init__(self, req: LaunchRequest) -> None:
+        from shim.diagnose.check import JOB_VARIABLES, host_root
+
+        self.req, self.args = req, req.args
+        self.env = RecordingEnv(req.environ, declared=JOB_VARIABLES, ignored=KEY_ENV_PREFIXES)
+        self.inputs = InputSet()
+        self.host_root = host_root(req.environ)
+
+    def image(self):
+        from shim.image.open import open_image
+        from shim.launch.preflight import check_arch
+
+        image = open_image(self.args.image)
+        self.inputs.extend(image_inputs(image.path, image.kind))
+        check_arch(image, self.env, fatal=not self.req.dry_run)  # exit 66 before anything is mounted
+        return image
+
+    def site(self):
+        """(the site configuration, its directory, the profiles or None)."""
+        from shim.site.config import CONFIG_NAME, SYSTEM_CONF_DIR, ConfigError, find_conf_dir, load_site_config
+
+        site = load_site_config(self.args.conf)
+        conf_dir = find_conf_dir(self.args.conf)
+        self.inputs.extend([file_input(os.path.join(SYSTEM_CONF_DIR, CONFIG_NAME), IDENTITY | CHECK["FOLLOW"]),
+                            file_input(str(conf_dir / CONFIG_NAME), IDENTITY | CHECK["FOLLOW"])])
+        profiles = _load_profiles(conf_dir, self.host_root, self.env)
+        self.inputs.extend(profile_inputs(str(conf_dir), profiles, self.host_root))
+        if profiles is None and self.args.profile:
+            raise ConfigError(f"unknown profile '{self.args.profile[0]}' requested",
+                              f"no profiles are configured in {conf_dir / 'profiles'}")
+        return site, conf_dir, profiles
+
+    def binds(self, site, home: str | None) -> list[RecordBind]:
+        from shim.launch.binds import parse_bind, parse_bind_list, plan_binds
+
+        cwd = self.req.cwd
+        site_binds = [b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
+        user_binds = parse_bind_list(",".join([self.req.environ.get("SHIMRUN_BIND", "")] + self.args.bind),
+                                     "--bind/SHIMRUN_BIND", cwd)
+        self.inputs.extend(file_input(src, PRESENCE) for src in _site_bind_sources(site.binds, cwd))
+        self.inputs.extend(file_input(b.src, PRESENCE) for b in user_binds)
+        return [RecordBind(b.src, b.dst, b.flags) for b in plan_binds(home, cwd, site_binds, user_binds)]
+
+    def rootfs(self, image) -> tuple[Image, tuple[str, ...]]:
+        from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
+
+        rootfs, notices = choose_rootfs(image, self.args.quiet)
+        if rootfs.kind == "squashfs":
+            self.inputs.add(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
+        elif image.kind != "dir":  # extracted: the copy, while it is there; and a killed extraction's
+            # leftover (another image's) makes the next launch a planned one, which removes it
+            self.inputs.add(file_input(rootfs.path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"]))
+            self.inputs.add(glob_input(os.path.join(os.path.dirname(rootfs.path), "*.partial.*")))
+        if image.kind != "dir":
+            self.inputs.add(file_input(FUSE_DEVICE, FUSE_DEVICE_CHECK))
+        kind = IMG["SQUASHFS"] if rootfs.kind == "squashfs" else IMG["DIR"]
+        return Image(kind, rootfs.path, rootfs.offset, rootfs.squashfuse), notices
+
+    def base(self, image, site) -> tuple[LaunchRecord, object]:
+        """The record of everything but what planning adds, and the environment's options."""
+        from shim import native
+        from shim.launch.environment import EnvOptions, env_rules
+        from shim.launch.identity import identity_appends
+
+        args, command = self.args, self.req.command
+        home = None if args.no_home else _home(self.env)
+        binds = self.binds(site, home)
+        root, notices = self.rootfs(image)
+        appends = identity_appends(home or "/", args.fakeroot)
+        self.inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends)
+        env_opts = EnvOptions(cleanenv=args.cleanenv, env_pairs=tuple(args.env), home=home or "/",
+                              image_path=image.path, pwd=args.pwd or self.req.cwd)
+        record = LaunchRecord(version=native.build_id(), key="", image=root, stage=STAGE_DIR,
+                              command=command[0] if command else "true", env=env_rules(self.req.environ, env_opts),
+                              binds=tuple(binds), appends=tuple(appends), fakeroot=args.fakeroot, cwd=args.pwd or "",
+                              cwd_required=bool(args.pwd) or args.strict, quiet=args.quiet, debug=args.debug,
+                              notices=tuple(notices))
+        return record, env_opts
+
+    def hardware(self, image, profiles) -> tuple[str | None, tuple | None]:
+        """The hardware check's key (None: off) and its cached answer (diagnostics, reads) or None."""
+        from shim.diagnose.check import cached, check_key, job_inputs
+        from shim.host.fingerprint import host_inputs
+
+        environ = self.req.environ
+        app = self.req.command[0] if self.req.command else None
+        key = None if environ.get("SHIMRUN_NO_HW_CHECK") else check_key(image.path, app, environ, self.host_root)
+        known = cached(key, image.path if image.kind == "dir" else "") if key else None
+        if key:
+            self.inputs.extend(job_inputs(environ))
+        if key or profiles is not None:
+            self.inputs.extend(host_inputs(self.host_root))
+        return key, known
+
+    def analysis_job(self, image, site, profiles, base: LaunchRecord, hw: tuple) -> object:
+        from shim import native
+        from shim.launch.environment import DEFAULT_PATH
+        from shim.model import ERROR, WARNING
+        from shim.pipeline.analysis import AnalysisJob
+        from shim.record.encode import DIRECT, encode
+
+        args, (key, known) = self.args, hw
+        prepare = encode(base)
+        path = native.record_env(prepare, {}, DIRECT).get("PATH", DEFAULT_PATH)
+        return AnalysisJob(prepare_record=prepare, stage=STAGE_DIR, image_path=image.path, image_arch=image.arch,
+                           image_dir=image.path if image.kind == "dir" else "", profiles=profiles,
+                           requested=tuple(args.profile), no_profiles=args.no_profiles,
+                           command=tuple(self.req.command), path=path, host_root=self.host_root,
+                           refusal_severity=ERROR if site.refusal == "error" else WARNING,
+                           environ=dict(self.req.environ), hw_key=key, hw_known=known[0] if known else None,
+                           debug=args.debug)
+
+    def analysed(self, image, analysis, known) -> _Found:
+        """What the look at the image read, and the binds its plan adds."""
+        from shim.launch.binds import KEEPDEV, RO
+
+        if image.kind == "dir":
+            self.inputs.extend(read_log_inputs(image.path, analysis.image_reads))
+            self.inputs.extend(read_log_inputs(image.path, known[1] if known else {}))
         for root, reads in analysis.host_reads.items():
-            inputs.extend(read_log_inputs(root, reads))
-        inputs.add(file_input(_on_host(hroot, LD_CACHE), IDENTITY | CHECK["FOLLOW"]))
-        ld_cache = analysis.ld_cache
+            self.inputs.extend(read_log_inputs(root, reads))
+        self.inputs.add(file_input(_on_host(self.host_root, LD_CACHE), IDENTITY | CHECK["FOLLOW"]))
         # Plan paths are the host's; on a simulated node (SHIMRUN_HOST_ROOT) they lie under its root.
-        extra = [Bind(_on_host(hroot, b.src), b.dst, (RO if b.read_only else 0) | (KEEPDEV if b.device else 0))
-                 for b in plan.binds]
-    inputs.extend(env.read.values())
-    stage_files: tuple = ()
-    binds = list(base.binds) + [RecordBind(b.src, b.dst, b.flags) for b in extra]
-    if ld_cache:
-        stage_files = ((STAGED_LD_CACHE, ld_cache),)
-        binds.append(RecordBind(os.path.join(STAGE_DIR, STAGED_LD_CACHE), LD_CACHE, RO))
-    if plan.env:
-        rules = env_rules(req.environ, replace(env_opts, edits=tuple(plan.env)))
-    argv = ["shimrun", *req.argv]
-    image_at = native.image_index(argv)
-    key = native.record_key(argv, image_at, cwd, req.environ) if image_at > 0 else ""
-    record = replace(base, key=key, env=rules, binds=tuple(binds), stage_files=stage_files,
-                     diagnostics=_rendered(plan, args.quiet, args.debug), refuse=_refusal(plan, args.strict),
-                     inputs=tuple(inputs.items))
+        binds = [RecordBind(_on_host(self.host_root, b.src), b.dst, (RO if b.read_only else 0)
+                            | (KEEPDEV if b.device else 0)) for b in analysis.plan.binds]
+        if analysis.ld_cache:
+            binds.append(RecordBind(os.path.join(STAGE_DIR, STAGED_LD_CACHE), LD_CACHE, RO))
+        return _Found(analysis.plan, analysis.ld_cache, binds)
+
+    def key(self) -> str:
+        from shim import native
+
+        argv = ["shimrun", *self.req.argv]
+        image_at = native.image_index(argv)
+        return native.record_key(argv, image_at, self.req.cwd, self.req.environ) if image_at > 0 else ""
+
+
+def wants_analysis(req: LaunchRequest, profiles, hw: tuple) -> bool:
+    """The image is looked at for a dry run, an unknown hardware verdict, or a profile that applies."""
+    key, known = hw
+    args = req.args
+    return bool(req.dry_run or (key and known is None) or args.profile or (
+        profiles is not None and not args.no_profiles
+        and any(p.available and p.applies != "on-request" for p in profiles.profiles)))
+
+
+def plan_launch(req: LaunchRequest) -> Planned:
+    from shim.diagnose.check import apply_site_policy
+    from shim.launch.environment import env_rules
+    from shim.plan.model import Plan
+
+    planner = _Planner(req)
+    image = planner.image()
+    site, _conf_dir, profiles = planner.site()
+    base, env_opts = planner.base(image, site)
+    hw = planner.hardware(image, profiles)
+    if not wants_analysis(req, profiles, hw):
+        found, reads = hw[1] or ([], {})
+        if image.kind == "dir":
+            planner.inputs.extend(read_log_inputs(image.path, reads))
+        result = _Found(Plan(image=image.path, diagnostics=apply_site_policy(found, site.policy())))
+    else:
+        from shim.pipeline.analysis import analyse
+
+        analysis = analyse(planner.analysis_job(image, site, profiles, base, hw))
+        analysis.plan.diagnostics = apply_site_policy(analysis.plan.diagnostics, site.policy())
+        if req.dry_run:
+            return _dry_run(req, analysis.plan)
+        result = planner.analysed(image, analysis, hw[1])
+    plan = result.plan
+    planner.inputs.extend(planner.env.read.values())
+    rules = env_rules(req.environ, replace(env_opts, edits=tuple(plan.env))) if plan.env else base.env
+    key = planner.key()
+    record = replace(base, key=key, env=rules, binds=base.binds + tuple(result.binds),
+                     stage_files=((STAGED_LD_CACHE, result.ld_cache),) if result.ld_cache else (),
+                     diagnostics=_rendered(plan, req.args.quiet, req.args.debug),
+                     refuse=_refusal(plan, req.args.strict), inputs=tuple(planner.inputs.items))
     return Planned(record, key)
+
+
+def _dry_run(req: LaunchRequest, plan) -> Planned:
+    from shim.report.render import print_plan
+
+    print_plan(plan, req.as_json)
+    return Planned(exit_code=int(ExitCode.REFUSED) if plan.has_errors() or (req.args.strict and plan.refusals())
+                   else 0)
 
 
 def store(planned: Planned, data: bytes, environ) -> None:

@@ -73,3 +73,14 @@ HANDOVER_ENV = {"LISTEN_FD": "SHIMRUN_LISTEN_FD",   # the group socket a leading
                 "FRONTEND": "SHIMRUN_FRONTEND"}     # the front-end ran (and elected); its flags
 NO_RECORD_CACHE = "SHIMRUN_NO_RECORD_CACHE"         # set: no record is looked up or stored
 RECORDS_DIR = "records"
+
+# The job's environment variables the hardware check reads, and what of each it depends on: the
+# value, or only whether it is set to something (a new job step must not be a new plan), or
+# whether any variable of that prefix is set. The VALUE ones are part of a record's key too, so
+# that steps which alternate them (srun -n 1, then -n 8) each keep their record.
+JOB_VARIABLES: dict[str, int] = {
+    **dict.fromkeys(("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
+                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH"), ENV_HOW["VALUE"]),
+    **dict.fromkeys(("SLURM_JOB_ID", "SLURM_STEP_ID", "PMI_FD", "PMI_RANK", "PMIX_RANK"), ENV_HOW["NONEMPTY"]),
+    "PMIX_SERVER_URI": ENV_HOW["PREFIX"],
+}
