@@ -155,8 +155,9 @@ class Stress:
             time.sleep(self.rng.uniform(0, 0.4))
             ranks = {p.pid for p in procs}
             if target == "holder":
-                pid = next((q for q, comm in _procs(self.who.uid).items()
-                            if q not in ranks and comm.startswith("python")), None)
+                # the native holder: a shimrun process that is none of the ranks
+                pid = next((q for q, comm in _procs(self.who.uid).items() if q not in ranks and comm == "shimrun"),
+                           None)
             else:
                 pid = self.rng.choice(procs).pid
             self._kill(target, pid)

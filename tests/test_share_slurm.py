@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections import Counter
@@ -69,9 +70,20 @@ def reports(stdout: str) -> list[tuple[str, int, str, str, str]]:
     return out
 
 
-def test_two_nodes_eight_ranks_two_containers(shim, slurm3, user, busybox_sif):
-    r = slurm3.srun(["-N", "2", "-n", "8", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", REPORT],
-                    user=user, env=env_for(shim, slurm3, "two-nodes"), timeout=120)
+def test_two_nodes_eight_ranks_two_containers(shim, slurm3, user, busybox_sif, tmp_path):
+    # A barrier in the user's (bound) home: no rank ends before all eight have reported, so both
+    # nodes' containers exist at once; a namespace's inode number and a FUSE mount's device are
+    # reused once they are gone, and two containers one after the other could read as one.
+    barrier = Path(user.home) / f".shim-barrier-{tmp_path.name}"
+    barrier.mkdir()
+    os.chown(barrier, user.uid, user.gid)
+    wait = (f'{REPORT}; touch {barrier}/$SLURM_PROCID; n=0; '
+            f'while [ "$(ls {barrier} | wc -l)" -lt 8 ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done')
+    try:
+        r = slurm3.srun(["-N", "2", "-n", "8", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", wait],
+                        user=user, env=env_for(shim, slurm3, "two-nodes"), timeout=120)
+    finally:
+        shutil.rmtree(barrier, ignore_errors=True)
     assert r.returncode == 0, r.stderr + slurm3.logs()
     got = reports(r.stdout)
     assert sorted(g[1] for g in got) == list(range(8))
