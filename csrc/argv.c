@@ -59,6 +59,8 @@ int shim_image_index(int argc, char *const *argv)
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         const struct shim_option *o;
+        if (i == 1 && !strcmp(a, SHIM_RUN_VERB))
+            continue; /* shimrun run [OPTIONS] IMAGE [ARGS...] */
         if (a[0] != '-')
             return i;
         for (o = SHIM_OPTIONS; o->name; o++) {

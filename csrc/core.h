@@ -73,6 +73,9 @@ struct shim_rec {
     const char *version, *key;
     struct shim_config cfg;   /* all but argv and the environments, which each launch composes */
     const char *command;
+    int runscript;            /* shimrun run: argv from run_fixed, then the launch's or run_default */
+    const char **run_fixed, **run_default;
+    int nfixed, ndefault;
     struct shim_env_op *ops;
     int nops;
     struct shim_pass *pass;
@@ -91,6 +94,11 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
 void shim_rec_free(struct shim_rec *r);
 /* Has it all a launch needs (image, stage, command), or is it a refusal? 1 yes, 0 no with why. */
 int shim_rec_complete(const struct shim_rec *r, char *why, size_t whylen);
+
+/* appargv.c: the app's argv for a launch whose words are words[0..total-1] (words[0] the
+ * program, words[image] the image): NULL-terminated, pointing into words and the record; *n is its
+ * length. NULL when out of memory or when a runscript has no word at all. free() the array. */
+const char **shim_app_argv(const struct shim_rec *r, int total, char *const *words, int image, int *n);
 
 /* envcompose.c: the environment a record gives the app, NULL-terminated "K=V" strings in one
  * allocation (free() it); NULL when out of memory. */

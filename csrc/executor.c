@@ -152,7 +152,7 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
     struct shim_config cfg = r->cfg;
     const char **argv;
     char **direct, **script;
-    int i, n, code;
+    int i, n = 0, code;
 
     shim_debug_on = r->cfg.debug;
     for (i = 0; run->from_cache && i < r->nnotices; i++)
@@ -166,12 +166,8 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
     }
     if (run->listen_fd >= 0)
         return lead(r, &cfg, run, res);
-    n = run->argc - run->image - 1;
-    if (!(argv = calloc((size_t)n + 1, sizeof *argv)))
+    if (!(argv = shim_app_argv(r, run->argc, run->argv, run->image, &n)))
         return fail(res, SHIM_E_LAUNCH, "out of memory");
-    argv[0] = r->command;
-    for (i = 1; i < n; i++)
-        argv[i] = run->argv[run->image + 1 + i];
     direct = shim_env_compose(r, run->environ, SHIM_ENV_DIRECT);
     script = shim_env_compose(r, run->environ, SHIM_ENV_BASE);
     if (!direct || !script)

@@ -173,7 +173,8 @@ int main(int argc, char **argv)
     flags = take_env(SHIM_VAR_FRONTEND);
     listen = take_env(SHIM_VAR_LISTEN_FD);
     r.image = argc > 1 ? shim_image_index(argc, argv) : -1;
-    if (r.image < 0 || r.image + 1 >= argc || !getcwd(cwd, sizeof cwd))
+    /* IMAGE COMMAND, or run IMAGE: something to run */
+    if (r.image < 0 || (r.image + 1 >= argc && strcmp(argv[1], SHIM_RUN_VERB)) || !getcwd(cwd, sizeof cwd))
         python(argc, argv, -1);
     r.cwd = cwd;
     r.environ = environ;

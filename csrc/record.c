@@ -16,7 +16,7 @@ const char *shim_build_id(void) { return SHIM_BUILD_ID; }
 void shim_free(void *p) { free(p); }
 
 struct counts {
-    int binds, appends, stage_files, ops, pass, notices, inputs;
+    int binds, appends, stage_files, ops, pass, notices, inputs, run_args;
 };
 
 /* One pass over the fields: check the framing and count what needs an array. */
@@ -42,6 +42,7 @@ static int frame(const unsigned char *p, const unsigned char *end, struct counts
         case SHIM_R_ENV_OP: c->ops++; break;
         case SHIM_R_ENV_PASS: c->pass++; break;
         case SHIM_R_NOTICE: c->notices++; break;
+        case SHIM_R_RUN_ARG: c->run_args++; break;
         case SHIM_R_INPUT_FILE: case SHIM_R_INPUT_CONTENT: case SHIM_R_INPUT_GLOB: case SHIM_R_INPUT_ENV:
         case SHIM_R_INPUT_CPUS: c->inputs++; break;
         default: break;
@@ -123,6 +124,18 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         r->refuse = rd_str(&d);
         return rd_done(&d) && r->refuse_code > 0 && r->refuse_code < 256;
     case SHIM_R_NOTICE: r->notices[r->nnotices++] = rd_str(&d); return rd_done(&d);
+    case SHIM_R_RUNSCRIPT: r->runscript = (int)rd_int(&d, 4); return rd_done(&d);
+    case SHIM_R_RUN_ARG: {
+        int kind = (int)rd_int(&d, 1);
+        const char *word = rd_str(&d);
+        if (kind == SHIM_RUN_ARG_FIXED)
+            r->run_fixed[r->nfixed++] = word;
+        else if (kind == SHIM_RUN_ARG_DEFAULT)
+            r->run_default[r->ndefault++] = word;
+        else
+            return 0;
+        return rd_done(&d);
+    }
     default: return 0;
     }
 }
@@ -145,7 +158,8 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     mem = calloc(1, sizeof(struct shim_bind) * (size_t)(n.binds + 1) + sizeof(struct shim_append) * (size_t)(n.appends + 1)
                         + sizeof(struct shim_stage_file) * (size_t)(n.stage_files + 1)
                         + sizeof(struct shim_env_op) * (size_t)(n.ops + 1) + sizeof(struct shim_pass) * (size_t)(n.pass + 1)
-                        + sizeof(char *) * (size_t)(n.notices + 1) + sizeof(struct shim_field) * (size_t)(n.inputs + 1));
+                        + sizeof(char *) * (size_t)(n.notices + 1) + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
+                        + 2 * sizeof(char *) * (size_t)(n.run_args + 1));
     if (!mem) {
         snprintf(why, whylen, "out of memory");
         return -1;
@@ -164,6 +178,11 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     r->notices = (const char **)mem;
     mem += sizeof(char *) * (size_t)(n.notices + 1);
     r->inputs = (struct shim_field *)mem;
+    mem += sizeof(struct shim_field) * (size_t)(n.inputs + 1);
+    /* both lists get room for every RUN_ARG: which list a word goes to is known only when read */
+    r->run_fixed = (const char **)mem;
+    mem += sizeof(char *) * (size_t)(n.run_args + 1);
+    r->run_default = (const char **)mem;
     r->cfg.cwd = "";
     r->cfg.env_dir = "/.singularity.d/env";
     while (p < end) {
@@ -188,7 +207,7 @@ int shim_rec_complete(const struct shim_rec *r, char *why, size_t whylen)
 {
     if (r->refuse)
         return 1;
-    if (!r->cfg.image_kind || !r->cfg.image_path || !r->cfg.stage || !r->command
+    if (!r->cfg.image_kind || !r->cfg.image_path || !r->cfg.stage || (!r->command && !r->runscript)
         || (r->cfg.image_kind == SHIM_IMG_SQUASHFS && !r->cfg.squashfuse)) {
         snprintf(why, whylen, "an incomplete record");
         return 0;

@@ -136,7 +136,7 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
     for (nenv = 0; env && p < end; p += strlen(p) + 1)
         env[nenv++] = p;
     image = i == argc + 1 ? shim_image_index(argc + 1, argv) : -1;
-    if (!env || image < 0 || image + 1 > argc) {
+    if (!env || image < 0 || (image + 1 > argc && strcmp(argv[1], SHIM_RUN_VERB))) {
         free(argv);
         free(env);
         snprintf(message, mlen, "these arguments cannot join a running container (see shimrun --help)");
@@ -159,18 +159,22 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
     {
         char **xenv = shim_env_compose(r, env, script ? SHIM_ENV_BASE : SHIM_ENV_DIRECT);
         size_t n = 0;
+        int napp = 0;
+        const char **app = shim_app_argv(r, argc + 1, argv, image, &napp);
         put(o, "OK");
         put(o, workdir);
-        put_num(o, (size_t)(argc - image) + (script ? 4 : 0));
+        put_num(o, (size_t)napp + (script ? 4 : 0));
         if (script) {
             put(o, "/bin/sh");
             put(o, "-c");
             put(o, r->cfg.action_script);
             put(o, "shimrun");
         }
-        put(o, r->command);
-        for (i = image + 2; i <= argc; i++)
-            put(o, argv[i]);
+        for (i = 0; i < napp; i++)
+            put(o, app[i]);
+        if (!app)
+            o->oom = 1;
+        free((void *)app);
         while (xenv && xenv[n])
             n++;
         put_num(o, n);

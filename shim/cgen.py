@@ -53,7 +53,8 @@ def record_h() -> str:
     lines += _defines("SHIM_CHECK_", rf.CHECK) + [f"#define SHIM_CHECK_IDENTITY {rf.IDENTITY}"]
     lines += _defines("SHIM_ENVHOW_", rf.ENV_HOW) + _defines("SHIM_ENV_", rf.ENV_TARGET)
     lines += _defines("SHIM_OP_", rf.ENV_OP) + _defines("SHIM_PASS_", rf.ENV_PASS)
-    lines += _defines("SHIM_IMG_", rf.IMG) + _defines("SHIM_BIND_", rf.BIND)
+    lines += _defines("SHIM_IMG_", rf.IMG) + _defines("SHIM_BIND_", rf.BIND) + _defines("SHIM_RUN_ARG_", rf.RUN_ARG)
+    lines.append(f"#define SHIM_RUN_VERB {_c_string(rf.RUN_VERB)}")
     prefixes = ", ".join(_c_string(p) for p in rf.KEY_ENV_PREFIXES)
     handover = ", ".join(_c_string(v) for v in rf.HANDOVER_ENV.values())
     values = ", ".join(_c_string(n) for n, how in rf.JOB_VARIABLES.items() if how == rf.ENV_HOW["VALUE"])

@@ -6,9 +6,12 @@ Exit codes (documented in README.md, "Exit codes"):
   65 IMAGE                   not a SIF, truncated or corrupt image, no primary partition, unsupported fs
   67 REFUSED                 an injection was refused (or a warning) and --strict or the site makes it fatal
   66 ARCH                    the image's architecture cannot run on this host
+  68 NO_SUCH_IMAGE           the source has no such image: unknown tag or repository (404), no tag in an archive
   69 HOST                    the host lacks what shim needs (user namespaces, FUSE and no fallback)
   70 INTERNAL                a bug in shim (an exception shim did not expect)
   71 LAUNCH                  namespace / mount / pivot_root set-up failed
+  75 UNREACHABLE             the registry cannot be reached (not listening, DNS, TLS, a 5xx): try again later
+  77 AUTH                    the registry refused the credentials (401/403)
   78 CONFIG                  the site configuration or a profile is invalid
   126 NOT_EXECUTABLE         the command exists in the image but cannot be executed
   127 NOT_FOUND              the command is not found in the image
@@ -25,9 +28,12 @@ class ExitCode(IntEnum):
     IMAGE = 65
     ARCH = 66
     REFUSED = 67
+    NO_SUCH_IMAGE = 68
     HOST = 69
     INTERNAL = 70
     LAUNCH = 71
+    UNREACHABLE = 75
+    AUTH = 77
     CONFIG = 78
     NOT_EXECUTABLE = 126
     NOT_FOUND = 127

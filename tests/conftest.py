@@ -21,6 +21,9 @@ SHARED = Path(os.environ.get("SHIM_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "sif-golden"
 TEST_USER = os.environ.get("SHIM_TEST_USER", "shimtest")
 
+# OCI images and registries (tests/oci_fixtures.py).
+pytest_plugins = ["oci_fixtures"]
+
 
 def shimrun_path() -> str:
     """The installed console script (scripts/install.sh puts it in /opt/shim/venv)."""

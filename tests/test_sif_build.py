@@ -19,8 +19,8 @@ from shim.errors import ExitCode, ShimError, UsageError
 from shim.image import arch as archmod
 from shim.image import build as buildmod
 from shim.image.build import build_sif
-from shim.image.sif import primary_partition, read_sif
-from shim.image.sif_write import write_sif
+from shim.image.sif import DATA_DEFFILE, primary_partition, read_sif
+from shim.image.sif_write import SifObject, write_sif
 from shim.image.squashfs import read_superblock
 
 needs_squashfs_tools = pytest.mark.skipif(
@@ -243,7 +243,7 @@ def test_write_sif_with_deffile(rootfs: Path, tmp_path: Path) -> None:
                    check=True, capture_output=True)
     deffile = b"Bootstrap: localimage\nFrom: rootfs\n"
     out = tmp_path / "d.sif"
-    write_sif(out, sqfs, "arm64", deffile=deffile, deterministic=True)
+    write_sif(out, sqfs, "arm64", objects=(SifObject(DATA_DEFFILE, "", deffile),), deterministic=True)
     img = read_sif(out)
     d, part = img.descriptors
     assert (d.id, d.type_name, d.offset, d.size, d.size_with_padding) == (

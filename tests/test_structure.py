@@ -18,7 +18,8 @@ from shim.knowledge.codes import registry
 REPO = Path(__file__).resolve().parents[1]
 SHIM = REPO / "shim"
 # Lowest first: a module may import its own layer and the layers before it, never one after.
-LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"), ("cachefiles", "image", "elf"),
+LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"),
+          ("cachefiles", "image", "elf", "oci"),
           ("host", "expect"), ("site",), ("diagnose",), ("plan",), ("report",), ("launch",), ("pipeline",),
           ("cli", "__main__", "__init__")]
 

@@ -24,13 +24,42 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
+def oci_origin(img: SifImage) -> dict[str, object] | None:
+    """Where an image built from OCI came from: its source, manifest digest, labels, runscript."""
+    from shim.image.sif import DATA_LABELS, oci_config, read_object
+    from shim.oci.config import DIGEST_LABEL, SOURCE_LABEL, runscript_words, working_dir
+
+    config = oci_config(img)
+    if config is None:
+        return None
+    labels: dict[str, object] = {}
+    for d in img.descriptors:
+        if d.data_type == DATA_LABELS:
+            try:
+                found = json.loads(read_object(img, d))
+            except (ValueError, RecursionError):
+                found = {}
+            labels = found if isinstance(found, dict) else {}
+    entrypoint, cmd = runscript_words(config)
+    return {"source": labels.get(SOURCE_LABEL, ""), "manifest_digest": labels.get(DIGEST_LABEL, ""),
+            "labels": labels, "entrypoint": list(entrypoint), "cmd": list(cmd), "working_dir": working_dir(config)}
+
+
 def main(args: argparse.Namespace) -> int:
     img = read_sif(args.image)
+    origin = oci_origin(img)
     if args.json:
-        json.dump(sif_to_dict(img), sys.stdout, indent=2)
+        doc = sif_to_dict(img)
+        if origin is not None:
+            doc["oci"] = origin
+        json.dump(doc, sys.stdout, indent=2)
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_header(img) + "\n" + format_list(img))
+        if origin is not None:
+            sys.stdout.write(f"\nOCI source:           {origin['source']}\n"
+                             f"Manifest digest:      {origin['manifest_digest'] or '(none: docker save archive)'}\n"
+                             f"Entrypoint / Cmd:     {origin['entrypoint']} / {origin['cmd']}\n")
     return 0
 
 

@@ -17,6 +17,9 @@ SUBCOMMANDS = {
     "build": "shim.cli.build_cmd",
     "check": "shim.cli.check_cmd",
     "profiles": "shim.cli.profiles_cmd",
+    "pull": "shim.cli.pull_cmd",
+    "cache": "shim.cli.cache_cmd",
+    "run": "shim.cli.runscript_cmd",
 }
 INTERNAL_ERROR = int(ExitCode.INTERNAL)
 

@@ -26,7 +26,7 @@ from typing import IO
 
 from shim.errors import ExitCode, ShimError, UsageError
 from shim.image import arch as archmod
-from shim.image.sif_write import write_sif
+from shim.image.sif_write import SifObject, write_sif
 
 COMPRESSIONS = ("zstd", "lz4", "gzip", "xz")
 
@@ -44,6 +44,10 @@ DECOMPRESSORS: tuple[tuple[bytes, tuple[str, ...], str], ...] = (
 # 0755 whatever the source says: -tar skips the archive's "./" entry and would make it 0777,
 # and a 0700 temp or build directory as "/" would lock every non-root user out of the image.
 MKSQUASHFS_BASE = ("-noappend", "-no-xattrs", "-all-root", "-root-mode", "0755")
+
+# A pull promises bounded memory: mksquashfs otherwise sizes its caches at a quarter of RAM
+# (~280 MB resident on a 24 GiB node for a 170 MB image); 64M measured no slower there.
+MKSQUASHFS_STREAM_MEM = ("-mem", "64M")
 
 Progress = Callable[[str], None]
 
@@ -324,3 +328,59 @@ def _extract(source: str, dest: str) -> None:
                             check=False).returncode
         if rc != 0:
             raise _failure("tar -x", source, log, rc)
+
+
+@dataclass(frozen=True)
+class StreamBuild:
+    """A SIF made from a tar stream that a writer produces (an OCI image's flattened layers)."""
+
+    what: str                                 # the source, for messages
+    arch: str
+    compression: str = "zstd"
+    deterministic: bool = False
+    objects: tuple[SifObject, ...] = ()       # stored before the partition
+    progress: Progress | None = None
+
+
+def build_sif_from_stream(out: str, write_tar: Callable[[IO[bytes]], None], spec: StreamBuild) -> None:
+    """Pipe `write_tar`'s archive into `mksquashfs -tar` and wrap the result as OUT. Nothing of it is
+    left behind on failure or interruption: the work directory beside OUT goes, and OUT appears
+    only, whole, at the end."""
+    say = spec.progress or (lambda _msg: None)
+    if spec.compression not in COMPRESSIONS:
+        raise UsageError(f"unknown compression {spec.compression!r}", "use one of: " + ", ".join(COMPRESSIONS))
+    out_dir = os.path.dirname(os.path.abspath(out))
+    if not os.path.isdir(out_dir):
+        raise UsageError(f"cannot write {out}: directory {out_dir} does not exist")
+    mksquashfs = _which("mksquashfs", "squashfs-tools")
+    if not mksquashfs_has_tar(mksquashfs):
+        raise ShimError(ExitCode.HOST, f"{mksquashfs} cannot read a tar stream (-tar)",
+                        "install squashfs-tools 4.5.1 or newer")
+    flags = [*MKSQUASHFS_BASE, *MKSQUASHFS_STREAM_MEM, "-comp", spec.compression,
+             *_time_flags(spec.deterministic)]
+    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.build.", dir=out_dir)
+    mk: subprocess.Popen[bytes] | None = None
+    try:
+        sqfs = os.path.join(work, "rootfs.sqfs")
+        say(f"creating squashfs ({spec.compression})")
+        cmd = [mksquashfs, "-", sqfs, "-tar", *flags]
+        with _mksquashfs_output() as (extra, where, log):
+            mk = subprocess.Popen([*cmd, *extra], stdin=subprocess.PIPE, stdout=where, stderr=subprocess.STDOUT,
+                                  env=_mksquashfs_env(cmd))
+            try:
+                assert mk.stdin is not None
+                write_tar(mk.stdin)
+            except BrokenPipeError:
+                pass  # mksquashfs stopped reading: its exit status says why
+            finally:
+                _close_quietly(mk.stdin)
+            rc = mk.wait()
+            if rc != 0:
+                raise _failure("mksquashfs -tar", spec.what, log, rc)
+        say(f"writing {out} ({spec.arch})")
+        write_sif(out, sqfs, spec.arch, objects=spec.objects, deterministic=spec.deterministic)
+    finally:
+        if mk is not None and mk.poll() is None:
+            mk.kill()
+            mk.wait()
+        shutil.rmtree(work, ignore_errors=True)

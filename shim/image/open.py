@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from shim.errors import ImageError
 from shim.image.regular import open_regular
@@ -23,6 +24,8 @@ class ImageRef:
     size: int = 0        # bytes of the squashfs
     arch: str = "unknown"  # Go-style name (amd64, arm64, ...)
     image_id: str | None = None
+    # the OCI image config of an image built from an OCI source (its Env, Entrypoint, Cmd, WorkingDir)
+    oci_config: dict[str, Any] | None = field(default=None, compare=False)
 
 
 def open_image(path: str) -> ImageRef:
@@ -47,11 +50,11 @@ def open_image(path: str) -> ImageRef:
     if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC:
         raise ImageError(f"{path} is not a SIF image, a squashfs file or a directory",
                          "build one with 'shimrun build OUT.sif ROOTFS'")
-    from shim.image.sif import primary_partition, read_sif
+    from shim.image.sif import oci_config, primary_partition, read_sif
     from shim.image.squashfs import read_superblock
 
     sif = read_sif(real)
     part = primary_partition(sif)
     read_superblock(real, part.offset, part.size)
     return ImageRef(real, "squashfs", part.offset, part.size, part.arch or "unknown",
-                    str(sif.header.id) if sif.header.id else None)
+                    str(sif.header.id) if sif.header.id else None, oci_config(sif))

@@ -52,6 +52,9 @@ DATA_TYPES: dict[int, str] = {
     0x400B: "OCI.Blob",
 }
 DATA_DEFFILE = 0x4001
+DATA_LABELS = 0x4003
+DATA_GENERIC_JSON = 0x4006
+OCI_CONFIG_NAME = "oci-config.json"  # the image config of an image built from OCI (JSON.Generic)
 DATA_PARTITION = 0x4004
 DATA_SIGNATURE = 0x4005
 DATA_CRYPTO_MESSAGE = 0x4008
@@ -385,3 +388,32 @@ def _descriptor_dict(d: SifDescriptor) -> dict[str, Any]:
         "crypto_format": d.crypto_format,
         "crypto_message": d.crypto_message,
     }
+
+
+def read_object(img: SifImage, d: SifDescriptor, limit: int = 4 << 20) -> bytes:
+    """The bytes of a (small) data object; ImageError when it is larger than `limit`."""
+    if d.size > limit:
+        raise ImageError(f"{img.path}: object {d.id} ({d.name or d.data_type}) is larger than {limit} bytes")
+    try:
+        with open_regular(img.path) as f:
+            f.seek(d.offset)
+            data = f.read(d.size)
+    except OSError as e:
+        raise ImageError(f"cannot read image {img.path}: {e.strerror}") from None
+    if len(data) != d.size:
+        raise ImageError(f"{img.path}: truncated SIF: object {d.id} is short", _HINT_CORRUPT)
+    return data
+
+
+def oci_config(img: SifImage) -> dict[str, Any] | None:
+    """The OCI image config stored by `shimrun pull`/`build` from an OCI source, or None."""
+    import json
+
+    for d in img.descriptors:
+        if d.data_type == DATA_GENERIC_JSON and d.name == OCI_CONFIG_NAME:
+            try:
+                obj = json.loads(read_object(img, d))
+            except (ValueError, RecursionError):
+                raise ImageError(f"{img.path}: its {OCI_CONFIG_NAME} is not valid JSON", _HINT_CORRUPT) from None
+            return obj if isinstance(obj, dict) else None
+    return None

@@ -35,6 +35,15 @@ DEFAULT_GROUP = 1
 
 
 @dataclass(frozen=True)
+class SifObject:
+    """A small data object to store before the partition (a definition file, JSON)."""
+
+    data_type: int
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class _Object:
     data_type: int
     size: int
@@ -85,7 +94,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 
 def write_sif(out: str | os.PathLike[str], squashfs: str | os.PathLike[str], arch: str, *,
-              deffile: bytes | None = None, deterministic: bool = False,
+              objects: tuple[SifObject, ...] = (), deterministic: bool = False,
               launch_script: bytes | None = None, partition_name: str = "") -> None:
     """Write OUT as a SIF whose primary partition is the squashfs file SQUASHFS.
 
@@ -105,7 +114,7 @@ def write_sif(out: str | os.PathLike[str], squashfs: str | os.PathLike[str], arc
     t = sif.ZERO_TIME if deterministic else int(time.time())
     image_id = bytes(16) if deterministic else uuid.uuid4().bytes
     try:
-        _write(out, squashfs, code, deffile, launch_script, partition_name, t, image_id)
+        _write(out, squashfs, code, objects, launch_script, partition_name, t, image_id)
     except OSError as e:
         if e.filename == squashfs:
             raise ImageError(f"cannot read squashfs {squashfs}: {e.strerror}") from None
@@ -120,14 +129,13 @@ _USER_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ER
                 errno.EISDIR)
 
 
-def _write(out: str, squashfs: str, code: str, deffile: bytes | None, launch_script: bytes,
+def _write(out: str, squashfs: str, code: str, extra: tuple[SifObject, ...], launch_script: bytes,  # noqa: PLR0913
            partition_name: str, t: int, image_id: bytes) -> None:
     with open(squashfs, "rb") as sq:
         sq_size = os.fstat(sq.fileno()).st_size
         read_superblock(sq, 0, sq_size)
         objects = []
-        if deffile is not None:
-            objects.append(_Object(sif.DATA_DEFFILE, len(deffile), b"", "", 0, deffile))
+        objects += [_Object(o.data_type, len(o.data), b"", o.name, 0, o.data) for o in extra]
         part_extra = struct.pack("<ii3s", sif.FS_SQUASHFS, sif.PART_PRIMSYS, code.encode())
         objects.append(_Object(sif.DATA_PARTITION, sq_size, part_extra, partition_name,
                                PARTITION_ALIGN))

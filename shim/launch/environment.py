@@ -81,6 +81,7 @@ class EnvOptions:
     extra: Mapping[str, str] = field(default_factory=dict)  # variables the runtime itself adds
     edits: tuple[EnvEdit, ...] = ()  # the profiles' [env], in profile order
     pwd: str = ""  # PWD as the app sees it (passes like a host variable)
+    image_env: tuple[tuple[str, str], ...] = ()  # an OCI image's Env, as data (no shell needed)
 
 
 @dataclass(frozen=True)
@@ -224,6 +225,9 @@ def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.s
     ops.append(EnvOp(DIRECT_T, _SET, "PATH", DEFAULT_PATH))
     ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in defaults.items()]
     ops.append(EnvOp(DIRECT_T, ENV_OP["HOST"]))
+    # An OCI image's Env ranks as its environment scripts do (above the host's variables): the same
+    # as when the image's shell sources 10-docker2singularity.sh with the host's variables set aside.
+    ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in opts.image_env if k != "HOME"]
     ops += [EnvOp(DIRECT_T, _EDIT_OPS[e.op], e.name, e.value) for e in opts.edits]
     ops.append(EnvOp(DIRECT_T, ENV_OP["SET_DEFAULT"], "PATH", DEFAULT_PATH))
     ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in overrides.items() if k not in _PATH_EDITS]

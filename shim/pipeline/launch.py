@@ -93,6 +93,7 @@ class _Planner:
         from shim.diagnose.check import JOB_VARIABLES, host_root
 
         self.req, self.args = req, req.args
+        self.command = list(req.command)  # the app and its arguments (`shimrun run`: the runscript's)
         self.env = RecordingEnv(req.environ, declared=JOB_VARIABLES, ignored=KEY_ENV_PREFIXES)
         self.inputs = InputSet()
         self.host_root = host_root(req.environ)
@@ -153,20 +154,63 @@ class _Planner:
         from shim.launch.environment import EnvOptions, env_rules
         from shim.launch.identity import identity_appends
 
-        args, command = self.args, self.req.command
+        args = self.args
         home = None if args.no_home else _home(self.env)
         binds = self.binds(site, home)
         root, notices = self.rootfs(image)
         appends = identity_appends(home or "/", args.fakeroot)
         self.inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends)
+        runscript, workdir = self.runscript(image)
+        pwd = args.pwd or workdir
         env_opts = EnvOptions(cleanenv=args.cleanenv, env_pairs=tuple(args.env), home=home or "/",
-                              image_path=image.path, pwd=args.pwd or self.req.cwd)
+                              image_path=image.path, pwd=pwd or self.req.cwd, image_env=_image_env(image))
         record = LaunchRecord(version=native.build_id(), key="", image=root, stage=STAGE_DIR,
-                              command=command[0] if command else "true", env=env_rules(self.req.environ, env_opts),
-                              binds=tuple(binds), appends=tuple(appends), fakeroot=args.fakeroot, cwd=args.pwd or "",
-                              cwd_required=bool(args.pwd) or args.strict, quiet=args.quiet, debug=args.debug,
-                              notices=tuple(notices))
+                              command="" if runscript else self.command[0] if self.command else "true",
+                              env=env_rules(self.req.environ, env_opts), binds=tuple(binds), appends=tuple(appends),
+                              fakeroot=args.fakeroot, cwd=pwd or "", cwd_required=bool(args.pwd) or args.strict,
+                              quiet=args.quiet, debug=args.debug, notices=tuple(notices) + self.shell_notice(image),
+                              runscript=runscript)
         return record, env_opts
+
+    def runscript(self, image) -> tuple[tuple[tuple[str, ...], tuple[str, ...]] | None, str]:
+        """`shimrun run`: the image's runscript words and working directory (and self.command, the
+        app as this launch runs it, for the look at the image)."""
+        if not getattr(self.args, "runscript", False):
+            return None, ""
+        from shim.errors import UsageError
+        from shim.oci.config import RUNSCRIPT, runscript_words, working_dir
+
+        given = tuple(self.req.command)
+        if image.oci_config is not None:
+            fixed, default = runscript_words(image.oci_config)
+            workdir = working_dir(image.oci_config)
+        else:
+            fixed, default, workdir = (RUNSCRIPT,), (), ""
+        self.command = [*fixed, *(given or default)]
+        if not self.command:
+            raise UsageError(f"{image.path} has no runscript (its OCI config has no Entrypoint and no Cmd)",
+                             "give the command: shimrun IMAGE COMMAND [ARGS...]")
+        return (fixed, default), workdir
+
+    def shell_notice(self, image) -> tuple[str, ...]:
+        """One warning when a directory image has environment scripts but no shell to source them
+        (an OCI image's Env needs none: it is applied as data)."""
+        if image.kind != "dir" or image.oci_config is not None:
+            return ()
+        from shim.elf.rootpath import RootPaths
+        from shim.expect.envscripts import env_scripts
+
+        paths = RootPaths(image.path)
+        scripts = env_scripts(paths)
+        if not scripts or paths.regular_file("/bin/sh") is not None:
+            return ()
+        message = (f"shimrun: warning: {image.path} has environment scripts ({', '.join(scripts)}) but no /bin/sh "
+                   "to run them: the app starts without what they set")
+        import sys
+
+        if not self.args.quiet:
+            print(message, file=sys.stderr)
+        return (message,)
 
     def hardware(self, image, profiles) -> tuple[str | None, tuple | None]:
         """The hardware check's key (None: off) and its cached answer (diagnostics, reads) or None."""
@@ -174,7 +218,7 @@ class _Planner:
         from shim.host.fingerprint import host_inputs
 
         environ = self.req.environ
-        app = self.req.command[0] if self.req.command else None
+        app = self.command[0] if self.command else None
         key = None if environ.get("SHIMRUN_NO_HW_CHECK") else check_key(image.path, app, environ, self.host_root)
         known = cached(key, image.path if image.kind == "dir" else "") if key else None
         if key:
@@ -196,7 +240,7 @@ class _Planner:
         return AnalysisJob(prepare_record=prepare, stage=STAGE_DIR, image_path=image.path, image_arch=image.arch,
                            image_dir=image.path if image.kind == "dir" else "", profiles=profiles,
                            requested=tuple(args.profile), no_profiles=args.no_profiles,
-                           command=tuple(self.req.command), path=path, host_root=self.host_root,
+                           command=tuple(self.command), path=path, host_root=self.host_root,
                            refusal_severity=ERROR if site.refusal == "error" else WARNING,
                            environ=dict(self.req.environ), hw_key=key, hw_known=known[0] if known else None,
                            debug=args.debug)
@@ -224,6 +268,14 @@ class _Planner:
         argv = ["shimrun", *self.req.argv]
         image_at = native.image_index(argv)
         return native.record_key(argv, image_at, self.req.cwd, self.req.environ) if image_at > 0 else ""
+
+
+def _image_env(image) -> tuple[tuple[str, str], ...]:
+    if image.oci_config is None:
+        return ()
+    from shim.oci.config import env_pairs
+
+    return env_pairs(image.oci_config)
 
 
 def wants_analysis(req: LaunchRequest, profiles, hw: tuple) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from shim.record.format import ENV_TARGET, MAGIC, TAGS
+from shim.record.format import ENV_TARGET, MAGIC, RUN_ARG, TAGS
 from shim.record.model import (
     ContentInput,
     CpusInput,
@@ -70,7 +70,14 @@ def encode(r: LaunchRecord) -> bytes:
     out += [_f("APPEND", _s(path) + _s(text)) for path, text in r.appends]
     out += [_f("STAGE_FILE", _s(name) + data) for name, data in r.stage_files]
     out += [_f("CWD", _s(r.cwd)), _f("CWD_REQUIRED", _u32(int(r.cwd_required))), _f("QUIET", _u32(int(r.quiet))),
-            _f("DEBUG", _u32(int(r.debug))), _f("COMMAND", _s(r.command)), env_fields(r.env)]
+            _f("DEBUG", _u32(int(r.debug))), env_fields(r.env)]
+    if r.command:
+        out.append(_f("COMMAND", _s(r.command)))
+    if r.runscript is not None:
+        fixed, default = r.runscript
+        out.append(_f("RUNSCRIPT", _u32(1)))
+        out += [_f("RUN_ARG", bytes([RUN_ARG["FIXED"]]) + _s(w)) for w in fixed]
+        out += [_f("RUN_ARG", bytes([RUN_ARG["DEFAULT"]]) + _s(w)) for w in default]
     if r.diagnostics:
         out.append(_f("DIAGNOSTICS", _s(r.diagnostics)))
     if r.refuse:

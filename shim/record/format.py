@@ -34,6 +34,9 @@ TAGS: dict[str, tuple[int, str]] = {
     "QUIET": (42, "u32"),
     "DEBUG": (43, "u32"),
     "COMMAND": (44, "string: the app; its arguments come from each launch"),
+    "RUNSCRIPT": (45, ("u32: 1: `shimrun run IMAGE [ARGS...]`: the app is the FIXED words, then the launch's "
+                       "ARGS or, with none, the DEFAULT words (COMMAND is not used)")),
+    "RUN_ARG": (46, "u8 RUN_ARG_*, string: a word of the image's runscript (OCI Entrypoint: FIXED, Cmd: DEFAULT)"),
     "ENV_OP": (50, "u8 target, u8 op, name, value"),
     "ENV_PASS": (51, "u8 rule, text"),
     "ACTION_SCRIPT": (52, "string: run by the image's /bin/sh when ENV_DIR exists in the image"),
@@ -60,6 +63,9 @@ ENV_PASS = {"ALWAYS_PREFIX": 1, "BLOCKED": 2, "BLOCKED_PREFIX": 3, "CLEANENV_KEE
             "SHELL_OWNED": 6}
 
 IMG = {"SQUASHFS": 1, "DIR": 2}
+RUN_ARG = {"FIXED": 1, "DEFAULT": 2}
+# The word after shimrun's options that makes the next one the image and the rest its arguments.
+RUN_VERB = "run"
 BIND = {"RO": 1,          # read-only in the container
         "OPTIONAL": 2,    # skipped when the source does not exist
         "KEEPDEV": 4,     # device nodes stay usable (host /dev); still nosuid

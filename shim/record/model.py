@@ -98,3 +98,5 @@ class LaunchRecord:
     refuse: tuple[int, str] | None = None               # (exit code, message): the app is not started
     notices: tuple[str, ...] = ()
     inputs: tuple[Input, ...] = field(default=())
+    # `shimrun run`: (fixed words, default words) of the image's runscript; command is then ""
+    runscript: tuple[tuple[str, ...], tuple[str, ...]] | None = None
