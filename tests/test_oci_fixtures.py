@@ -4,6 +4,7 @@ deterministic, the registries serve them, the independent tools read what we wri
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import hashlib
 import json
@@ -12,6 +13,7 @@ import socket
 import stat
 import subprocess
 import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import oci
@@ -110,7 +112,9 @@ def test_tls_registry_needs_the_password(tls_registry: oci.Registry, app_layout:
                    f"docker://{tls_registry.host}/sci/app:1")
 
 
-def test_registry_start_retries_a_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@contextlib.contextmanager
+def first_port_taken(monkeypatch: pytest.MonkeyPatch) -> Iterator[int]:
+    """Hold a listening port and make it the first one a registry start is offered."""
     if not oci.REGISTRY_BIN.exists():
         pytest.skip("docker-registry is not installed (requirements-apt.txt lists it)")
     with socket.socket() as busy:
@@ -120,6 +124,11 @@ def test_registry_start_retries_a_taken_port(tmp_path: Path, monkeypatch: pytest
         ports = iter([taken])
         free = oci._free_port
         monkeypatch.setattr(oci, "_free_port", lambda: next(ports, None) or free())
+        yield taken
+
+
+def test_registry_start_retries_a_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with first_port_taken(monkeypatch) as taken:
         reg = oci.start_registry(tmp_path / "reg")
         try:
             assert reg.host != f"127.0.0.1:{taken}" and reg.get("/v2/")[0] == 200
@@ -268,15 +277,7 @@ def test_token_registry_checks_the_signature(token_registry: oci.TokenRegistry) 
 
 def test_token_registry_start_retries_a_taken_port(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On a port clash only the registry is restarted: the token server it trusts keeps serving."""
-    if not oci.REGISTRY_BIN.exists():
-        pytest.skip("docker-registry is not installed (requirements-apt.txt lists it)")
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        taken = busy.getsockname()[1]
-        ports = iter([taken])
-        free = oci._free_port
-        monkeypatch.setattr(oci, "_free_port", lambda: next(ports, None) or free())
+    with first_port_taken(monkeypatch) as taken:
         reg = oci.start_token_registry(tmp_path / "reg")
         try:
             assert reg.host != f"127.0.0.1:{taken}"
