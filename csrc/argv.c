@@ -59,8 +59,8 @@ int shim_image_index(int argc, char *const *argv)
     for (i = 1; i < argc; i++) {
         const char *a = argv[i];
         const struct shim_option *o;
-        if (i == 1 && !strcmp(a, SHIM_RUN_VERB))
-            continue; /* shimrun run [OPTIONS] IMAGE [ARGS...] */
+        if (i == 1 && (!strcmp(a, SHIM_RUN_VERB) || !strcmp(a, SHIM_EXEC_VERB)))
+            continue; /* shimrun run|exec [OPTIONS] IMAGE [ARGS...] */
         if (a[0] != '-')
             return i;
         for (o = SHIM_OPTIONS; o->name; o++) {
@@ -77,6 +77,23 @@ int shim_image_index(int argc, char *const *argv)
             return -1;
     }
     return -1;
+}
+
+/* 1 when an option before the image asks for a container of its own (new namespaces, --contain). */
+int shim_runs_alone(int argc, char *const *argv, int image)
+{
+    int i;
+    const struct shim_option *o;
+
+    for (i = 1; i < image && i < argc; i++)
+        for (o = SHIM_OPTIONS; o->name; o++)
+            if (!strcmp(argv[i], o->name)) {
+                if (o->alone)
+                    return 1;
+                i += o->takes_value;
+                break;
+            }
+    return 0;
 }
 
 void shim_node_name(char *const *environ, char *out, size_t outlen)

@@ -27,6 +27,11 @@ struct shim_stage_file {
     size_t len;
 };
 
+/* A symlink made in a directory the launch mounted fresh (the minimal /dev's ptmx, fd, stdin...). */
+struct shim_link {
+    const char *target, *path;
+};
+
 /* One launch, as the set-up steps (launch.c) take it. */
 struct shim_config {
     int image_kind;           /* SHIM_IMG_* */
@@ -50,6 +55,10 @@ struct shim_config {
     const char *action_script;      /* NULL: always exec directly */
     const char *env_dir;      /* run action_script only when this dir exists in the image */
     int debug;
+    int namespaces;           /* SHIM_NS_*: more than user + mount */
+    int writable;             /* the root gets a tmpfs overlay (--writable-tmpfs) */
+    const struct shim_link *links;
+    int nlinks;
 };
 
 /* ---- the record, parsed (record.c): pointers into the caller's buffer ---- */
@@ -110,6 +119,7 @@ int shim_inputs_hold(const struct shim_rec *r, char *const *environ, char *why, 
 /* argv.c */
 const char *shim_env_get(char *const *environ, const char *name);
 void shim_node_name(char *const *environ, char *out, size_t outlen);
+int shim_runs_alone(int argc, char *const *argv, int image);
 
 /* fnv.c: two FNV-1a 64-bit hashes over NUL-terminated fields (the NUL hashed too). */
 struct shim_fnv {
@@ -180,7 +190,12 @@ int shim_setup_root(const struct shim_config *cfg, struct shim_result *res);
 int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res);
 
 /* userns.c */
-void enter_namespaces(int fakeroot);
+void enter_namespaces(int fakeroot, int namespaces);
+
+/* nsinit.c */
+void shim_loopback_up(void);
+void shim_pidns_fork(void);
+void shim_pidns_init(void);
 
 /* fuse.c */
 void mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);
@@ -194,5 +209,15 @@ void seal_underlays(int root_fd);
 void append_to_image_file(int root_fd, const struct shim_append *a, int n);
 void write_stage_file(const char *stage, const struct shim_stage_file *f);
 void set_stage(const char *stage);
+int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir);
+void own_mount(int fd, const char *where);
+int on_underlay(int fd); /* 1: mount points may be made in this directory (our own tmpfs) */
+void fd_path(int fd, char *buf, size_t len);
+
+/* fresh.c: file systems made for the launch (not from the host): tmpfs, devpts, proc, the
+ * writable root's overlay, and symlinks in them. */
+void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b);
+void make_link(int root_fd, const struct shim_link *l);
+void overlay_root(const char *stage, const char *root);
 
 #endif

@@ -28,6 +28,8 @@ static void setup_root(const struct shim_config *cfg, const char *root)
     Z(mkdir(root, 0755), "mkdir %s", root);
     if (cfg->image_kind == SHIM_IMG_SQUASHFS) {
         mount_squashfs(cfg, cfg->stage, root);
+        if (cfg->writable)
+            overlay_root(cfg->stage, root);
     } else {
         int fd;
         Z(mount(cfg->image_path, root, NULL, MS_BIND | MS_REC, NULL), "bind directory image %s", cfg->image_path);
@@ -36,6 +38,8 @@ static void setup_root(const struct shim_config *cfg, const char *root)
         /* Read-only like a SIF, so missing mount points never modify the user's directory. */
         set_mount_attrs(fd, 0, 1, 0);
         close(fd);
+        if (cfg->writable)
+            overlay_root(cfg->stage, root);
     }
 }
 
@@ -108,7 +112,7 @@ int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
         shim_fail(SHIM_E_LAUNCH, -r, "open /dev/null for a closed standard descriptor");
     snprintf(root, sizeof root, "%s/root", cfg->stage);
     set_stage(cfg->stage);
-    enter_namespaces(cfg->fakeroot);
+    enter_namespaces(cfg->fakeroot, cfg->namespaces);
     make_private_tmpfs(cfg->stage, "the container's staging area");
     setup_root(cfg, root);
     return 0;
@@ -128,6 +132,8 @@ int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
     Z(root_fd, "open container root %s", root);
     for (i = 0; i < cfg->nbinds; i++)
         bind_into_root(root, &root_fd, &cfg->binds[i]);
+    for (i = 0; i < cfg->nlinks; i++)
+        make_link(root_fd, &cfg->links[i]);
     for (i = 0; i < cfg->nappends; i++)
         append_to_image_file(root_fd, &cfg->appends[i], i);
     seal_underlays(root_fd);
@@ -154,6 +160,8 @@ int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res)
     }
     /* Nothing exec'd from here on can gain privileges (setuid files are also nosuid). */
     Z(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "set no_new_privs");
+    if (cfg->namespaces & SHIM_NS_PID)
+        shim_pidns_init(); /* PID 1 stays the init; the app's process returns here */
     exec_app(cfg);
     return res->code; /* not reached: exec_app execs or fails */
 }

@@ -36,8 +36,12 @@ static char stage_dir[PATH_MAX]; /* a copy: prepare and finish get separate conf
 static int n_underlays;
 static char underlay_paths[MAX_UNDERLAYS][PATH_MAX];
 static dev_t underlay_devs[MAX_UNDERLAYS];
+/* File systems this launch mounted fresh (a private /tmp, a minimal /dev, the writable root's
+ * overlay): mount points may be made in them, and they stay writable. */
+static int n_own;
+static dev_t own_devs[MAX_UNDERLAYS];
 
-static int on_underlay(int fd)
+int on_underlay(int fd)
 {
     struct stat st;
     int i;
@@ -46,7 +50,20 @@ static int on_underlay(int fd)
     for (i = 0; i < n_underlays; i++)
         if (underlay_devs[i] == st.st_dev)
             return 1;
+    for (i = 0; i < n_own; i++)
+        if (own_devs[i] == st.st_dev)
+            return 1;
     return 0;
+}
+
+void own_mount(int fd, const char *where)
+{
+    struct stat st;
+
+    Z(fstat(fd, &st), "stat %s", where);
+    if (n_own >= MAX_UNDERLAYS)
+        shim_fail(SHIM_E_LAUNCH, 0, "too many fresh mounts (at %s)", where);
+    own_devs[n_own++] = st.st_dev;
 }
 
 /* Into the launch's private tmpfs (made by prepare), so only this launch's mounts can see it. */
@@ -76,9 +93,10 @@ void set_stage(const char *stage)
 {
     snprintf(stage_dir, sizeof stage_dir, "%s", stage);
     n_underlays = 0;
+    n_own = 0;
 }
 
-static void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
+void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
 
 int open_in_root(int root_fd, const char *path, int flags)
 {
@@ -235,7 +253,7 @@ static void resolved_path(const char *root, int fd, char *out, size_t len)
 
 /* Open the destination `path` inside the root, creating what is missing (directories, or an
  * empty file when the source is not a directory). Returns an O_PATH fd. */
-static int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir)
+int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir)
 {
     int root_fd = *root_fdp;
     char prefix[PATH_MAX], comp[NAME_MAX + 1];
@@ -354,6 +372,10 @@ void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
     struct stat st, dst_st;
     int src_fd, dst_fd, tree;
 
+    if (b->flags & (SHIM_BIND_TMPFS | SHIM_BIND_DEVPTS | SHIM_BIND_PROC)) {
+        fresh_mount(root, root_fdp, b);
+        return;
+    }
     /* The source as a detached copy of its mount tree (open_tree), or, on kernels without it, by fd. */
     tree = clone_tree(b->src, 1);
     src_fd = tree >= 0 || errno != ENOSYS ? tree : open(b->src, O_PATH | O_CLOEXEC);

@@ -16,7 +16,7 @@ const char *shim_build_id(void) { return SHIM_BUILD_ID; }
 void shim_free(void *p) { free(p); }
 
 struct counts {
-    int binds, appends, stage_files, ops, pass, notices, inputs, run_args;
+    int binds, appends, stage_files, ops, pass, notices, inputs, run_args, links;
 };
 
 /* One pass over the fields: check the framing and count what needs an array. */
@@ -38,6 +38,7 @@ static int frame(const unsigned char *p, const unsigned char *end, struct counts
         switch (tag) {
         case SHIM_R_BIND: c->binds++; break;
         case SHIM_R_APPEND: c->appends++; break;
+        case SHIM_R_LINK: c->links++; break;
         case SHIM_R_STAGE_FILE: c->stage_files++; break;
         case SHIM_R_ENV_OP: c->ops++; break;
         case SHIM_R_ENV_PASS: c->pass++; break;
@@ -75,12 +76,23 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
     case SHIM_R_SQUASHFUSE: c->squashfuse = rd_str(&d); return rd_done(&d);
     case SHIM_R_STAGE: c->stage = rd_str(&d); return rd_done(&d);
     case SHIM_R_FAKEROOT: c->fakeroot = (int)rd_int(&d, 4); return rd_done(&d);
+    case SHIM_R_NAMESPACES:
+        c->namespaces = (int)rd_int(&d, 4);
+        return rd_done(&d) && !(c->namespaces & ~(SHIM_NS_IPC | SHIM_NS_NET | SHIM_NS_PID));
+    case SHIM_R_WRITABLE: c->writable = (int)rd_int(&d, 4); return rd_done(&d);
+    case SHIM_R_LINK: {
+        struct shim_link *l = (struct shim_link *)&c->links[c->nlinks++];
+        l->target = rd_str(&d);
+        l->path = rd_str(&d);
+        return rd_done(&d) && l->target[0] && l->path[0] == '/';
+    }
     case SHIM_R_BIND: {
         struct shim_bind *b = (struct shim_bind *)&c->binds[c->nbinds++];
         b->flags = (int)rd_int(&d, 4);
         b->src = rd_str(&d);
         b->dst = rd_str(&d);
-        return rd_done(&d) && b->src[0] == '/' && b->dst[0] == '/';
+        /* a fresh mount's src is its mount options, a bind's a host path */
+        return rd_done(&d) && ((b->flags & SHIM_BIND_FRESH) || b->src[0] == '/') && b->dst[0] == '/';
     }
     case SHIM_R_APPEND: {
         struct shim_append *a = (struct shim_append *)&c->appends[c->nappends++];
@@ -159,7 +171,8 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
                         + sizeof(struct shim_stage_file) * (size_t)(n.stage_files + 1)
                         + sizeof(struct shim_env_op) * (size_t)(n.ops + 1) + sizeof(struct shim_pass) * (size_t)(n.pass + 1)
                         + sizeof(char *) * (size_t)(n.notices + 1) + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
-                        + 2 * sizeof(char *) * (size_t)(n.run_args + 1));
+                        + 2 * sizeof(char *) * (size_t)(n.run_args + 1)
+                        + sizeof(struct shim_link) * (size_t)(n.links + 1));
     if (!mem) {
         snprintf(why, whylen, "out of memory");
         return -1;
@@ -183,6 +196,8 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     r->run_fixed = (const char **)mem;
     mem += sizeof(char *) * (size_t)(n.run_args + 1);
     r->run_default = (const char **)mem;
+    mem += sizeof(char *) * (size_t)(n.run_args + 1);
+    r->cfg.links = (struct shim_link *)mem;
     r->cfg.cwd = "";
     r->cfg.env_dir = "/.singularity.d/env";
     while (p < end) {

@@ -342,7 +342,7 @@ int shim_share_elect(int argc, char *const *argv, int image, const char *cwd, in
     int len, fd, rc;
 
     *listen_fd = -1;
-    if (shim_local_tasks(environ) == 1)
+    if (shim_local_tasks(environ) == 1 || shim_runs_alone(argc, argv, image))
         return 0;
     len = shim_group_name(&r, (unsigned)getuid(), addr.sun_path, sizeof addr.sun_path);
     if (len < 0)

@@ -20,11 +20,13 @@ static void write_proc_file(const char *path, const char *text)
     Z(close(fd), "close %s", path);
 }
 
-void enter_namespaces(int fakeroot)
+void enter_namespaces(int fakeroot, int namespaces)
 {
     uid_t uid = getuid();
     gid_t gid = getgid();
     char map[64];
+    int more = (namespaces & SHIM_NS_IPC ? CLONE_NEWIPC : 0) | (namespaces & SHIM_NS_NET ? CLONE_NEWNET : 0)
+               | (namespaces & SHIM_NS_PID ? CLONE_NEWPID : 0);
 
     if (unshare(CLONE_NEWUSER | CLONE_NEWNS) == -1) {
         int err = errno;
@@ -49,4 +51,12 @@ void enter_namespaces(int fakeroot)
     /* Nothing we mount from here on may propagate back to the host. */
     Z(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "make mounts private (mount --make-rprivate /)");
     shim_debug("user+mount namespace entered, uid %u -> %u", (unsigned)uid, fakeroot ? 0u : (unsigned)uid);
+    /* Owned by the new user namespace, so that we may set them up (lo, a new /proc). */
+    if (more && unshare(more) == -1)
+        shim_fail(SHIM_E_LAUNCH, errno, "unshare the%s%s%s namespace", namespaces & SHIM_NS_IPC ? " IPC" : "",
+                  namespaces & SHIM_NS_NET ? " network" : "", namespaces & SHIM_NS_PID ? " PID" : "");
+    if (namespaces & SHIM_NS_NET)
+        shim_loopback_up();
+    if (namespaces & SHIM_NS_PID)
+        shim_pidns_fork();
 }

@@ -35,6 +35,13 @@ rm -rf "$here/build"
 # without starting Python and runs the Python implementation (python -m shim) otherwise.
 frontend=$(cd / && "$venv/bin/python" -c 'import os, shim; print(os.path.join(os.path.dirname(shim.__file__), "libexec", "shimrun"))')
 ln -sf "$frontend" /usr/local/bin/shimrun
+# `apptainer` and `singularity` under shim (shim/compat): in a directory of their own, never one on
+# the default PATH, where they would shadow a real Apptainer; users and sites put it first on PATH.
+mkdir -p "$prefix/compat/bin"
+printf '#!%s -I\nfrom shim.compat.apptainer import entry\nentry()\n' "$venv/bin/python3" > "$prefix/compat/bin/apptainer.new"
+chmod 0755 "$prefix/compat/bin/apptainer.new"
+mv -f "$prefix/compat/bin/apptainer.new" "$prefix/compat/bin/apptainer"
+ln -sfn apptainer "$prefix/compat/bin/singularity"
 chmod -R a+rX "$prefix"
 echo "install.sh: shimrun installed: $(command -v shimrun) ($("$venv/bin/shimrun" --version))"
 

@@ -33,12 +33,14 @@ def options_h() -> str:
     rows = []
     for opt in OPTIONS:
         for name in opt.names:
-            rows.append(f"    {{{_c_string(name)}, {int(opt.kind in (VALUE, APPEND))}, {int(opt.launches)}}},")
+            rows.append(f"    {{{_c_string(name)}, {int(opt.kind in (VALUE, APPEND))}, {int(opt.launches)}, "
+                        f"{int(opt.alone)}}},")
     return "\n".join([
         _BANNER.format(src="shim/options.py"), "#ifndef SHIM_GEN_OPTIONS_H", "#define SHIM_GEN_OPTIONS_H",
-        "/* name, takes a value, a launch (0: with it, shimrun does not launch: left to Python) */",
-        "struct shim_option { const char *name; int takes_value; int launches; };",
-        "static const struct shim_option SHIM_OPTIONS[] = {", *rows, "    {0, 0, 0},", "};", "#endif", ""])
+        "/* name, takes a value, a launch (0: with it, shimrun does not launch: left to Python), alone (1: the",
+        " * launch gets its own container, never a node's shared one) */",
+        "struct shim_option { const char *name; int takes_value; int launches; int alone; };",
+        "static const struct shim_option SHIM_OPTIONS[] = {", *rows, "    {0, 0, 0, 0},", "};", "#endif", ""])
 
 
 def _defines(prefix: str, table: dict[str, int]) -> list[str]:
@@ -53,8 +55,11 @@ def record_h() -> str:
     lines += _defines("SHIM_CHECK_", rf.CHECK) + [f"#define SHIM_CHECK_IDENTITY {rf.IDENTITY}"]
     lines += _defines("SHIM_ENVHOW_", rf.ENV_HOW) + _defines("SHIM_ENV_", rf.ENV_TARGET)
     lines += _defines("SHIM_OP_", rf.ENV_OP) + _defines("SHIM_PASS_", rf.ENV_PASS)
-    lines += _defines("SHIM_IMG_", rf.IMG) + _defines("SHIM_BIND_", rf.BIND) + _defines("SHIM_RUN_ARG_", rf.RUN_ARG)
+    lines += _defines("SHIM_IMG_", rf.IMG) + _defines("SHIM_BIND_", rf.BIND) + _defines("SHIM_NS_", rf.NS)
+    lines.append(f"#define SHIM_BIND_FRESH {rf.FRESH}")
+    lines += _defines("SHIM_RUN_ARG_", rf.RUN_ARG)
     lines.append(f"#define SHIM_RUN_VERB {_c_string(rf.RUN_VERB)}")
+    lines.append(f"#define SHIM_EXEC_VERB {_c_string(rf.EXEC_VERB)}")
     prefixes = ", ".join(_c_string(p) for p in rf.KEY_ENV_PREFIXES)
     handover = ", ".join(_c_string(v) for v in rf.HANDOVER_ENV.values())
     values = ", ".join(_c_string(n) for n, how in rf.JOB_VARIABLES.items() if how == rf.ENV_HOW["VALUE"])

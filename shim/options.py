@@ -19,6 +19,7 @@ class Option:
     metavar: str = ""
     scope: str = RUN
     launches: bool = True     # False: with it, shimrun does not launch (the native path leaves it to Python)
+    alone: bool = False       # with it, a launch gets its own container (never a node's shared one)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -31,6 +32,29 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--pwd",), "pwd", VALUE, "working directory inside the container, absolute; it must exist there "
            "(default: the current one, else / with a warning)", "DIR"),
     Option(("--no-home",), "no_home", FLAG, "do not bind the home directory"),
+    Option(("-H", "--home"), "home", VALUE, "the home directory in the container: bind SRC there (at DST, default "
+           "the same path)", "SRC[:DST]"),
+    Option(("--mount",), "mount", APPEND, "bind as Apptainer's --mount does (repeatable)",
+           "type=bind,source=S,target=T[,readonly]"),
+    Option(("--env-file",), "env_file", VALUE, "set the K=V lines of FILE in the container (before --env)", "FILE"),
+    Option(("-c", "--contain"), "contain", FLAG, "private /tmp and /var/tmp, a minimal /dev, no home unless --home",
+           alone=True),
+    Option(("-C", "--containall"), "containall", FLAG, "--contain, --ipc, --pid and --cleanenv", alone=True),
+    Option(("-i", "--ipc"), "ipc", FLAG, "a new IPC namespace", alone=True),
+    Option(("-p", "--pid"), "pid", FLAG, "a new PID namespace: the app's ancestor is a minimal init (PID 1)",
+           alone=True),
+    Option(("-n", "--net"), "net", FLAG, "a new network namespace with only lo up", alone=True),
+    Option(("--network",), "network", VALUE, "with --net: the network; only 'none' (an unprivileged user can "
+           "have no other)", "none"),
+    Option(("--no-mount",), "no_mount", APPEND, "do not mount these (comma list): home, tmp, cwd, hostfs, "
+           "bind-paths, proc, sys, dev, devpts", "NAMES"),
+    Option(("--writable-tmpfs",), "writable_tmpfs", FLAG, "writable image: changes go to a tmpfs, gone at exit",
+           alone=True),
+    Option(("--nv",), "nv", FLAG, "the NVIDIA driver and its devices: every configured GPU profile (as "
+           "--profile cuda-driver)"),
+    Option(("--rocm",), "rocm", FLAG, "the AMD ROCm driver (not yet: refused with the reason)"),
+    Option(("-u", "--userns"), "userns", FLAG, "accepted: shim always runs in a user namespace"),
+    Option(("--no-eval",), "no_eval", FLAG, "accepted: shim never evaluates the environment through a shell"),
     Option(("--dry-run",), "dry_run", FLAG, "print the injection plan and diagnostics, do not run", launches=False),
     Option(("--json",), "json", FLAG, "with --dry-run: the plan as JSON", launches=False),
     Option(("--conf",), "conf", VALUE, "site configuration directory (default: SHIMRUN_CONF, /etc/shim)", "DIR",

@@ -33,6 +33,15 @@ def shimrun_path() -> str:
     return found
 
 
+def compat_bin_dir() -> Path:
+    """Where scripts/install.sh put shim's `apptainer` and `singularity` ($SHIM_PREFIX/compat/bin)."""
+    prefix = Path(os.environ.get("SHIM_PREFIX", "/opt/shim"))
+    found = Path(os.environ.get("SHIM_COMPAT_BIN") or prefix / "compat" / "bin")
+    if not (found / "apptainer").exists():
+        pytest.exit(f"{found}/apptainer is not installed: run scripts/test.sh (it installs first)", returncode=3)
+    return found
+
+
 @dataclass(frozen=True)
 class User:
     name: str

@@ -684,6 +684,21 @@ def debian_spec(recipe: images.Recipe = images.DEBIAN_BASE) -> LayoutSpec:
     return LayoutSpec(recipe.name, "sci/debian", (("1", Image((l1, l2, l3), config)),))
 
 
+TOOLS_GREETING = "hello from the image's Env"
+
+
+def tools_spec(recipe: images.Recipe = images.DEBIAN_BASE) -> LayoutSpec:
+    """tag "1" of "sci/tools": a Debian root (sh, bash, coreutils) in 2 layers, as workflow engines'
+    images are: no Entrypoint, Cmd bash, an Env variable (GREETING) the workflows read."""
+    rootfs = images.build_rootfs(recipe)
+    l1 = Layer((Tree(rootfs, recipe.slug, exclude=("usr/share",)),), "gzip")
+    l2 = Layer((Tree(rootfs, recipe.slug, include=("usr/share",)),), "gzip")
+    config = ImageConfig(env=("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+                              f"GREETING={TOOLS_GREETING}"),
+                         cmd=("/bin/bash",), labels={"org.example.purpose": "shim tests (workflow engines)"})
+    return LayoutSpec(f"{recipe.name}-tools", "sci/tools", (("1", Image((l1, l2), config)),))
+
+
 # ---------------------------------------------------------------------------------------------
 # Archives
 

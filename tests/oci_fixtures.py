@@ -62,6 +62,12 @@ def debian_layout() -> oci.Layout:
     return oci.build_layout(oci.debian_spec())
 
 
+@pytest.fixture(scope="session")
+def tools_layout() -> oci.Layout:
+    """sci/tools:1: a Debian root with bash, no Entrypoint, Env GREETING (oci.TOOLS_GREETING)."""
+    return oci.build_layout(oci.tools_spec())
+
+
 def _need_registry(*tools: str) -> None:
     need_tools("skopeo", *tools)
     if not oci.REGISTRY_BIN.exists():

@@ -94,7 +94,7 @@ def test_three_nodes_then_nothing_left(slurm1, user):
         sleeper = subprocess.Popen(["srun", "-N", "3", "-n", "3", "sleep", "300"], env=s3.env(user_env(user)),
                                    cwd="/tmp", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.DEVNULL, user=user.uid, group=user.gid, extra_groups=[])
-        assert wait_until(lambda: len(sleeps(user)) == 3, timeout=15), s3.logs()
+        assert wait_until(lambda: len(sleeps(user)) == 3, timeout=60), s3.logs()
         ours = set(s3.pids())
         base = s3.base
     stopped = time.monotonic() - t0

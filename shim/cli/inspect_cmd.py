@@ -18,8 +18,14 @@ _SIZE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("inspect", help="show a SIF image's header and objects",
                               description="Show a SIF image's header and data objects.")
-    p.add_argument("image", metavar="IMAGE", help="SIF file")
-    p.add_argument("--json", action="store_true", help="print everything as JSON")
+    p.add_argument("image", metavar="IMAGE", help="SIF file (or, with the Apptainer metadata options, a squashfs "
+                   "file or a directory)")
+    p.add_argument("--json", "-j", action="store_true", help="print everything as JSON")
+    p.add_argument("--format", choices=("shim", "apptainer"), default="shim",
+                   help="apptainer: `apptainer inspect`'s output (JSON: data.attributes)")
+    for flag, short, what in _APPTAINER_PARTS:
+        p.add_argument(flag, short, dest=flag[2:], action="store_true", help=f"show the image's {what}")
+    p.add_argument("--all", action="store_true", help="all of the above")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=main)
 
@@ -45,7 +51,43 @@ def oci_origin(img: SifImage) -> dict[str, object] | None:
             "labels": labels, "entrypoint": list(entrypoint), "cmd": list(cmd), "working_dir": working_dir(config)}
 
 
+_APPTAINER_PARTS = (("--labels", "-l", "labels"), ("--runscript", "-r", "runscript"),
+                    ("--environment", "-e", "environment scripts"), ("--deffile", "-d", "definition file"),
+                    ("--helpfile", "-H", "runscript help"), ("--test", "-t", "test script"))
+
+
+def apptainer_view(args: argparse.Namespace) -> str:
+    """What `apptainer inspect` prints for these options (labels when none is given)."""
+    from shim.image.metadata import read_metadata
+
+    meta = read_metadata(args.image)
+    parts = [flag[2:] for flag, _, _ in _APPTAINER_PARTS if args.all or getattr(args, flag[2:])] or ["labels"]
+    if args.json:
+        attributes: dict[str, object] = {}
+        for part in parts:
+            if part == "environment":
+                attributes[part] = "\n".join(f"=== {path} ===\n{text}" for path, text in meta.environment)
+            else:
+                attributes[part] = getattr(meta, part)
+        return json.dumps({"data": {"attributes": attributes, "type": "container"}, "type": "container"},
+                          indent=4) + "\n"
+    out = []
+    for part in parts:
+        if part == "labels":
+            out += [f"{k}: {v}\n" for k, v in sorted(meta.labels.items())]
+        elif part == "environment":
+            out += [f"=== {path} ===\n{text}" + ("" if text.endswith("\n") else "\n")
+                    for path, text in meta.environment]
+        else:
+            text = getattr(meta, part)
+            out.append(text + ("" if not text or text.endswith("\n") else "\n"))
+    return "".join(out)
+
+
 def main(args: argparse.Namespace) -> int:
+    if args.format == "apptainer" or args.all or any(getattr(args, f[2:]) for f, _, _ in _APPTAINER_PARTS):
+        sys.stdout.write(apptainer_view(args))
+        return 0
     img = read_sif(args.image)
     origin = oci_origin(img)
     if args.json:

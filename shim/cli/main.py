@@ -20,15 +20,36 @@ SUBCOMMANDS = {
     "pull": "shim.cli.pull_cmd",
     "cache": "shim.cli.cache_cmd",
     "run": "shim.cli.runscript_cmd",
+    "exec": "shim.cli.exec_cmd",
+    "shell": "shim.cli.exec_cmd:register_shell",
+    "version": "shim.cli.version_cmd",
 }
+# Options before the verb (`shimrun -q exec ...`, as Apptainer's global options): the verb's own.
+GLOBAL_OPTIONS = {"-q": "quiet", "--quiet": "quiet", "-s": "quiet", "--silent": "quiet",
+                  "-d": "debug", "--debug": "debug", "-v": None, "--verbose": None}
+LAUNCH_VERBS = ("exec", "run", "shell")
 INTERNAL_ERROR = int(ExitCode.INTERNAL)
+
+
+def _globals_first(argv: list[str]) -> tuple[list[str], set[str]]:
+    """`shimrun -q exec IMAGE ...`: the verb's arguments, and the options given before it (as the
+    settings they make: quiet, debug; -v only keeps output as it is: --debug is shim's most verbose)."""
+    given: set[str] = set()
+    for i, arg in enumerate(argv):
+        if arg in SUBCOMMANDS and i > 0:
+            return argv[i:], given
+        if arg not in GLOBAL_OPTIONS:
+            break
+        given |= {GLOBAL_OPTIONS[arg]} - {None}
+    return argv, set()
 
 
 def _parser(argv: list[str]) -> argparse.ArgumentParser:
     if argv and argv[0] in SUBCOMMANDS:
         parser = argparse.ArgumentParser(prog="shimrun")
         sub = parser.add_subparsers(dest="subcommand", required=True)
-        importlib.import_module(SUBCOMMANDS[argv[0]]).register(sub)
+        module, _, func = SUBCOMMANDS[argv[0]].partition(":")
+        getattr(importlib.import_module(module), func or "register")(sub)
         return parser
     from shim.cli import run_cmd
 
@@ -51,15 +72,20 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    argv, settings = _globals_first(sys.argv[1:] if argv is None else argv)
+    if settings and argv[0] in LAUNCH_VERBS:  # as the verb's options: the launch record's key and run say so
+        argv = [argv[0], *(f"--{name}" for name in sorted(settings)), *argv[1:]]
+    debug = "--debug" in argv or "debug" in settings
     try:
         parser = _parser(argv)
         try:
             args = parser.parse_args(argv)
         except SystemExit as e:  # argparse already printed a usage line
             return 0 if e.code == 0 else 64
-        args.argv = list(argv)  # as given: part of a launch record's key
+        for name in settings:
+            if hasattr(args, name):
+                setattr(args, name, True)
+        args.argv = list(argv)  # as given (globals as the verb's): part of a launch record's key
         return args.func(args)
     except ShimError as e:
         print(f"shimrun: error: {e}", file=sys.stderr)

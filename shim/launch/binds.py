@@ -77,12 +77,14 @@ def _covered(path: str, binds: list[Bind]) -> bool:
     return any(path == b.dst or path.startswith(b.dst.rstrip("/") + "/") for b in binds)
 
 
-def plan_binds(home: str | None, cwd: str, site: list[Bind], user: list[Bind]) -> list[Bind]:
-    """All binds in the order the C core performs them: system, site, home, cwd, user."""
-    binds = list(SYSTEM_BINDS) + list(site)
-    if home and home != "/":
-        binds.append(Bind(home, home))
-    is_system = cwd == "/" or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)
-    if not is_system and not _covered(cwd, binds):
+def plan_binds(system: list[Bind], home: Bind | None, cwd: str | None, site: list[Bind],
+               user: list[Bind]) -> list[Bind]:
+    """All binds in the order the C core performs them: system, site, home, cwd (None: not bound),
+    user."""
+    binds = list(system) + list(site)
+    if home is not None:
+        binds.append(home)
+    is_system = cwd is None or cwd == "/" or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)
+    if cwd is not None and not is_system and not _covered(cwd, binds):
         binds.append(Bind(cwd, cwd))
     return binds + user

@@ -117,21 +117,36 @@ class _Planner:
                             file_input(str(conf_dir / CONFIG_NAME), IDENTITY | CHECK["FOLLOW"])])
         profiles = _load_profiles(conf_dir, self.host_root, self.env)
         self.inputs.extend(profile_inputs(str(conf_dir), profiles, self.host_root))
+        if getattr(self.args, "nv", False):  # as `apptainer --nv`: the GPU driver profiles, by request
+            gpu = [p.name for p in profiles or () if p.kind == "gpu"]
+            if not gpu:
+                raise ConfigError(f"--nv: no GPU driver profile is configured in {conf_dir / 'profiles'}",
+                                  "a site enables it by copying conf/profiles/examples/cuda-driver.toml there")
+            self.args.profile = [*self.args.profile, *(n for n in gpu if n not in self.args.profile)]
         if profiles is None and self.args.profile:
             raise ConfigError(f"unknown profile '{self.args.profile[0]}' requested",
                               f"no profiles are configured in {conf_dir / 'profiles'}")
         return site, conf_dir, profiles
 
-    def binds(self, site, home: str | None) -> list[RecordBind]:
+    def binds(self, site, home: str | None, iso) -> list[RecordBind]:
         from shim.launch.binds import parse_bind, parse_bind_list, plan_binds
+        from shim.launch.contain import home_bind, parse_mount, system_binds
 
         cwd = self.req.cwd
-        site_binds = [b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
+        site_binds = [] if "bind-paths" in iso.no_mount else [
+            b for b in (parse_bind(s, site.path, cwd, optional=True) for s in site.binds) if b]
+        site_binds = [b for b in site_binds if b.dst not in iso.no_mount]
         user_binds = parse_bind_list(",".join([self.req.environ.get("SHIMRUN_BIND", "")] + self.args.bind),
                                      "--bind/SHIMRUN_BIND", cwd)
+        user_binds += [parse_mount(spec) for spec in getattr(self.args, "mount", None) or []]
         self.inputs.extend(file_input(src, PRESENCE) for src in _site_bind_sources(site.binds, cwd))
         self.inputs.extend(file_input(b.src, PRESENCE) for b in user_binds)
-        return [RecordBind(b.src, b.dst, b.flags) for b in plan_binds(home, cwd, site_binds, user_binds)]
+        if iso.home is not None:
+            self.inputs.add(file_input(iso.home[0], PRESENCE))
+        bound_cwd = None if iso.contain or "cwd" in iso.no_mount else cwd
+        hb = home_bind(iso, home) if home else None
+        return [RecordBind(b.src, b.dst, b.flags)
+                for b in plan_binds(system_binds(iso), hb, bound_cwd, site_binds, user_binds)]
 
     def rootfs(self, image) -> tuple[Image, tuple[str, ...]]:
         from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
@@ -151,25 +166,32 @@ class _Planner:
     def base(self, image, site) -> tuple[LaunchRecord, object]:
         """The record of everything but what planning adds, and the environment's options."""
         from shim import native
+        from shim.launch.contain import dev_links, isolation, read_env_file
         from shim.launch.environment import EnvOptions, env_rules
         from shim.launch.identity import identity_appends
 
         args = self.args
-        home = None if args.no_home else _home(self.env)
-        binds = self.binds(site, home)
+        iso = isolation(args, self.req.cwd)
+        home = None if "home" in iso.no_mount else iso.home[1] if iso.home else _home(self.env)
+        binds = self.binds(site, home, iso)
         root, notices = self.rootfs(image)
         appends = identity_appends(home or "/", args.fakeroot)
         self.inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends)
         runscript, workdir = self.runscript(image)
-        pwd = args.pwd or workdir
-        env_opts = EnvOptions(cleanenv=args.cleanenv, env_pairs=tuple(args.env), home=home or "/",
+        # contained, the caller's directory is not there: start in the home directory, as Apptainer does
+        pwd = args.pwd or workdir or (home if iso.contain and home else "")
+        env_file = read_env_file(args.env_file) if getattr(args, "env_file", None) else ()
+        if env_file:
+            self.inputs.add(file_input(os.path.abspath(args.env_file), IDENTITY | CHECK["FOLLOW"]))
+        env_opts = EnvOptions(cleanenv=iso.cleanenv, env_pairs=env_file + tuple(args.env), home=home or "/",
                               image_path=image.path, pwd=pwd or self.req.cwd, image_env=_image_env(image))
         record = LaunchRecord(version=native.build_id(), key="", image=root, stage=STAGE_DIR,
                               command="" if runscript else self.command[0] if self.command else "true",
                               env=env_rules(self.req.environ, env_opts), binds=tuple(binds), appends=tuple(appends),
                               fakeroot=args.fakeroot, cwd=pwd or "", cwd_required=bool(args.pwd) or args.strict,
                               quiet=args.quiet, debug=args.debug, notices=tuple(notices) + self.shell_notice(image),
-                              runscript=runscript)
+                              runscript=runscript, links=dev_links(iso), namespaces=iso.namespaces,
+                              writable=iso.writable)
         return record, env_opts
 
     def runscript(self, image) -> tuple[tuple[tuple[str, ...], tuple[str, ...]] | None, str]:
@@ -235,7 +257,8 @@ class _Planner:
         from shim.record.encode import DIRECT, encode
 
         args, (key, known) = self.args, hw
-        prepare = encode(base)
+        # the analysis only reads the image: no namespaces of the app's (a PID namespace's init)
+        prepare = encode(replace(base, namespaces=0, writable=False))
         path = native.record_env(prepare, {}, DIRECT).get("PATH", DEFAULT_PATH)
         return AnalysisJob(prepare_record=prepare, stage=STAGE_DIR, image_path=image.path, image_arch=image.arch,
                            image_dir=image.path if image.kind == "dir" else "", profiles=profiles,

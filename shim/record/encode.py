@@ -69,6 +69,11 @@ def encode(r: LaunchRecord) -> bytes:
     out += [_f("BIND", _u32(b.flags) + _s(b.src) + _s(b.dst)) for b in r.binds]
     out += [_f("APPEND", _s(path) + _s(text)) for path, text in r.appends]
     out += [_f("STAGE_FILE", _s(name) + data) for name, data in r.stage_files]
+    out += [_f("LINK", _s(target) + _s(path)) for target, path in r.links]
+    if r.namespaces:
+        out.append(_f("NAMESPACES", _u32(r.namespaces)))
+    if r.writable:
+        out.append(_f("WRITABLE", _u32(1)))
     out += [_f("CWD", _s(r.cwd)), _f("CWD_REQUIRED", _u32(int(r.cwd_required))), _f("QUIET", _u32(int(r.quiet))),
             _f("DEBUG", _u32(int(r.debug))), env_fields(r.env)]
     if r.command:

@@ -26,9 +26,12 @@ TAGS: dict[str, tuple[int, str]] = {
     "SQUASHFUSE": (23, "string: the squashfuse binary"),
     "STAGE": (24, "string: the directory that gets the launch's private tmpfs"),
     "FAKEROOT": (25, "u32"),
+    "NAMESPACES": (26, "u32 NS_* flags: namespaces besides user + mount (--ipc, --net, --pid)"),
+    "WRITABLE": (27, "u32: 1: the root is an overlay whose changes go to the launch's tmpfs (--writable-tmpfs)"),
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
+    "LINK": (33, "target, path: a symlink made after the binds, in a directory the launch mounted fresh"),
     "CWD": (40, "string: the working directory (\"\": the caller's)"),
     "CWD_REQUIRED": (41, "u32: a missing working directory is an error"),
     "QUIET": (42, "u32"),
@@ -66,10 +69,16 @@ IMG = {"SQUASHFS": 1, "DIR": 2}
 RUN_ARG = {"FIXED": 1, "DEFAULT": 2}
 # The word after shimrun's options that makes the next one the image and the rest its arguments.
 RUN_VERB = "run"
+# `shimrun exec [OPTIONS] IMAGE COMMAND...`: Apptainer's spelling of `shimrun [OPTIONS] IMAGE COMMAND...`.
+EXEC_VERB = "exec"
 BIND = {"RO": 1,          # read-only in the container
         "OPTIONAL": 2,    # skipped when the source does not exist
         "KEEPDEV": 4,     # device nodes stay usable (host /dev); still nosuid
-        "IFDST": 8}       # only when the destination already exists in the image
+        "IFDST": 8,       # only when the destination already exists in the image
+        # Not from the host: a new file system on dst, src its mount options ("" none).
+        "TMPFS": 16, "DEVPTS": 32, "PROC": 64}
+FRESH = BIND["TMPFS"] | BIND["DEVPTS"] | BIND["PROC"]
+NS = {"IPC": 1, "NET": 2, "PID": 4}
 
 # Variables that are the runtime's own settings: part of a record's key (and so never inputs),
 # except those that carry one launch's hand-over between the front-end and the planner.

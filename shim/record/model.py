@@ -98,5 +98,8 @@ class LaunchRecord:
     refuse: tuple[int, str] | None = None               # (exit code, message): the app is not started
     notices: tuple[str, ...] = ()
     inputs: tuple[Input, ...] = field(default=())
+    links: tuple[tuple[str, str], ...] = ()             # (target, path): symlinks in fresh mounts
+    namespaces: int = 0                                 # format.NS flags
+    writable: bool = False                              # --writable-tmpfs
     # `shimrun run`: (fixed words, default words) of the image's runscript; command is then ""
     runscript: tuple[tuple[str, ...], tuple[str, ...]] | None = None

@@ -1,0 +1,91 @@
+/* File systems made for one launch rather than bound from the host: a private tmpfs (/tmp with
+ * --contain, a minimal /dev), a new devpts instance, a /proc of the launch's PID namespace, and
+ * the writable root of --writable-tmpfs (an overlay whose changes live in the launch's tmpfs).
+ * Destinations are resolved inside the container root, as binds are (mounts.c). */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mount.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "core.h"
+
+void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b)
+{
+    const char *type = (b->flags & SHIM_BIND_TMPFS) ? "tmpfs" : (b->flags & SHIM_BIND_DEVPTS) ? "devpts" : "proc";
+    /* devpts must allow its own device nodes; nothing made here can carry setuid bits */
+    unsigned long flags = MS_NOSUID | (b->flags & SHIM_BIND_DEVPTS ? MS_NOEXEC
+                                       : b->flags & SHIM_BIND_PROC ? MS_NODEV | MS_NOEXEC : MS_NODEV);
+    char p[64];
+    int fd = open_in_root(*root_fdp, b->dst, O_PATH | O_DIRECTORY);
+
+    if (fd == -1 && errno == ENOENT)
+        fd = ensure_target(root, root_fdp, b->dst, 1);
+    else if (fd == -1)
+        shim_fail(SHIM_E_LAUNCH, errno, "resolve %s in the container for a new %s", b->dst, type);
+    fd_path(fd, p, sizeof p);
+    if (mount(type, p, type, flags, b->src[0] ? b->src : NULL) == -1) {
+        int err = errno;
+        shim_fail(SHIM_E_LAUNCH, err, "mount a new %s on %s%s", type, b->dst,
+                  err == EPERM && (b->flags & SHIM_BIND_PROC)
+                      ? " (the host's /proc has parts covered, which forbids a new /proc in a user namespace; "
+                        "run without --pid)" : "");
+    }
+    close(fd);
+    if (b->flags & SHIM_BIND_TMPFS) {
+        fd = open_in_root(*root_fdp, b->dst, O_PATH | O_DIRECTORY);
+        Z(fd, "reopen the new tmpfs on %s", b->dst);
+        own_mount(fd, b->dst);
+        close(fd);
+    }
+    shim_debug("new %s on %s", type, b->dst);
+}
+
+void make_link(int root_fd, const struct shim_link *l)
+{
+    char parent[PATH_MAX];
+    const char *name = strrchr(l->path, '/');
+    int fd;
+
+    if (!name || !name[1] || (size_t)(name - l->path) >= sizeof parent)
+        shim_fail(SHIM_E_LAUNCH, 0, "symlink %s: not an absolute path with a name", l->path);
+    memcpy(parent, l->path, (size_t)(name - l->path));
+    parent[name - l->path] = '\0';
+    fd = open_in_root(root_fd, parent[0] ? parent : "/", O_PATH | O_DIRECTORY);
+    Z(fd, "open %s in the container (for the symlink %s)", parent, l->path);
+    /* only where this launch mounted the directory itself: never into the image or the host */
+    if (!on_underlay(fd))
+        shim_fail(SHIM_E_LAUNCH, 0, "symlink %s: %s is not a directory this launch made", l->path, parent);
+    if (symlinkat(l->target, fd, name + 1) == -1 && errno != EEXIST)
+        shim_fail(SHIM_E_LAUNCH, errno, "symlink %s -> %s in the container", l->path, l->target);
+    close(fd);
+}
+
+void overlay_root(const char *stage, const char *root)
+{
+    char base[PATH_MAX], upper[PATH_MAX + 8], work[PATH_MAX + 8], opts[3 * PATH_MAX + 64];
+    int fd;
+
+    snprintf(base, sizeof base, "%s/overlay", stage);
+    Z(mkdir(base, 0755), "mkdir %s", base);
+    make_private_tmpfs(base, "the writable root's changes");
+    snprintf(upper, sizeof upper, "%s/upper", base);
+    snprintf(work, sizeof work, "%s/work", base);
+    Z(mkdir(upper, 0755), "mkdir %s", upper);
+    Z(mkdir(work, 0755), "mkdir %s", work);
+    /* userxattr: an unprivileged overlay keeps its metadata in user.* xattrs (Linux 5.11) */
+    snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,userxattr", root, upper, work);
+    if (mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, opts) == -1) {
+        int err = errno;
+        shim_fail(SHIM_E_LAUNCH, err, "mount the writable overlay over the image (--writable-tmpfs needs "
+                  "overlayfs in user namespaces, Linux 5.11 or later; run without it)");
+    }
+    fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    Z(fd, "open the writable root %s", root);
+    own_mount(fd, "the writable root");
+    close(fd);
+    shim_debug("writable root: overlay with its changes in a tmpfs");
+}
