@@ -34,8 +34,8 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--no-home",), "no_home", FLAG, "do not bind the home directory"),
     Option(("-H", "--home"), "home", VALUE, "the home directory in the container: bind SRC there (at DST, default "
            "the same path)", "SRC[:DST]"),
-    Option(("--mount",), "mount", APPEND, "bind as Apptainer's --mount does (repeatable)",
-           "type=bind,source=S,target=T[,readonly]"),
+    Option(("--mount",), "mount", APPEND, "bind as Apptainer's --mount does (repeatable): SPEC is "
+           "type=bind,source=S,target=T[,readonly]", "SPEC"),
     Option(("--env-file",), "env_file", VALUE, "set the K=V lines of FILE in the container (before --env)", "FILE"),
     Option(("-c", "--contain"), "contain", FLAG, "private /tmp and /var/tmp, a minimal /dev, no home unless --home",
            alone=True),

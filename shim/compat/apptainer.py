@@ -136,10 +136,11 @@ def _exec(argv: list[str], environ: Mapping[str, str]) -> int:
 
 
 def _environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """Apptainer's settings that are shim's under another name."""
+    """Apptainer's settings that are shim's under another name (under Apptainer's name, they win:
+    a user who set APPTAINER_CACHEDIR for this command meant it over a site-wide SHIMRUN_CACHE)."""
     env = dict(environ)
     cache = _setting(environ, "CACHEDIR")
-    if cache and "SHIMRUN_CACHE" not in env:
+    if cache:
         env["SHIMRUN_CACHE"] = cache
     tmp = _setting(environ, "TMPDIR")
     if tmp:
