@@ -194,8 +194,8 @@ def test_every_apptainer_action_option(apptainer: Runner, busybox_sif: Path, wor
         r = apptainer.run(argv)
         if opt.action == REFUSE:
             _refused(r, opt.names[-1], "not supported")
-        elif name == "--rocm":
-            _refused(r, "--rocm")
+        elif name in ("--rocm", "--shell"):  # no ROCm profile yet; --shell belongs to `shell`
+            _refused(r, name)
         elif name == "--nv":  # no GPU profile in this site configuration
             assert r.returncode == 78 and "--nv" in r.stderr, r.stderr
         else:
@@ -217,6 +217,8 @@ def test_shimrun_verbs(shim: Runner, busybox_sif: Path) -> None:
     assert _ok(shim.run(["-q", "exec", busybox_sif, "echo", "quiet"])).strip() == "quiet"
     r = shim.run(["shell", busybox_sif, "-c", "echo shell $0"])
     assert _ok(r).strip() == "shell /bin/sh"
+    r = shim.run(["shell", "--shell", "/bin/busybox", busybox_sif, "sh", "-c", "echo via $0"])
+    assert _ok(r).strip() == "via sh"
 
 
 def test_inspect_in_apptainer_shapes(apptainer: Runner, busybox_sif: Path, user_dir: Path, user: User) -> None:
@@ -287,3 +289,58 @@ def _marked(mark: str) -> list[str]:
         except OSError:
             continue
     return found
+
+
+def test_nv_requests_the_sites_gpu_profile(shim: Runner, world_dir: Path) -> None:
+    """--nv plans exactly what --profile cuda-driver plans (a simulated GPU host: fake /proc,
+    /dev and gcc-built driver stubs, tests/hostroot.py)."""
+    from test_inject_gpu_rdma import cuda_conf, gpu_host, plain_image
+
+    base = world_dir / "nv"
+    host, image, conf = gpu_host(base / "host"), plain_image(base / "image"), cuda_conf(base / "conf")
+    (conf / "shim.toml").write_text("")
+    subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
+    env = {"SHIMRUN_HOST_ROOT": str(host.root), "SHIMRUN_NO_RECORD_CACHE": "1"}
+
+    def planned(*opts: str) -> dict:
+        r = shim.run(["--dry-run", "--json", "--conf", conf, *opts, image, "/opt/app/app"], env=env)
+        assert r.returncode == 0, r.stderr
+        return {d["library"]: (d["decision"], d["container_path"]) for d in json.loads(r.stdout)["decisions"]}
+
+    with_nv = planned("--nv")
+    assert with_nv == planned("--profile", "cuda-driver")
+    assert with_nv["libcuda.so.1"][0] == "inject"
+
+
+ENGINE_LINES = {
+    "cwltool": ["--quiet", "run", "--contain", "--ipc", "--cleanenv", "--no-eval", "--userns", "--home", "{d}:/cwlhome",
+                "--mount=type=bind,source={d},target=/var/lib/cwl/in,readonly", "--pwd", "/cwlhome", "--net",
+                "--network", "none"],
+    "cwltool --pid": ["--quiet", "run", "--contain", "--ipc", "--cleanenv", "--no-eval", "--pid", "--home",
+                      "{d}:/cwlhome", "--pwd", "/cwlhome"],
+    "snakemake": ["--quiet", "--silent", "exec", "--home", "{d}", "--bind", "{d}", "--pwd", "{d}"],
+    "nextflow": ["exec", "--no-home", "--pid", "-B", "{d}"],
+    "miniwdl": ["exec", "--pwd", "/mnt/task/work", "--containall", "--no-mount", "hostfs", "--fakeroot", "--bind",
+                "{d}:/mnt/task/work:ro"],
+    "reana": ["exec", "--home", "{d}:/srv", "--bind", "{d}:/srv"],
+}
+
+
+@pytest.mark.parametrize("engine", ENGINE_LINES)
+def test_the_option_lines_engines_pass(apptainer: Runner, busybox_sif: Path, world_dir: Path, user: User,
+                                       engine: str) -> None:
+    """The options each engine passes, as the issue lists them: the task runs where it asked."""
+    d = world_dir / f"engine-{engine.replace(' ', '_')}"
+    d.mkdir(exist_ok=True)
+    (d / "task-input").write_text("input\n")
+    os.chown(d, user.uid, user.gid)
+    argv = [a.format(d=d) for a in ENGINE_LINES[engine]]
+    pwd_at = argv.index("--pwd") + 1 if "--pwd" in argv else None
+    where = argv[pwd_at].split(":")[0] if pwd_at else None
+    r = apptainer.run([*argv, busybox_sif, "sh", "-c", "pwd; ls"], cwd=d)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.split()
+    if where:
+        assert lines[0] == where
+    if engine in ("snakemake", "reana", "cwltool"):
+        assert "task-input" in lines  # the home or working directory is the host's directory

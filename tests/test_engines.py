@@ -102,38 +102,54 @@ def test_miniwdl_probe_passes(engines_venv: Path, user: User, user_dir: Path) ->
     assert done.returncode == 0 and done.stdout.split() == ["ok"], done.stderr
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+README_IMAGE = "registry.example.org/sci/tools:1"
+
+
+def readme_example(marker: str) -> tuple[str, str]:
+    """The README's example after `marker`: (the file, the command line), its two indented blocks."""
+    text = README.read_text().split("## Apptainer's command line and workflow engines", 1)[1]
+    after = text.split(marker, 1)[1].split("\n")
+    blocks: list[list[str]] = []
+    for line in after[1:]:
+        if line.startswith("    "):
+            if not blocks or blocks[-1][-1] == "":
+                blocks.append([])
+            blocks[-1].append(line[4:])
+        elif line.strip():
+            break
+        elif blocks:
+            blocks[-1].append("")
+        if len(blocks) > 2:
+            break
+    assert len(blocks) >= 2, f"README: no example after {marker}"
+    return "\n".join(blocks[0]).strip() + "\n", "\n".join(blocks[1]).strip()
+
+
+def _run_readme(user: User, engines_venv: Path, work: Path, command: str,
+                extra: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The README's command line, with the engines on PATH (as a user who installed them has)."""
+    tools = work / "engines-bin"
+    tools.mkdir()
+    for engine in engines.MODULES:
+        wrapper = tools / engine
+        wrapper.write_text(f'#!/bin/sh\nexec {" ".join(engines.engine_command(engines_venv, engine))} "$@"\n')
+        wrapper.chmod(0o755)
+    env = {"PATH": f"{tools}:{_path()}", **(extra or {})}
+    return _run(user, ["/bin/sh", "-c", command], work, env)
+
+
+def _write(user: User, path: Path, text: str) -> None:
+    path.write_text(text)
+    os.chown(path, user.uid, user.gid)
+
+
 def test_cwltool_workflow(engines_venv: Path, tools_ref: str, user: User, user_dir: Path) -> None:
     work = _workdir(user_dir, user)
-    step = """
-      {name}:
-        in: {{{inp}: {src}}}
-        out: [out]
-        run:
-          class: CommandLineTool
-          baseCommand: [sh, -c]
-          arguments: ['{script}', $(inputs.{inp}.path)]
-          inputs: {{{inp}: File}}
-          outputs: {{out: {{type: File, outputBinding: {{glob: {name}.txt}}}}}}
-    """
-    wf = textwrap.dedent(f"""\
-        cwlVersion: v1.2
-        class: Workflow
-        requirements:
-          DockerRequirement: {{dockerPull: "docker://{tools_ref}"}}
-        inputs: {{infile: File}}
-        outputs: {{final: {{type: File, outputSource: step2/out}}}}
-        steps:
-        """)
-    first = 'echo "GREETING=$GREETING" > step1.txt; cat "$0" >> step1.txt'
-    wf += textwrap.indent(textwrap.dedent(step.format(name="step1", inp="infile", src="infile", script=first)), "  ")
-    wf += textwrap.indent(textwrap.dedent(step.format(
-        name="step2", inp="prev", src="step1/out", script='cat "$0" > step2.txt; echo step2-done >> step2.txt')), "  ")
-    (work / "wf.cwl").write_text(wf)
-    (work / "job.yml").write_text("infile: {class: File, path: input.txt}\n")
-    (work / "sifs").mkdir()  # CWL_SINGULARITY_CACHE: cwltool pulls into it, it does not make it
-    os.chown(work / "sifs", user.uid, user.gid)
-    done = _run(user, [*engines.engine_command(engines_venv, "cwltool"), "--singularity", "--outdir", "out",
-                       "wf.cwl", "job.yml"], work, {"CWL_SINGULARITY_CACHE": str(work / "sifs")})
+    wf, command = readme_example("With `wf.cwl`:")
+    _write(user, work / "wf.cwl", wf.replace(README_IMAGE, tools_ref))
+    _write(user, work / "job.yml", "infile: {class: File, path: input.txt}\n")
+    done = _run_readme(user, engines_venv, work, command)
     assert done.returncode == 0 and done.stdout.strip(), done.stderr[-6000:]
     final = Path(json.loads(done.stdout)["final"]["path"])
     assert final.read_text() == EXPECTED
@@ -142,58 +158,20 @@ def test_cwltool_workflow(engines_venv: Path, tools_ref: str, user: User, user_d
 
 def test_snakemake_workflow(engines_venv: Path, tools_ref: str, user: User, user_dir: Path) -> None:
     work = _workdir(user_dir, user)
-    (work / "Snakefile").write_text(textwrap.dedent(f"""\
-        container: "docker://{tools_ref}"
-        rule all:
-            input: "results/step2.txt"
-        rule step1:
-            input: "input.txt"
-            output: "results/step1.txt"
-            shell: 'echo "GREETING=$GREETING" > {{output}}; cat {{input}} >> {{output}}'
-        rule step2:
-            input: "results/step1.txt"
-            output: "results/step2.txt"
-            shell: 'cat {{input}} > {{output}}; echo step2-done >> {{output}}'
-        """))
-    done = _run(user, [*engines.engine_command(engines_venv, "snakemake"), "--use-apptainer", "-c1",
-                       "--apptainer-prefix", str(work / "images")], work)
+    snakefile, command = readme_example("With `Snakefile`:")
+    _write(user, work / "Snakefile", snakefile.replace(README_IMAGE, tools_ref))
+    done = _run_readme(user, engines_venv, work, command)
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert (work / "results" / "step2.txt").read_text() == EXPECTED
-    assert list((work / "images").glob("*.simg")), "Snakemake pulled the image with `apptainer pull`"
+    # into $APPTAINER_CACHEDIR, as Snakemake does when it is set
+    assert list((work / "apptainer-cache").glob("*.simg")), "pulled with `apptainer pull`"
 
 
 def test_miniwdl_workflow(engines_venv: Path, tools_ref: str, user: User, user_dir: Path) -> None:
     work = _workdir(user_dir, user)
-    task = """
-        task {name} {{
-          input {{ File {inp} }}
-          command <<<
-            {line1}
-            {line2}
-          >>>
-          output {{ File out = "{name}.txt" }}
-          runtime {{ docker: "{ref}" }}
-        }}
-    """
-    wdl = textwrap.dedent("""\
-        version 1.0
-        workflow two_step {
-          input { File infile }
-          call step1 { input: infile = infile }
-          call step2 { input: prev = step1.out }
-          output { File final = step2.out }
-        }
-        """)
-    wdl += textwrap.dedent(task.format(name="step1", inp="infile", ref=tools_ref,
-                                       line1='echo "GREETING=$GREETING" > step1.txt',
-                                       line2="cat ~{infile} >> step1.txt"))
-    wdl += textwrap.dedent(task.format(name="step2", inp="prev", ref=tools_ref, line1="cat ~{prev} > step2.txt",
-                                       line2="echo step2-done >> step2.txt"))
-    (work / "wf.wdl").write_text(wdl)
-    done = _run(user, [*engines.engine_command(engines_venv, "miniwdl"), "run", "wf.wdl", "infile=input.txt",
-                       "--dir", "runs/"], work,
-                {"MINIWDL__SCHEDULER__CONTAINER_BACKEND": "singularity",
-                 "MINIWDL__SINGULARITY__IMAGE_CACHE": str(work / "sifs")})
+    wdl, command = readme_example("With `wf.wdl`:")
+    _write(user, work / "wf.wdl", wdl.replace(README_IMAGE, tools_ref))
+    done = _run_readme(user, engines_venv, work, command, {"MINIWDL__SINGULARITY__IMAGE_CACHE": str(work / "sifs")})
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     outputs = json.loads(done.stdout)["outputs"]
     assert Path(outputs["two_step.final"]).read_text() == EXPECTED

@@ -45,8 +45,9 @@ def test_override_precedence(host, pairs, expected):
 
 def test_defaults_and_runtime_vars():
     env = compose({}, opts(image_path="/data/imgs/tool.sif", extra={"SHIMRUN_X": "1"})).direct
-    assert env == {"PATH": DEFAULT_PATH, "HOME": HOME, "SHIMRUN_CONTAINER": "/data/imgs/tool.sif",
-                   "SHIMRUN_NAME": "tool.sif", "SHIMRUN_X": "1"}
+    names = {f"{runtime}_{part}": value for runtime in ("SHIMRUN", "APPTAINER", "SINGULARITY")
+             for part, value in (("CONTAINER", "/data/imgs/tool.sif"), ("NAME", "tool.sif"))}
+    assert env == {"PATH": DEFAULT_PATH, "HOME": HOME, **names, "SHIMRUN_X": "1"}
 
 
 def test_blocked_host_vars():

@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from conftest import compat_bin_dir
 from leftovers import wait_until
 from slurm import local_slurm_fixture
 
@@ -213,3 +214,33 @@ def test_step_time_limit_reaches_every_rank_as_sigterm(shim, slurm3, user, busyb
     assert sorted(re.findall(r"term (\d)", got.read_text())) == ["0", "1"], got.read_text()
     jobs = set(re.findall(r"up \d+ (\d+)", got.read_text()))
     assert wait_until(lambda: nothing_left("time-limit", user.uid, jobs), timeout=15), marked("time-limit")
+
+
+def test_apptainer_exec_ranks_share_one_container(shim, slurm3, user, busybox_sif, tmp_path):
+    """Through the compatibility command, as a workflow engine's task under srun runs it."""
+    barrier = Path(user.home) / f".shim-barrier-{tmp_path.name}"
+    barrier.mkdir()
+    os.chown(barrier, user.uid, user.gid)
+    wait = (f'{REPORT}; touch {barrier}/$SLURM_PROCID; n=0; '
+            f'while [ "$(ls {barrier} | wc -l)" -lt 3 ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done')
+    try:
+        r = slurm3.srun(["-N", "1", "-n", "3", "--mpi=none", str(compat_bin_dir() / "apptainer"), "exec",
+                         busybox_sif, "sh", "-c", wait], user=user, env=env_for(shim, slurm3, "compat"), timeout=120)
+    finally:
+        shutil.rmtree(barrier, ignore_errors=True)
+    assert r.returncode == 0, r.stderr + slurm3.logs()
+    got = reports(r.stdout)
+    assert sorted(g[1] for g in got) == [0, 1, 2]
+    assert len({(g[2], g[3]) for g in got}) == 1, got
+
+
+def test_env_minus_apptainer_exec_under_srun(shim, slurm3, user, busybox_sif):
+    """Nextflow runs each task as `env - PATH="$PATH" apptainer exec ...`: no SLURM_* variable is
+    left, so each task is a container of its own, and it still runs."""
+    r = slurm3.srun(["-N", "1", "-n", "2", "--mpi=none", "env", "-", "PATH=/usr/bin:/bin",
+                     str(compat_bin_dir() / "apptainer"), "exec", busybox_sif, "sh", "-c",
+                     'echo "task ${SLURM_PROCID:-none} $(readlink /proc/self/ns/mnt)"'],
+                    user=user, env=env_for(shim, slurm3, "env-minus"), timeout=120)
+    assert r.returncode == 0, r.stderr + slurm3.logs()
+    lines = sorted(r.stdout.splitlines())
+    assert len(lines) == 2 and all(ln.startswith("task none mnt:[") for ln in lines), r.stdout

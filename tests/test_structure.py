@@ -21,7 +21,7 @@ SHIM = REPO / "shim"
 LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"),
           ("cachefiles", "image", "elf", "oci"),
           ("host", "expect"), ("site",), ("diagnose",), ("plan",), ("report",), ("launch",), ("pipeline",),
-          ("cli", "__main__", "__init__")]
+          ("cli", "compat", "__main__", "__init__")]
 
 
 def _layer(module: str) -> int:

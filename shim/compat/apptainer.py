@@ -135,7 +135,7 @@ def _exec(argv: list[str], environ: Mapping[str, str]) -> int:
     return 0  # not reached
 
 
-def _environment(environ: Mapping[str, str]) -> dict[str, str]:
+def _environment(environ: Mapping[str, str], building: bool = False) -> dict[str, str]:
     """Apptainer's settings that are shim's under another name (under Apptainer's name, they win:
     a user who set APPTAINER_CACHEDIR for this command meant it over a site-wide SHIMRUN_CACHE)."""
     env = dict(environ)
@@ -143,13 +143,15 @@ def _environment(environ: Mapping[str, str]) -> dict[str, str]:
     if cache:
         env["SHIMRUN_CACHE"] = cache
     tmp = _setting(environ, "TMPDIR")
-    if tmp:
+    if tmp and building:  # the temporary space of pull and build; a launch keeps the app's TMPDIR
         env["TMPDIR"] = tmp
     return env
 
 
 def _action(verb: str, args: list[str], globals_: list[str], environ: Mapping[str, str]) -> list[str]:
     found, rest = _split(args, ACTION_OPTIONS, verb)
+    if verb != "shell" and any(o.names[-1] == "--shell" for o, _ in found):
+        raise CompatError(f"--shell is an option of 'shell' only, not of '{verb}'")
     if not rest:
         raise CompatError(f"'{verb}' needs an image" + (" and a command" if verb == "exec" else ""))
     if verb == "exec" and len(rest) < 2:
@@ -254,7 +256,7 @@ def main(argv: list[str], prog: str, environ: Mapping[str, str]) -> int:
     if verb in ("exec", "run", "shell"):
         return _exec(_action(verb, rest, globals_, environ), env)
     if verb in ("pull", "build"):
-        return _exec(_pull(verb, rest, globals_, environ), env)
+        return _exec(_pull(verb, rest, globals_, environ), _environment(environ, building=True))
     if verb == "inspect":
         return _exec(_inspect(rest, globals_), env)
     if verb == "cache":

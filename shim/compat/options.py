@@ -58,6 +58,7 @@ ACTION_OPTIONS: tuple[CompatOption, ...] = (
     _p("-f", "--fakeroot", env="FAKEROOT"),
     _p("--no-mount", value=True, env="NO_MOUNT"),
     _p("--writable-tmpfs", env="WRITABLE_TMPFS"),
+    _p("--shell", value=True),  # `shell` only (exec and run refuse it, as Apptainer's do)
     CompatOption(("--compat",), False, MAP, ("--containall", "--writable-tmpfs"),
                  why="as Apptainer: --containall --no-init --no-umask --no-eval --writable-tmpfs"),
     _accept("--no-init", why="shim starts no init unless --pid asks for a PID namespace"),

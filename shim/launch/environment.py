@@ -12,7 +12,9 @@ Precedence, highest first:
   3. the image's environment scripts (/.singularity.d/env/*.sh: %environment, Docker ENV);
   4. host variables passed through (below);
   5. defaults: PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin,
-     SHIMRUN_CONTAINER (image path), SHIMRUN_NAME (image file name).
+     SHIMRUN_CONTAINER (image path), SHIMRUN_NAME (image file name), and the same as
+     APPTAINER_CONTAINER/_NAME and SINGULARITY_CONTAINER/_NAME, which scripts test to know they
+     run in a container, as under Apptainer.
   HOME is always the home directory in the container.
 
 Host variables pass through, except:
@@ -212,8 +214,9 @@ def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.s
     overrides = _overrides(settings, opts.env_pairs)
     defaults = {"HOME": opts.home}
     if opts.image_path:
-        defaults["SHIMRUN_CONTAINER"] = opts.image_path
-        defaults["SHIMRUN_NAME"] = os.path.basename(opts.image_path)
+        for runtime in ("SHIMRUN", "APPTAINER", "SINGULARITY"):
+            defaults[f"{runtime}_CONTAINER"] = opts.image_path
+            defaults[f"{runtime}_NAME"] = os.path.basename(opts.image_path)
     defaults.update(opts.extra)
     ops: list[EnvOp] = []
     if opts.pwd and _passes("PWD", opts.cleanenv):

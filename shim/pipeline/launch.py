@@ -118,7 +118,7 @@ class _Planner:
         profiles = _load_profiles(conf_dir, self.host_root, self.env)
         self.inputs.extend(profile_inputs(str(conf_dir), profiles, self.host_root))
         if getattr(self.args, "nv", False):  # as `apptainer --nv`: the GPU driver profiles, by request
-            gpu = [p.name for p in profiles or () if p.kind == "gpu"]
+            gpu = [p.name for p in (profiles.profiles if profiles else ()) if p.kind == "gpu"]
             if not gpu:
                 raise ConfigError(f"--nv: no GPU driver profile is configured in {conf_dir / 'profiles'}",
                                   "a site enables it by copying conf/profiles/examples/cuda-driver.toml there")
