@@ -4,12 +4,14 @@ own, diagnostics print once per node, scancel reaches every app, and nothing is 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
 import subprocess
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -71,20 +73,26 @@ def reports(stdout: str) -> list[tuple[str, int, str, str, str]]:
     return out
 
 
-def test_two_nodes_eight_ranks_two_containers(shim, slurm3, user, busybox_sif, tmp_path):
-    # A barrier in the user's (bound) home: no rank ends before all eight have reported, so both
-    # nodes' containers exist at once; a namespace's inode number and a FUSE mount's device are
-    # reused once they are gone, and two containers one after the other could read as one.
+@contextlib.contextmanager
+def reporting_at_a_barrier(user, tmp_path, ranks: int) -> Iterator[str]:
+    """A rank script: REPORT, then wait until all `ranks` have reported. The barrier is in the
+    user's (bound) home: no rank ends before all have reported, so every container of the step
+    exists at once; a namespace's inode number and a FUSE mount's device are reused once they are
+    gone, and two containers one after the other could read as one."""
     barrier = Path(user.home) / f".shim-barrier-{tmp_path.name}"
     barrier.mkdir()
     os.chown(barrier, user.uid, user.gid)
-    wait = (f'{REPORT}; touch {barrier}/$SLURM_PROCID; n=0; '
-            f'while [ "$(ls {barrier} | wc -l)" -lt 8 ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done')
     try:
-        r = slurm3.srun(["-N", "2", "-n", "8", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", wait],
-                        user=user, env=env_for(shim, slurm3, "two-nodes"), timeout=120)
+        yield (f'{REPORT}; touch {barrier}/$SLURM_PROCID; n=0; '
+               f'while [ "$(ls {barrier} | wc -l)" -lt {ranks} ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done')
     finally:
         shutil.rmtree(barrier, ignore_errors=True)
+
+
+def test_two_nodes_eight_ranks_two_containers(shim, slurm3, user, busybox_sif, tmp_path):
+    with reporting_at_a_barrier(user, tmp_path, 8) as wait:
+        r = slurm3.srun(["-N", "2", "-n", "8", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", wait],
+                        user=user, env=env_for(shim, slurm3, "two-nodes"), timeout=120)
     assert r.returncode == 0, r.stderr + slurm3.logs()
     got = reports(r.stdout)
     assert sorted(g[1] for g in got) == list(range(8))
@@ -218,16 +226,9 @@ def test_step_time_limit_reaches_every_rank_as_sigterm(shim, slurm3, user, busyb
 
 def test_apptainer_exec_ranks_share_one_container(shim, slurm3, user, busybox_sif, tmp_path):
     """Through the compatibility command, as a workflow engine's task under srun runs it."""
-    barrier = Path(user.home) / f".shim-barrier-{tmp_path.name}"
-    barrier.mkdir()
-    os.chown(barrier, user.uid, user.gid)
-    wait = (f'{REPORT}; touch {barrier}/$SLURM_PROCID; n=0; '
-            f'while [ "$(ls {barrier} | wc -l)" -lt 3 ] && [ $n -lt 60 ]; do sleep 1; n=$((n+1)); done')
-    try:
+    with reporting_at_a_barrier(user, tmp_path, 3) as wait:
         r = slurm3.srun(["-N", "1", "-n", "3", "--mpi=none", str(compat_bin_dir() / "apptainer"), "exec",
                          busybox_sif, "sh", "-c", wait], user=user, env=env_for(shim, slurm3, "compat"), timeout=120)
-    finally:
-        shutil.rmtree(barrier, ignore_errors=True)
     assert r.returncode == 0, r.stderr + slurm3.logs()
     got = reports(r.stdout)
     assert sorted(g[1] for g in got) == [0, 1, 2]

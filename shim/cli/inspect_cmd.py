@@ -32,20 +32,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def oci_origin(img: SifImage) -> dict[str, object] | None:
     """Where an image built from OCI came from: its source, manifest digest, labels, runscript."""
-    from shim.image.sif import DATA_LABELS, oci_config, read_object
+    from shim.image.sif import oci_config, sif_labels
     from shim.oci.config import DIGEST_LABEL, SOURCE_LABEL, runscript_words, working_dir
 
     config = oci_config(img)
     if config is None:
         return None
-    labels: dict[str, object] = {}
-    for d in img.descriptors:
-        if d.data_type == DATA_LABELS:
-            try:
-                found = json.loads(read_object(img, d))
-            except (ValueError, RecursionError):
-                found = {}
-            labels = found if isinstance(found, dict) else {}
+    labels = sif_labels(img)
     entrypoint, cmd = runscript_words(config)
     return {"source": labels.get(SOURCE_LABEL, ""), "manifest_digest": labels.get(DIGEST_LABEL, ""),
             "labels": labels, "entrypoint": list(entrypoint), "cmd": list(cmd), "working_dir": working_dir(config)}

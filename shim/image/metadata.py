@@ -83,16 +83,10 @@ def read_metadata(image_path: str) -> Metadata:
 
 
 def _from_sif(path: str, meta: Metadata) -> None:
-    from shim.image.sif import DATA_DEFFILE, DATA_LABELS, read_object, read_sif
+    from shim.image.sif import DATA_DEFFILE, read_object, read_sif, sif_labels
 
     img = read_sif(path)
+    meta.labels.update(sif_labels(img))
     for d in img.descriptors:
-        if d.data_type == DATA_LABELS:
-            try:
-                found = json.loads(read_object(img, d))
-            except (ValueError, RecursionError):
-                found = {}
-            if isinstance(found, dict):
-                meta.labels.update(found)
-        elif d.data_type == DATA_DEFFILE:
+        if d.data_type == DATA_DEFFILE:
             meta.deffile = read_object(img, d).decode("utf-8", "replace")

@@ -8,6 +8,7 @@ reader treats the file as untrusted and bounds-checks every used object (§1.11)
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import uuid
@@ -417,3 +418,16 @@ def oci_config(img: SifImage) -> dict[str, Any] | None:
                 raise ImageError(f"{img.path}: its {OCI_CONFIG_NAME} is not valid JSON", _HINT_CORRUPT) from None
             return obj if isinstance(obj, dict) else None
     return None
+
+
+def sif_labels(img: SifImage) -> dict[str, Any]:
+    """The JSON labels objects of a SIF, merged (a damaged one reads as no labels)."""
+    labels: dict[str, Any] = {}
+    for d in img.descriptors:
+        if d.data_type == DATA_LABELS:
+            try:
+                found = json.loads(read_object(img, d))
+            except (ValueError, RecursionError):
+                found = {}
+            labels.update(found if isinstance(found, dict) else {})
+    return labels
