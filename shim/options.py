@@ -45,7 +45,7 @@ OPTIONS: tuple[Option, ...] = (
            alone=True),
     Option(("-n", "--net"), "net", FLAG, "a new network namespace with only lo up", alone=True),
     Option(("--network",), "network", VALUE, "with --net: the network; only 'none' (an unprivileged user can "
-           "have no other)", "none"),
+           "have no other)", "none", alone=True),
     Option(("--no-mount",), "no_mount", APPEND, "do not mount these (comma list): home, tmp, cwd, hostfs, "
            "bind-paths, proc, sys, dev, devpts", "NAMES"),
     Option(("--writable-tmpfs",), "writable_tmpfs", FLAG, "writable image: changes go to a tmpfs, gone at exit",

@@ -245,3 +245,17 @@ def test_env_minus_apptainer_exec_under_srun(shim, slurm3, user, busybox_sif):
     assert r.returncode == 0, r.stderr + slurm3.logs()
     lines = sorted(r.stdout.splitlines())
     assert len(lines) == 2 and all(ln.startswith("task none mnt:[") for ln in lines), r.stdout
+
+
+@pytest.mark.parametrize("isolation", [["--network", "none"], ["--containall"], ["--writable-tmpfs"]])
+def test_options_of_a_container_of_its_own_under_srun(shim, slurm3, user, busybox_sif, isolation):
+    """New namespaces and a writable root are never a node's shared container: each rank gets
+    its own, and what it asked for holds in each."""
+    r = slurm3.srun(["-N", "1", "-n", "2", "--mpi=none", str(compat_bin_dir() / "apptainer"), "exec", *isolation,
+                     busybox_sif, "sh", "-c", 'echo "$(ip -o link | wc -l) links"'],
+                    user=user, env=env_for(shim, slurm3, "alone"), timeout=120)
+    assert r.returncode == 0, r.stderr + slurm3.logs()
+    lines = r.stdout.splitlines()
+    assert len(lines) == 2, r.stdout
+    if "--network" in isolation:
+        assert all(ln.split()[0] == "1" for ln in lines), r.stdout  # only lo, in each rank
