@@ -135,16 +135,14 @@ def _exec(argv: list[str], environ: Mapping[str, str]) -> int:
     return 0  # not reached
 
 
-def _environment(environ: Mapping[str, str], building: bool = False) -> dict[str, str]:
+def _environment(environ: Mapping[str, str]) -> dict[str, str]:
     """Apptainer's settings that are shim's under another name (under Apptainer's name, they win:
     a user who set APPTAINER_CACHEDIR for this command meant it over a site-wide SHIMRUN_CACHE)."""
     env = dict(environ)
     cache = _setting(environ, "CACHEDIR")
     if cache:
         env["SHIMRUN_CACHE"] = cache
-    tmp = _setting(environ, "TMPDIR")
-    if tmp and building:  # the temporary space of pull and build; a launch keeps the app's TMPDIR
-        env["TMPDIR"] = tmp
+    # APPTAINER_TMPDIR has nothing to move: shim's pull and build write beside OUT.sif only.
     return env
 
 
@@ -256,7 +254,7 @@ def main(argv: list[str], prog: str, environ: Mapping[str, str]) -> int:
     if verb in ("exec", "run", "shell"):
         return _exec(_action(verb, rest, globals_, environ), env)
     if verb in ("pull", "build"):
-        return _exec(_pull(verb, rest, globals_, environ), _environment(environ, building=True))
+        return _exec(_pull(verb, rest, globals_, environ), env)
     if verb == "inspect":
         return _exec(_inspect(rest, globals_), env)
     if verb == "cache":
