@@ -68,6 +68,14 @@ OPTIONS: tuple[Option, ...] = (
 )
 
 
+# Options before a verb (`shimrun -q exec ...`, `apptainer -q exec ...`: Apptainer's global
+# options) -> the setting of the verb's own they make (None: accepted, nothing to change; -v keeps
+# output as it is, --debug being shim's most verbose).
+GLOBAL_OPTIONS: dict[str, str | None] = {"-q": "quiet", "--quiet": "quiet", "-s": "quiet", "--silent": "quiet",
+                                         "-d": "debug", "--debug": "debug", "-v": None, "--verbose": None,
+                                         "--nocolor": None}
+
+
 def launch_options() -> tuple[Option, ...]:
     return OPTIONS
 

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 from shim.errors import ExitCode, ShimError
+from shim.options import GLOBAL_OPTIONS
 
 # Subcommand name -> module with register(subparsers) and main(args). Imported only when used.
 SUBCOMMANDS = {
@@ -24,9 +25,6 @@ SUBCOMMANDS = {
     "shell": "shim.cli.exec_cmd:register_shell",
     "version": "shim.cli.version_cmd",
 }
-# Options before the verb (`shimrun -q exec ...`, as Apptainer's global options): the verb's own.
-GLOBAL_OPTIONS = {"-q": "quiet", "--quiet": "quiet", "-s": "quiet", "--silent": "quiet",
-                  "-d": "debug", "--debug": "debug", "-v": None, "--verbose": None}
 LAUNCH_VERBS = ("exec", "run", "shell")
 INTERNAL_ERROR = int(ExitCode.INTERNAL)
 

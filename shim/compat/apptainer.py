@@ -15,7 +15,6 @@ from collections.abc import Iterable, Mapping
 from shim.compat.options import (
     ACCEPT,
     ACTION_OPTIONS,
-    GLOBAL_FLAGS,
     INSPECT_FLAGS,
     MAP,
     PULL_OPTIONS,
@@ -23,6 +22,7 @@ from shim.compat.options import (
     TRUE_WORDS,
     CompatOption,
 )
+from shim.options import GLOBAL_OPTIONS
 
 # The Apptainer release whose command line shim follows: engines gate features on it (cwltool:
 # `run` and --no-eval from 1.1, --mount from "3.9"; Snakemake needs >= 1.0), and 1.3.6 is the
@@ -232,9 +232,9 @@ def main(argv: list[str], prog: str, environ: Mapping[str, str]) -> int:
         if arg in ("-h", "--help"):
             sys.stdout.write(usage(prog))
             return 0
-        if arg in GLOBAL_FLAGS:
-            if GLOBAL_FLAGS[arg]:
-                globals_.append(GLOBAL_FLAGS[arg])
+        if arg in GLOBAL_OPTIONS:
+            if GLOBAL_OPTIONS[arg]:
+                globals_.append(f"--{GLOBAL_OPTIONS[arg]}")
         elif arg in ("-c", "--config") or arg.startswith("--config="):
             raise CompatError(f"{arg}: shim reads no apptainer.conf: a site configures shim in /etc/shim/shim.toml")
         else:

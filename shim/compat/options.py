@@ -129,6 +129,4 @@ PULL_OPTIONS: tuple[CompatOption, ...] = (
     _refuse("--update", "-u", why="definition files are not supported"),
     _refuse("--bind", "-B", value=True, why="definition files are not supported"),
 )
-GLOBAL_FLAGS = {"-q": "--quiet", "--quiet": "--quiet", "-s": "--quiet", "--silent": "--quiet",
-                "-d": "--debug", "--debug": "--debug", "-v": "", "--verbose": "", "--nocolor": ""}
 TRUE_WORDS = ("1", "true", "yes", "on")
