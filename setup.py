@@ -37,7 +37,7 @@ setup(
                   "shim.conf": ["*.toml", "profiles/*.toml", "profiles/*.md", "profiles/examples/*.toml"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_core.py:ffibuilder"],
-    install_requires=["cffi>=1.15", "psutil>=5.9", "pyelftools>=0.29", "nvidia-ml-py>=12"],
+    install_requires=["cffi>=1.15", "psutil>=5.9", "pyelftools>=0.29", "nvidia-ml-py>=12", "cryptography>=41"],
     extras_require={"test": ["pytest>=7", "mpi4py>=3.1"]},
     entry_points={"console_scripts": ["shimrun=shim.cli.main:entry"]},
     cmdclass={"build_py": BuildWithFrontend},

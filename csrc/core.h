@@ -93,6 +93,9 @@ struct shim_rec {
     int refuse_code;
     const char **notices;
     int nnotices;
+    struct { int kind; const char *path; } prov[SHIM_PROV_MAX]; /* SHIM_PROV_*; a file or a directory */
+    int nprov;
+    const char *prov_facts;   /* the run's facts the planner knew, one JSON object */
     struct shim_field *inputs;
     int ninputs;
     void *mem;                /* the arrays above, one allocation */
@@ -196,6 +199,18 @@ void enter_namespaces(int fakeroot, int namespaces);
 void shim_loopback_up(void);
 void shim_pidns_fork(void);
 void shim_pidns_init(void);
+/* Shared with provenance.c, whose parent waits the same way: the signals passed on (and
+ * SIGCHLD), passing them to `child` until it ends (its wait status), and ending as it did. */
+#include <signal.h>
+void shim_forwarded_set(sigset_t *set);
+int shim_forward_until_exit(pid_t child);
+void shim_end_as(int status) __attribute__((noreturn));
+
+/* provenance.c: with a PROVENANCE field, fork: the child returns 0 and goes on with the launch;
+ * the parent stays outside, passes signals on, writes the record when the app has ended and
+ * ends as it did (never returns). Without one, or when this launch does not write it, 0 at
+ * once. -1 with res set: the record cannot be written there (nothing was started). */
+int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res);
 
 /* fuse.c */
 void mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);

@@ -164,6 +164,8 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
             refuse_others(run->listen_fd, r->refuse_code, r->refuse, run->environ);
         return fail(res, r->refuse_code, r->refuse);
     }
+    if (shim_provenance_begin(r, run, res))
+        return res->code;
     if (run->listen_fd >= 0)
         return lead(r, &cfg, run, res);
     if (!(argv = shim_app_argv(r, run->argc, run->argv, run->image, &n)))

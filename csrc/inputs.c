@@ -20,7 +20,7 @@ static int file_holds(struct rd *d, char *why, size_t whylen)
 {
     unsigned check = (unsigned)rd_int(d, 4), mode = (unsigned)rd_int(d, 4);
     uint64_t dev = rd_int(d, 8), ino = rd_int(d, 8), size = rd_int(d, 8);
-    int64_t mtime = (int64_t)rd_int(d, 8);
+    int64_t mtime = (int64_t)rd_int(d, 8), ctime = (int64_t)rd_int(d, 8);
     const char *path = rd_str(d);
     struct stat st;
     int rc;
@@ -43,7 +43,8 @@ static int file_holds(struct rd *d, char *why, size_t whylen)
         || ((check & SHIM_CHECK_MODE) && (st.st_mode & 07777) != (mode & 07777))
         || ((check & SHIM_CHECK_ID) && ((uint64_t)st.st_dev != dev || (uint64_t)st.st_ino != ino))
         || ((check & SHIM_CHECK_SIZE) && (uint64_t)st.st_size != size)
-        || ((check & SHIM_CHECK_MTIME) && (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != mtime)) {
+        || ((check & SHIM_CHECK_MTIME) && (int64_t)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec != mtime)
+        || ((check & SHIM_CHECK_CTIME) && (int64_t)st.st_ctim.tv_sec * 1000000000LL + st.st_ctim.tv_nsec != ctime)) {
         snprintf(why, whylen, "%s changed", path);
         return 0;
     }

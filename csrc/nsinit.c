@@ -53,30 +53,34 @@ static int forwarded(int sig)
     }
 }
 
+/* The signals passed on, and SIGCHLD: what a waiting parent blocks and waits for. */
+void shim_forwarded_set(sigset_t *set)
+{
+    int sig;
+
+    sigemptyset(set);
+    for (sig = 1; sig < SIGRTMIN; sig++)
+        if (forwarded(sig) || sig == SIGCHLD)
+            sigaddset(set, sig);
+}
+
 static void block_forwarded(void)
 {
     sigset_t set;
-    int sig;
 
-    sigemptyset(&set);
-    for (sig = 1; sig < SIGRTMIN; sig++)
-        if (forwarded(sig) || sig == SIGCHLD)
-            sigaddset(&set, sig);
+    shim_forwarded_set(&set);
     Z(sigprocmask(SIG_BLOCK, &set, &original_mask), "block signals for forwarding");
 }
 
 /* Forward signals to `child` and reap until it ends; every other child is reaped too (PID 1's
  * orphans). Returns the child's wait status. */
-static int forward_until_exit(pid_t child)
+int shim_forward_until_exit(pid_t child)
 {
     sigset_t set;
     int sig, status = 0;
     pid_t pid;
 
-    sigemptyset(&set);
-    for (sig = 1; sig < SIGRTMIN; sig++)
-        if (forwarded(sig) || sig == SIGCHLD)
-            sigaddset(&set, sig);
+    shim_forwarded_set(&set);
     for (;;) {
         siginfo_t info;
         int w;
@@ -91,8 +95,7 @@ static int forward_until_exit(pid_t child)
     }
 }
 
-static void end_as(int status) __attribute__((noreturn));
-static void end_as(int status)
+void shim_end_as(int status)
 {
     if (WIFSIGNALED(status)) {
         int sig = WTERMSIG(status);
@@ -129,12 +132,12 @@ void shim_pidns_fork(void)
         return;
     }
     close(status_pipe[1]);
-    status = forward_until_exit(child);
+    status = shim_forward_until_exit(child);
     /* PID 1 passes on how the app ended; without a word from it (it failed before the app
      * started), its own status is the answer. */
     while ((got = (int)read(status_pipe[0], &reported, sizeof reported)) == -1 && errno == EINTR)
         ;
-    end_as(got == (int)sizeof reported ? reported : status);
+    shim_end_as(got == (int)sizeof reported ? reported : status);
 }
 
 /* In PID 1, just before the app is exec'd: returns in the app's process (the mask as shimrun got
@@ -151,7 +154,7 @@ void shim_pidns_init(void)
         Z(sigprocmask(SIG_SETMASK, &original_mask, NULL), "restore the signal mask for the app");
         return;
     }
-    status = forward_until_exit(app);
+    status = shim_forward_until_exit(app);
     while (write(status_pipe[1], &status, sizeof status) == -1 && errno == EINTR)
         ;
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0));

@@ -136,6 +136,14 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         r->refuse = rd_str(&d);
         return rd_done(&d) && r->refuse_code > 0 && r->refuse_code < 256;
     case SHIM_R_NOTICE: r->notices[r->nnotices++] = rd_str(&d); return rd_done(&d);
+    case SHIM_R_PROVENANCE:
+        if (r->nprov == SHIM_PROV_MAX)
+            return 0;
+        r->prov[r->nprov].kind = (int)rd_int(&d, 4);
+        r->prov[r->nprov].path = rd_str(&d);
+        return rd_done(&d) && (r->prov[r->nprov].kind == SHIM_PROV_USER || r->prov[r->nprov].kind == SHIM_PROV_SITE)
+               && r->prov[r->nprov++].path[0];
+    case SHIM_R_PROVENANCE_FACTS: r->prov_facts = rd_str(&d); return rd_done(&d) && r->prov_facts[0] == '{';
     case SHIM_R_RUNSCRIPT: r->runscript = (int)rd_int(&d, 4); return rd_done(&d);
     case SHIM_R_RUN_ARG: {
         int kind = (int)rd_int(&d, 1);

@@ -13,6 +13,7 @@ Exit codes (documented in README.md, "Exit codes"):
   75 UNREACHABLE             the registry cannot be reached (not listening, DNS, TLS, a 5xx): try again later
   77 AUTH                    the registry refused the credentials (401/403)
   78 CONFIG                  the site configuration or a profile is invalid
+  79 UNTRUSTED               the image's signatures do not verify, or the site's image policy does not let it run
   126 NOT_EXECUTABLE         the command exists in the image but cannot be executed
   127 NOT_FOUND              the command is not found in the image
 """
@@ -35,6 +36,7 @@ class ExitCode(IntEnum):
     UNREACHABLE = 75
     AUTH = 77
     CONFIG = 78
+    UNTRUSTED = 79
     NOT_EXECUTABLE = 126
     NOT_FOUND = 127
 

@@ -55,6 +55,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--rocm",), "rocm", FLAG, "the AMD ROCm driver (not yet: refused with the reason)"),
     Option(("-u", "--userns"), "userns", FLAG, "accepted: shim always runs in a user namespace"),
     Option(("--no-eval",), "no_eval", FLAG, "accepted: shim never evaluates the environment through a shell"),
+    Option(("--provenance",), "provenance", VALUE, "write a provenance record of the run (JSON: the image's digests, "
+           "the injected libraries, decisions, host facts, times, exit status) to FILE, or one per run into a "
+           "directory", "FILE|DIR"),
     Option(("--dry-run",), "dry_run", FLAG, "print the injection plan and diagnostics, do not run", launches=False),
     Option(("--json",), "json", FLAG, "with --dry-run: the plan as JSON", launches=False),
     Option(("--conf",), "conf", VALUE, "site configuration directory (default: SHIMRUN_CONF, /etc/shim)", "DIR",

@@ -20,7 +20,8 @@ SHIM = REPO / "shim"
 # Lowest first: a module may import its own layer and the layers before it, never one after.
 LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"),
           ("cachefiles", "image", "elf", "oci"),
-          ("host", "expect"), ("site",), ("diagnose",), ("plan",), ("report",), ("launch",), ("pipeline",),
+          ("host", "expect", "verify"), ("site", "provenance"), ("diagnose",), ("plan",), ("report",), ("launch",),
+          ("pipeline",),
           ("cli", "compat", "__main__", "__init__")]
 
 

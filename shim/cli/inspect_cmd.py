@@ -9,6 +9,7 @@ import sys
 from datetime import UTC, datetime
 
 from shim.image.sif import SifDescriptor, SifImage, read_sif, sif_to_dict
+from shim.provenance.image import sbom_objects
 
 RULE = "-" * 78
 LIST_ROW = "{:<5}|{:<8}|{:<8}|{:<26}|{}"
@@ -26,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for flag, short, what in _APPTAINER_PARTS:
         p.add_argument(flag, short, dest=flag[2:], action="store_true", help=f"show the image's {what}")
     p.add_argument("--all", action="store_true", help="all of the above")
+    p.add_argument("--sbom", action="store_true", help="print the image's SBOM (software bill of materials) object")
+    p.add_argument("--sbom-id", type=int, metavar="ID", help="with --sbom: which one, when the image has several")
     p.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     p.set_defaults(func=main)
 
@@ -82,6 +85,8 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write(apptainer_view(args))
         return 0
     img = read_sif(args.image)
+    if args.sbom or args.sbom_id is not None:
+        return print_sbom(img, args.sbom_id)
     origin = oci_origin(img)
     if args.json:
         doc = sif_to_dict(img)
@@ -91,10 +96,36 @@ def main(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     else:
         sys.stdout.write(format_header(img) + "\n" + format_list(img))
+        sboms = sbom_objects(img)
+        for sbom in sboms:
+            which = f" --sbom-id {sbom['id']}" if len(sboms) > 1 else ""
+            sys.stdout.write(f"\nSBOM: object {sbom['id']}, {sbom['format']}, {format_size(sbom['size'])} "
+                             f"(shimrun inspect --sbom{which} {args.image} prints it)\n")
         if origin is not None:
             sys.stdout.write(f"\nOCI source:           {origin['source']}\n"
                              f"Manifest digest:      {origin['manifest_digest'] or '(none: docker save archive)'}\n"
                              f"Entrypoint / Cmd:     {origin['entrypoint']} / {origin['cmd']}\n")
+    return 0
+
+
+def print_sbom(img: SifImage, wanted: int | None) -> int:
+    """The SBOM's bytes as stored, to stdout (a pipe to a scanner: nothing else is printed there)."""
+    from shim.errors import UsageError
+    from shim.image.sif import read_object
+
+    found = sbom_objects(img)
+    if wanted is not None:
+        found = [s for s in found if s["id"] == wanted]
+    if not found:
+        what = f"no SBOM object {wanted}" if wanted is not None else "no SBOM object"
+        raise UsageError(f"{img.path} has {what}", "shimrun inspect IMAGE lists its objects; an SBOM is added with "
+                         "shimrun build --sbom FILE")
+    if len(found) > 1:
+        ids = ", ".join(str(s["id"]) for s in found)
+        raise UsageError(f"{img.path} has several SBOM objects ({ids})", "choose one with --sbom-id ID")
+    d = img.descriptor(found[0]["id"])
+    sys.stdout.buffer.write(read_object(img, d, limit=1 << 30))
+    sys.stdout.flush()
     return 0
 
 

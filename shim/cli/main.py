@@ -24,6 +24,8 @@ SUBCOMMANDS = {
     "exec": "shim.cli.exec_cmd",
     "shell": "shim.cli.exec_cmd:register_shell",
     "version": "shim.cli.version_cmd",
+    "verify": "shim.cli.verify_cmd",
+    "sign": "shim.cli.sign_cmd",
 }
 LAUNCH_VERBS = ("exec", "run", "shell")
 INTERNAL_ERROR = int(ExitCode.INTERNAL)
@@ -67,6 +69,26 @@ def _version() -> str:
     return __version__
 
 
+
+
+def launch_arguments(argv: list[str]) -> argparse.Namespace:
+    """shimrun's arguments (a launch's, as a provenance record keeps them), parsed as main() does;
+    UsageError when they are not a command line of this shimrun."""
+    from shim.errors import UsageError
+
+    argv, settings = _globals_first(list(argv))
+    if not argv or (argv[0] in SUBCOMMANDS and argv[0] not in LAUNCH_VERBS):
+        raise UsageError(f"not a launch command line: shimrun {' '.join(argv)}")
+    try:
+        args = _parser(argv).parse_args(argv)
+    except SystemExit:
+        raise UsageError(f"this shimrun cannot read the command line: shimrun {' '.join(argv)}",
+                         "it was written by another version; the line above says what it did not take") from None
+    for name in settings:
+        if hasattr(args, name):
+            setattr(args, name, True)
+    args.argv = list(argv)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -69,14 +69,19 @@ def _handover() -> tuple[int | None, str]:
     return listen, flags
 
 
+def fill_defaults(args: argparse.Namespace) -> None:
+    """`check` has only the image options: the others as not given."""
+    for opt in launch_options():
+        if not hasattr(args, opt.dest):
+            setattr(args, opt.dest, [] if opt.kind == APPEND else False if opt.kind == FLAG else None)
+
+
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
     from shim.cachefiles import set_quiet
     from shim.pipeline.launch import plan_launch, store
     from shim.pipeline.request import LaunchRequest
 
-    for opt in launch_options():  # `check` has only the image options: the others as not given
-        if not hasattr(args, opt.dest):
-            setattr(args, opt.dest, [] if opt.kind == APPEND else False if opt.kind == FLAG else None)
+    fill_defaults(args)
     set_quiet(args.quiet)
     listen_fd, flags = _handover()
     argv = getattr(args, "argv", None) or sys.argv[1:]

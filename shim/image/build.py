@@ -103,9 +103,10 @@ def _mksquashfs_env(cmd: list[str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "SOURCE_DATE_EPOCH"}
 
 
-def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],
+def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],  # noqa: PLR0913
               compression: str = "zstd", deterministic: bool = False,
-              progress: Progress | None = None, arch: str | None = None) -> str:
+              progress: Progress | None = None, arch: str | None = None,
+              objects: tuple[SifObject, ...] = ()) -> str:
     """Build OUT (a SIF) from SOURCE (a rootfs directory or tarball). Returns the image's
     architecture (Go name): `arch`, or else detected from the rootfs's binaries.
 
@@ -157,7 +158,7 @@ def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],
                              f"{', '.join(archmod.ROOTFS_PROBES[:3])}, ... is an ELF executable",
                              "name it with --arch (e.g. --arch amd64)")
         say(f"writing {out} ({arch})")
-        write_sif(out, sqfs, arch, deterministic=deterministic)
+        write_sif(out, sqfs, arch, objects=objects, deterministic=deterministic)
         return arch
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -28,7 +28,30 @@ class ImageRef:
     oci_config: dict[str, Any] | None = field(default=None, compare=False)
 
 
+def image_kind(image: ImageRef) -> str:
+    """sif, squashfs (a bare squashfs file) or dir."""
+    if image.kind == "dir":
+        return "dir"
+    return "sif" if image.offset else "squashfs"  # a SIF's partition follows its header; a bare one is at 0
+
+
 def open_image(path: str) -> ImageRef:
+    """The image, located and its squashfs checked (ImageError: not one shim can mount)."""
+    image = locate_image(path)
+    check_squashfs(image)
+    return image
+
+
+def check_squashfs(image: ImageRef) -> None:
+    if image.kind != "dir":
+        from shim.image.squashfs import read_superblock
+
+        read_superblock(image.path, image.offset, image.size)
+
+
+def locate_image(path: str) -> ImageRef:
+    """What the image is and where its root filesystem lies, from the SIF's header and descriptors
+    alone: enough for the site's image policy, which judges an image before its file system is read."""
     from shim.image import arch as archmod
 
     if not os.path.exists(path):
@@ -42,19 +65,13 @@ def open_image(path: str) -> ImageRef:
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror}", "check its permissions") from None
     if head[:4] == SQUASHFS_MAGIC:
-        from shim.image.squashfs import read_superblock
-
-        size = os.path.getsize(real)
-        read_superblock(real, 0, size)
-        return ImageRef(real, "squashfs", 0, size)
+        return ImageRef(real, "squashfs", 0, os.path.getsize(real))
     if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC:
         raise ImageError(f"{path} is not a SIF image, a squashfs file or a directory",
                          "build one with 'shimrun build OUT.sif ROOTFS'")
     from shim.image.sif import oci_config, primary_partition, read_sif
-    from shim.image.squashfs import read_superblock
 
     sif = read_sif(real)
     part = primary_partition(sif)
-    read_superblock(real, part.offset, part.size)
     return ImageRef(real, "squashfs", part.offset, part.size, part.arch or "unknown",
                     str(sif.header.id) if sif.header.id else None, oci_config(sif))

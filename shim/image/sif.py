@@ -12,8 +12,9 @@ import json
 import os
 import struct
 import uuid
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
 
 from shim.errors import ImageError
 from shim.image.arch import sif_code_to_arch
@@ -94,6 +95,8 @@ class SifHeader:
     descriptors_size: int
     data_offset: int
     data_size: int
+    # The 128 bytes as read: signatures cover some of them (shim/verify/integrity.py).
+    raw: bytes = field(default=b"", repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,10 @@ class SifDescriptor:
     sbom_format: str | None = None
     crypto_format: str | None = None
     crypto_message: str | None = None
+    # The 585-byte record as read, and its Used byte: signatures cover most of the record,
+    # Used included (shim/verify/integrity.py).
+    raw: bytes = field(default=b"", repr=False, compare=False)
+    used: int = 1
 
     @property
     def is_primary(self) -> bool:
@@ -212,31 +219,39 @@ def parse_header(raw: bytes) -> SifHeader:
     uid = uuid.UUID(bytes=image_id)
     return SifHeader(_cstr(launch), _cstr(version), code, sif_code_to_arch(code),
                      None if uid.int == 0 else uid, _time(created), _time(modified), free,
-                     total, doff, dsize, data_off, data_size)
+                     total, doff, dsize, data_off, data_size, raw=bytes(raw))
 
 
 def parse_descriptor(slot: int, raw: bytes) -> SifDescriptor:
-    (data_type, _used, obj_id, group_raw, link_raw, offset, size, size_pad, created, modified,
+    (data_type, used, obj_id, group_raw, link_raw, offset, size, size_pad, created, modified,
      uid, gid, name, extra) = struct.unpack(DESCRIPTOR_FORMAT, raw)
     return SifDescriptor(
         slot=slot, data_type=data_type, type_name=DATA_TYPES.get(data_type, "Unknown"),
         id=obj_id, group_id_raw=group_raw, linked_id_raw=link_raw,
         group=decode_group(group_raw), link=decode_link(link_raw), offset=offset, size=size,
         size_with_padding=size_pad, created_at=_time(created), modified_at=_time(modified),
-        uid=uid, gid=gid, name=_cstr(name), extra=extra, **_decode_extra(data_type, extra))
+        uid=uid, gid=gid, name=_cstr(name), extra=extra, **_decode_extra(data_type, extra),
+        raw=bytes(raw), used=used)
 
 
 def read_sif(path: str | os.PathLike[str]) -> SifImage:
     """Read and validate a SIF's header and descriptor table. Raises ImageError (one line
     naming the file, the defect and a fix) for anything that is not a sound SIF."""
     path = os.fspath(path)
+    with open_regular(path) as f:
+        return read_sif_file(f, path)
+
+
+def read_sif_file(f: BinaryIO, path: str) -> SifImage:
+    """read_sif on a file already open (named `path` in messages), so that a caller that goes on
+    to read object data (object_chunks) reads the very file whose table it checked."""
     try:
-        with open_regular(path) as f:
-            file_size = os.fstat(f.fileno()).st_size
-            head = f.read(HEADER_SIZE)
-            header = _check_header(path, head, file_size)
-            f.seek(header.descriptors_offset)
-            table = f.read(header.descriptors_size)
+        file_size = os.fstat(f.fileno()).st_size
+        f.seek(0)
+        head = f.read(HEADER_SIZE)
+        header = _check_header(path, head, file_size)
+        f.seek(header.descriptors_offset)
+        table = f.read(header.descriptors_size)
     except OSError as e:
         raise ImageError(f"cannot read image {path}: {e.strerror}",
                          "check the path and its permissions") from None
@@ -251,6 +266,21 @@ def read_sif(path: str | os.PathLike[str]) -> SifImage:
         _check_bounds(path, d, file_size)
         descriptors.append(d)
     return SifImage(path, file_size, header, tuple(descriptors))
+
+
+def object_chunks(f: BinaryIO, img: SifImage, d: SifDescriptor, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """The data of object `d` of the open image file `f`, in pieces of at most `chunk_size` bytes
+    (a partition can be gigabytes). Reads by offset, so `f`'s position does not matter."""
+    pos, end = d.offset, d.offset + d.size
+    while pos < end:
+        try:
+            chunk = os.pread(f.fileno(), min(chunk_size, end - pos), pos)
+        except OSError as e:
+            raise ImageError(f"cannot read image {img.path}: {e.strerror}") from None
+        if not chunk:  # the file shrank after its table was read
+            raise ImageError(f"{img.path}: truncated SIF: object {d.id} is short", _HINT_CORRUPT)
+        pos += len(chunk)
+        yield chunk
 
 
 def _check_header(path: str, head: bytes, file_size: int) -> SifHeader:

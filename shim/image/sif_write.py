@@ -41,6 +41,7 @@ class SifObject:
     data_type: int
     name: str
     data: bytes
+    extra: bytes = b""      # the descriptor's type-specific field (an SBOM's format)
 
 
 @dataclass(frozen=True)
@@ -135,7 +136,7 @@ def _write(out: str, squashfs: str, code: str, extra: tuple[SifObject, ...], lau
         sq_size = os.fstat(sq.fileno()).st_size
         read_superblock(sq, 0, sq_size)
         objects = []
-        objects += [_Object(o.data_type, len(o.data), b"", o.name, 0, o.data) for o in extra]
+        objects += [_Object(o.data_type, len(o.data), o.extra, o.name, 0, o.data) for o in extra]
         part_extra = struct.pack("<ii3s", sif.FS_SQUASHFS, sif.PART_PRIMSYS, code.encode())
         objects.append(_Object(sif.DATA_PARTITION, sq_size, part_extra, partition_name,
                                PARTITION_ALIGN))

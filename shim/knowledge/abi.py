@@ -66,6 +66,15 @@ def aliases(soname: str) -> tuple[str, ...]:
     return (soname, *(n for n in found[1] if n != soname))
 
 
+def version_symbol(soname: str) -> str | None:
+    """The data symbol holding the release of the MPI whose library is `soname`, None if unknown."""
+    abi = mpi_abi(soname)
+    if abi is None:
+        return None
+    return next((a.get("version_symbol") for a in _data()["mpi_abis"]
+                 if (a["family"], a["major"]) == (abi.family, abi.major)), None)
+
+
 def mpi_probes() -> tuple[str, ...]:
     """The names whose presence in an image tells its MPI: every main (C) library name."""
     return tuple(n for n, (abi, _names) in _by_name().items() if abi.role == MAIN_ROLE)

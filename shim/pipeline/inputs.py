@@ -35,11 +35,11 @@ class InputSet:
 
 
 def image_inputs(path: str, kind: str) -> list[Input]:
-    """A SIF by its identity (rebuilt in place: a new plan); a directory by what it is (what in it
-    the plan read is listed from the read log)."""
+    """A SIF by its identity and change time (rewritten in place: a new plan, and its signatures
+    checked again); a directory by what it is (what in it the plan read is listed from the read log)."""
     if kind == "dir":
         return [file_input(path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"] | FOLLOW)]
-    return [file_input(path, IDENTITY | FOLLOW)]
+    return [file_input(path, IDENTITY | CHECK["CTIME"] | FOLLOW)]
 
 
 def read_log_inputs(base: str, reads: dict) -> list[Input]:

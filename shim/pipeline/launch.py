@@ -15,8 +15,8 @@ from dataclasses import dataclass, field, replace
 from shim.errors import ExitCode, ShimError
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE, InputSet, image_inputs, profile_inputs, read_log_inputs
 from shim.pipeline.request import LaunchRequest
-from shim.record.format import CHECK, IDENTITY, IMG, KEY_ENV_PREFIXES
-from shim.record.model import Image, LaunchRecord, RecordBind
+from shim.record.format import CHECK, IDENTITY, IMG, KEY_ENV_PREFIXES, PROV
+from shim.record.model import EnvRules, Image, LaunchRecord, RecordBind
 from shim.record.snapshot import RecordingEnv, file_input, glob_input
 
 STAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "stage")
@@ -26,10 +26,12 @@ STAGED_LD_CACHE = "ld.so.cache"
 
 @dataclass
 class Planned:
-    """A record to run, or (dry run) the exit status of printing the plan."""
+    """A record to run, or (dry run) the exit status of printing the plan, or (facts_only) the
+    provenance facts of the plan."""
     record: LaunchRecord | None = None
     key: str = ""                 # "" : not stored (a command line the front-end does not launch)
     exit_code: int = 0
+    facts: dict | None = None
 
 
 def _home(environ) -> str:
@@ -99,13 +101,19 @@ class _Planner:
         self.host_root = host_root(req.environ)
 
     def image(self):
-        from shim.image.open import open_image
+        """Where the image is and what it is: its file system is read after the site's policy."""
+        from shim.image.open import locate_image
+
+        image = locate_image(self.args.image)
+        self.inputs.extend(image_inputs(image.path, image.kind))
+        return image
+
+    def arch(self, image) -> None:
+        from shim.image.open import check_squashfs
         from shim.launch.preflight import check_arch
 
-        image = open_image(self.args.image)
-        self.inputs.extend(image_inputs(image.path, image.kind))
+        check_squashfs(image)
         check_arch(image, self.env, fatal=not self.req.dry_run)  # exit 66 before anything is mounted
-        return image
 
     def site(self):
         """(the site configuration, its directory, the profiles or None)."""
@@ -127,6 +135,64 @@ class _Planner:
             raise ConfigError(f"unknown profile '{self.args.profile[0]}' requested",
                               f"no profiles are configured in {conf_dir / 'profiles'}")
         return site, conf_dir, profiles
+
+    def trust(self, image, site, conf_dir):
+        """The site's image policy on this image (None: the site has none), before anything is mounted."""
+        if not site.images.active:
+            return None
+        from shim.image.open import image_kind
+        from shim.site.image_policy import PolicyInput, evaluate, policy_inputs
+
+        given = PolicyInput(image.path, image_kind(image), image.arch, conf_dir, self.req.environ)
+        self.inputs.extend(policy_inputs(given))
+        return evaluate(site.images, given)
+
+    def refused(self, image, verdict) -> Planned:
+        """A record that only refuses: cached like any, so a warm launch of a refused image is
+        refused again without a look at its signatures, and nothing is mounted."""
+        from shim import native
+
+        error = verdict.error(self.args.image)
+        key = self.key()
+        record = LaunchRecord(version=native.build_id(), key=key, image=Image(IMG["DIR"], image.path), stage=STAGE_DIR,
+                              command="true", env=EnvRules((), ()), refuse=(int(error.code), str(error)),
+                              inputs=tuple(self.inputs.items))
+        return Planned(record, key)
+
+    def provenance_targets(self, site) -> tuple[tuple[int, str], ...]:
+        given = getattr(self.args, "provenance", None)
+        out = [(PROV["USER"], os.path.normpath(os.path.join(self.req.cwd, given)))] if given else []
+        if site.provenance_dir:
+            out.append((PROV["SITE"], site.provenance_dir))
+        return tuple(out)
+
+    def signatures(self, image, verdict, conf_dir) -> dict | None:
+        """The signature verdicts a provenance record names: the policy's, or a check with every
+        key the user and the site trust (reported, never refusing)."""
+        from shim.image.open import image_kind
+
+        if verdict is not None and verdict.report is not None:
+            return verdict.report.to_json()
+        if image_kind(image) != "sif":
+            return None
+        from shim.verify import key_files, trusted_keys, verify_image
+
+        self.inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) if os.path.isfile(p) else glob_input(
+            os.path.join(p, "*")) for p in key_files(conf_dir, self.req.environ, include_user=True))
+        try:
+            return verify_image(image.path, trusted_keys(conf_dir, self.req.environ, include_user=True)).to_json()
+        except ShimError as e:
+            return {"error": str(e)}
+
+    def facts(self, image, plan, site, found: tuple) -> dict:
+        from shim.provenance.facts import FactsInput, planned_facts
+
+        verdict, conf_dir = found
+        signatures = self.signatures(image, verdict, conf_dir)
+        return planned_facts(FactsInput(image=image, given=self.args.image, plan=plan, site_path=site.path,
+                                        command=tuple(self.command), signatures=signatures,
+                                        policy=verdict.to_json() if verdict is not None else None,
+                                        host_root=self.host_root, environ=self.req.environ))
 
     def binds(self, site, home: str | None, iso) -> list[RecordBind]:
         from shim.launch.binds import parse_bind, parse_bind_list, plan_binds
@@ -317,7 +383,14 @@ def plan_launch(req: LaunchRequest) -> Planned:
 
     planner = _Planner(req)
     image = planner.image()
-    site, _conf_dir, profiles = planner.site()
+    site, conf_dir, profiles = planner.site()
+    verdict = planner.trust(image, site, conf_dir)
+    if verdict is not None and not verdict.allowed:
+        if req.dry_run:
+            raise verdict.error(req.args.image)
+        return planner.refused(image, verdict)
+    planner.arch(image)
+    targets = () if req.dry_run else planner.provenance_targets(site)
     base, env_opts = planner.base(image, site)
     hw = planner.hardware(image, profiles)
     if not wants_analysis(req, profiles, hw):
@@ -330,6 +403,8 @@ def plan_launch(req: LaunchRequest) -> Planned:
 
         analysis = analyse(planner.analysis_job(image, site, profiles, base, hw))
         analysis.plan.diagnostics = apply_site_policy(analysis.plan.diagnostics, site.policy())
+        if req.facts_only:
+            return Planned(facts=planner.facts(image, analysis.plan, site, (verdict, conf_dir)))
         if req.dry_run:
             return _dry_run(req, analysis.plan)
         result = planner.analysed(image, analysis, hw[1])
@@ -340,8 +415,13 @@ def plan_launch(req: LaunchRequest) -> Planned:
     record = replace(base, key=key, env=rules, binds=base.binds + tuple(result.binds),
                      stage_files=((STAGED_LD_CACHE, result.ld_cache),) if result.ld_cache else (),
                      diagnostics=_rendered(plan, req.args.quiet, req.args.debug),
-                     refuse=_refusal(plan, req.args.strict), inputs=tuple(planner.inputs.items))
-    return Planned(record, key)
+                     refuse=_refusal(plan, req.args.strict))
+    if targets:
+        from shim.provenance.facts import facts_json
+
+        facts = planner.facts(image, plan, site, (verdict, conf_dir))
+        record = replace(record, provenance=targets, provenance_facts=facts_json(facts))
+    return Planned(replace(record, inputs=tuple(planner.inputs.items)), key)
 
 
 def _dry_run(req: LaunchRequest, plan) -> Planned:

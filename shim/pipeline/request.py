@@ -17,6 +17,7 @@ class LaunchRequest:
     as_json: bool = False
     listen_fd: int | None = None  # the node's group socket, when the front-end made this rank its leader
     frontend: str = ""            # the native front-end's flags: it ran (and held the election) first
+    facts_only: bool = False      # with dry_run: return the provenance facts, print nothing (check --against)
 
     @property
     def command(self) -> list[str]:

@@ -34,7 +34,8 @@ def _f(name: str, payload: bytes) -> bytes:
 
 def _input(i: Input) -> bytes:
     if isinstance(i, FileInput):
-        return _f("INPUT_FILE", struct.pack("<IIQQQq", i.check, i.mode, i.dev, i.ino, i.size, i.mtime_ns) + _s(i.path))
+        return _f("INPUT_FILE", struct.pack("<IIQQQqq", i.check, i.mode, i.dev, i.ino, i.size, i.mtime_ns, i.ctime_ns)
+                  + _s(i.path))
     if isinstance(i, ContentInput):
         return _f("INPUT_CONTENT", bytes([i.data is not None]) + _s(i.path) + (i.data or b""))
     if isinstance(i, GlobInput):
@@ -88,6 +89,9 @@ def encode(r: LaunchRecord) -> bytes:
     if r.refuse:
         out.append(_f("REFUSE", _u32(r.refuse[0]) + _s(r.refuse[1])))
     out += [_f("NOTICE", _s(n)) for n in r.notices]
+    out += [_f("PROVENANCE", _u32(kind) + _s(path)) for kind, path in r.provenance]
+    if r.provenance:
+        out.append(_f("PROVENANCE_FACTS", _s(r.provenance_facts)))
     return b"".join(out)
 
 

@@ -15,7 +15,8 @@ MAX_CONTENT = 1 << 16        # bytes of a file kept as a content input
 TAGS: dict[str, tuple[int, str]] = {
     "VERSION": (1, "string: the build that wrote it (a record of another build is never run)"),
     "KEY": (2, "string: the key it was written under"),
-    "INPUT_FILE": (10, "u32 check, u32 mode, u64 dev, u64 ino, u64 size, i64 mtime_ns, path (mode 0: absent)"),
+    "INPUT_FILE": (10, ("u32 check, u32 mode, u64 dev, u64 ino, u64 size, i64 mtime_ns, i64 ctime_ns, path (mode 0: "
+                        "absent)")),
     "INPUT_CONTENT": (11, "u8 present, path, bytes: the whole file as it was"),
     "INPUT_GLOB": (12, "pattern, then each name glob(3) matched, sorted"),
     "INPUT_ENV": (13, "u8 how, u8 expect, name, value"),
@@ -47,10 +48,15 @@ TAGS: dict[str, tuple[int, str]] = {
     "DIAGNOSTICS": (60, "string: printed on stderr before the app, as it is"),
     "REFUSE": (61, "u32 exit code, string: printed, and the app is not started"),
     "NOTICE": (62, "string: printed when the record is run from the cache (the planner printed it itself)"),
+    "PROVENANCE": (70, "u32 PROV_*, path: where a provenance record of the run goes (at most PROV_MAX of them)"),
+    "PROVENANCE_FACTS": (71, ("string: the planner's facts, one JSON object: the executor forks, waits for the app "
+                              "and writes them with the run's own (command line, times, exit status, Slurm ids)")),
 }
 
 # INPUT_FILE: what of stat(2) must still match.
-CHECK = {"EXISTS": 1, "TYPE": 2, "ID": 4, "SIZE": 8, "MTIME": 16, "MODE": 32, "FOLLOW": 64}
+# CTIME: the inode's change time too, which no one can set back (a SIF rewritten in place with its
+# mtime restored is still a new image: its signatures are checked again).
+CHECK = {"EXISTS": 1, "TYPE": 2, "ID": 4, "SIZE": 8, "MTIME": 16, "MODE": 32, "FOLLOW": 64, "CTIME": 128}
 IDENTITY = CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"] | CHECK["SIZE"] | CHECK["MTIME"] | CHECK["MODE"]
 # INPUT_ENV: VALUE: set to this value (expect 1) or unset (0); NONEMPTY: set and not empty (1) or
 # not (0); PREFIX: some variable whose name starts with `name` is set (1) or none is (0).
@@ -79,6 +85,10 @@ BIND = {"RO": 1,          # read-only in the container
         "TMPFS": 16, "DEVPTS": 32, "PROC": 64}
 FRESH = BIND["TMPFS"] | BIND["DEVPTS"] | BIND["PROC"]
 NS = {"IPC": 1, "NET": 2, "PID": 4}
+# PROVENANCE: where the record goes. USER: --provenance PATH, that file or, when PATH is a
+# directory at launch, one file per run in it; SITE: one file per run in the site's [provenance]
+# dir (a failure there is the site's: exit 78, not 64). MAX: how many a record may name.
+PROV = {"USER": 1, "SITE": 2, "MAX": 2}
 
 # Variables that are the runtime's own settings: part of a record's key (and so never inputs),
 # except those that carry one launch's hand-over between the front-end and the planner.

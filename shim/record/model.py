@@ -20,6 +20,7 @@ class FileInput(NamedTuple):
     ino: int = 0
     size: int = 0
     mtime_ns: int = 0
+    ctime_ns: int = 0
 
 
 class ContentInput(NamedTuple):
@@ -103,3 +104,5 @@ class LaunchRecord:
     writable: bool = False                              # --writable-tmpfs
     # `shimrun run`: (fixed words, default words) of the image's runscript; command is then ""
     runscript: tuple[tuple[str, ...], tuple[str, ...]] | None = None
+    provenance: tuple[tuple[int, str], ...] = ()       # (format.PROV kind, path): where the run's record goes
+    provenance_facts: str = ""                          # the planner's part of it, one JSON object

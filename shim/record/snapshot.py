@@ -16,7 +16,7 @@ def file_input(path: str, check: int = IDENTITY) -> FileInput:
         st = os.stat(path) if check & CHECK["FOLLOW"] else os.lstat(path)
     except OSError:
         return FileInput(path, check)
-    return FileInput(path, check, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return FileInput(path, check, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def identity_input(path: str, ident) -> FileInput:

@@ -19,7 +19,10 @@ _PKG = Path(__file__).resolve().parent.parent
 BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "shim.toml").is_file()),
                         _PKG / "conf")
 
-_KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict}}
+_KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict},
+          "images": {"paths": list, "signers": list, "allow_unsigned": bool, "allow_directories": bool,
+                     "allow_foreign_arch": bool, "allow_legacy_signatures": bool},
+          "provenance": {"dir": str}}
 REFUSAL_ACTIONS = ("warn", "error")
 
 
@@ -29,11 +32,32 @@ class ConfigError(ShimError):
 
 
 @dataclass(frozen=True)
+class ImagePolicy:
+    """[images]: which images may run on this site (shim/site/image_policy.py evaluates it)."""
+    paths: tuple[str, ...] = ()          # absolute prefixes an image must lie under; () anywhere
+    signers: tuple[str, ...] = ()        # a valid signature by one of these keys is required; () any trusted key
+    allow_unsigned: bool = True          # False: a SIF must carry a valid signature from a key in <conf>/keys/
+    allow_directories: bool = True       # directory (sandbox) images and bare squashfs files
+    allow_foreign_arch: bool = True      # images of another architecture, run under an emulator
+    allow_legacy_signatures: bool = False  # signatures of Singularity < 3.6 (they cover object data only)
+
+    @property
+    def active(self) -> bool:
+        return self != ImagePolicy()
+
+    @property
+    def needs_signature(self) -> bool:
+        return not self.allow_unsigned or bool(self.signers)
+
+
+@dataclass(frozen=True)
 class SiteConfig:
     path: str
     binds: tuple[str, ...] = field(default_factory=tuple)
     refusal: str = "warn"                    # a refused injection: warn (the image's own is used) or error
     codes: tuple[tuple[str, str], ...] = ()  # diagnostic code -> ignore | info | warn | error
+    images: ImagePolicy = field(default_factory=ImagePolicy)
+    provenance_dir: str = ""                 # [provenance] dir: one record per run there; "" none
 
     def policy(self) -> dict[str, str]:
         return dict(self.codes)
@@ -106,4 +130,33 @@ def load_site_config(option: str | None = None) -> SiteConfig:
         if action not in ACTIONS:
             raise ConfigError(f"{path}: policy.codes.{code} = {action!r} is not one of {', '.join(ACTIONS)}",
                               f'e.g. {code} = "error"')
-    return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())))
+    return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())), _image_policy(path, data),
+                      _provenance_dir(path, data))
+
+
+def _strings(path: Path, table: str, key: str, values: list, example: str) -> tuple[str, ...]:
+    if not all(isinstance(v, str) and v for v in values):
+        raise ConfigError(f"{path}: {table}.{key} must be a list of non-empty strings", f"e.g. {key} = {example}")
+    return tuple(values)
+
+
+def _image_policy(path: Path, data: dict) -> ImagePolicy:
+    images = data.get("images", {})
+    prefixes = _strings(path, "images", "paths", images.get("paths", []), '["/apps/containers/"]')
+    for prefix in prefixes:
+        if not prefix.startswith("/"):
+            raise ConfigError(f"{path}: images.paths: {prefix!r} is not an absolute path",
+                              'e.g. paths = ["/apps/containers/"]')
+    signers = _strings(path, "images", "signers", images.get("signers", []),
+                       '["12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"]')
+    flags = {k: v for k, v in images.items() if k.startswith("allow_")}
+    return ImagePolicy(paths=tuple(os.path.normpath(p) for p in prefixes),
+                       signers=tuple(s.upper() if not s.startswith("SHA256:") else s for s in signers), **flags)
+
+
+def _provenance_dir(path: Path, data: dict) -> str:
+    where = data.get("provenance", {}).get("dir", "")
+    if where and not where.startswith("/"):
+        raise ConfigError(f"{path}: provenance.dir = {where!r} is not an absolute path",
+                          'e.g. dir = "/var/log/shim/provenance" (a directory every user can write to, mode 1777)')
+    return os.path.normpath(where) if where else ""

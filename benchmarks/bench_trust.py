@@ -1,0 +1,109 @@
+"""What trust and provenance cost a launch: a warm `shimrun IMG.sif /bin/true` with no image
+policy, with a policy that requires a signature from a trusted key (the image signed by `shimrun
+sign` with an ed25519 key), and with `--provenance DIR`; each also planned every time
+(SHIMRUN_NO_RECORD_CACHE=1), where the signature check and the provenance facts are paid.
+Interleaved, as an ordinary user. Writes results/trust.md.
+
+Usage (as root, after scripts/install.sh): /opt/shim/venv/bin/python benchmarks/bench_trust.py [RUNS]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from bench_launch import prepare
+from common import bench_user, table, target_cell, timed_runs, wait_quiet, write_results
+
+PLAIN, POLICY, PROV = "warm, no image policy", "warm, policy: signed by a trusted key", "warm, --provenance DIR"
+PLANNED = "planned, no image policy", "planned, policy: signed by a trusted key", "planned, --provenance DIR"
+TARGET = 1.05
+
+
+def ed25519_key(work: Path) -> tuple[Path, Path]:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    private, public = work / "bench-signer.pem", work / "bench-signer.pub.pem"
+    if not private.exists():
+        key = Ed25519PrivateKey.generate()
+        private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                              serialization.NoEncryption()))
+        public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
+                                                         serialization.PublicFormat.SubjectPublicKeyInfo))
+    return private, public
+
+
+def confs(work: Path, public: Path) -> tuple[Path, Path]:
+    plain, policy = work / "conf-plain", work / "conf-policy"
+    for conf in (plain, policy):
+        (conf / "keys").mkdir(parents=True, exist_ok=True)
+        (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
+    (policy / "shim.toml").write_text("[launch]\nbinds = []\n\n[images]\nallow_unsigned = false\n")
+    shutil.copy(public, policy / "keys" / "bench.pem")
+    for p in (work, *work.rglob("conf-*"), *(q for c in (plain, policy) for q in c.rglob("*"))):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return plain, policy
+
+
+def signed_copy(shimrun: str, sif: Path, private: Path, work: Path) -> Path:
+    signed = work / "debian-signed.sif"
+    if not signed.exists():
+        shutil.copy(sif, signed)
+        subprocess.run([shimrun, "sign", "--key", str(private), str(signed)], check=True, capture_output=True)
+        signed.chmod(0o644)
+    return signed
+
+
+def main() -> None:
+    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 40
+    work = Path(os.environ.get("SHIM_BENCH_DIR", "/var/tmp/shim-bench"))
+    work.mkdir(parents=True, exist_ok=True)
+    work.chmod(0o755)
+    _rootfs, sif, sqfs = prepare(work)
+    shimrun = shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    private, public = ed25519_key(work)
+    plain, policy = confs(work, public)
+    signed = signed_copy(shimrun, sif, private, work)
+    records = work / "provenance"
+    shutil.rmtree(records, ignore_errors=True)
+    records.mkdir()
+    uid, gid, _home, _name = bench_user()
+    os.chown(records, uid, gid)
+    cold = ["env", "SHIMRUN_NO_RECORD_CACHE=1"]
+    base = {PLAIN: [shimrun, "--conf", str(plain), str(signed), "/bin/true"],
+            POLICY: [shimrun, "--conf", str(policy), str(signed), "/bin/true"],
+            PROV: [shimrun, "--conf", str(plain), "--provenance", str(records), str(signed), "/bin/true"]}
+    commands = dict(base)
+    commands.update({cold_name: cold + base[warm] for cold_name, warm in zip(PLANNED, base, strict=True)})
+    if shutil.which("ch-run"):
+        commands["ch-run IMG.sqfs"] = ["ch-run", str(sqfs), "--", "/bin/true"]
+    quiet = wait_quiet()
+    samples = timed_runs(commands, runs)
+    written = len(list(records.iterdir()))
+    by_name = {s.name: s.median * 1e3 for s in samples}
+    rows = ["| target (issue #14) | without | with | ratio | result |", "|---|---:|---:|---:|---|"]
+    for what, case in (("warm launch with the image policy on within 5 % of without", POLICY),
+                       ("warm launch with --provenance within 5 % of without", PROV)):
+        ratio = by_name[case] / by_name[PLAIN]
+        rows.append(f"| {what} | {by_name[PLAIN]:.2f} ms | {by_name[case]:.2f} ms | {ratio:.3f}× "
+                    f"| {target_cell(ratio, TARGET)} |")
+    for cold_name in PLANNED[1:]:
+        rows.append(f"| (measured) {cold_name} vs {PLANNED[0]} | {by_name[PLANNED[0]]:.1f} ms "
+                    f"| {by_name[cold_name]:.1f} ms | {by_name[cold_name] / by_name[PLANNED[0]]:.2f}× | |")
+    notes = [(f"{runs} launches of each case (after 3 warm-up rounds), interleaved, as an ordinary user; wall time "
+             "from fork to exit of `shimrun`. The image: a Debian bookworm minbase SIF built by `shimrun build`, "
+             "signed with `shimrun sign --key` (ed25519, DSSE); the policy's conf has `[images] allow_unsigned = "
+             "false` and the public key in `keys/`. \"Planned\": SHIMRUN_NO_RECORD_CACHE=1, Python plans every "
+             "launch (the signature check and the provenance facts included)."),
+             f"Provenance records written during the run: {written} (one per --provenance launch).", quiet]
+    sections = [("Launch of /bin/true", table(samples, PLAIN)), ("Targets", rows), ("Notes", notes)]
+    out = write_results("trust", "Image policy and provenance: launch cost", sections)
+    print(out.read_text())
+
+
+if __name__ == "__main__":
+    main()

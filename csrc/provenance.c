@@ -1,0 +1,274 @@
+/* The provenance record of a run (docs/provenance.md): the planner's facts (image digests, the
+ * injected libraries, decisions, host facts), which the record carries as one JSON object, and
+ * this run's own (command line, working directory, times, exit status, Slurm ids), which only
+ * the launch knows. The launch forks before anything else: the child goes on and becomes the
+ * app; the parent stays outside every namespace, passes signals on, and when the app has ended
+ * writes the record (to a temporary name, then renamed: a reader never sees half of it) and ends
+ * as the app did. A warm launch pays one fork; the writing happens after the app is gone. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core.h"
+
+/* Slurm's variables the record names (those set), in this order. */
+static const char *const SLURM_IDS[] = {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID", "SLURM_LOCALID",
+                                        "SLURM_NODEID", "SLURMD_NODENAME", "SLURM_NTASKS", "SLURM_JOB_NODELIST",
+                                        "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", NULL};
+
+struct prov_run {
+    char path[SHIM_PROV_MAX][PATH_MAX];
+    struct timespec start, start_mono;
+};
+
+static int set(char *const *environ, const char *name)
+{
+    const char *v = shim_env_get(environ, name);
+    return v && v[0];
+}
+
+/* One record per node per step: in a job step only the node's leading rank writes it (or, with
+ * no shared container, the node's first task); outside a step every run does. */
+static int writes_here(const struct shim_run *run)
+{
+    const char *local;
+
+    if (!set(run->environ, "SLURM_STEP_ID") || run->listen_fd >= 0)
+        return 1;
+    local = shim_env_get(run->environ, "SLURM_LOCALID");
+    return !local || !strcmp(local, "0");
+}
+
+static void iso_time(const struct timespec *t, char *out, size_t len)
+{
+    struct tm tm;
+    char secs[32];
+
+    gmtime_r(&t->tv_sec, &tm);
+    strftime(secs, sizeof secs, "%Y-%m-%dT%H:%M:%S", &tm);
+    snprintf(out, len, "%s.%03ldZ", secs, t->tv_nsec / 1000000);
+}
+
+/* The file this run writes: --provenance FILE as given; in a directory (the site's, or a
+ * --provenance that is one), <job>.<step>.<node>.json in a step,
+ * else <UTC time>.<node>.<pid>.json. */
+static int target_path(const struct shim_rec *r, int i, const struct shim_run *run, struct prov_run *p,
+                       struct shim_result *res)
+{
+    char node[256], stamp[32];
+    const char *at = r->prov[i].path;
+    char *out = p->path[i];
+    size_t len = sizeof p->path[i];
+    struct tm tm;
+    int n;
+
+    struct stat st;
+
+    if (r->prov[i].kind == SHIM_PROV_USER && !(stat(at, &st) == 0 && S_ISDIR(st.st_mode)))
+        n = snprintf(out, len, "%s", at);
+    else {
+        shim_node_name(run->environ, node, sizeof node);
+        if (set(run->environ, "SLURM_JOB_ID") && set(run->environ, "SLURM_STEP_ID"))
+            n = snprintf(out, len, "%s/%s.%s.%s.json", at,
+                         shim_env_get(run->environ, "SLURM_JOB_ID"), shim_env_get(run->environ, "SLURM_STEP_ID"),
+                         node);
+        else {
+            gmtime_r(&p->start.tv_sec, &tm);
+            strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
+            n = snprintf(out, len, "%s/%s.%s.%ld.json", at, stamp, node, (long)getpid());
+        }
+    }
+    if (n > 0 && (size_t)n < len)
+        return 0;
+    res->code = SHIM_E_USAGE;
+    snprintf(res->message, sizeof res->message, "the provenance record's path is too long: %s", at);
+    return -1;
+}
+
+/* Can the record be written there? Asked before the app starts, so that a wrong place is one
+ * line and nothing run, not a lost record after a long job. */
+static int check_writable(const struct shim_rec *r, int i, const struct prov_run *p, struct shim_result *res)
+{
+    char dir[PATH_MAX];
+    char *slash;
+    int code = r->prov[i].kind == SHIM_PROV_SITE ? SHIM_E_CONFIG : SHIM_E_USAGE;
+
+    snprintf(dir, sizeof dir, "%s", p->path[i]);
+    slash = strrchr(dir, '/');
+    if (!slash)
+        snprintf(dir, sizeof dir, ".");
+    else if (slash == dir)
+        dir[1] = '\0';
+    else
+        *slash = '\0';
+    if (access(dir, W_OK | X_OK) == 0)
+        return 0;
+    res->code = code;
+    snprintf(res->message, sizeof res->message, "cannot write the provenance record in %s: %s (%s)", dir,
+             strerror(errno), code == SHIM_E_CONFIG ? "the site's [provenance] dir must exist and be writable by "
+             "every user (e.g. mode 1777), or ask the site's administrators" : "create the directory, or give "
+             "--provenance a writable place");
+    return -1;
+}
+
+/* A JSON string: the bytes as UTF-8, escaped; a byte that is not part of valid UTF-8 becomes
+ * U+FFFD (a command line may hold any bytes, a JSON document may not). */
+static void json_string(FILE *f, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    fputc('"', f);
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0, i;
+        if (n == 1) {
+            if (*p == '"' || *p == '\\')
+                fprintf(f, "\\%c", *p);
+            else if (*p < 0x20)
+                fprintf(f, "\\u%04x", *p);
+            else
+                fputc(*p, f);
+            p++;
+            continue;
+        }
+        for (i = 1; n && i < n; i++)
+            if ((p[i] & 0xC0) != 0x80)
+                n = 0;
+        /* overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either */
+        if (!n || (n == 2 && *p < 0xC2) || (n == 3 && ((*p == 0xE0 && p[1] < 0xA0) || (*p == 0xED && p[1] >= 0xA0)))
+            || (n == 4 && (*p > 0xF4 || (*p == 0xF0 && p[1] < 0x90) || (*p == 0xF4 && p[1] >= 0x90)))) {
+            fputs("\\ufffd", f);
+            p++;
+            continue;
+        }
+        fwrite(p, 1, (size_t)n, f);
+        p += n;
+    }
+    fputc('"', f);
+}
+
+static void write_run(FILE *f, const struct shim_run *run, const struct prov_run *p, int status)
+{
+    struct timespec end, end_mono;
+    char when[40], node[256], cwd[PATH_MAX];
+    int i, any = 0;
+
+    clock_gettime(CLOCK_REALTIME, &end);
+    clock_gettime(CLOCK_MONOTONIC, &end_mono);
+    fputs("\"run\":{\"argv\":[", f);
+    for (i = 0; i < run->argc; i++) {
+        if (i)
+            fputc(',', f);
+        json_string(f, run->argv[i]);
+    }
+    fputs("],\"cwd\":", f);
+    json_string(f, run->cwd ? run->cwd : getcwd(cwd, sizeof cwd) ? cwd : "");
+    shim_node_name(run->environ, node, sizeof node);
+    fputs(",\"node\":", f);
+    json_string(f, node);
+    fprintf(f, ",\"pid\":%ld,\"uid\":%u,\"record\":\"%s\"", (long)getpid(), (unsigned)getuid(),
+            run->from_cache ? "cached" : "planned");
+    iso_time(&p->start, when, sizeof when);
+    fprintf(f, ",\"start\":\"%s\"", when);
+    iso_time(&end, when, sizeof when);
+    fprintf(f, ",\"end\":\"%s\",\"seconds\":%.3f", when,
+            (double)(end_mono.tv_sec - p->start_mono.tv_sec) + (end_mono.tv_nsec - p->start_mono.tv_nsec) / 1e9);
+    if (WIFSIGNALED(status))
+        fprintf(f, ",\"exit\":{\"status\":%d,\"signal\":\"SIG%s\"}", 128 + WTERMSIG(status),
+                sigabbrev_np(WTERMSIG(status)) ? sigabbrev_np(WTERMSIG(status)) : "?");
+    else
+        fprintf(f, ",\"exit\":{\"status\":%d}", WIFEXITED(status) ? WEXITSTATUS(status) : SHIM_E_LAUNCH);
+    fputs(",\"slurm\":", f);
+    for (i = 0; SLURM_IDS[i]; i++) {
+        if (!set(run->environ, SLURM_IDS[i]))
+            continue;
+        fputs(any++ ? "," : "{", f);
+        json_string(f, SLURM_IDS[i]);
+        fputc(':', f);
+        json_string(f, shim_env_get(run->environ, SLURM_IDS[i]));
+    }
+    fputs(any ? "}}" : "null}", f);
+}
+
+/* The planner's object without its closing brace, then the run's members: one JSON object. */
+static void write_record(const struct shim_rec *r, const struct shim_run *run, const char *path,
+                         const struct prov_run *p, int status)
+{
+    const char *facts = r->prov_facts ? r->prov_facts : "{}";
+    char tmp[PATH_MAX + 32];
+    size_t n = strlen(facts);
+    FILE *f;
+    int ok;
+
+    while (n && facts[n - 1] != '}')
+        n--;
+    snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+    if (!(f = fopen(tmp, "wx"))) {
+        fprintf(stderr, "shimrun: warning: cannot write the provenance record %s: %s\n", tmp, strerror(errno));
+        return;
+    }
+    fwrite(facts, 1, n ? n - 1 : 0, f);
+    fputs(n > 2 ? "," : "", f);
+    write_run(f, run, p, status);
+    fputs("}\n", f);
+    ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    ok = fclose(f) == 0 && ok;
+    if (!ok || rename(tmp, path) == -1) {
+        fprintf(stderr, "shimrun: warning: cannot write the provenance record %s: %s\n", path, strerror(errno));
+        unlink(tmp);
+    }
+}
+
+int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res)
+{
+    struct prov_run p;
+    sigset_t set, old;
+    pid_t parent = getpid(), child;
+    int status, i;
+
+    if (!r->nprov || !writes_here(run))
+        return 0;
+    clock_gettime(CLOCK_REALTIME, &p.start);
+    clock_gettime(CLOCK_MONOTONIC, &p.start_mono);
+    for (i = 0; i < r->nprov; i++)
+        if (target_path(r, i, run, &p, res) || check_writable(r, i, &p, res))
+            return -1;
+    shim_forwarded_set(&set);
+    if (sigprocmask(SIG_BLOCK, &set, &old) == -1) {
+        res->code = SHIM_E_LAUNCH;
+        snprintf(res->message, sizeof res->message, "block signals for the provenance record: %s", strerror(errno));
+        return -1;
+    }
+    fflush(NULL);
+    if ((child = fork()) == -1) {
+        res->code = SHIM_E_LAUNCH;
+        snprintf(res->message, sizeof res->message, "fork for the provenance record: %s", strerror(errno));
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        return -1;
+    }
+    if (child == 0) {
+        /* The app goes with shimrun (a SIGKILL'd job step), as it would without a record. */
+        if (sigprocmask(SIG_SETMASK, &old, NULL) == -1 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == -1
+            || getppid() != parent) {
+            res->code = SHIM_E_LAUNCH;
+            snprintf(res->message, sizeof res->message, "start the app under the provenance record: %s",
+                     strerror(errno ? errno : ESRCH));
+            return -1;
+        }
+        return 0;
+    }
+    if (run->listen_fd >= 0)
+        close(run->listen_fd); /* the leading rank's child serves it; held here it would outlive the step */
+    status = shim_forward_until_exit(child);
+    for (i = 0; i < r->nprov; i++)
+        write_record(r, run, p.path[i], &p, status);
+    shim_end_as(status);
+}
