@@ -12,11 +12,20 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 from bench_launch import prepare
-from common import bench_user, table, target_cell, timed_runs, wait_quiet, write_results
+from common import (
+    argv_int,
+    bench_user,
+    shimrun_path,
+    table,
+    target_cell,
+    timed_runs,
+    wait_quiet,
+    work_dir,
+    write_results,
+)
 
 PLAIN, POLICY, PROV = "warm, no image policy", "warm, policy: signed by a trusted key", "warm, --provenance DIR"
 PLANNED = "planned, no image policy", "planned, policy: signed by a trusted key", "planned, --provenance DIR"
@@ -59,12 +68,10 @@ def signed_copy(shimrun: str, sif: Path, private: Path, work: Path) -> Path:
 
 
 def main() -> None:
-    runs = int(sys.argv[1]) if len(sys.argv) > 1 else 40
-    work = Path(os.environ.get("SHIM_BENCH_DIR", "/var/tmp/shim-bench"))
-    work.mkdir(parents=True, exist_ok=True)
-    work.chmod(0o755)
+    runs = argv_int(1, 100)
+    work = work_dir()
     _rootfs, sif, sqfs = prepare(work)
-    shimrun = shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    shimrun = shimrun_path()
     private, public = ed25519_key(work)
     plain, policy = confs(work, public)
     signed = signed_copy(shimrun, sif, private, work)

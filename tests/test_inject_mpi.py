@@ -17,25 +17,7 @@ slurm1 = local_slurm_fixture(1)
 
 @pytest.fixture(scope="module")
 def site_conf(world_dir: Path) -> Path:
-    mpi = hostmpi.build_host_mpi()
-    conf = world_dir / "site-conf"
-    (conf / "profiles").mkdir(parents=True)
-    (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
-    (conf / "profiles" / "site-mpich.toml").write_text(f"""\
-[profile]
-name = "site-mpich"
-kind = "mpi"
-applies = "when-used"
-abi = "mpich"
-replaces = ["libmpi.so.12", "libmpich.so.12"]
-
-[provides]
-prefix = "{mpi.prefix}"
-libraries = ["lib/libmpi.so.12"]
-""")
-    for p in [conf, *conf.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return conf
+    return hostmpi.write_site_conf(world_dir / "site-conf", hostmpi.build_host_mpi().prefix)
 
 
 @pytest.fixture(scope="module")

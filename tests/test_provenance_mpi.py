@@ -22,25 +22,6 @@ slurm1 = local_slurm_fixture(1)
 DEBIAN_LIBMPICH = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")
 
 
-def write_conf(conf: Path, prefix: Path) -> None:
-    (conf / "profiles").mkdir(parents=True, exist_ok=True)
-    (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
-    (conf / "profiles" / "site-mpich.toml").write_text(f"""\
-[profile]
-name = "site-mpich"
-kind = "mpi"
-applies = "when-used"
-abi = "mpich"
-replaces = ["libmpi.so.12", "libmpich.so.12"]
-
-[provides]
-prefix = "{prefix}"
-libraries = ["lib/libmpi.so.12"]
-""")
-    for p in [conf, *conf.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-
-
 @pytest.fixture(scope="module")
 def mpich_sif() -> Path:
     return images.build_sif(images.DEBIAN_MPICH)
@@ -49,7 +30,7 @@ def mpich_sif() -> Path:
 def test_mpi_step_record_and_check_against(shim, mpich_sif, slurm1, world_dir: Path):
     mpi = hostmpi.build_host_mpi()
     conf = world_dir / "prov-conf"
-    write_conf(conf, mpi.prefix)
+    hostmpi.write_site_conf(conf, mpi.prefix)
     records = world_dir / "prov-records"
     records.mkdir()
     os.chown(records, shim.user.uid, shim.user.gid)
@@ -79,7 +60,7 @@ def test_mpi_step_record_and_check_against(shim, mpich_sif, slurm1, world_dir: P
     shutil.copy(DEBIAN_LIBMPICH.resolve(), other / "lib" / "libmpi.so.12")
     for p in [other, *other.rglob("*")]:
         p.chmod(0o755)
-    write_conf(conf, other)
+    hostmpi.write_site_conf(conf, other)
     swapped = shim.run(["check", mpich_sif, "--against", path])
     assert swapped.returncode == 1, swapped.stdout + swapped.stderr
     lines = [ln for ln in swapped.stdout.splitlines() if ln.startswith("differs: libmpich.so.12")]

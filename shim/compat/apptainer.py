@@ -29,7 +29,7 @@ from shim.options import GLOBAL_OPTIONS
 # release whose options shim/compat/options.py lists.
 APPTAINER_VERSION = "1.3.6"
 USAGE = 64
-VERBS = ("exec", "run", "shell", "pull", "build", "inspect", "version", "cache", "help")
+VERBS = ("exec", "run", "shell", "pull", "build", "inspect", "verify", "sign", "version", "cache", "help")
 
 
 class CompatError(Exception):
@@ -257,6 +257,8 @@ def main(argv: list[str], prog: str, environ: Mapping[str, str]) -> int:
         return _exec(_pull(verb, rest, globals_, environ), env)
     if verb == "inspect":
         return _exec(_inspect(rest, globals_), env)
+    if verb in ("verify", "sign"):  # shimrun's take Apptainer's options (--key, -g, -i, -a, -j, -k)
+        return _exec([verb, *rest], env)
     if verb == "cache":
         words = [w for w in rest if w not in ("-f", "--force")]
         return _exec(["cache", *words], env)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from shim.provenance.digests import sha256_file, sha256_range
+from shim.provenance.digests import sha256_file
 
 
 def _is_sif(path: str) -> bool:
@@ -26,13 +26,24 @@ def sbom_objects(img) -> list[dict]:
             for d in img.descriptors if d.data_type == DATA_SBOM]
 
 
+def _sha256(chunks) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()
+
+
 def _sif_facts(path: str) -> dict:
-    from shim.image.sif import read_sif, sif_labels
+    from shim.image.regular import open_regular
+    from shim.image.sif import object_chunks, read_sif_file, sif_labels
     from shim.oci.config import DIGEST_LABEL, SOURCE_LABEL
 
-    img = read_sif(path)
-    objects = [{"id": d.id, "type": d.type_name, "name": d.name, "group": d.group, "size": d.size,
-                "primary": d.is_primary, "sha256": sha256_range(path, d.offset, d.size)} for d in img.descriptors]
+    with open_regular(path) as f:  # the digests of the very file whose table was read
+        img = read_sif_file(f, path)
+        objects = [{"id": d.id, "type": d.type_name, "name": d.name, "group": d.group, "size": d.size,
+                    "primary": d.is_primary, "sha256": _sha256(object_chunks(f, img, d))} for d in img.descriptors]
     digest = {o["id"]: o["sha256"] for o in objects}
     labels = sif_labels(img)
     source = labels.get(SOURCE_LABEL)
