@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GOLDEN
+from oci import sif_rootfs
 
 from shim.image.sif import read_sif
 
@@ -150,10 +151,7 @@ def test_paths_directories_and_architectures(shim, user_dir: Path, busybox_sif: 
     link.symlink_to(inside)
     assert shim.run(["--conf", conf, link, "true"]).returncode == 0
 
-    rootfs = user_dir / "rootfs"
-    part = next(d for d in read_sif(busybox_sif).descriptors if d.is_primary)
-    subprocess.run(["unsquashfs", "-q", "-no-xattrs", "-o", str(part.offset), "-d", rootfs, busybox_sif],
-                   check=True, stdout=subprocess.DEVNULL)
+    rootfs = sif_rootfs(busybox_sif, user_dir / "rootfs")
     conf = make_conf(user_dir / "conf-dirs", "allow_directories = false")
     assert refused(shim.run(["--conf", conf, rootfs, "true"]), "allow_directories")
     assert shim.run(["--conf", conf, busybox_sif, "true"]).returncode == 0

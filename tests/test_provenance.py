@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GOLDEN
+from oci import sif_rootfs
 
 from shim.image.sif import read_sif
 
@@ -35,12 +36,7 @@ def one_record(directory: Path) -> dict:
 @pytest.fixture
 def sbom_sif(shim, user_dir: Path, busybox_sif: Path) -> Path:
     """A SIF `shimrun build --sbom` made of the busybox image's tree, with the sylabs test SBOM."""
-    from shim.image.sif import primary_partition
-
-    rootfs = user_dir / "rootfs"
-    part = primary_partition(read_sif(busybox_sif))
-    subprocess.run(["unsquashfs", "-q", "-no-xattrs", "-o", str(part.offset), "-d", rootfs, busybox_sif], check=True,
-                   stdout=subprocess.DEVNULL)
+    rootfs = sif_rootfs(busybox_sif, user_dir / "rootfs")
     out = user_dir / "app.sif"
     r = subprocess.run([shim.shimrun, "build", "--sbom", SBOM, out, rootfs], capture_output=True, text=True,
                        env=shim.env(), check=False)

@@ -43,7 +43,8 @@ def sbom_object(spec: str) -> SifObject:
     """An SBOM object from FILE[:FORMAT]: the format named, or told from the document itself."""
     import struct
 
-    path, _, fmt = spec.rpartition(":") if spec.rpartition(":")[2] in SBOM_FORMATS.values() else (spec, "", "")
+    head, _, tail = spec.rpartition(":")
+    path, fmt = (head, tail) if head and tail in SBOM_FORMATS.values() else (spec, "")
     try:
         with open(path, "rb") as f:
             data = f.read()

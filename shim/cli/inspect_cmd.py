@@ -8,8 +8,7 @@ import json
 import sys
 from datetime import UTC, datetime
 
-from shim.image.sif import SifDescriptor, SifImage, read_sif, sif_to_dict
-from shim.provenance.image import sbom_objects
+from shim.image.sif import SifDescriptor, SifImage, read_sif, sbom_objects, sif_to_dict
 
 RULE = "-" * 78
 LIST_ROW = "{:<5}|{:<8}|{:<8}|{:<26}|{}"

@@ -69,43 +69,48 @@ def _version() -> str:
     return __version__
 
 
+def _verb_argv(argv: list[str]) -> tuple[list[str], set[str]]:
+    """The verb's arguments, with the options given before a launch verb as its own (the launch
+    record's key and run say so), and those settings."""
+    argv, settings = _globals_first(argv)
+    if settings and argv and argv[0] in LAUNCH_VERBS:
+        argv = [argv[0], *(f"--{name}" for name in sorted(settings)), *argv[1:]]
+    return argv, settings
+
+
+def _parse(argv: list[str], settings: set[str]) -> argparse.Namespace:
+    """SystemExit (argparse printed why) when argv is not a shimrun command line."""
+    args = _parser(argv).parse_args(argv)
+    for name in settings:
+        if hasattr(args, name):
+            setattr(args, name, True)
+    args.argv = list(argv)  # as given (globals as the verb's): part of a launch record's key
+    return args
 
 
 def launch_arguments(argv: list[str]) -> argparse.Namespace:
     """shimrun's arguments (a launch's, as a provenance record keeps them), parsed as main() does;
-    UsageError when they are not a command line of this shimrun."""
+    UsageError when they are not a launch command line of this shimrun."""
     from shim.errors import UsageError
 
-    argv, settings = _globals_first(list(argv))
+    argv, settings = _verb_argv(list(argv))
     if not argv or (argv[0] in SUBCOMMANDS and argv[0] not in LAUNCH_VERBS):
         raise UsageError(f"not a launch command line: shimrun {' '.join(argv)}")
     try:
-        args = _parser(argv).parse_args(argv)
+        return _parse(argv, settings)
     except SystemExit:
         raise UsageError(f"this shimrun cannot read the command line: shimrun {' '.join(argv)}",
                          "it was written by another version; the line above says what it did not take") from None
-    for name in settings:
-        if hasattr(args, name):
-            setattr(args, name, True)
-    args.argv = list(argv)
-    return args
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv, settings = _globals_first(sys.argv[1:] if argv is None else argv)
-    if settings and argv[0] in LAUNCH_VERBS:  # as the verb's options: the launch record's key and run say so
-        argv = [argv[0], *(f"--{name}" for name in sorted(settings)), *argv[1:]]
+    argv, settings = _verb_argv(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv or "debug" in settings
     try:
-        parser = _parser(argv)
         try:
-            args = parser.parse_args(argv)
+            args = _parse(argv, settings)
         except SystemExit as e:  # argparse already printed a usage line
             return 0 if e.code == 0 else 64
-        for name in settings:
-            if hasattr(args, name):
-                setattr(args, name, True)
-        args.argv = list(argv)  # as given (globals as the verb's): part of a launch record's key
         return args.func(args)
     except ShimError as e:
         print(f"shimrun: error: {e}", file=sys.stderr)

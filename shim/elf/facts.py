@@ -398,3 +398,24 @@ def _dynsym_from_sections(path: str) -> DynSymbols | None:
         elif info >> 4 != _STB_LOCAL:
             defined.add(text)
     return DynSymbols(frozenset(defined), frozenset(undefined))
+
+
+def symbol_string(path: str, name: str) -> str | None:
+    """The NUL-terminated string a data symbol of ELF file `path` holds (MPICH's release)."""
+    from elftools.elf.elffile import ELFFile
+
+    try:
+        with open(path, "rb") as f:
+            elf = ELFFile(f)
+            table = elf.get_section_by_name(".dynsym")
+            found = table.get_symbol_by_name(name) if table is not None else None
+            if not found:
+                return None
+            addr, size = found[0]["st_value"], found[0]["st_size"] or 64
+            for seg in elf.iter_segments("PT_LOAD"):
+                if seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
+                    f.seek(seg["p_offset"] + addr - seg["p_vaddr"])
+                    return f.read(min(size, 256)).split(b"\0")[0].decode("ascii", "replace") or None
+    except Exception:  # pyelftools raises many types on odd files; the release is then unknown
+        return None
+    return None

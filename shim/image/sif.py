@@ -461,3 +461,9 @@ def sif_labels(img: SifImage) -> dict[str, Any]:
                 found = {}
             labels.update(found if isinstance(found, dict) else {})
     return labels
+
+
+def sbom_objects(img) -> list[dict]:
+    """The SBOM objects of a SIF (read by `inspect` too)."""
+    return [{"id": d.id, "format": d.sbom_format, "size": d.size, "name": d.name}
+            for d in img.descriptors if d.data_type == DATA_SBOM]

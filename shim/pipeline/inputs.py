@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
+from shim.host.paths import on_host
 from shim.record.format import CHECK, IDENTITY
 from shim.record.model import Input
 from shim.record.snapshot import file_input, glob_input, identity_input
@@ -56,10 +57,7 @@ def profile_inputs(conf_dir: str, profiles, host_root: str) -> list[Input]:
         pv = p.provides
         for spec in (*pv.libraries, *pv.plugin_dirs, *pv.binaries, *pv.config_files, *pv.devices):
             if spec.is_glob and spec.path:
-                found.append(glob_input(_on_host(host_root, spec.path)))
-            found += [file_input(_on_host(host_root, m), IDENTITY | FOLLOW) for m in spec.matches]
+                found.append(glob_input(on_host(host_root, spec.path)))
+            found += [file_input(on_host(host_root, m), IDENTITY | FOLLOW) for m in spec.matches]
     return found
 
-
-def _on_host(host_root: str, path: str) -> str:
-    return path if host_root in ("", "/") else os.path.join(host_root, path.lstrip("/"))

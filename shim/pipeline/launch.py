@@ -13,6 +13,7 @@ import pwd
 from dataclasses import dataclass, field, replace
 
 from shim.errors import ExitCode, ShimError
+from shim.host.paths import on_host
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE, InputSet, image_inputs, profile_inputs, read_log_inputs
 from shim.pipeline.request import LaunchRequest
 from shim.record.format import CHECK, IDENTITY, IMG, KEY_ENV_PREFIXES, PROV
@@ -40,9 +41,6 @@ def _home(environ) -> str:
         home = pwd.getpwuid(os.getuid()).pw_dir
     return os.path.normpath(home)
 
-
-def _on_host(host_root: str, path: str) -> str:
-    return path if host_root in ("", "/") else os.path.join(host_root, path.lstrip("/"))
 
 
 def _load_profiles(conf_dir, host_root: str, environ):
@@ -99,6 +97,8 @@ class _Planner:
         self.env = RecordingEnv(req.environ, declared=JOB_VARIABLES, ignored=KEY_ENV_PREFIXES)
         self.inputs = InputSet()
         self.host_root = host_root(req.environ)
+        self.conf_dir = None                # the site's configuration directory (site())
+        self.verdict = None                 # the site's image policy on this image (trust()); None: no policy
 
     def image(self):
         """Where the image is and what it is: its file system is read after the site's policy."""
@@ -134,18 +134,20 @@ class _Planner:
         if profiles is None and self.args.profile:
             raise ConfigError(f"unknown profile '{self.args.profile[0]}' requested",
                               f"no profiles are configured in {conf_dir / 'profiles'}")
+        self.conf_dir = conf_dir
         return site, conf_dir, profiles
 
-    def trust(self, image, site, conf_dir):
+    def trust(self, image, site):
         """The site's image policy on this image (None: the site has none), before anything is mounted."""
         if not site.images.active:
             return None
         from shim.image.open import image_kind
         from shim.site.image_policy import PolicyInput, evaluate, policy_inputs
 
-        given = PolicyInput(image.path, image_kind(image), image.arch, conf_dir, self.req.environ)
+        given = PolicyInput(image.path, image_kind(image), image.arch, self.conf_dir, self.req.environ)
         self.inputs.extend(policy_inputs(given))
-        return evaluate(site.images, given)
+        self.verdict = evaluate(site.images, given)
+        return self.verdict
 
     def refused(self, image, verdict) -> Planned:
         """A record that only refuses: cached like any, so a warm launch of a refused image is
@@ -166,32 +168,32 @@ class _Planner:
             out.append((PROV["SITE"], site.provenance_dir))
         return tuple(out)
 
-    def signatures(self, image, verdict, conf_dir) -> dict | None:
+    def signatures(self, image) -> dict | None:
         """The signature verdicts a provenance record names: the policy's, or a check with every
         key the user and the site trust (reported, never refusing)."""
         from shim.image.open import image_kind
 
+        verdict, conf_dir = self.verdict, self.conf_dir
         if verdict is not None and verdict.report is not None:
             return verdict.report.to_json()
         if image_kind(image) != "sif":
             return None
-        from shim.verify import key_files, trusted_keys, verify_image
+        from shim.site.image_policy import key_inputs
+        from shim.verify import trusted_keys, verify_image
 
-        self.inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) if os.path.isfile(p) else glob_input(
-            os.path.join(p, "*")) for p in key_files(conf_dir, self.req.environ, include_user=True))
+        self.inputs.extend(key_inputs(conf_dir, self.req.environ, include_user=True))
         try:
             return verify_image(image.path, trusted_keys(conf_dir, self.req.environ, include_user=True)).to_json()
         except ShimError as e:
             return {"error": str(e)}
 
-    def facts(self, image, plan, site, found: tuple) -> dict:
+    def facts(self, image, plan, site) -> dict:
         from shim.provenance.facts import FactsInput, planned_facts
 
-        verdict, conf_dir = found
-        signatures = self.signatures(image, verdict, conf_dir)
+        signatures = self.signatures(image)
         return planned_facts(FactsInput(image=image, given=self.args.image, plan=plan, site_path=site.path,
                                         command=tuple(self.command), signatures=signatures,
-                                        policy=verdict.to_json() if verdict is not None else None,
+                                        policy=self.verdict.to_json() if self.verdict is not None else None,
                                         host_root=self.host_root, environ=self.req.environ))
 
     def binds(self, site, home: str | None, iso) -> list[RecordBind]:
@@ -343,9 +345,9 @@ class _Planner:
             self.inputs.extend(read_log_inputs(image.path, known[1] if known else {}))
         for root, reads in analysis.host_reads.items():
             self.inputs.extend(read_log_inputs(root, reads))
-        self.inputs.add(file_input(_on_host(self.host_root, LD_CACHE), IDENTITY | CHECK["FOLLOW"]))
+        self.inputs.add(file_input(on_host(self.host_root, LD_CACHE), IDENTITY | CHECK["FOLLOW"]))
         # Plan paths are the host's; on a simulated node (SHIMRUN_HOST_ROOT) they lie under its root.
-        binds = [RecordBind(_on_host(self.host_root, b.src), b.dst, (RO if b.read_only else 0)
+        binds = [RecordBind(on_host(self.host_root, b.src), b.dst, (RO if b.read_only else 0)
                             | (KEEPDEV if b.device else 0)) for b in analysis.plan.binds]
         if analysis.ld_cache:
             binds.append(RecordBind(os.path.join(STAGE_DIR, STAGED_LD_CACHE), LD_CACHE, RO))
@@ -377,14 +379,23 @@ def wants_analysis(req: LaunchRequest, profiles, hw: tuple) -> bool:
 
 
 def plan_launch(req: LaunchRequest) -> Planned:
+    """The launch planned; a SIF's objects are hashed once for its signature check and its
+    provenance record alike."""
+    from shim.verify.shared import shared_digests
+
+    with shared_digests():
+        return _plan_launch(req)
+
+
+def _plan_launch(req: LaunchRequest) -> Planned:
     from shim.diagnose.check import apply_site_policy
     from shim.launch.environment import env_rules
     from shim.plan.model import Plan
 
     planner = _Planner(req)
     image = planner.image()
-    site, conf_dir, profiles = planner.site()
-    verdict = planner.trust(image, site, conf_dir)
+    site, _conf_dir, profiles = planner.site()
+    verdict = planner.trust(image, site)
     if verdict is not None and not verdict.allowed:
         if req.dry_run:
             raise verdict.error(req.args.image)
@@ -404,7 +415,7 @@ def plan_launch(req: LaunchRequest) -> Planned:
         analysis = analyse(planner.analysis_job(image, site, profiles, base, hw))
         analysis.plan.diagnostics = apply_site_policy(analysis.plan.diagnostics, site.policy())
         if req.facts_only:
-            return Planned(facts=planner.facts(image, analysis.plan, site, (verdict, conf_dir)))
+            return Planned(facts=planner.facts(image, analysis.plan, site))
         if req.dry_run:
             return _dry_run(req, analysis.plan)
         result = planner.analysed(image, analysis, hw[1])
@@ -419,7 +430,7 @@ def plan_launch(req: LaunchRequest) -> Planned:
     if targets:
         from shim.provenance.facts import facts_json
 
-        facts = planner.facts(image, plan, site, (verdict, conf_dir))
+        facts = planner.facts(image, plan, site)
         record = replace(record, provenance=targets, provenance_facts=facts_json(facts))
     return Planned(replace(record, inputs=tuple(planner.inputs.items)), key)
 

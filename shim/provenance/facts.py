@@ -27,12 +27,13 @@ class FactsInput:
 
 def planned_facts(i: FactsInput) -> dict:
     from shim import __version__, native
+    from shim.image.open import image_kind
     from shim.provenance.host import host_facts
     from shim.provenance.image import image_facts
     from shim.provenance.libraries import library_facts
 
     plan = i.plan
-    image = image_facts(i.image.path, i.given, i.image.arch)
+    image = image_facts(i.image.path, i.given, i.image.arch, image_kind(i.image))
     image["signatures"] = i.signatures
     return {
         "schema": SCHEMA,

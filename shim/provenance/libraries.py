@@ -6,33 +6,10 @@ from __future__ import annotations
 import os
 from dataclasses import asdict
 
+from shim.elf.facts import symbol_string
+from shim.host.paths import on_host
 from shim.provenance.digests import sha256_file
 from shim.provenance.packages import owning_packages
-
-
-def _on_host(host_root: str, path: str) -> str:
-    return path if host_root in ("", "/") else os.path.join(host_root, path.lstrip("/"))
-
-
-def symbol_string(path: str, name: str) -> str | None:
-    """The NUL-terminated string a data symbol of ELF file `path` holds (MPICH's release)."""
-    from elftools.elf.elffile import ELFFile
-
-    try:
-        with open(path, "rb") as f:
-            elf = ELFFile(f)
-            table = elf.get_section_by_name(".dynsym")
-            found = table.get_symbol_by_name(name) if table is not None else None
-            if not found:
-                return None
-            addr, size = found[0]["st_value"], found[0]["st_size"] or 64
-            for seg in elf.iter_segments("PT_LOAD"):
-                if seg["p_vaddr"] <= addr < seg["p_vaddr"] + seg["p_filesz"]:
-                    f.seek(seg["p_offset"] + addr - seg["p_vaddr"])
-                    return f.read(min(size, 256)).split(b"\0")[0].decode("ascii", "replace") or None
-    except Exception:  # pyelftools raises many types on odd files; the release is then unknown
-        return None
-    return None
 
 
 def _mpi(path: str, soname: str) -> dict | None:
@@ -50,7 +27,7 @@ def library_facts(decisions: list, host_root: str) -> list[dict]:
     """Every decision of the plan, with the facts of its host file."""
     from shim.elf.facts import elf_facts
 
-    files = {d.host_path: _on_host(host_root, d.host_path) for d in decisions if d.host_path}
+    files = {d.host_path: on_host(host_root, d.host_path) for d in decisions if d.host_path}
     packages = owning_packages(files.values(), host_root)
     out = []
     for d in decisions:

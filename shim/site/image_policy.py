@@ -90,12 +90,18 @@ def evaluate(policy: ImagePolicy, i: PolicyInput) -> PolicyVerdict:
 
 def policy_inputs(i: PolicyInput) -> list:
     """What a cached verdict depends on besides the image and shim.toml: the site's key files."""
+    return key_inputs(i.conf_dir, i.environ, include_user=False)
+
+
+def key_inputs(conf_dir: Path, environ: Mapping[str, str], *, include_user: bool) -> list:
+    """The launch record's inputs for the trusted keys: each key directory's listing (a new key
+    is a new verdict) and each key file."""
     from shim.record.format import CHECK, IDENTITY
     from shim.record.snapshot import file_input, glob_input
     from shim.verify import key_files
 
     out = []
-    for path in key_files(i.conf_dir, i.environ, include_user=False):
+    for path in key_files(conf_dir, environ, include_user=include_user):
         if os.path.isdir(path) or not os.path.exists(path):
             out.append(glob_input(os.path.join(path, "*")))
             out.append(file_input(path, CHECK["EXISTS"] | CHECK["TYPE"]))

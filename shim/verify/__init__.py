@@ -10,10 +10,17 @@ OpenPGP goes through gpg, DSSE through `cryptography`: shim has no cryptography 
 
 from __future__ import annotations
 
-from shim.verify.check import verify_image
-from shim.verify.keys import TrustedKeys, key_files, trusted_keys
-from shim.verify.report import SCHEMA, SignatureVerdict, VerifyReport
-from shim.verify.select import VerifyOptions
+import importlib
 
-__all__ = ["SCHEMA", "SignatureVerdict", "TrustedKeys", "VerifyOptions", "VerifyReport", "key_files",
-           "trusted_keys", "verify_image"]
+# Each name from its module, imported when first used: a planner that only shares digests
+# (integrity.shared_digests) must not pay for gpg's and cryptography's modules (~70 ms).
+_WHERE = {"verify_image": "check", "TrustedKeys": "keys", "key_files": "keys", "trusted_keys": "keys",
+          "SCHEMA": "report", "SignatureVerdict": "report", "VerifyReport": "report", "VerifyOptions": "select"}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -15,12 +15,14 @@ Object data is read once, in chunks, however many signatures and algorithms want
 from __future__ import annotations
 
 import hashlib
+import os
 import struct
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from shim.image.sif import SifDescriptor, SifImage, object_chunks
+from shim.verify.shared import SHARED
 
 # The header bytes that signatures cover, as (start, end) ranges: Arch (45..48) and everything
 # from CreatedAt (64) on are left out.
@@ -107,8 +109,20 @@ class Stream:
 def hash_streams(f: BinaryIO, img: SifImage, streams: Iterable[Stream]) -> dict[Stream, bytes]:
     """The digest of every stream, reading each object's data once: every chunk goes to each
     stream that holds the object. Objects are read in table order, which is also the order in
-    which a group stream concatenates them."""
-    wanted = set(streams)
+    which a group stream concatenates them. Within shared_digests(), a stream hashed before in the
+    same file (device, inode, size, mtime, change time) is not read again."""
+    shared = SHARED.get()
+    if shared is None:
+        return _hash(f, img, set(streams))
+    st = os.fstat(f.fileno())
+    done = shared.setdefault((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns), {})
+    asked = set(streams)
+    fresh = _hash(f, img, asked - done.keys())
+    done.update(fresh)
+    return {s: done[s] for s in asked}
+
+
+def _hash(f: BinaryIO, img: SifImage, wanted: set[Stream]) -> dict[Stream, bytes]:
     by_id = {d.id: d for d in img.descriptors}
     hashers = {s: new_hash(s.algorithm) for s in wanted}
     readers: dict[int, list[Stream]] = {}
