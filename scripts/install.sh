@@ -34,7 +34,11 @@ rm -rf "$here/build"
 # `shimrun` is the native front-end (csrc/frontend.c): it joins a node's shared container
 # without starting Python and runs the Python implementation (python -m shim) otherwise.
 frontend=$(cd / && "$venv/bin/python" -c 'import os, shim; print(os.path.join(os.path.dirname(shim.__file__), "libexec", "shimrun"))')
-ln -sf "$frontend" /usr/local/bin/shimrun
+# Only the default prefix owns /usr/local/bin/shimrun: a second install (SHIM_PREFIX=/opt/shim-dev, a
+# developer's worktree) is run through its own front-end ($SHIMRUN) and leaves the system's alone.
+if [ "$prefix" = /opt/shim ] || [ -n "${SHIM_LINK_BIN:-}" ]; then
+    ln -sf "$frontend" /usr/local/bin/shimrun
+fi
 # `apptainer` and `singularity` under shim (shim/compat): in a directory of their own, never one on
 # the default PATH, where they would shadow a real Apptainer; users and sites put it first on PATH.
 mkdir -p "$prefix/compat/bin"

@@ -25,9 +25,14 @@ TEST_USER = os.environ.get("SHIM_TEST_USER", "shimtest")
 pytest_plugins = ["oci_fixtures"]
 
 
+PREFIX = Path(os.environ.get("SHIM_PREFIX", "/opt/shim"))
+VENV_PYTHON = str(PREFIX / "venv" / "bin" / "python")
+
+
 def shimrun_path() -> str:
-    """The installed console script (scripts/install.sh puts it in /opt/shim/venv)."""
-    found = os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    """The installed front-end: $SHIMRUN (an install under another SHIM_PREFIX), else the one
+    scripts/install.sh linked on PATH."""
+    found = os.environ.get("SHIMRUN") or shutil.which("shimrun") or str(PREFIX / "venv" / "bin" / "shimrun")
     if not os.path.exists(found):
         pytest.exit("shimrun is not installed: run scripts/test.sh (it installs first)", returncode=3)
     return found
@@ -35,8 +40,7 @@ def shimrun_path() -> str:
 
 def compat_bin_dir() -> Path:
     """Where scripts/install.sh put shim's `apptainer` and `singularity` ($SHIM_PREFIX/compat/bin)."""
-    prefix = Path(os.environ.get("SHIM_PREFIX", "/opt/shim"))
-    found = Path(os.environ.get("SHIM_COMPAT_BIN") or prefix / "compat" / "bin")
+    found = Path(os.environ.get("SHIM_COMPAT_BIN") or PREFIX / "compat" / "bin")
     if not (found / "apptainer").exists():
         pytest.exit(f"{found}/apptainer is not installed: run scripts/test.sh (it installs first)", returncode=3)
     return found

@@ -113,7 +113,7 @@ def _pip() -> list[str]:
     """pip of this interpreter (the test venv), else the installed venv's."""
     if subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True, check=False).returncode == 0:
         return [sys.executable, "-m", "pip"]
-    return ["/opt/shim/venv/bin/pip"]
+    return [os.path.join(os.environ.get("SHIM_PREFIX", "/opt/shim"), "venv", "bin", "pip")]
 
 
 def download_wheel(spec: str, dest_dir: Path, timeout: float = 600, package: str = "mpich") -> Path:

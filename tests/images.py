@@ -426,7 +426,7 @@ def _writer_key() -> str:
 def build_sif(recipe: Recipe) -> Path:
     """CACHE/<name>-<key>/image-<writer>.sif: `shimrun build` of build_rootfs(recipe)."""
     rootfs = build_rootfs(recipe)
-    shimrun = shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    shimrun = os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
 
     def make(tmp: Path) -> None:
         r = subprocess.run([shimrun, "build", str(tmp), str(rootfs)], check=False, capture_output=True, text=True,

@@ -11,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from conftest import VENV_PYTHON
 from test_inject_refusals import foo_image, foo_profile, site_libs, write_conf  # noqa: F401 (fixtures)
 
 STATE = re.compile(r"plan cache (hit|miss|off)")
@@ -24,7 +25,7 @@ def conf(world_dir: Path, site_libs: dict[str, Path], request) -> Path:  # noqa:
 def check(shim, conf: Path, image: Path, cache: Path, *extra: str, python_opts: tuple[str, ...] = ()):
     cmd = ["check", "--json", "--debug", "--conf", conf, image, "/opt/app/foo-app"]
     if python_opts:
-        r = subprocess.run(["/opt/shim/venv/bin/python", *python_opts, "-m", "shim", *map(str, cmd)],
+        r = subprocess.run([VENV_PYTHON, *python_opts, "-m", "shim", *map(str, cmd)],
                            capture_output=True, text=True, check=False, cwd="/tmp",
                            env=shim.env({"SHIMRUN_CACHE": str(cache), **dict(e.split("=", 1) for e in extra)}),
                            **shim._ids())
