@@ -11,7 +11,7 @@ cd "$here"
 start=$SECONDS
 seed=${FUZZ_SEED:-$RANDOM$RANDOM}
 set +e
-HYPOTHESIS_PROFILE=fuzz "$py" -m pytest -q -p no:cacheprovider tests/test_fuzz.py --hypothesis-show-statistics \
+HYPOTHESIS_PROFILE=fuzz "$py" -m pytest -q -p no:cacheprovider tests/test_fuzz*.py --hypothesis-show-statistics \
     --hypothesis-seed="$seed" >"$log" 2>&1
 rc=$?
 set -e
