@@ -178,3 +178,26 @@ def test_verify_judges_one_file(shim, user_dir: Path, project: Path, other_user:
             assert r.returncode == ExitCode.UNTRUSTED and r.stdout == unsigned, (r.returncode, r.stdout, r.stderr)
             outcomes["unsigned"] += 1
     assert outcomes["signed"] and outcomes["unsigned"], outcomes
+
+
+@pytest.mark.parametrize("kind", ["sif", "dir"])
+def test_the_image_path_is_looked_up_once_per_launch(shim, user_dir: Path, busybox_sif: Path, kind: str) -> None:
+    """Planned and warm, the image's name reaches the kernel in one syscall (the O_PATH open):
+    every later step goes through that descriptor (strace -f of the whole launch)."""
+    policy = make_conf(user_dir / "conf", f'paths = ["{user_dir}"]')
+    if kind == "sif":
+        img = user_dir / "img.sif"
+        img.write_bytes(busybox_sif.read_bytes())
+        img.chmod(0o644)
+    else:
+        img = busybox_dir(user_dir / "img")
+    trace = user_dir / "trace"
+    for state in ("planned", "warm"):
+        r = shim.sh(f"strace -f -qq -o {trace} -e trace=%file,%desc {shim.shimrun} --debug --conf {policy} {img} "
+                    "/bin/busybox true")
+        assert r.returncode == 0, r.stderr
+        assert ("from the cache (no Python)" in r.stderr) == (state == "warm"), r.stderr
+        if state == "warm" and os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
+            continue
+        naming = [ln for ln in trace.read_text().splitlines() if f'"{img}' in ln and "ENOENT" not in ln]
+        assert len(naming) == 1 and "O_PATH" in naming[0], (state, naming)
