@@ -103,7 +103,7 @@ def main() -> None:
     samples = timed_runs(commands, runs)
     written = len(list(records.iterdir()))
     by_name = {s.name: s.median * 1e3 for s in samples}
-    rows = ["| target (issue #14) | without | with | ratio | result |", "|---|---:|---:|---:|---|"]
+    rows = ["| target (issues #14, #20) | without | with | ratio | result |", "|---|---:|---:|---:|---|"]
     for what, case in (("warm launch with the image policy on within 5 % of without", POLICY),
                        ("warm launch with --provenance within 5 % of without", PROV)):
         ratio = by_name[case] / by_name[PLAIN]
