@@ -18,6 +18,11 @@ class BuildWithFrontend(build_py):
         from shim import cgen  # the shared constants, from their Python definitions
 
         cgen.write("csrc/gen")
+        # The site's configuration directory is fixed here, at install: its image policy and
+        # provenance directory hold whatever a user's settings name (shim/site/config.py).
+        sysconf = os.path.abspath(os.environ.get("SHIM_SYSCONFDIR") or "/etc/shim")
+        with open(os.path.join(self.build_lib, "shim", "_install.py"), "w") as f:
+            f.write(f'"""Written by setup.py at install."""\n\nSYSTEM_CONF_DIR = {sysconf!r}\n')
         out = os.path.join(self.build_lib, "shim", "libexec", "shimrun")
         os.makedirs(os.path.dirname(out), exist_ok=True)
         cc = os.environ.get("CC", "cc")

@@ -4,6 +4,11 @@ sign` with an ed25519 key), and with `--provenance DIR`; each also planned every
 (SHIMRUN_NO_RECORD_CACHE=1), where the signature check and the provenance facts are paid.
 Interleaved, as an ordinary user. Writes results/trust.md.
 
+With SHIM_BEFORE=PATH (the front-end of an earlier build, e.g. installed with
+SHIM_PREFIX=/opt/shim-before from the commit before a change), the policy cases are measured with
+it too, in the same run, and the table says how the build under test compares (issue #20: within
+5 %).
+
 Usage (as root, after scripts/install.sh): /opt/shim/venv/bin/python benchmarks/bench_trust.py [RUNS]
 """
 
@@ -30,6 +35,8 @@ from common import (
 PLAIN, POLICY, PROV = "warm, no image policy", "warm, policy: signed by a trusted key", "warm, --provenance DIR"
 PLANNED = "planned, no image policy", "planned, policy: signed by a trusted key", "planned, --provenance DIR"
 TARGET = 1.05
+BEFORE_WARM, BEFORE_PLANNED = "before: warm, policy: signed by a trusted key", \
+    "before: planned, policy: signed by a trusted key"
 
 
 def ed25519_key(work: Path) -> tuple[Path, Path]:
@@ -86,18 +93,29 @@ def main() -> None:
             PROV: [shimrun, "--conf", str(plain), "--provenance", str(records), str(signed), "/bin/true"]}
     commands = dict(base)
     commands.update({cold_name: cold + base[warm] for cold_name, warm in zip(PLANNED, base, strict=True)})
+    before = os.environ.get("SHIM_BEFORE")
+    if before:
+        commands[BEFORE_WARM] = [before, *base[POLICY][1:]]
+        commands[BEFORE_PLANNED] = cold + commands[BEFORE_WARM]
     if shutil.which("ch-run"):
         commands["ch-run IMG.sqfs"] = ["ch-run", str(sqfs), "--", "/bin/true"]
     quiet = wait_quiet()
     samples = timed_runs(commands, runs)
     written = len(list(records.iterdir()))
     by_name = {s.name: s.median * 1e3 for s in samples}
-    rows = ["| target (issue #14) | without | with | ratio | result |", "|---|---:|---:|---:|---|"]
+    rows = ["| target (issues #14, #20) | without | with | ratio | result |", "|---|---:|---:|---:|---|"]
     for what, case in (("warm launch with the image policy on within 5 % of without", POLICY),
                        ("warm launch with --provenance within 5 % of without", PROV)):
         ratio = by_name[case] / by_name[PLAIN]
         rows.append(f"| {what} | {by_name[PLAIN]:.2f} ms | {by_name[case]:.2f} ms | {ratio:.3f}× "
                     f"| {target_cell(ratio, TARGET)} |")
+    if before:
+        for what, old, new in (("warm launch, policy on, within 5 % of the build before", BEFORE_WARM, POLICY),
+                               ("planned launch, policy on, within 5 % of the build before", BEFORE_PLANNED,
+                                PLANNED[1])):
+            ratio = by_name[new] / by_name[old]
+            rows.append(f"| {what} | {by_name[old]:.2f} ms | {by_name[new]:.2f} ms | {ratio:.3f}× "
+                        f"| {target_cell(ratio, TARGET)} |")
     for cold_name in PLANNED[1:]:
         rows.append(f"| (measured) {cold_name} vs {PLANNED[0]} | {by_name[PLANNED[0]]:.1f} ms "
                     f"| {by_name[cold_name]:.1f} ms | {by_name[cold_name] / by_name[PLANNED[0]]:.2f}× | |")
@@ -107,6 +125,8 @@ def main() -> None:
              "false` and the public key in `keys/`. \"Planned\": SHIMRUN_NO_RECORD_CACHE=1, Python plans every "
              "launch (the signature check and the provenance facts included)."),
              f"Provenance records written during the run: {written} (one per --provenance launch).", quiet]
+    if before:
+        notes.insert(1, f"\"before\": {before}, the build before this change, on the same image, conf and key.")
     sections = [("Launch of /bin/true", table(samples, PLAIN)), ("Targets", rows), ("Notes", notes)]
     out = write_results("trust", "Image policy and provenance: launch cost", sections)
     print(out.read_text())

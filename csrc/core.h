@@ -36,6 +36,7 @@ struct shim_link {
 struct shim_config {
     int image_kind;           /* SHIM_IMG_* */
     const char *image_path;   /* SIF file (squashfs partition at offset) or directory */
+    int image_fd;             /* >= 0: the opened image, which is mounted instead of image_path (image.c) */
     long long offset;
     const char *squashfuse;
     const char *stage;        /* existing directory that gets a private tmpfs */
@@ -78,8 +79,17 @@ struct shim_field {
     size_t len;
 };
 
+/* IMAGE_FILE: the image the planner opened and judged (fstat of its descriptor). */
+struct shim_image_file {
+    int present, source;      /* SHIM_IMAGE_SOURCE_* */
+    unsigned mode;
+    uint64_t dev, ino, size;
+    int64_t mtime, ctime;
+};
+
 struct shim_rec {
     const char *version, *key;
+    struct shim_image_file image_file;
     struct shim_config cfg;   /* all but argv and the environments, which each launch composes */
     const char *command;
     int runscript;            /* shimrun run: argv from run_fixed, then the launch's or run_default */
@@ -116,8 +126,26 @@ const char **shim_app_argv(const struct shim_rec *r, int total, char *const *wor
  * allocation (free() it); NULL when out of memory. */
 char **shim_env_compose(const struct shim_rec *r, char *const *environ, int target);
 
-/* inputs.c: 1 when every input of the record holds, else 0 with why. */
-int shim_inputs_hold(const struct shim_rec *r, char *const *environ, char *why, size_t whylen);
+/* inputs.c: 1 when every input of the record holds, else 0 with why. image_fd: the opened image
+ * (-1: none): a directory image's own paths are checked through it, never by name. */
+int shim_inputs_hold(const struct shim_rec *r, char *const *environ, int image_fd, char *why, size_t whylen);
+/* record.c: shim_record_current, with the image the front-end opened (-1: none). */
+int shim_record_current_on(const char *data, size_t len, const char *key, char *const *environ, int image_fd,
+                           char *why, size_t whylen);
+
+/* image.c: the image a command line names, opened once (O_PATH for a directory; a regular file
+ * reopened for reading through its own descriptor; anything else refused): the descriptor, or -1
+ * with why. Everything after reads it: the record's IMAGE_FILE check, the inputs inside a
+ * directory image, the squashfuse mount, the directory bind. */
+int shim_image_open(const char *path, char *why, size_t whylen);
+/* 1 when `fd` is the very file the record's IMAGE_FILE names (or it names none), else 0 with why.
+ * strict (a record from the cache, the image just opened): unchanged since, to its change time; a
+ * rename changes that too, so the descriptor the planner itself opened and judged is held to its
+ * device and inode only (its own open file, whatever was renamed since). */
+int shim_image_matches(const struct shim_rec *r, int fd, int strict, char *why, size_t whylen);
+/* The descriptor the launch mounts (cfg->image_fd): `fd` when the record's root is the opened
+ * image itself, -1 when it is a copy (IMAGE_PATH) or the record names no IMAGE_FILE. */
+int shim_image_root_fd(const struct shim_rec *r, int fd);
 
 /* argv.c */
 const char *shim_env_get(char *const *environ, const char *name);

@@ -147,6 +147,29 @@ static void print_diagnostics(const char *text, const struct shim_run *run)
     }
 }
 
+/* The image the record mounts: the descriptor the launch opened (the front-end's, or the
+ * planner's), which must be the very file the record names (IMAGE_FILE); -1 when the record's
+ * root is a copy of it. A record that names no IMAGE_FILE (older planners) mounts its path. */
+static int image_root(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res)
+{
+    char why[256];
+    int fd = run->image_fd, strict = 0;
+
+    if (!r->image_file.present)
+        return -1;
+    if (fd < 0 && run->image >= 0 && run->image < run->argc) { /* not opened before: held to everything */
+        fd = shim_image_open(run->argv[run->image], why, sizeof why);
+        strict = 1;
+    }
+    if (fd < 0 || !shim_image_matches(r, fd, strict, why, sizeof why)) {
+        res->code = SHIM_E_IMAGE;
+        snprintf(res->message, sizeof res->message, "%s while it was launched: %s (run again)",
+                 run->image >= 0 && run->image < run->argc ? run->argv[run->image] : "the image", why);
+        return -2;
+    }
+    return shim_image_root_fd(r, fd);
+}
+
 int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res)
 {
     struct shim_config cfg = r->cfg;
@@ -164,6 +187,8 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
             refuse_others(run->listen_fd, r->refuse_code, r->refuse, run->environ);
         return fail(res, r->refuse_code, r->refuse);
     }
+    if ((cfg.image_fd = image_root(r, run, res)) == -2)
+        return res->code;
     if (shim_provenance_begin(r, run, res))
         return res->code;
     if (run->listen_fd >= 0)
@@ -186,7 +211,7 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
     return code;
 }
 
-int shim_record_prepare(const char *data, size_t len, struct shim_result *res)
+int shim_record_prepare(const char *data, size_t len, int image_fd, struct shim_result *res)
 {
     struct shim_rec r;
     int code;
@@ -197,6 +222,11 @@ int shim_record_prepare(const char *data, size_t len, struct shim_result *res)
         shim_rec_free(&r);
         return res->code = SHIM_E_INTERNAL;
     }
+    if (!shim_image_matches(&r, image_fd, 0, res->message, sizeof res->message)) {
+        shim_rec_free(&r);
+        return res->code = SHIM_E_IMAGE;
+    }
+    r.cfg.image_fd = shim_image_root_fd(&r, image_fd);
     code = shim_prepare(&r.cfg, res);
     shim_rec_free(&r);
     return code;

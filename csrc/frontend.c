@@ -24,9 +24,10 @@
 
 extern char **environ;
 
-/* The planner. `listen_fd`: the group socket this rank bound as the node's leader. */
-static void python(int argc, char **argv, int listen_fd) __attribute__((noreturn));
-static void python(int argc, char **argv, int listen_fd)
+/* The planner. `listen_fd`: the group socket this rank bound as the node's leader; `image_fd`:
+ * the image as this process opened it, which the planner judges and hands back (-1: none). */
+static void python(int argc, char **argv, int listen_fd, int image_fd) __attribute__((noreturn));
+static void python(int argc, char **argv, int listen_fd, int image_fd)
 {
     char **args = calloc((size_t)argc + 4, sizeof *args), num[16];
     int i;
@@ -41,6 +42,10 @@ static void python(int argc, char **argv, int listen_fd)
     if (listen_fd >= 0) {
         snprintf(num, sizeof num, "%d", listen_fd);
         setenv(SHIM_VAR_LISTEN_FD, num, 1);
+    }
+    if (image_fd >= 0 && fcntl(image_fd, F_SETFD, 0) == 0) { /* inherited by the planner alone */
+        snprintf(num, sizeof num, "%d", image_fd);
+        setenv(SHIM_VAR_IMAGE_FD, num, 1);
     }
     /* -I: isolated, so neither PYTHON* variables nor a shim/ directory where the job happens to
      * run can change which code runs; -c instead of -m spares runpy. */
@@ -126,7 +131,8 @@ static int run(const char *data, size_t len, const struct shim_run *r)
     return res.code ? res.code : SHIM_E_LAUNCH;
 }
 
-/* The cached record of this launch, if it may be run: NULL otherwise (why says). */
+/* The cached record of this launch, if it may be run (on the image r->image_fd, as opened):
+ * NULL otherwise (why says). */
 static char *cached_record(struct shim_run *r, size_t *len, char *root, size_t rootlen, int *shared, char *why,
                            size_t whylen)
 {
@@ -150,7 +156,7 @@ static char *cached_record(struct shim_run *r, size_t *len, char *root, size_t r
     snprintf(path, sizeof path, "%s/%s/%s.rec", root, SHIM_RECORDS_DIR, key);
     if (!(data = shim_cache_read(path, root, len, why, whylen)))
         return NULL;
-    if (!shim_record_current(data, *len, key, environ, why, whylen)) {
+    if (!shim_record_current_on(data, *len, key, environ, r->image_fd, why, whylen)) {
         free(data);
         return NULL;
     }
@@ -159,9 +165,9 @@ static char *cached_record(struct shim_run *r, size_t *len, char *root, size_t r
 
 int main(int argc, char **argv)
 {
-    struct shim_run r = {argc, argv, -1, NULL, NULL, -1, 0};
+    struct shim_run r = {argc, argv, -1, NULL, NULL, -1, 0, -1};
     struct shim_result res = {0};
-    char cwd[PATH_MAX], root[2 * PATH_MAX + 256], why[PATH_MAX + 256], *recfd, *flags, *listen, *data;
+    char cwd[PATH_MAX], root[2 * PATH_MAX + 256], why[PATH_MAX + 256], *recfd, *flags, *listen, *imgfd, *data;
     int debug, shared = 0;
     size_t len;
 
@@ -172,10 +178,11 @@ int main(int argc, char **argv)
     recfd = take_env(SHIM_VAR_RECORD_FD);
     flags = take_env(SHIM_VAR_FRONTEND);
     listen = take_env(SHIM_VAR_LISTEN_FD);
+    imgfd = take_env(SHIM_VAR_IMAGE_FD);
     r.image = argc > 1 ? shim_image_index(argc, argv) : -1;
     /* IMAGE COMMAND, or run IMAGE: something to run */
     if (r.image < 0 || (r.image + 1 >= argc && strcmp(argv[1], SHIM_RUN_VERB)) || !getcwd(cwd, sizeof cwd))
-        python(argc, argv, -1);
+        python(argc, argv, -1, -1);
     r.cwd = cwd;
     r.environ = environ;
     debug = has_option(r.image, argv, "--debug");
@@ -186,6 +193,9 @@ int main(int argc, char **argv)
         return res.code;
     }
     if (recfd && handed_fd(recfd) >= 0) {
+        /* the planner's record, planned on the image it opened (or this front-end's first run did) */
+        if ((r.image_fd = handed_fd(imgfd)) >= 0)
+            fcntl(r.image_fd, F_SETFD, FD_CLOEXEC);
         data = read_fd(handed_fd(recfd), &len);
         if (!data) {
             fprintf(stderr, "shimrun: internal error: cannot read the planner's launch record: %s\n", strerror(errno));
@@ -193,7 +203,10 @@ int main(int argc, char **argv)
         }
         return run(data, len, &r);
     }
-    data = cached_record(&r, &len, root, sizeof root, &shared, why, sizeof why);
+    /* The image is opened once, here: the record runs only on this very file, and the planner,
+     * when there is no record to run, judges this same descriptor. */
+    r.image_fd = shim_image_open(argv[r.image], why, sizeof why);
+    data = r.image_fd >= 0 ? cached_record(&r, &len, root, sizeof root, &shared, why, sizeof why) : NULL;
     if (data) {
         r.from_cache = 1;
         if (debug)
@@ -205,5 +218,5 @@ int main(int argc, char **argv)
     }
     if (debug)
         fprintf(stderr, "shimrun: debug: no launch record to run (%s): planning\n", why);
-    python(argc, argv, r.listen_fd);
+    python(argc, argv, r.listen_fd, r.image_fd);
 }

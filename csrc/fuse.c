@@ -57,7 +57,9 @@ void mount_squashfs(const struct shim_config *cfg, const char *stage, const char
     long waited_us = 0;
     struct timespec t0, t;
 
-    img_fd = open(cfg->image_path, O_RDONLY | O_CLOEXEC);
+    /* The opened image (image.c: the file the record was planned and judged on), never the path
+     * again; a copy of the descriptor, which only squashfuse keeps. */
+    img_fd = cfg->image_fd >= 0 ? fcntl(cfg->image_fd, F_DUPFD_CLOEXEC, 3) : open(cfg->image_path, O_RDONLY | O_CLOEXEC);
     Z(img_fd, "open image %s", cfg->image_path);
     snprintf(logpath, sizeof logpath, "%s/squashfuse.log", stage);
     log_fd = open(logpath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);

@@ -16,7 +16,31 @@
 #include "core.h"
 #include "rd.h"
 
-static int file_holds(struct rd *d, char *why, size_t whylen)
+/* The opened image (image.c): its own path, and for a directory every path below it, are
+ * looked at through its descriptor, so a directory swapped in under the name since is not what
+ * is checked. */
+struct opened {
+    int fd;
+    const char *path;
+    size_t len;
+    int dir;
+};
+
+static int stat_input(const struct opened *img, const char *path, int follow, struct stat *st)
+{
+    if (img->fd >= 0 && !strncmp(path, img->path, img->len) && (path[img->len] == '\0'
+                                                                 || (img->dir && path[img->len] == '/'))) {
+        const char *rel = path + img->len;
+        while (*rel == '/')
+            rel++;
+        if (!*rel)
+            return fstat(img->fd, st);
+        return fstatat(img->fd, rel, st, follow ? 0 : AT_SYMLINK_NOFOLLOW);
+    }
+    return follow ? stat(path, st) : lstat(path, st);
+}
+
+static int file_holds(struct rd *d, const struct opened *img, char *why, size_t whylen)
 {
     unsigned check = (unsigned)rd_int(d, 4), mode = (unsigned)rd_int(d, 4);
     uint64_t dev = rd_int(d, 8), ino = rd_int(d, 8), size = rd_int(d, 8);
@@ -27,7 +51,7 @@ static int file_holds(struct rd *d, char *why, size_t whylen)
 
     if (d->bad || d->p != d->end)
         return 0;
-    rc = (check & SHIM_CHECK_FOLLOW) ? stat(path, &st) : lstat(path, &st);
+    rc = stat_input(img, path, (check & SHIM_CHECK_FOLLOW) != 0, &st);
     if (mode == 0) {
         if (rc == 0 || (errno != ENOENT && errno != ENOTDIR)) {
             snprintf(why, whylen, "%s appeared", path);
@@ -173,10 +197,16 @@ static int cpus_holds(struct rd *d, char *why, size_t whylen)
     return 1;
 }
 
-int shim_inputs_hold(const struct shim_rec *r, char *const *environ, char *why, size_t whylen)
+int shim_inputs_hold(const struct shim_rec *r, char *const *environ, int image_fd, char *why, size_t whylen)
 {
+    struct opened img = {shim_image_root_fd(r, image_fd), r->cfg.image_path, 0, S_ISDIR(r->image_file.mode)};
     char *buf = NULL;
     int i, ok = 1;
+
+    if (img.fd >= 0 && img.path)
+        img.len = strlen(img.path);
+    else
+        img.fd = -1;
 
     for (i = 0; i < r->ninputs && ok; i++) {
         const struct shim_field *f = &r->inputs[i];
@@ -186,7 +216,7 @@ int shim_inputs_hold(const struct shim_rec *r, char *const *environ, char *why, 
             && !(buf = malloc(SHIM_CONTENT_MAX + 1)))
             return 0;
         switch (f->tag) {
-        case SHIM_R_INPUT_FILE: ok = file_holds(&d, why, whylen); break;
+        case SHIM_R_INPUT_FILE: ok = file_holds(&d, &img, why, whylen); break;
         case SHIM_R_INPUT_CONTENT: ok = content_holds(&d, buf, why, whylen); break;
         case SHIM_R_INPUT_GLOB: ok = glob_holds(&d, buf, why, whylen); break;
         case SHIM_R_INPUT_ENV: ok = env_holds(&d, environ, why, whylen); break;

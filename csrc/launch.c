@@ -32,7 +32,12 @@ static void setup_root(const struct shim_config *cfg, const char *root)
             overlay_root(cfg->stage, root);
     } else {
         int fd;
-        Z(mount(cfg->image_path, root, NULL, MS_BIND | MS_REC, NULL), "bind directory image %s", cfg->image_path);
+        /* The opened directory itself (image.c), never what its name means by now: shim_prepare
+         * made it the working directory before the mount namespace was unshared, which carries
+         * the working directory over to its copy of the mount (a descriptor opened before names
+         * the old namespace's mount, which the kernel refuses to bind from). */
+        Z(mount(cfg->image_fd >= 0 ? "." : cfg->image_path, root, NULL, MS_BIND | MS_REC, NULL),
+          "bind directory image %s", cfg->image_path);
         fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
         Z(fd, "open %s", root);
         /* Read-only like a SIF, so missing mount points never modify the user's directory. */
@@ -112,6 +117,8 @@ int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
         shim_fail(SHIM_E_LAUNCH, -r, "open /dev/null for a closed standard descriptor");
     snprintf(root, sizeof root, "%s/root", cfg->stage);
     set_stage(cfg->stage);
+    if (cfg->image_kind == SHIM_IMG_DIR && cfg->image_fd >= 0) /* see setup_root */
+        Z(fchdir(cfg->image_fd), "enter the opened directory image %s", cfg->image_path);
     enter_namespaces(cfg->fakeroot, cfg->namespaces);
     make_private_tmpfs(cfg->stage, "the container's staging area");
     setup_root(cfg, root);

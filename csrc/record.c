@@ -72,6 +72,18 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         c->image_kind = (int)rd_int(&d, 4);
         return rd_done(&d) && (c->image_kind == SHIM_IMG_SQUASHFS || c->image_kind == SHIM_IMG_DIR);
     case SHIM_R_IMAGE_PATH: c->image_path = rd_str(&d); return rd_done(&d);
+    case SHIM_R_IMAGE_FILE: {
+        struct shim_image_file *f = &r->image_file;
+        f->source = (int)rd_int(&d, 4);
+        f->mode = (unsigned)rd_int(&d, 4);
+        f->dev = rd_int(&d, 8);
+        f->ino = rd_int(&d, 8);
+        f->size = rd_int(&d, 8);
+        f->mtime = (int64_t)rd_int(&d, 8);
+        f->ctime = (int64_t)rd_int(&d, 8);
+        f->present = 1;
+        return rd_done(&d) && (f->source == SHIM_IMAGE_SOURCE_OPENED || f->source == SHIM_IMAGE_SOURCE_COPY);
+    }
     case SHIM_R_IMAGE_OFFSET: c->offset = (long long)rd_int(&d, 8); return rd_done(&d) && c->offset >= 0;
     case SHIM_R_SQUASHFUSE: c->squashfuse = rd_str(&d); return rd_done(&d);
     case SHIM_R_STAGE: c->stage = rd_str(&d); return rd_done(&d);
@@ -168,6 +180,7 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     char *mem;
 
     memset(r, 0, sizeof *r);
+    r->cfg.image_fd = -1; /* each launch gives it (shim_image_root_fd) */
     if (len < magic || memcmp(data, SHIM_RECORD_MAGIC, magic) || len > SHIM_RECORD_MAX) {
         snprintf(why, whylen, "not a launch record (no %s header)", SHIM_RECORD_MAGIC);
         return -1;
@@ -247,6 +260,12 @@ void shim_rec_free(struct shim_rec *r)
 int shim_record_current(const char *data, size_t len, const char *key, char *const *environ, char *why,
                         size_t whylen)
 {
+    return shim_record_current_on(data, len, key, environ, -1, why, whylen);
+}
+
+int shim_record_current_on(const char *data, size_t len, const char *key, char *const *environ, int image_fd,
+                           char *why, size_t whylen)
+{
     struct shim_rec r;
     int ok;
 
@@ -261,7 +280,8 @@ int shim_record_current(const char *data, size_t len, const char *key, char *con
         snprintf(why, whylen, "written for another launch");
         ok = 0;
     } else {
-        ok = shim_inputs_hold(&r, environ, why, whylen);
+        ok = (image_fd < 0 || shim_image_matches(&r, image_fd, 1, why, whylen))
+             && shim_inputs_hold(&r, environ, image_fd, why, whylen);
     }
     shim_rec_free(&r);
     return ok;

@@ -337,7 +337,7 @@ int shim_share_elect(int argc, char *const *argv, int image, const char *cwd, in
                      struct shim_result *res)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    struct shim_run r = {argc, argv, image, environ, cwd, -1, 0};
+    struct shim_run r = {argc, argv, image, environ, cwd, -1, 0, -1};
     time_t deadline = time(NULL) + JOIN_TIMEOUT_S;
     int len, fd, rc;
 

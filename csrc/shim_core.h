@@ -22,8 +22,9 @@ struct shim_result {
 const char *shim_build_id(void);
 
 /* For the planner's look at the image: enter the namespaces and mount the record's image at
- * STAGE/root (seen by this process only). 0, or an exit code with res->message. */
-int shim_record_prepare(const char *data, size_t len, struct shim_result *res);
+ * STAGE/root (seen by this process only), from the opened image `image_fd` (the file the
+ * record's IMAGE_FILE names). 0, or an exit code with res->message. */
+int shim_record_prepare(const char *data, size_t len, int image_fd, struct shim_result *res);
 
 /* The environment the record gives the app for host environment `environ` (target
  * SHIM_ENV_DIRECT, or SHIM_ENV_BASE for /bin/sh running the action script): "K=V" strings one
@@ -55,6 +56,7 @@ struct shim_run {
     const char *cwd;          /* the caller's working directory */
     int listen_fd;            /* >= 0: lead the node's shared container, serving ranks on this socket */
     int from_cache;           /* print the record's notices (the planner printed them itself otherwise) */
+    int image_fd;             /* the image as opened (shim.image.handle, image.c): -1 opens argv[image] */
 };
 
 /* Run a record the planner just wrote (a single launch; a node's leader execs the front-end,

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install everything shim needs on a Debian 12 machine (run as root), idempotently:
 # the apt packages in requirements-apt.txt, a venv at $SHIM_PREFIX (default /opt/shim) built
-# with Debian's python3 (so every user can run it), and shim itself into that venv.
+# with Debian's python3 (so every user can run it), and shim itself into that venv. The site's
+# configuration directory is fixed at install: $SHIM_SYSCONFDIR (default /etc/shim).
 # With --demo, then build the bundled demo image and run it as a non-root user.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,7 +48,7 @@ chmod 0755 "$prefix/compat/bin/apptainer.new"
 mv -f "$prefix/compat/bin/apptainer.new" "$prefix/compat/bin/apptainer"
 ln -sfn apptainer "$prefix/compat/bin/singularity"
 chmod -R a+rX "$prefix"
-echo "install.sh: shimrun installed: $(command -v shimrun) ($("$venv/bin/shimrun" --version))"
+echo "install.sh: shimrun installed: $frontend ($("$venv/bin/shimrun" --version))"
 
 if [ "${1:-}" = "--demo" ]; then
     exec "$here/scripts/demo.sh"

@@ -56,7 +56,7 @@ def record_h() -> str:
     lines += _defines("SHIM_ENVHOW_", rf.ENV_HOW) + _defines("SHIM_ENV_", rf.ENV_TARGET)
     lines += _defines("SHIM_OP_", rf.ENV_OP) + _defines("SHIM_PASS_", rf.ENV_PASS)
     lines += _defines("SHIM_IMG_", rf.IMG) + _defines("SHIM_BIND_", rf.BIND) + _defines("SHIM_NS_", rf.NS)
-    lines += _defines("SHIM_PROV_", rf.PROV)
+    lines += _defines("SHIM_PROV_", rf.PROV) + _defines("SHIM_IMAGE_SOURCE_", rf.IMAGE_SOURCE)
     lines.append(f"#define SHIM_BIND_FRESH {rf.FRESH}")
     lines += _defines("SHIM_RUN_ARG_", rf.RUN_ARG)
     lines.append(f"#define SHIM_RUN_VERB {_c_string(rf.RUN_VERB)}")

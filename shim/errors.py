@@ -41,16 +41,30 @@ class ExitCode(IntEnum):
     NOT_FOUND = 127
 
 
+# Control characters (C0, DEL, C1) as escapes: a line shim prints stays one line, and text from an
+# image, a registry or a command line can neither forge a line nor drive the terminal. Bytes that
+# are not UTF-8 (kept as surrogates) are shown as \xNN too.
+_ESCAPES = {**{c: f"\\x{c:02x}" for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+            ord("\n"): "\\n", ord("\r"): "\\r", ord("\t"): "\\t",
+            **{0xDC80 + b: f"\\x{0x80 + b:02x}" for b in range(0x80)}}
+
+
+def printable(text: str) -> str:
+    """`text` with every control character escaped: safe to print as (part of) one line."""
+    return text.translate(_ESCAPES)
+
+
 @dataclass
 class ShimError(Exception):
-    """A failure the user can act on: what went wrong, where, and how to fix it."""
+    """A failure the user can act on: what went wrong, where, and how to fix it. Shown as one
+    line, whatever the message quotes (printable)."""
 
     code: ExitCode
     message: str
     hint: str = ""
 
     def __str__(self) -> str:
-        return f"{self.message} ({self.hint})" if self.hint else self.message
+        return printable(f"{self.message} ({self.hint})" if self.hint else self.message)
 
 
 class UsageError(ShimError):

@@ -113,11 +113,12 @@ def cache_untrusted(path: str, root: str | None, leaf_is_file: bool) -> str:
     return ffi.string(why).decode(*_ENC) if bad else ""
 
 
-def prepare(record: bytes) -> None:
-    """Enter the namespaces and mount the record's image at STAGE/root (this process only)."""
+def prepare(record: bytes, image_fd: int) -> None:
+    """Enter the namespaces and mount the record's image at STAGE/root (this process only), from
+    the opened image `image_fd`."""
     ffi, lib = _lib()
     res = ffi.new("struct shim_result *")
-    code = lib.shim_record_prepare(record, len(record), res)
+    code = lib.shim_record_prepare(record, len(record), image_fd, res)
     if code:
         try:
             exit_code = ExitCode(code)
@@ -145,7 +146,8 @@ def group_name(argv: Sequence[str], cwd: str, environ: Mapping[str, str], uid: i
     env, _keep_env = _environ(ffi, environ)
     c_cwd = ffi.new("char[]", cwd.encode(*_ENC))
     run = ffi.new("struct shim_run *", {"argc": len(argv), "argv": vec, "image": lib.shim_image_index(len(argv), vec),
-                                        "environ": env, "cwd": c_cwd, "listen_fd": -1, "from_cache": 0})
+                                        "environ": env, "cwd": c_cwd, "listen_fd": -1, "from_cache": 0,
+                                        "image_fd": -1})
     if run.image < 0:
         return None
     out = ffi.new("char[]", 108)
@@ -153,9 +155,9 @@ def group_name(argv: Sequence[str], cwd: str, environ: Mapping[str, str], uid: i
     return ffi.buffer(out, n)[:] if n > 0 else None
 
 
-def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str]) -> tuple[int, str]:
-    """Run a freshly planned record in this process (a single launch): returns only on failure,
-    with (exit code, message)."""
+def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], image_fd: int) -> tuple[int, str]:
+    """Run a freshly planned record in this process (a single launch) on the opened image
+    `image_fd`: returns only on failure, with (exit code, message)."""
     import os
 
     ffi, lib = _lib()
@@ -163,7 +165,8 @@ def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str]) -
     env, _keep_env = _environ(ffi, environ)
     c_cwd = ffi.new("char[]", os.getcwd().encode(*_ENC))
     run = ffi.new("struct shim_run *", {"argc": len(argv), "argv": vec, "image": lib.shim_image_index(len(argv), vec),
-                                        "environ": env, "cwd": c_cwd, "listen_fd": -1, "from_cache": 0})
+                                        "environ": env, "cwd": c_cwd, "listen_fd": -1, "from_cache": 0,
+                                        "image_fd": image_fd})
     res = ffi.new("struct shim_result *")
     code = lib.shim_run_record(record, len(record), run, res)
     return code or int(ExitCode.LAUNCH), ffi.string(res.message).decode("utf-8", "replace")

@@ -11,11 +11,17 @@ import os
 import shutil
 import struct
 import tempfile
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+
+from shim.errors import ExitCode, ShimError
+
+T = TypeVar("T")
 
 settings.register_profile("suite", max_examples=800, deadline=None, derandomize=True,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -54,3 +60,36 @@ def mutated(draw, originals: list[bytes], focus: int = 8192) -> bytes:
     return bytes(data)
 
 
+
+
+# What a parser of untrusted input may do: return a result, or refuse it with shim's own error of a
+# documented exit code (never INTERNAL, the code of a traceback) in exactly one line; and leave
+# nothing behind (no file beside the case, no child process, no mount).
+DOCUMENTED = frozenset(int(c) for c in ExitCode) - {int(ExitCode.INTERNAL)}
+
+
+def one_line(text: str) -> bool:
+    return bool(text) and not any(c in text for c in "\n\r")
+
+
+def _left_behind() -> tuple:
+    import psutil
+
+    with open("/proc/self/mountinfo") as f:
+        mounts = sum(1 for _ in f)
+    return tuple(sorted(os.listdir(WORK))), tuple(sorted(p.pid for p in psutil.Process().children())), mounts
+
+
+def outcome(call: Callable[..., T], *args: object, **kwargs: object) -> T | None:
+    """`call(*args)` on a fuzzed input: its result, or None when it refused the input as shim
+    refuses input; the case fails on any other exception, an error of an undocumented code or of
+    more than one line, and on anything left behind."""
+    before = _left_behind()
+    try:
+        return call(*args, **kwargs)
+    except ShimError as e:
+        assert int(e.code) in DOCUMENTED, f"exit {int(e.code)}: {e}"
+        assert one_line(str(e)), repr(str(e))
+        return None
+    finally:
+        assert _left_behind() == before, "something was left behind"

@@ -4,7 +4,6 @@ signed and unsigned SIFs with the shared test keys, tampered copies, an image si
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -12,62 +11,15 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN
 from oci import sif_rootfs
+from policy import KEYS, PGP_SIGNER, SYLABS, UNTRUSTED, flip_byte, make_conf, make_signing_key, readable_copy, refused
 
 from shim.image.sif import read_sif
-
-KEYS = GOLDEN / "keys"
-SYLABS = GOLDEN / "sylabs-sif"
-PGP_SIGNER = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
-UNTRUSTED = 79
-
-
-def make_conf(where: Path, images: str, keys: tuple[Path, ...] = ()) -> Path:
-    (where / "keys").mkdir(parents=True, exist_ok=True)
-    (where / "shim.toml").write_text(f"[launch]\nbinds = []\n\n[images]\n{images}\n")
-    for key in keys:
-        shutil.copy(key, where / "keys" / key.name)
-    for p in [where, *where.rglob("*")]:
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return where
-
-
-def readable_copy(src: Path, dst: Path) -> Path:
-    shutil.copy(src, dst)
-    dst.chmod(0o644)
-    return dst
-
-
-def flip_byte(path: Path, offset: int, keep_mtime: bool = False) -> None:
-    st = path.stat()
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        byte = f.read(1)
-        f.seek(offset)
-        f.write(bytes([byte[0] ^ 0x01]))
-    if keep_mtime:
-        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
-
-
-def refused(r: subprocess.CompletedProcess, rule: str) -> bool:
-    lines = r.stderr.splitlines()
-    return (r.returncode == UNTRUSTED and len(lines) == 1 and f"images.{rule}:" in lines[0]
-            and "mounted" not in r.stderr)
 
 
 @pytest.fixture(scope="module")
 def signing_key(world_dir: Path) -> tuple[Path, Path]:
     """An ed25519 key pair made here (PEM): the site's own signing key."""
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    private, public = world_dir / "site-signer.pem", world_dir / "site-signer.pub.pem"
-    private.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.PEM,
-                                                     serialization.PublicFormat.SubjectPublicKeyInfo))
-    public.chmod(0o644)
-    return private, public
+    return make_signing_key(world_dir)
 
 
 @pytest.fixture

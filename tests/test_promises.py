@@ -80,7 +80,9 @@ def test_unusable_bind_destinations_in_the_image_have_a_hint(shim, user_dir: Pat
 
 
 def test_profiles_without_any_say_where_a_sites_go(shim) -> None:
+    from policy import system_conf_dir
+
     r = shim.run(["profiles"])
     assert r.returncode == 0
-    assert "copy an example from " in r.stdout and " to /etc/shim/profiles/" in r.stdout
+    assert "copy an example from " in r.stdout and f" to {system_conf_dir()}/profiles/" in r.stdout
     assert "site-packages/shim/conf/profiles/," not in r.stdout

@@ -48,6 +48,12 @@ def read_record(path: str) -> dict:
                          "version that wrote it (its \"shim\" member)")
     if not isinstance(doc.get("run"), dict) or not isinstance(doc["run"].get("argv"), list):
         raise UsageError(f"{path}: the record has no run (the launch that wrote it did not finish writing it)")
+    from shim.provenance.shape import shape_problem
+
+    problem = shape_problem(doc)
+    if problem:
+        raise UsageError(f"{path}: {problem}: not a record as shimrun --provenance writes it",
+                         "give the file --provenance wrote, unchanged")
     return doc
 
 

@@ -54,19 +54,22 @@ def main(args: argparse.Namespace) -> int:
     return run(args, dry_run=args.dry_run, as_json=args.json)
 
 
-def _handover() -> tuple[int | None, str]:
+def _handover() -> tuple[int | None, str, int | None]:
     """What the native front-end handed over (and the app must not see): the group socket it
-    bound as the node's leader, and its flags."""
+    bound as the node's leader, its flags, and the image as it opened it."""
+    from shim.image.handle import handed_fd
+
     fd = os.environ.pop(HANDOVER_ENV["LISTEN_FD"], "")
     flags = os.environ.pop(HANDOVER_ENV["FRONTEND"], "")
     os.environ.pop(HANDOVER_ENV["RECORD_FD"], None)
+    image_fd = handed_fd(os.environ)
     listen = int(fd) if fd.isdigit() else None
     if listen is not None:
         try:
             os.fstat(listen)
         except OSError:
             listen = None
-    return listen, flags
+    return listen, flags, image_fd
 
 
 def fill_defaults(args: argparse.Namespace) -> None:
@@ -83,10 +86,10 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
 
     fill_defaults(args)
     set_quiet(args.quiet)
-    listen_fd, flags = _handover()
+    listen_fd, flags, image_fd = _handover()
     argv = getattr(args, "argv", None) or sys.argv[1:]
     request = LaunchRequest(args=args, argv=tuple(argv), cwd=current_directory(), environ=dict(os.environ),
-                            dry_run=dry_run, as_json=as_json, listen_fd=listen_fd, frontend=flags)
+                            dry_run=dry_run, as_json=as_json, listen_fd=listen_fd, frontend=flags, image_fd=image_fd)
     planned = plan_launch(request)
     if planned.record is None:
         return planned.exit_code
@@ -95,7 +98,7 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
 
     data = encode(planned.record)
     store(planned, data, request.environ)
-    failed = run_record(data, argv, request.environ, listen_fd, flags)
+    failed = run_record(data, argv, request.environ, listen_fd, flags, planned.image_fd)
     # The executor's own failure (the app not found, a refusal): one line, as from a cached record.
     print(f"shimrun: error: {failed}", file=sys.stderr)
     return int(failed.code)

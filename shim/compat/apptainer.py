@@ -22,6 +22,7 @@ from shim.compat.options import (
     TRUE_WORDS,
     CompatOption,
 )
+from shim.errors import printable
 from shim.options import GLOBAL_OPTIONS
 
 # The Apptainer release whose command line shim follows: engines gate features on it (cwltool:
@@ -34,6 +35,9 @@ VERBS = ("exec", "run", "shell", "pull", "build", "inspect", "verify", "sign", "
 
 class CompatError(Exception):
     """One line for the user; exit 64."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 def version_text() -> str:

@@ -47,11 +47,14 @@ def _cache_path(key: str) -> str | None:
     return cache_path("hw", f"{key}.json")
 
 
-def check_key(image_path: str, app: str | None, environ: Mapping[str, str], root: str) -> str:
+def check_key(image, app: str | None, environ: Mapping[str, str], root: str) -> str:
+    """`image`: the opened image (shim.image.open.ImageRef): keyed by the identity of the file
+    that was opened, never by what its path names now."""
     from shim import __version__
-    from shim.cachefiles import file_identity
 
-    doc = [_FORMAT, __version__, [os.path.realpath(image_path), file_identity(image_path)], app or "", root,
+    st = image.opened.st
+    ident = [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns]
+    doc = [_FORMAT, __version__, [image.path, ident], app or "", root,
            [repr(i) for i in job_inputs(environ)],
            host_fingerprint(root)]
     return hashlib.sha256(json.dumps(doc).encode()).hexdigest()[:32]

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from shim.errors import ImageError
-from shim.image.regular import open_regular
+from shim.image.handle import OpenedImage, open_image_file
 
 SIF_MAGIC_OFFSET = 32
 SIF_MAGIC = b"SIF_MAGIC\0"
@@ -26,6 +25,14 @@ class ImageRef:
     image_id: str | None = None
     # the OCI image config of an image built from an OCI source (its Env, Entrypoint, Cmd, WorkingDir)
     oci_config: dict[str, Any] | None = field(default=None, compare=False)
+    # the image opened once: everything after locating it reads this descriptor, never the path
+    opened: OpenedImage | None = field(default=None, compare=False)
+
+    @property
+    def via(self) -> str:
+        """The path to read the image (or, for a directory, its contents) by: through the opened
+        descriptor when there is one."""
+        return self.opened.via if self.opened is not None else self.path
 
 
 def image_kind(image: ImageRef) -> str:
@@ -46,32 +53,44 @@ def check_squashfs(image: ImageRef) -> None:
     if image.kind != "dir":
         from shim.image.squashfs import read_superblock
 
-        read_superblock(image.path, image.offset, image.size)
+        if image.opened is None:
+            read_superblock(image.path, image.offset, image.size)
+            return
+        with image.opened.reader() as f:
+            try:
+                read_superblock(f, image.offset, image.size)
+            except OSError as e:
+                raise ImageError(f"cannot read image {image.path}: {e.strerror}", "check its permissions") from None
 
 
-def locate_image(path: str) -> ImageRef:
+def locate_image(path: str, handed_fd: int | None = None) -> ImageRef:
     """What the image is and where its root filesystem lies, from the SIF's header and descriptors
-    alone: enough for the site's image policy, which judges an image before its file system is read."""
+    alone: enough for the site's image policy, which judges an image before its file system is
+    read. The image is opened once (shim.image.handle): what is located, judged and mounted is
+    that one file, whatever happens to `path` meanwhile."""
+    return locate_opened(open_image_file(path, handed_fd))
+
+
+def locate_opened(opened: OpenedImage) -> ImageRef:
     from shim.image import arch as archmod
 
-    if not os.path.exists(path):
-        raise ImageError(f"image {path} does not exist", "check the path")
-    real = os.path.realpath(path)
-    if os.path.isdir(real):
-        return ImageRef(real, "dir", arch=archmod.arch_of_rootfs(real) or "unknown")
+    real = opened.path
+    if opened.is_dir:
+        return ImageRef(real, "dir", arch=archmod.arch_of_rootfs(opened.via) or "unknown", opened=opened)
     try:
-        with open_regular(real) as f:
+        with opened.reader() as f:
             head = f.read(SIF_MAGIC_OFFSET + len(SIF_MAGIC))
-    except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror}", "check its permissions") from None
-    if head[:4] == SQUASHFS_MAGIC:
-        return ImageRef(real, "squashfs", 0, os.path.getsize(real))
-    if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC:
-        raise ImageError(f"{path} is not a SIF image, a squashfs file or a directory",
-                         "build one with 'shimrun build OUT.sif ROOTFS'")
-    from shim.image.sif import oci_config, primary_partition, read_sif
+            if head[:4] == SQUASHFS_MAGIC:
+                return ImageRef(real, "squashfs", 0, opened.st.st_size, opened=opened)
+            if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC:
+                raise ImageError(f"{opened.given} is not a SIF image, a squashfs file or a directory",
+                                 "build one with 'shimrun build OUT.sif ROOTFS'")
+            from shim.image.sif import oci_config, primary_partition, read_sif_file
 
-    sif = read_sif(real)
+            f.seek(0)
+            sif = read_sif_file(f, real)
+    except OSError as e:
+        raise ImageError(f"cannot read image {opened.given}: {e.strerror}", "check its permissions") from None
     part = primary_partition(sif)
     return ImageRef(real, "squashfs", part.offset, part.size, part.arch or "unknown",
-                    str(sif.header.id) if sif.header.id else None, oci_config(sif))
+                    str(sif.header.id) if sif.header.id else None, oci_config(sif), opened)

@@ -151,6 +151,9 @@ class SifImage:
     file_size: int
     header: SifHeader
     descriptors: tuple[SifDescriptor, ...]  # used slots only, in table order
+    # what object data is read from: the very file the table came from (a launch's opened
+    # image, /proc/self/fd/N), or `path`
+    source: str = ""
 
     def descriptor(self, object_id: int) -> SifDescriptor | None:
         for d in self.descriptors:
@@ -265,7 +268,9 @@ def read_sif_file(f: BinaryIO, path: str) -> SifImage:
         d = parse_descriptor(slot, raw)
         _check_bounds(path, d, file_size)
         descriptors.append(d)
-    return SifImage(path, file_size, header, tuple(descriptors))
+    name = getattr(f, "name", "")
+    return SifImage(path, file_size, header, tuple(descriptors),
+                    name if isinstance(name, str) and name.startswith("/proc/self/fd/") else path)
 
 
 def object_chunks(f: BinaryIO, img: SifImage, d: SifDescriptor, chunk_size: int = 1 << 20) -> Iterator[bytes]:
@@ -426,7 +431,7 @@ def read_object(img: SifImage, d: SifDescriptor, limit: int = 4 << 20) -> bytes:
     if d.size > limit:
         raise ImageError(f"{img.path}: object {d.id} ({d.name or d.data_type}) is larger than {limit} bytes")
     try:
-        with open_regular(img.path) as f:
+        with open_regular(img.source or img.path) as f:
             f.seek(d.offset)
             data = f.read(d.size)
     except OSError as e:

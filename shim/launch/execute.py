@@ -22,10 +22,11 @@ def frontend_path() -> str:
 
 
 def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], listen_fd: int | None,
-               frontend: str) -> ShimError:
+               frontend: str, image_fd: int) -> ShimError:
     """Exec the executor with `record` for shimrun's arguments `argv`; returns only with the
     reason it could not. `frontend`: the flags the front-end handed over ("" when Python was
-    started directly: the executor then holds the node's election itself)."""
+    started directly: the executor then holds the node's election itself). `image_fd`: the
+    opened image the record was planned on, which the executor mounts (SHIMRUN_IMAGE_FD)."""
     sys.stdout.flush()
     sys.stderr.flush()
     # Python ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals ignored, the app must not inherit that.
@@ -35,13 +36,15 @@ def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], l
     if "no-lc-ctype" in frontend.split(","):
         env.pop("LC_CTYPE", None)  # set by Python itself (PEP 538), not by the caller
     if listen_fd is None and (frontend or not _may_share(env)):
-        return _run_here(record, argv, env)  # a single launch: the front-end's election is done, or moot
+        return _run_here(record, argv, env, image_fd)  # a single launch: the election is done, or moot
     exe = frontend_path()
     fd = os.memfd_create("shim-launch-record", 0)  # inherited by the executor: no CLOEXEC
     view = memoryview(record)
     while view:
         view = view[os.write(fd, view):]
     env[HANDOVER_ENV["RECORD_FD"]] = str(fd)
+    os.set_inheritable(image_fd, True)
+    env[HANDOVER_ENV["IMAGE_FD"]] = str(image_fd)
     if frontend:
         env[HANDOVER_ENV["FRONTEND"]] = frontend
     if listen_fd is not None:
@@ -65,10 +68,10 @@ def _may_share(environ: Mapping[str, str]) -> bool:
     return bool(share) or bool(environ.get("SLURM_JOB_ID") and environ.get("SLURM_STEP_ID"))
 
 
-def _run_here(record: bytes, argv: Sequence[str], environ: Mapping[str, str]) -> ShimError:
+def _run_here(record: bytes, argv: Sequence[str], environ: Mapping[str, str], image_fd: int) -> ShimError:
     from shim import native
 
-    code, message = native.run_record(record, ["shimrun", *argv], environ)
+    code, message = native.run_record(record, ["shimrun", *argv], environ, image_fd)
     try:
         exit_code = ExitCode(code)
     except ValueError:

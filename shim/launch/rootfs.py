@@ -62,9 +62,10 @@ def _extraction_dir(reason: str) -> str:
 
 
 def _partition_digest(image: ImageRef) -> str:
-    """sha256 of the squashfs bytes, memoised per file identity so a reuse reads nothing."""
-    st = os.stat(image.path)
-    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{image.offset}:{image.size}"
+    """sha256 of the squashfs bytes, memoised per file identity (of the opened image: the file
+    the policy judged) so a reuse reads nothing."""
+    st = image.opened.st if image.opened is not None else os.stat(image.path)
+    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{image.offset}:{image.size}"
     memo = cache_path("digests", hashlib.sha256(ident.encode()).hexdigest()[:32])
     try:
         raw = read_trusted(memo)
@@ -73,7 +74,7 @@ def _partition_digest(image: ImageRef) -> str:
     except (ValueError, KeyError, TypeError):
         pass
     h = hashlib.sha256()
-    with open(image.path, "rb") as f:
+    with open(image.via, "rb") as f:
         f.seek(image.offset)
         left = image.size
         while left > 0:
@@ -105,12 +106,14 @@ def _unsquashfs(image: ImageRef, dest: str) -> None:
     # -no-xattrs: an unprivileged user cannot write security.* xattrs (unsquashfs would fail);
     # the regex (matched against top-level names) skips dev: device nodes cannot be made, and
     # the host's /dev is bound there.
-    cmd = [exe, "-n", "-no-xattrs", "-o", str(image.offset), "-d", dest, "-r", image.path,
+    # The image through its opened descriptor (inherited): the file the policy judged.
+    keep = (image.opened.fd,) if image.opened is not None else ()
+    cmd = [exe, "-n", "-no-xattrs", "-o", str(image.offset), "-d", dest, "-r", image.via,
            r"^([^d].*|d[^e].*|de[^v].*|dev.+|de|d)$"]
     import subprocess  # only for an extraction
 
     proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          preexec_fn=native.die_with_parent)
+                          preexec_fn=native.die_with_parent, pass_fds=keep)
     if proc.returncode != 0:
         last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
         raise ShimError(ExitCode.IMAGE, f"extracting {image.path} with unsquashfs failed: {last}",

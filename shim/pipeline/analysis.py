@@ -18,6 +18,7 @@ from shim.plan.model import Plan
 @dataclass(frozen=True)
 class AnalysisJob:
     prepare_record: bytes         # image, stage and fakeroot: what the C core needs to mount it
+    image_fd: int                 # the opened image (inherited by the child), which it mounts
     stage: str
     image_path: str
     image_arch: str
@@ -51,7 +52,7 @@ def _analyse(job: AnalysisJob) -> Analysis:
     from shim.plan.compose import plan_for_image
     from shim.plan.request import PlanRequest
 
-    native.prepare(job.prepare_record)
+    native.prepare(job.prepare_record, job.image_fd)
     root = os.path.join(job.stage, "root")
     started, stats = time.perf_counter(), {}
     request = PlanRequest(root=root, image=job.image_path, profiles=job.profiles, requested=job.requested,

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from shim.host.paths import on_host
 from shim.record.format import CHECK, IDENTITY
-from shim.record.model import Input
+from shim.record.model import FileInput, Input
 from shim.record.snapshot import file_input, glob_input, identity_input
 
 FOLLOW = CHECK["FOLLOW"]
@@ -35,12 +35,12 @@ class InputSet:
             self.add(i)
 
 
-def image_inputs(path: str, kind: str) -> list[Input]:
+def image_inputs(path: str, kind: str, st: os.stat_result) -> list[Input]:
     """A SIF by its identity and change time (rewritten in place: a new plan, and its signatures
-    checked again); a directory by what it is (what in it the plan read is listed from the read log)."""
-    if kind == "dir":
-        return [file_input(path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"] | FOLLOW)]
-    return [file_input(path, IDENTITY | CHECK["CTIME"] | FOLLOW)]
+    checked again); a directory by what it is (what in it the plan read is listed from the read log).
+    `st`: the opened image's fstat (the executor checks its own descriptor against IMAGE_FILE too)."""
+    check = (CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"] if kind == "dir" else IDENTITY | CHECK["CTIME"]) | FOLLOW
+    return [FileInput(path, check, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)]
 
 
 def read_log_inputs(base: str, reads: dict) -> list[Input]:

@@ -16,7 +16,7 @@ from shim.errors import ExitCode, ShimError
 from shim.host.paths import on_host
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE, InputSet, image_inputs, profile_inputs, read_log_inputs
 from shim.pipeline.request import LaunchRequest
-from shim.record.format import CHECK, IDENTITY, IMG, KEY_ENV_PREFIXES, PROV
+from shim.record.format import CHECK, IDENTITY, IMAGE_SOURCE, IMG, KEY_ENV_PREFIXES, PROV
 from shim.record.model import EnvRules, Image, LaunchRecord, RecordBind
 from shim.record.snapshot import RecordingEnv, file_input, glob_input
 
@@ -33,6 +33,7 @@ class Planned:
     key: str = ""                 # "" : not stored (a command line the front-end does not launch)
     exit_code: int = 0
     facts: dict | None = None
+    image_fd: int = -1            # the opened image the record was planned on (the executor mounts it)
 
 
 def _home(environ) -> str:
@@ -99,13 +100,15 @@ class _Planner:
         self.host_root = host_root(req.environ)
         self.conf_dir = None                # the site's configuration directory (site())
         self.verdict = None                 # the site's image policy on this image (trust()); None: no policy
+        self.source = IMAGE_SOURCE["OPENED"]  # the root: the opened image, or a copy of it (rootfs())
 
     def image(self):
-        """Where the image is and what it is: its file system is read after the site's policy."""
+        """Where the image is and what it is: its file system is read after the site's policy. It
+        is opened once here (or was, by the front-end): everything after reads that descriptor."""
         from shim.image.open import locate_image
 
-        image = locate_image(self.args.image)
-        self.inputs.extend(image_inputs(image.path, image.kind))
+        image = locate_image(self.args.image, self.req.image_fd)
+        self.inputs.extend(image_inputs(image.path, image.kind, image.opened.st))
         return image
 
     def arch(self, image) -> None:
@@ -123,6 +126,8 @@ class _Planner:
         conf_dir = find_conf_dir(self.args.conf)
         self.inputs.extend([file_input(os.path.join(SYSTEM_CONF_DIR, CONFIG_NAME), IDENTITY | CHECK["FOLLOW"]),
                             file_input(str(conf_dir / CONFIG_NAME), IDENTITY | CHECK["FOLLOW"])])
+        self.inputs.extend(file_input(os.path.join(SYSTEM_CONF_DIR, sub), CHECK["EXISTS"] | CHECK["TYPE"])
+                           for sub in ("", "keys"))
         profiles = _load_profiles(conf_dir, self.host_root, self.env)
         self.inputs.extend(profile_inputs(str(conf_dir), profiles, self.host_root))
         if getattr(self.args, "nv", False):  # as `apptainer --nv`: the GPU driver profiles, by request
@@ -138,15 +143,14 @@ class _Planner:
         return site, conf_dir, profiles
 
     def trust(self, image, site):
-        """The site's image policy on this image (None: the site has none), before anything is mounted."""
-        if not site.images.active:
+        """The site's image policy on this image (None: the site has none), before anything is
+        mounted: every [images] that applies, on the opened image."""
+        if not site.images_restricted:
             return None
-        from shim.image.open import image_kind
-        from shim.site.image_policy import PolicyInput, evaluate, policy_inputs
+        from shim.site.image_policy import evaluate_all, site_policy_inputs
 
-        given = PolicyInput(image.path, image_kind(image), image.arch, self.conf_dir, self.req.environ)
-        self.inputs.extend(policy_inputs(given))
-        self.verdict = evaluate(site.images, given)
+        self.inputs.extend(site_policy_inputs(site, self.req.environ))
+        self.verdict = evaluate_all(site, image, self.req.environ)
         return self.verdict
 
     def refused(self, image, verdict) -> Planned:
@@ -158,14 +162,13 @@ class _Planner:
         key = self.key()
         record = LaunchRecord(version=native.build_id(), key=key, image=Image(IMG["DIR"], image.path), stage=STAGE_DIR,
                               command="true", env=EnvRules((), ()), refuse=(int(error.code), str(error)),
-                              inputs=tuple(self.inputs.items))
-        return Planned(record, key)
+                              inputs=tuple(self.inputs.items), image_file=image.opened.identity())
+        return Planned(record, key, image_fd=image.opened.fd)
 
     def provenance_targets(self, site) -> tuple[tuple[int, str], ...]:
         given = getattr(self.args, "provenance", None)
         out = [(PROV["USER"], os.path.normpath(os.path.join(self.req.cwd, given)))] if given else []
-        if site.provenance_dir:
-            out.append((PROV["SITE"], site.provenance_dir))
+        out += [(PROV["SITE"], where) for where in site.provenance_dirs]
         return tuple(out)
 
     def signatures(self, image) -> dict | None:
@@ -179,11 +182,12 @@ class _Planner:
         if image_kind(image) != "sif":
             return None
         from shim.site.image_policy import key_inputs
-        from shim.verify import trusted_keys, verify_image
+        from shim.verify import trusted_keys, verify_file
 
         self.inputs.extend(key_inputs(conf_dir, self.req.environ, include_user=True))
         try:
-            return verify_image(image.path, trusted_keys(conf_dir, self.req.environ, include_user=True)).to_json()
+            with image.opened.reader() as f:
+                return verify_file(f, image.path, trusted_keys(conf_dir, self.req.environ, include_user=True)).to_json()
         except ShimError as e:
             return {"error": str(e)}
 
@@ -220,6 +224,8 @@ class _Planner:
         from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
 
         rootfs, notices = choose_rootfs(image, self.args.quiet)
+        # the root is the opened image itself, unless it is a copy extracted from it
+        self.source = IMAGE_SOURCE["OPENED"] if rootfs.path == image.path else IMAGE_SOURCE["COPY"]
         if rootfs.kind == "squashfs":
             self.inputs.add(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
         elif image.kind != "dir":  # extracted: the copy, while it is there; and a killed extraction's
@@ -259,7 +265,7 @@ class _Planner:
                               fakeroot=args.fakeroot, cwd=pwd or "", cwd_required=bool(args.pwd) or args.strict,
                               quiet=args.quiet, debug=args.debug, notices=tuple(notices) + self.shell_notice(image),
                               runscript=runscript, links=dev_links(iso), namespaces=iso.namespaces,
-                              writable=iso.writable)
+                              writable=iso.writable, image_file=image.opened.identity(self.source))
         return record, env_opts
 
     def runscript(self, image) -> tuple[tuple[tuple[str, ...], tuple[str, ...]] | None, str]:
@@ -290,7 +296,7 @@ class _Planner:
         from shim.elf.rootpath import RootPaths
         from shim.expect.envscripts import env_scripts
 
-        paths = RootPaths(image.path)
+        paths = RootPaths(image.via)
         scripts = env_scripts(paths)
         if not scripts or paths.regular_file("/bin/sh") is not None:
             return ()
@@ -309,8 +315,8 @@ class _Planner:
 
         environ = self.req.environ
         app = self.command[0] if self.command else None
-        key = None if environ.get("SHIMRUN_NO_HW_CHECK") else check_key(image.path, app, environ, self.host_root)
-        known = cached(key, image.path if image.kind == "dir" else "") if key else None
+        key = None if environ.get("SHIMRUN_NO_HW_CHECK") else check_key(image, app, environ, self.host_root)
+        known = cached(key, image.via if image.kind == "dir" else "") if key else None
         if key:
             self.inputs.extend(job_inputs(environ))
         if key or profiles is not None:
@@ -328,7 +334,8 @@ class _Planner:
         # the analysis only reads the image: no namespaces of the app's (a PID namespace's init)
         prepare = encode(replace(base, namespaces=0, writable=False))
         path = native.record_env(prepare, {}, DIRECT).get("PATH", DEFAULT_PATH)
-        return AnalysisJob(prepare_record=prepare, stage=STAGE_DIR, image_path=image.path, image_arch=image.arch,
+        return AnalysisJob(prepare_record=prepare, image_fd=image.opened.fd, stage=STAGE_DIR, image_path=image.path,
+                           image_arch=image.arch,
                            image_dir=image.path if image.kind == "dir" else "", profiles=profiles,
                            requested=tuple(args.profile), no_profiles=args.no_profiles,
                            command=tuple(self.command), path=path, host_root=self.host_root,
@@ -432,7 +439,7 @@ def _plan_launch(req: LaunchRequest) -> Planned:
 
         facts = planner.facts(image, plan, site)
         record = replace(record, provenance=targets, provenance_facts=facts_json(facts))
-    return Planned(replace(record, inputs=tuple(planner.inputs.items)), key)
+    return Planned(replace(record, inputs=tuple(planner.inputs.items)), key, image_fd=image.opened.fd)
 
 
 def _dry_run(req: LaunchRequest, plan) -> Planned:

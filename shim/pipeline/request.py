@@ -18,6 +18,7 @@ class LaunchRequest:
     listen_fd: int | None = None  # the node's group socket, when the front-end made this rank its leader
     frontend: str = ""            # the native front-end's flags: it ran (and held the election) first
     facts_only: bool = False      # with dry_run: return the provenance facts, print nothing (check --against)
+    image_fd: int | None = None   # IMAGE as the native front-end opened it (SHIMRUN_IMAGE_FD)
 
     @property
     def command(self) -> list[str]:

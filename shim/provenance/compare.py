@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from shim.errors import printable
+
 
 @dataclass(frozen=True)
 class Difference:
@@ -16,7 +18,7 @@ class Difference:
 
     def line(self) -> str:
         mark = "differs" if self.material else "note"
-        return f"{mark}: {self.what}: recorded {_show(self.recorded)}, now {_show(self.now)}"
+        return printable(f"{mark}: {self.what}: recorded {_show(self.recorded)}, now {_show(self.now)}")
 
 
 def _show(value: object) -> str:
@@ -82,11 +84,11 @@ def _brief(value: object) -> object:
 
 
 def _codes(plan: dict) -> set[str]:
-    return {f"{d['code']} ({d['severity']})" for d in plan.get("diagnostics", [])}
+    return {f"{d['code']} ({d['severity']})" for d in plan.get("diagnostics") or []}
 
 
 def _rdma_names(host: dict) -> list[str]:
-    return sorted(f"{d['name']}{' (software)' if d['software'] else ''}" for d in host.get("rdma", []))
+    return sorted(f"{d['name']}{' (software)' if d['software'] else ''}" for d in host.get("rdma") or [])
 
 
 def _gpu_names(host: dict) -> list[str]:
@@ -95,7 +97,7 @@ def _gpu_names(host: dict) -> list[str]:
 
 def _plan(old: dict, new: dict) -> list[Difference]:
     def by_library(doc: dict) -> dict[str, dict]:
-        return {f"{d['library']} ({d.get('profile') or 'no profile'})": d for d in doc.get("decisions", [])}
+        return {f"{d['library']} ({d.get('profile') or 'no profile'})": d for d in doc.get("decisions") or []}
 
     out = []
     before, after = by_library(old), by_library(new)

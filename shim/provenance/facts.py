@@ -33,7 +33,7 @@ def planned_facts(i: FactsInput) -> dict:
     from shim.provenance.libraries import library_facts
 
     plan = i.plan
-    image = image_facts(i.image.path, i.given, i.image.arch, image_kind(i.image))
+    image = image_facts(i.image.path, i.given, i.image.arch, image_kind(i.image), i.image.via)
     image["signatures"] = i.signatures
     return {
         "schema": SCHEMA,

@@ -7,13 +7,13 @@ import os
 from shim.provenance.digests import sha256_file
 
 
-def _sif_facts(path: str) -> dict:
+def _sif_facts(path: str, source: str) -> dict:
     from shim.image.regular import open_regular
     from shim.image.sif import read_sif_file, sbom_objects, sif_labels
     from shim.oci.config import DIGEST_LABEL, SOURCE_LABEL
     from shim.verify.integrity import Stream, hash_streams
 
-    with open_regular(path) as f:  # the digests of the very file whose table was read
+    with open_regular(source) as f:  # the digests of the very file whose table was read
         img = read_sif_file(f, path)
         # what a signature check of this planning hashed already is not read again
         sha = hash_streams(f, img, [Stream("sha256", (d.id,)) for d in img.descriptors])
@@ -27,16 +27,18 @@ def _sif_facts(path: str) -> dict:
             "sboms": [{**s, "sha256": digest[s["id"]]} for s in sbom_objects(img)]}
 
 
-def image_facts(path: str, given: str, arch: str, kind: str) -> dict:
+def image_facts(path: str, given: str, arch: str, kind: str, source: str = "") -> dict:
     """`path`: the image as opened (resolved); `given`: as the command line named it; `kind`:
-    sif, squashfs or dir (shim.image.open.image_kind)."""
+    sif, squashfs or dir (shim.image.open.image_kind); `source`: what to read it by (the launch's
+    opened descriptor, /proc/self/fd/N), `path` when not given."""
+    source = source or path
     facts: dict = {"path": path, "given": given, "arch": arch, "kind": kind,
-                   "size": None if kind == "dir" else os.stat(path).st_size}
+                   "size": None if kind == "dir" else os.stat(source).st_size}
     if kind == "dir":
         # A directory has no one digest; its identity is what the record can name.
         facts.update(sha256=None, sif=None)
     elif kind == "sif":
-        facts.update(sha256=None, sif=_sif_facts(path))
+        facts.update(sha256=None, sif=_sif_facts(path, source))
     else:
-        facts.update(sha256=sha256_file(path), sif=None)
+        facts.update(sha256=sha256_file(source), sif=None)
     return facts

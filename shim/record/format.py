@@ -29,6 +29,9 @@ TAGS: dict[str, tuple[int, str]] = {
     "FAKEROOT": (25, "u32"),
     "NAMESPACES": (26, "u32 NS_* flags: namespaces besides user + mount (--ipc, --net, --pid)"),
     "WRITABLE": (27, "u32: 1: the root is an overlay whose changes go to the launch's tmpfs (--writable-tmpfs)"),
+    "IMAGE_FILE": (28, ("u32 IMAGE_SOURCE_*, u32 mode, u64 dev, u64 ino, u64 size, i64 mtime_ns, i64 ctime_ns: the "
+                        "image the command line names, as the planner opened and judged it (the executor opens "
+                        "IMAGE once and runs the record only on that very file)")),
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
@@ -72,6 +75,9 @@ ENV_PASS = {"ALWAYS_PREFIX": 1, "BLOCKED": 2, "BLOCKED_PREFIX": 3, "CLEANENV_KEE
             "SHELL_OWNED": 6}
 
 IMG = {"SQUASHFS": 1, "DIR": 2}
+# IMAGE_FILE: where the root comes from. OPENED: the opened image itself (squashfuse reads its
+# descriptor; a directory is bound from it); COPY: IMAGE_PATH, a private copy extracted from it.
+IMAGE_SOURCE = {"OPENED": 1, "COPY": 2}
 RUN_ARG = {"FIXED": 1, "DEFAULT": 2}
 # The word after shimrun's options that makes the next one the image and the rest its arguments.
 RUN_VERB = "run"
@@ -95,7 +101,8 @@ PROV = {"USER": 1, "SITE": 2, "MAX": 2}
 KEY_ENV_PREFIXES = ("SHIMRUN", "APPTAINER", "SINGULARITY")
 HANDOVER_ENV = {"LISTEN_FD": "SHIMRUN_LISTEN_FD",   # the group socket a leading rank bound
                 "RECORD_FD": "SHIMRUN_RECORD_FD",   # the planner's record, for the executor
-                "FRONTEND": "SHIMRUN_FRONTEND"}     # the front-end ran (and elected); its flags
+                "FRONTEND": "SHIMRUN_FRONTEND",     # the front-end ran (and elected); its flags
+                "IMAGE_FD": "SHIMRUN_IMAGE_FD"}     # the image, opened once: everything reads this descriptor
 NO_RECORD_CACHE = "SHIMRUN_NO_RECORD_CACHE"         # set: no record is looked up or stored
 RECORDS_DIR = "records"
 

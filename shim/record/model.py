@@ -72,6 +72,19 @@ class RecordBind(NamedTuple):
     flags: int = 0
 
 
+class ImageFile(NamedTuple):
+    """The image the command line names, as the planner opened it (fstat of its descriptor): a
+    launch runs only on this very file. A directory is known by dev and ino alone (what in it was
+    read is listed among the inputs); a file by all of these, its change time included."""
+    source: int             # format.IMAGE_SOURCE
+    mode: int
+    dev: int
+    ino: int
+    size: int = 0
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+
+
 class Image(NamedTuple):
     kind: int               # format.IMG
     path: str
@@ -106,3 +119,4 @@ class LaunchRecord:
     runscript: tuple[tuple[str, ...], tuple[str, ...]] | None = None
     provenance: tuple[tuple[int, str], ...] = ()       # (format.PROV kind, path): where the run's record goes
     provenance_facts: str = ""                          # the planner's part of it, one JSON object
+    image_file: ImageFile | None = None                 # the opened image (None: a record that names none)

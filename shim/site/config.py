@@ -1,19 +1,35 @@
 """Site configuration: where it is found and what it says.
 
-Lookup order: --conf DIR, then $SHIMRUN_CONF, then /etc/shim, then the bundled conf/.
+Lookup order: --conf DIR, then $SHIMRUN_CONF, then the system directory (set at install,
+/etc/shim by default), then the bundled conf/. Whichever directory is used for profiles, binds and
+the diagnostics' policy, the system directory's [images] and [provenance] always hold: a directory
+the user names may add image rules (a tighter policy, both must allow) and provenance
+directories, never drop or loosen the site's.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shim.errors import ExitCode, ShimError
 from shim.knowledge.codes import ACTIONS, closest, is_known
 
 CONFIG_NAME = "shim.toml"
-SYSTEM_CONF_DIR = "/etc/shim"
+
+
+def _system_conf_dir() -> str:
+    """The site's directory, fixed when shim was installed (SHIM_SYSCONFDIR, setup.py writes
+    shim/_install.py); no setting read at run time can move it."""
+    try:
+        from shim._install import SYSTEM_CONF_DIR as installed
+    except ImportError:  # a source tree
+        return "/etc/shim"
+    return installed
+
+
+SYSTEM_CONF_DIR = _system_conf_dir()
 _PKG = Path(__file__).resolve().parent.parent
 # Installed: the repo's conf/ ships as package data shim/conf; in a source tree it is ../conf.
 BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "shim.toml").is_file()),
@@ -21,7 +37,7 @@ BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d 
 
 _KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict},
           "images": {"paths": list, "signers": list, "allow_unsigned": bool, "allow_directories": bool,
-                     "allow_foreign_arch": bool, "allow_legacy_signatures": bool},
+                     "allow_foreign_arch": bool, "allow_legacy_signatures": bool, "allow_writable": bool},
           "provenance": {"dir": str}}
 REFUSAL_ACTIONS = ("warn", "error")
 
@@ -40,14 +56,30 @@ class ImagePolicy:
     allow_directories: bool = True       # directory (sandbox) images and bare squashfs files
     allow_foreign_arch: bool = True      # images of another architecture, run under an emulator
     allow_legacy_signatures: bool = False  # signatures of Singularity < 3.6 (they cover object data only)
+    # under a signature rule, an image file someone besides the user (or root) can write: its
+    # signature says nothing of bytes that may change after the check
+    allow_writable: bool = False
 
     @property
     def active(self) -> bool:
-        return self != ImagePolicy()
+        return self.restricts
+
+    @property
+    def restricts(self) -> bool:
+        """Does it refuse anything? (allow_writable alone refuses nothing)."""
+        return (bool(self.paths) or self.needs_signature or not self.allow_directories or not self.allow_foreign_arch)
 
     @property
     def needs_signature(self) -> bool:
         return not self.allow_unsigned or bool(self.signers)
+
+
+@dataclass(frozen=True)
+class PolicyLayer:
+    """One shim.toml's [images], checked with the keys of its own directory (<conf>/keys/)."""
+    conf_dir: Path
+    path: str
+    images: ImagePolicy
 
 
 @dataclass(frozen=True)
@@ -58,9 +90,17 @@ class SiteConfig:
     codes: tuple[tuple[str, str], ...] = ()  # diagnostic code -> ignore | info | warn | error
     images: ImagePolicy = field(default_factory=ImagePolicy)
     provenance_dir: str = ""                 # [provenance] dir: one record per run there; "" none
+    # Every [images] that applies (the system directory's first): an image runs only if each allows it.
+    policies: tuple[PolicyLayer, ...] = ()
+    # Every [provenance] dir that applies (the system directory's first).
+    provenance_dirs: tuple[str, ...] = ()
 
     def policy(self) -> dict[str, str]:
         return dict(self.codes)
+
+    @property
+    def images_restricted(self) -> bool:
+        return any(layer.images.restricts for layer in self.policies)
 
 
 def _is_config(directory: str, given: bool) -> bool:
@@ -85,9 +125,23 @@ def find_conf_dir(option: str | None = None) -> Path:
 
 
 def load_site_config(option: str | None = None) -> SiteConfig:
+    """The configuration in force: the chosen directory's (find_conf_dir), with the system
+    directory's image policy and provenance directory always added (see the module's docstring)."""
+    chosen = find_conf_dir(option)
+    site = _read_config(chosen / CONFIG_NAME)
+    layers = [PolicyLayer(chosen, site.path, site.images)]
+    dirs = [site.provenance_dir] if site.provenance_dir else []
+    system = Path(SYSTEM_CONF_DIR)
+    if chosen != system and chosen != BUNDLED_CONF_DIR and _is_config(SYSTEM_CONF_DIR, given=False):
+        base = _read_config(system / CONFIG_NAME)
+        layers.insert(0, PolicyLayer(system, base.path, base.images))
+        dirs[:0] = [base.provenance_dir] if base.provenance_dir and base.provenance_dir not in dirs else []
+    return replace(site, policies=tuple(layers), provenance_dirs=tuple(dirs))
+
+
+def _read_config(path: Path) -> SiteConfig:
     import tomllib
 
-    path = find_conf_dir(option) / CONFIG_NAME
     try:
         data = tomllib.loads(path.read_text())
     except OSError as e:

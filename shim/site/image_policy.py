@@ -1,7 +1,13 @@
 """The site's image policy ([images] in shim.toml): which images may run, decided before anything
-is mounted. Each rule that refuses says which rule and why, in one line (exit 79). The launch
-record caches the verdict with the image's identity, the configuration and the site's keys as
-its inputs: a changed image, policy or key is a new verdict; a warm launch checks no signature."""
+is mounted, on the image as it was opened once (shim.image.handle): where it lies is read from
+its descriptor, its signatures are checked on the bytes read through it, and the executor mounts
+that same descriptor. Each rule that refuses says which rule and why, in one line (exit 79).
+
+Several [images] tables may apply (the system directory's, and one a user names with --conf or
+SHIMRUN_CONF): the image must pass each, checked with that directory's own keys. The launch
+record caches the verdict with the image's identity, the configurations and the keys as its
+inputs: a changed image, policy or key is a new verdict; a warm launch checks no signature but
+runs only on the very file the verdict was for (IMAGE_FILE)."""
 
 from __future__ import annotations
 
@@ -9,9 +15,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shim.errors import ExitCode, ShimError
-from shim.site.config import ImagePolicy
+from shim.image.handle import OpenedImage, others_can_write
+from shim.site.config import ImagePolicy, SiteConfig
+
+if TYPE_CHECKING:
+    from shim.image.open import ImageRef
 
 
 @dataclass(frozen=True)
@@ -32,11 +43,12 @@ class PolicyVerdict:
 
 @dataclass(frozen=True)
 class PolicyInput:
-    path: str                     # the image, resolved
+    path: str                     # the image, resolved (from its descriptor)
     kind: str                     # sif | squashfs | dir
     arch: str                     # the image's architecture ("unknown" when it does not say)
-    conf_dir: Path
+    conf_dir: Path                # whose keys/ the signatures are checked with
     environ: Mapping[str, str]
+    opened: OpenedImage | None = None   # the image's descriptor: what is read, judged and mounted
 
 
 _ADMIN = "ask the site's administrators (their shim.toml, [images])"
@@ -47,13 +59,18 @@ def _under(path: str, prefixes: tuple[str, ...]) -> bool:
 
 
 def _signatures(policy: ImagePolicy, i: PolicyInput) -> PolicyVerdict:
-    from shim.verify import VerifyOptions, trusted_keys, verify_image
+    from shim.verify import VerifyOptions, trusted_keys, verify_file, verify_image
 
     keys = trusted_keys(i.conf_dir, i.environ, include_user=False)
     # with legacy signatures allowed, still every object of a group (not only the partition, as
     # Apptainer's --legacy-insecure alone checks): a site's policy covers what the image carries
     legacy = policy.allow_legacy_signatures
-    report = verify_image(i.path, keys, VerifyOptions(legacy_insecure=legacy, all_objects=legacy))
+    options = VerifyOptions(legacy_insecure=legacy, all_objects=legacy)
+    if i.opened is None:
+        report = verify_image(i.path, keys, options)
+    else:
+        with i.opened.reader() as f:
+            report = verify_file(f, i.path, keys, options)
     if not report.ok:
         return PolicyVerdict(False, "allow_unsigned", f"it must carry a valid signature from a key the site trusts "
                              f"({i.conf_dir / 'keys'}): {report.reason()}",
@@ -84,8 +101,43 @@ def evaluate(policy: ImagePolicy, i: PolicyInput) -> PolicyVerdict:
             return PolicyVerdict(False, "allow_unsigned", f"it is {what}, which carries no signature; this site runs "
                                  "only signed SIFs",
                                  "build a SIF (shimrun build) and sign it (shimrun sign)")
-        return _signatures(policy, i)
+        writable = _writable(policy, i)
+        return writable if writable is not None else _signatures(policy, i)
     return PolicyVerdict(True)
+
+
+def _writable(policy: ImagePolicy, i: PolicyInput) -> PolicyVerdict | None:
+    """A refusal when someone besides the user (or root) could rewrite the signed file in place."""
+    if policy.allow_writable or i.opened is None:
+        return None
+    why = others_can_write(i.opened, os.getuid())
+    if not why:
+        return None
+    return PolicyVerdict(False, "allow_writable", f"{why}: a signature does not protect a file another user can "
+                         "rewrite after it was checked",
+                         f"copy it to a file only you can write (cp {i.path} ~/…; chmod go-w), or {_ADMIN}")
+
+
+def evaluate_all(site: SiteConfig, image: ImageRef, environ: Mapping[str, str]) -> PolicyVerdict | None:
+    """Every [images] that applies, in order; the first refusal, else the last verdict (the one
+    that checked signatures, if any did). None when no table restricts anything."""
+    from shim.image.open import image_kind
+
+    verdict = None
+    for layer in site.policies:
+        if not layer.images.restricts:
+            continue
+        given = PolicyInput(image.path, image_kind(image), image.arch, layer.conf_dir, environ, image.opened)
+        verdict = evaluate(layer.images, given)
+        if not verdict.allowed:
+            return verdict
+    return verdict
+
+
+def site_policy_inputs(site: SiteConfig, environ: Mapping[str, str]) -> list:
+    """The key files of every directory whose [images] applies."""
+    return [i for layer in site.policies if layer.images.restricts
+            for i in key_inputs(layer.conf_dir, environ, include_user=False)]
 
 
 def policy_inputs(i: PolicyInput) -> list:

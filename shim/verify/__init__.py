@@ -14,7 +14,8 @@ import importlib
 
 # Each name from its module, imported when first used: a planner that only shares digests
 # (integrity.shared_digests) must not pay for gpg's and cryptography's modules (~70 ms).
-_WHERE = {"verify_image": "check", "TrustedKeys": "keys", "key_files": "keys", "trusted_keys": "keys",
+_WHERE = {"verify_image": "check", "verify_file": "check", "TrustedKeys": "keys", "key_files": "keys",
+          "trusted_keys": "keys",
           "SCHEMA": "report", "SignatureVerdict": "report", "VerifyReport": "report", "VerifyOptions": "select"}
 
 __all__ = sorted(_WHERE)

@@ -262,14 +262,21 @@ def verify_image(path: str, keys: TrustedKeys, options: VerifyOptions = DEFAULT_
     if os.path.isdir(path):
         raise ImageError(f"{path} is a directory: only SIF images carry signatures",
                          "build a SIF of it (shimrun build OUT.sif DIR) and sign that")
-    pem = [load_public_key(p, keys.error_code) for p in keys.pem_keys]
     with open_regular(path) as f:
-        img = read_sif_file(f, path)
-        _check_ids(img)
-        views = group_views(img)
-        reqs = requirements(img, views, options)
-        plans = [_plan(dec, img, views, options) for dec in _decode_all(f, img, keys, pem)]
-        digests = hash_streams(f, img, {s for p in plans for s in p.streams()})
+        return verify_file(f, path, keys, options)
+
+
+def verify_file(f: BinaryIO, path: str, keys: TrustedKeys, options: VerifyOptions = DEFAULT_OPTIONS) -> rp.VerifyReport:
+    """verify_image on a SIF already open (named `path` in messages): every byte judged is read
+    from `f`, so a launch checks the very file it mounts."""
+    _check_options(options)
+    pem = [load_public_key(p, keys.error_code) for p in keys.pem_keys]
+    img = read_sif_file(f, path)
+    _check_ids(img)
+    views = group_views(img)
+    reqs = requirements(img, views, options)
+    plans = [_plan(dec, img, views, options) for dec in _decode_all(f, img, keys, pem)]
+    digests = hash_streams(f, img, {s for p in plans for s in p.streams()})
     verdicts = tuple(p.verdict(digests) for p in plans)
     problems = unmet(img, reqs, verdicts, options)
     return rp.VerifyReport(path, not problems, verdicts, tuple(problems), tuple(r.what for r in reqs),
