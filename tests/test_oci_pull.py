@@ -34,8 +34,12 @@ def pull(shim, user_dir: Path, *args: str, **env: str) -> subprocess.CompletedPr
     return shim.run(["pull", *args], cwd=user_dir, env=env_for(user_dir, **env), timeout=300)
 
 
+# A step's line (README: stderr not a terminal, one line per finished step); not part of an error.
+PROGRESS = re.compile(r"shimrun: (?!error: |internal error: |warning: )")
+
+
 def one_error_line(r: subprocess.CompletedProcess, code: ExitCode, *words: str) -> None:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
     assert r.returncode == int(code), r.stderr
     assert len(lines) == 1 and lines[0].startswith("shimrun: error: "), r.stderr
     assert "Traceback" not in r.stderr

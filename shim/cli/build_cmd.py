@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     arch = build_sif(args.out, args.source, compression=args.compression, deterministic=args.deterministic,
                      progress=progress.reporter(), arch=args.arch, objects=objects)
-    progress.step(f"wrote {args.out} ({arch}, {os.path.getsize(args.out)} bytes)")
+    progress.result(f"wrote {args.out} ({arch}, {os.path.getsize(args.out)} bytes)")
     return 0
 
 

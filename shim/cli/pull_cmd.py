@@ -68,7 +68,7 @@ def pull_to(out: str, source_text: str, args: argparse.Namespace) -> int:
     progress = Progress(quiet=args.quiet)
     pulled = build_from_source(out, source, options(args), progress)
     digest = f", {pulled.manifest_digest}" if pulled.manifest_digest else ""
-    progress.step(f"wrote {out} ({pulled.arch}{digest}, {os.path.getsize(out)} bytes)")
+    progress.result(f"wrote {out} ({pulled.arch}{digest}, {os.path.getsize(out)} bytes)")
     return 0
 
 
