@@ -52,6 +52,16 @@ int shim_is_key_setting(const char *entry)
     return is;
 }
 
+static int is_verb(const char *word)
+{
+    static const char *const verbs[] = SHIM_VERBS;
+    int i;
+    for (i = 0; verbs[i]; i++)
+        if (!strcmp(word, verbs[i]))
+            return 1;
+    return 0;
+}
+
 int shim_image_index(int argc, char *const *argv)
 {
     int i;
@@ -61,8 +71,10 @@ int shim_image_index(int argc, char *const *argv)
         const struct shim_option *o;
         if (i == 1 && (!strcmp(a, SHIM_RUN_VERB) || !strcmp(a, SHIM_EXEC_VERB)))
             continue; /* shimrun run|exec [OPTIONS] IMAGE [ARGS...] */
+        /* Another verb (`shell`, `check`), or one after global options (`--conf D exec ...`): the
+         * planner reads that command line, it is no IMAGE. */
         if (a[0] != '-')
-            return i;
+            return is_verb(a) ? -1 : i;
         for (o = SHIM_OPTIONS; o->name; o++) {
             size_t n = strlen(o->name);
             if (!strcmp(a, o->name)) {

@@ -9,9 +9,14 @@
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 #include "core.h"
+
+#ifndef FUSE_SUPER_MAGIC
+#define FUSE_SUPER_MAGIC 0x65735546 /* linux/magic.h */
+#endif
 
 void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b)
 {
@@ -64,6 +69,31 @@ void make_link(int root_fd, const struct shim_link *l)
     close(fd);
 }
 
+/* A FUSE file system lists every extended attribute its server reports, trusted.* ones too
+ * (squashfuse serves those of an Apptainer-built SIF: trusted.selinux), but reading a trusted.*
+ * attribute without CAP_SYS_ADMIN in the initial user namespace gives ENODATA. The writable
+ * overlay copies every listed attribute when it copies a file up, and fails with that ENODATA
+ * ("No data available" on the first write). A read-only overlay in between lists only what this
+ * user may read (overlayfs leaves trusted.* out of its list for us), so the copy-up finds nothing
+ * it cannot copy. Only over FUSE: a directory image on overlayfs (a container's own root) would
+ * stack one overlay too many (the kernel allows two). */
+static void hide_unreadable_xattrs(const char *base, const char *root)
+{
+    char empty[PATH_MAX + 8], opts[2 * PATH_MAX + 32];
+    struct statfs fs;
+
+    Z(statfs(root, &fs), "statfs the image root %s", root);
+    if (fs.f_type != FUSE_SUPER_MAGIC)
+        return;
+    /* an overlay without an upper layer needs two lower ones: the image over an empty directory */
+    snprintf(empty, sizeof empty, "%s/empty", base);
+    Z(mkdir(empty, 0555), "mkdir %s", empty);
+    snprintf(opts, sizeof opts, "lowerdir=%s:%s", root, empty);
+    Z(mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV | MS_RDONLY, opts),
+      "mount a read-only overlay over the image (for --writable-tmpfs)");
+    shim_debug("image under a read-only overlay: no trusted.* attributes for the copy-up");
+}
+
 void overlay_root(const char *stage, const char *root)
 {
     char base[PATH_MAX], upper[PATH_MAX + 8], work[PATH_MAX + 8], opts[3 * PATH_MAX + 64];
@@ -72,6 +102,7 @@ void overlay_root(const char *stage, const char *root)
     snprintf(base, sizeof base, "%s/overlay", stage);
     Z(mkdir(base, 0755), "mkdir %s", base);
     make_private_tmpfs(base, "the writable root's changes");
+    hide_unreadable_xattrs(base, root);
     snprintf(upper, sizeof upper, "%s/upper", base);
     snprintf(work, sizeof work, "%s/work", base);
     Z(mkdir(upper, 0755), "mkdir %s", upper);

@@ -55,11 +55,16 @@ int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t err
         if (saw_eacces)
             last = saw_eacces;
     }
+    /* The words are shim/errors.py's, which the image's shell (the action script) and `check
+     * IMAGE COMMAND` print too: one wording whichever way the app is started. */
     if (last == ENOENT || last == ENOTDIR) {
         *code = SHIM_E_NOT_FOUND;
-        snprintf(err, errlen, "%s: command not found in the image (PATH=%s)", cmd, path ? path : "");
+        snprintf(err, errlen, SHIM_MSG_EXEC_NOT_FOUND, cmd, path ? path : "");
+    } else if (last == ENOEXEC || last == EACCES || last == EPERM) {
+        *code = SHIM_E_NOT_EXECUTABLE;
+        snprintf(err, errlen, SHIM_MSG_EXEC_NOT_EXECUTABLE, cmd, strerror(last));
     } else {
-        *code = (last == ENOEXEC || last == EACCES || last == EPERM) ? SHIM_E_NOT_EXECUTABLE : SHIM_E_LAUNCH;
+        *code = SHIM_E_LAUNCH;
         snprintf(err, errlen, "execute %s in the container: %s", cmd, strerror(last));
     }
     return -1;

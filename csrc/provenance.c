@@ -72,19 +72,21 @@ static int target_path(const struct shim_rec *r, int i, const struct shim_run *r
     int n;
 
     struct stat st;
+    /* a --provenance DIR/ keeps its slash (the planner's): a missing one is named as a directory */
+    const char *sep = *at && at[strlen(at) - 1] == '/' ? "" : "/";
 
     if (r->prov[i].kind == SHIM_PROV_USER && !(stat(at, &st) == 0 && S_ISDIR(st.st_mode)))
         n = snprintf(out, len, "%s", at);
     else {
         shim_node_name(run->environ, node, sizeof node);
         if (set(run->environ, "SLURM_JOB_ID") && set(run->environ, "SLURM_STEP_ID"))
-            n = snprintf(out, len, "%s/%s.%s.%s.json", at,
+            n = snprintf(out, len, "%s%s%s.%s.%s.json", at, sep,
                          shim_env_get(run->environ, "SLURM_JOB_ID"), shim_env_get(run->environ, "SLURM_STEP_ID"),
                          node);
         else {
             gmtime_r(&p->start.tv_sec, &tm);
             strftime(stamp, sizeof stamp, "%Y%m%dT%H%M%SZ", &tm);
-            n = snprintf(out, len, "%s/%s.%s.%ld.json", at, stamp, node, (long)getpid());
+            n = snprintf(out, len, "%s%s%s.%s.%ld.json", at, sep, stamp, node, (long)getpid());
         }
     }
     if (n > 0 && (size_t)n < len)

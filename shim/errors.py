@@ -54,6 +54,21 @@ def printable(text: str) -> str:
     return text.translate(_ESCAPES)
 
 
+# The name of each exit code, as `shimrun --help` lists them and the README's table begins its rows.
+EXIT_LABELS: dict[ExitCode, str] = {
+    ExitCode.USAGE: "usage", ExitCode.IMAGE: "image", ExitCode.ARCH: "architecture", ExitCode.REFUSED: "refused",
+    ExitCode.NO_SUCH_IMAGE: "no such image", ExitCode.HOST: "host", ExitCode.INTERNAL: "internal error",
+    ExitCode.LAUNCH: "launch", ExitCode.UNREACHABLE: "registry unreachable", ExitCode.AUTH: "registry credentials",
+    ExitCode.CONFIG: "configuration", ExitCode.UNTRUSTED: "untrusted", ExitCode.NOT_EXECUTABLE: "not executable",
+    ExitCode.NOT_FOUND: "not found"}
+
+# How a command that cannot be started is reported, by the C executor (generated into
+# csrc/gen/codes.h), the image's shell (the action script) and `check IMAGE COMMAND` alike.
+# printf formats: the command, then the PATH searched / the system's reason.
+EXEC_NOT_FOUND = "%s: command not found in the image (PATH=%s)"
+EXEC_NOT_EXECUTABLE = "%s: found in the image but cannot be executed: %s"
+
+
 @dataclass
 class ShimError(Exception):
     """A failure the user can act on: what went wrong, where, and how to fix it. Shown as one

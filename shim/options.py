@@ -77,6 +77,14 @@ OPTIONS: tuple[Option, ...] = (
 GLOBAL_OPTIONS: dict[str, str | None] = {"-q": "quiet", "--quiet": "quiet", "-s": "quiet", "--silent": "quiet",
                                          "-d": "debug", "--debug": "debug", "-v": None, "--verbose": None,
                                          "--nocolor": None}
+# Options with a value that may come before any verb (`shimrun --conf DIR profiles`): the verb's
+# own option of that name gets it (a verb that reads no site configuration ignores it).
+GLOBAL_VALUE_OPTIONS: dict[str, str] = {"--conf": "conf"}
+
+# shimrun's verbs (`shimrun VERB ...`), in the order --help lists them. Before one, only the global
+# options above; any other first word that is not an option is the IMAGE of `shimrun IMAGE COMMAND`.
+VERBS: tuple[str, ...] = ("inspect", "build", "check", "profiles", "pull", "cache", "run", "exec", "shell",
+                          "version", "verify", "sign")
 
 
 def launch_options() -> tuple[Option, ...]:

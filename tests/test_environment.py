@@ -3,6 +3,7 @@ shells (dash as /bin/sh, busybox ash, bash in POSIX mode) over an env dir modell
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -247,5 +248,7 @@ def test_command_not_found(shell, tmp_path):
     env_dir = write_env_dir(tmp_path, **APPTAINER_LIKE)
     proc = run_action(shell, compose({}, opts(), env_dir=str(env_dir)), "no-such-tool", "arg")
     assert proc.returncode == 127
-    assert proc.stderr.decode() == "shimrun: no-such-tool: command not found in the image\n"
+    # the executor's words, with the PATH the image's scripts made
+    assert re.fullmatch(r"shimrun: error: no-such-tool: command not found in the image \(PATH=/opt/conda/bin:"
+                        r"[^)]*\)\n", proc.stderr.decode()), proc.stderr
     assert proc.stdout == b""

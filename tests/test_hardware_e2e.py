@@ -176,6 +176,9 @@ def test_foreign_image_without_emulator_is_arch_mismatch(shim, golden_copy, arch
     assert r.returncode == 66, r.stderr
     (line,) = r.stderr.splitlines()
     assert "ARCH-MISMATCH" in line and arch in line and "amd64" in line and "no emulator" in line
+    # `check` ends as the launch would: the same code
+    r = shim.run(["check", golden_copy(f"apptainer/busybox_{arch}.sif"), "/bin/busybox"])
+    assert r.returncode == 66 and "error: ARCH-MISMATCH" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import oci
 import pytest
+from dirimage import busybox_dir
 
 from shim.errors import ExitCode
 
@@ -32,8 +34,12 @@ def pull(shim, user_dir: Path, *args: str, **env: str) -> subprocess.CompletedPr
     return shim.run(["pull", *args], cwd=user_dir, env=env_for(user_dir, **env), timeout=300)
 
 
+# A step's line (README: stderr not a terminal, one line per finished step); not part of an error.
+PROGRESS = re.compile(r"shimrun: (?!error: |internal error: |warning: )")
+
+
 def one_error_line(r: subprocess.CompletedProcess, code: ExitCode, *words: str) -> None:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
     assert r.returncode == int(code), r.stderr
     assert len(lines) == 1 and lines[0].startswith("shimrun: error: "), r.stderr
     assert "Traceback" not in r.stderr
@@ -208,15 +214,26 @@ def test_index_takes_this_hosts_platform_or_says_which_it_has(shim, registry, mu
     assert not (user_dir / "multi_arm64-only.sif").exists() and leftovers(user_dir) == []
 
 
+def _blob_gets(registry, digest: str, since: int) -> int:
+    """How many times the registry served blob `digest` since its log was `since` bytes long."""
+    with open(registry.log, "rb") as f:
+        f.seek(since)
+        return sum(1 for line in f.read().decode(errors="replace").splitlines()
+                   if f"blobs/{digest}" in line and "GET" in line and "response completed" in line)
+
+
 def test_sixteen_pulls_at_once_share_the_blob_cache(shim, registry, app_layout, user_dir):
     registry.push(app_layout, "sci/app:1")
     ref = f"docker://{registry.host}/sci/app:1"
+    since = registry.log.stat().st_size
     with ThreadPoolExecutor(16) as pool:
         results = list(pool.map(lambda i: pull(shim, user_dir, "--no-https", f"p{i}.sif", ref), range(16)))
     assert all(r.returncode == 0 for r in results), [r.stderr for r in results if r.returncode]
     stored = blobs(user_dir)
     layer_digests = {d["digest"].split(":")[1] for d in app_layout.manifest["layers"]}
-    assert layer_digests <= set(stored)
+    config = app_layout.manifest["config"]["digest"]
+    assert layer_digests | {config.split(":")[1]} <= set(stored)  # the image config is a cached blob too
+    assert _blob_gets(registry, config, since) == 1, registry.log_tail()
     for name in stored:
         data = (user_dir / "cache/blobs/sha256" / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == name
@@ -378,20 +395,32 @@ def test_an_interrupted_pull_leaves_nothing(shim, debian_layout, user_dir):
     assert wait_until(lambda: "mksquashfs" not in user_processes(shim.user.uid).values(), timeout=10)
 
 
-def test_progress_only_on_a_terminal(shim, registry, app_layout, user_dir):
+def test_progress_one_rule_for_pull_and_build(shim, registry, app_layout, user_dir):
+    """Not a terminal: one line per step, a download's once it is done, no live counts; --quiet:
+    nothing at all; a terminal: the live count."""
     registry.push(app_layout, "sci/app:1")
     ref = f"docker://{registry.host}/sci/app:1"
     plain = pull(shim, user_dir, "--no-https", "a.sif", ref)
-    assert plain.returncode == 0 and "MiB" not in plain.stderr and "layer 1/3" not in plain.stderr, plain.stderr
+    lines = plain.stderr.splitlines()
+    assert plain.returncode == 0 and "\r" not in plain.stderr, plain.stderr
+    assert len([ln for ln in lines if re.fullmatch(r"shimrun: layer \d/3 .*: \d+\.\d MiB", ln)]) == 3, lines
+    assert "shimrun: creating squashfs (zstd)" in lines and lines[-1].startswith("shimrun: wrote a.sif"), lines
+    quiet = pull(shim, user_dir, "--no-https", "-q", "q.sif", ref, SHIMRUN_CACHE=str(user_dir / "q-cache"))
+    assert (quiet.returncode, quiet.stderr) == (0, ""), quiet.stderr
+    root = busybox_dir(user_dir / "root")
+    built = shim.run(["build", "b.sif", root], cwd=user_dir)
+    assert built.returncode == 0 and built.stderr.splitlines()[-1].startswith("shimrun: wrote b.sif"), built.stderr
+    built = shim.run(["build", "--quiet", "c.sif", root], cwd=user_dir)
+    assert (built.returncode, built.stderr) == (0, ""), built.stderr
     # script(1) gives the pull a pseudo-terminal as its stderr.
-    line = f"{shim.shimrun} pull --no-https b.sif {ref}"
+    line = f"{shim.shimrun} pull --no-https t.sif {ref}"
     fresh = env_for(user_dir, SHIMRUN_CACHE=str(user_dir / "fresh-cache"))  # so that it downloads
     tty = subprocess.run(
         ["script", "-qec", line, "/dev/null"], check=False, cwd=user_dir, env=shim.env(fresh),
         capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL, user=shim.user.uid,
         group=shim.user.gid, extra_groups=[])
     assert tty.returncode == 0, tty.stdout + tty.stderr
-    assert "layer 1/3" in tty.stdout and "MiB" in tty.stdout, tty.stdout
+    assert "layer 1/3" in tty.stdout and " / " in tty.stdout and "MiB" in tty.stdout, tty.stdout
 
 
 def test_run_in_a_shared_container_gets_the_runscript(shim, app_layout, user_dir):

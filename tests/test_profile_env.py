@@ -9,19 +9,11 @@ from pathlib import Path
 
 import pytest
 from dirimage import BUSYBOX, Extras, busybox_dir
+from siteconf import conf_with
 
 SHOW = 'echo "IMGVAR=$IMGVAR HOSTVAR=$HOSTVAR LD_RUN_DIRS=$LD_RUN_DIRS PROF_SET=$PROF_SET PATH=$PATH"'
 
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
-
-
-def conf_with(conf: Path, profiles: dict[str, str]) -> Path:
-    (conf / "profiles").mkdir(parents=True)
-    (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
-    for name, env in profiles.items():
-        (conf / "profiles" / f"{name}.toml").write_text(f'[profile]\nkind = "other"\napplies = "always"\n'
-                                                        f"[provides]\n[env]\n{env}")
-    return conf
 
 
 @pytest.fixture

@@ -35,10 +35,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=main)
 
 
-def _say(msg: str) -> None:
-    print(f"shimrun: {msg}", file=sys.stderr, flush=True)
-
-
 def sbom_object(spec: str) -> SifObject:
     """An SBOM object from FILE[:FORMAT]: the format named, or told from the document itself."""
     import struct
@@ -91,10 +87,13 @@ def main(args: argparse.Namespace) -> int:
             raise UsageError("--sbom is for a build from a root filesystem",
                              "build the OCI image to a SIF first, or give its root filesystem")
         return pull_to(args.out, args.source, args)
+    from shim.oci.progress import Progress
+
     objects = tuple(sbom_object(s) for s in args.sbom)
-    arch = build_sif(args.out, args.source, compression=args.compression,
-                     deterministic=args.deterministic, progress=_say, arch=args.arch, objects=objects)
-    _say(f"wrote {args.out} ({arch}, {os.path.getsize(args.out)} bytes)")
+    progress = Progress(quiet=args.quiet)
+    arch = build_sif(args.out, args.source, compression=args.compression, deterministic=args.deterministic,
+                     progress=progress.reporter(), arch=args.arch, objects=objects)
+    progress.result(f"wrote {args.out} ({arch}, {os.path.getsize(args.out)} bytes)")
     return 0
 
 

@@ -9,19 +9,34 @@ import json
 import os
 import sys
 
+from shim.cli.parser import usage_hint
 from shim.errors import UsageError
+from shim.options import APPEND, FLAG, VALUE, Option, image_options
 
 DIFFERS = 1  # as diff(1): 0 the same, 1 different
+HINT = usage_hint("shimrun check")
+
+# check's options besides the launch's image options (shim/options.py); any of them may also come
+# after IMAGE and after COMMAND (`check IMAGE --json`, `check IMAGE app --json`): after `--`,
+# every word is COMMAND's.
+OWN_OPTIONS = (
+    Option(("--json",), "json", FLAG, "print the plan (with --against: the differences) as JSON"),
+    Option(("--against",), "against", VALUE, "a provenance record (--provenance): replay its planning on this "
+           "node and print what differs; exit 0 when the same computation would run, 1 when not", "RECORD"),
+)
+
+
+def check_options() -> tuple[Option, ...]:
+    return OWN_OPTIONS + image_options()
 
 
 def register(subparsers) -> None:
-    from shim.cli.run_cmd import add_image_options
+    from shim.cli.run_cmd import _add
 
-    p = subparsers.add_parser("check", help="show what would be injected and why, without running")
-    p.add_argument("--json", action="store_true", help="print the plan (with --against: the differences) as JSON")
-    p.add_argument("--against", metavar="RECORD", help="a provenance record (--provenance): replay its planning on "
-                   "this node and print what differs; exit 0 when the same computation would run, 1 when not")
-    add_image_options(p)
+    p = subparsers.add_parser("check", help="show what would be injected and why, without running",
+                              description="Show the injection plan and the diagnostics of IMAGE (and COMMAND) on "
+                                          "this node, without running. Options may also follow IMAGE and COMMAND.")
+    _add(p, check_options())
     p.add_argument("image", metavar="IMAGE")
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="[COMMAND]",
                    help="the program to be run: its own needs are checked too (MPI symbols, ISA level)")
@@ -68,17 +83,22 @@ def against(args: argparse.Namespace) -> int:
     argv = [str(a) for a in recorded["run"]["argv"][1:]]
     replay = launch_arguments(argv)
     replay.image, replay.provenance = args.image, None
+    replay.conf = args.conf or replay.conf  # check's own --conf: the configuration to replay with
     fill_defaults(replay)
     request = LaunchRequest(args=replay, argv=tuple(argv), cwd=current_directory(), environ=dict(os.environ),
                             dry_run=True, facts_only=True)
-    found = differences(recorded, plan_launch(request).facts or {})
+    facts = plan_launch(request).facts or {}
+    found = differences(recorded, facts)
     material = [d for d in found if d.material]
+    used, was = _site_config(facts), _site_config(recorded)
     if args.json:
-        json.dump({"same_computation": not material, "differences": [
-            {"what": d.what, "recorded": d.recorded, "now": d.now, "material": d.material} for d in found]},
-            sys.stdout, indent=2)
+        json.dump({"same_computation": not material, "configuration": {"used": used, "recorded": was},
+                   "differences": [{"what": d.what, "recorded": d.recorded, "now": d.now, "material": d.material}
+                                   for d in found]}, sys.stdout, indent=2)
         print()
     else:
+        print(f"configuration: {used}" + ("" if not was or was == used else
+              f" (the record was planned with {was}: --conf {os.path.dirname(was)} replays with it)"))
         for d in found:
             print(d.line())
         notes = len(found) - len(material)
@@ -87,18 +107,47 @@ def against(args: argparse.Namespace) -> int:
     return DIFFERS if material else 0
 
 
+def _site_config(doc: dict) -> str:
+    """The shim.toml a provenance record (or this replay's facts) was planned with."""
+    site = doc.get("site") if isinstance(doc, dict) else None
+    found = site.get("config") if isinstance(site, dict) else None
+    return found if isinstance(found, str) else ""
+
+
 def _options_after_image(args: argparse.Namespace) -> None:
-    """`check IMAGE --against RECORD`, `check IMAGE --json`: the options written after IMAGE, which
-    argparse hands over as the start of COMMAND."""
-    command = list(args.command)
-    while command and command[0] in ("--against", "--json"):
-        if command[0] == "--json":
-            args.json = True
-            command = command[1:]
-        elif len(command) < 2:
-            raise UsageError("--against needs a provenance record", "shimrun check IMAGE --against RECORD")
+    """check's options written after IMAGE (and after COMMAND), which argparse hands over as
+    COMMAND's words: taken as if given before IMAGE. An unknown option before COMMAND is refused."""
+    by_name = {name: opt for opt in check_options() for name in opt.names}
+    words, command, i = list(args.command), [], 0
+    raw = list(getattr(args, "argv", None) or [])
+    if words and len(raw) > len(words) and raw[-len(words) - 1] == "--":
+        return  # `check IMAGE -- WORDS` (argparse took the "--" away): every word is COMMAND's
+    while i < len(words):
+        word = words[i]
+        i += 1
+        if word == "--":
+            command += words[i:]
+            break
+        name, eq, value = word.partition("=") if word.startswith("--") else (word, "", "")
+        opt = by_name.get(name)
+        if opt is None:
+            if word.startswith("-") and not command:
+                raise UsageError(f"unrecognized arguments: {word}", HINT)
+            command.append(word)
+            continue
+        if opt.kind == FLAG:
+            if eq:
+                raise UsageError(f"argument {name}: ignored explicit argument '{value}'", HINT)
+            setattr(args, opt.dest, True)
+            continue
+        if not eq:
+            if i >= len(words):
+                raise UsageError(f"argument {name}: expected one argument", HINT)
+            value, i = words[i], i + 1
+        if opt.kind == APPEND:
+            setattr(args, opt.dest, [*getattr(args, opt.dest), value])
         else:
-            args.against, command = command[1], command[2:]
+            setattr(args, opt.dest, value)
     args.command = command
 
 

@@ -83,6 +83,8 @@ def main(args: argparse.Namespace) -> int:
     if args.format == "apptainer" or args.all or any(getattr(args, f[2:]) for f, _, _ in _APPTAINER_PARTS):
         sys.stdout.write(apptainer_view(args))
         return 0
+    if not_a_sif(args):
+        return 0
     img = read_sif(args.image)
     if args.sbom or args.sbom_id is not None:
         return print_sbom(img, args.sbom_id)
@@ -101,10 +103,69 @@ def main(args: argparse.Namespace) -> int:
             sys.stdout.write(f"\nSBOM: object {sbom['id']}, {sbom['format']}, {format_size(sbom['size'])} "
                              f"(shimrun inspect --sbom{which} {args.image} prints it)\n")
         if origin is not None:
-            sys.stdout.write(f"\nOCI source:           {origin['source']}\n"
-                             f"Manifest digest:      {origin['manifest_digest'] or '(none: docker save archive)'}\n"
-                             f"Entrypoint / Cmd:     {origin['entrypoint']} / {origin['cmd']}\n")
+            sys.stdout.write(format_origin(origin))
     return 0
+
+
+def format_origin(origin: dict[str, object]) -> str:
+    """Where an OCI image came from, as far as the SIF says: shim's labels name the source and the
+    manifest digest; an image another tool built from OCI (Apptainer) has its config only."""
+    source, digest = origin["source"], origin["manifest_digest"]
+    if not source:
+        source = "not recorded (an image shim did not pull)"
+        digest = "not recorded"
+    elif not digest:
+        digest = "none (a docker save archive has none)"
+    return (f"\nOCI source:           {source}\nManifest digest:      {digest}\n"
+            f"Entrypoint / Cmd:     {origin['entrypoint']} / {origin['cmd']}\n")
+
+
+def not_a_sif(args: argparse.Namespace) -> bool:
+    """A directory (sandbox) or a bare squashfs file: what it is, and where its metadata is shown
+    (it has no SIF header or objects); False for anything else (read as a SIF)."""
+    import os
+
+    from shim.errors import ImageError
+    from shim.image.open import SQUASHFS_MAGIC, image_kind, locate_image
+    from shim.image.squashfs import read_superblock
+
+    if not os.path.isdir(args.image) and not _starts_with(args.image, SQUASHFS_MAGIC):
+        return False
+    image = locate_image(args.image)
+    kind = image_kind(image)
+    if args.sbom or args.sbom_id is not None:
+        raise ImageError(f"{args.image} is a {'directory' if kind == 'dir' else 'squashfs file'}: only a SIF "
+                         "carries SBOM objects", "build a SIF with shimrun build OUT.sif SOURCE --sbom FILE")
+    doc: dict[str, object] = {"path": args.image, "kind": kind, "arch": image.arch}
+    rows = [("Image:", args.image), ("Kind:", "directory (a sandbox): no SIF header or objects" if kind == "dir"
+                                      else "squashfs file: no SIF header or objects")]
+    if image.arch != "unknown":
+        rows.append(("Architecture:", image.arch))
+    if kind == "squashfs":
+        sb = read_superblock(image.path, 0, image.size)
+        doc["squashfs"] = {"compression": sb.compression, "block_size": sb.block_size, "bytes": sb.bytes_used,
+                           "inodes": sb.inode_count, "created_at": sb.mkfs_time}
+        summary = (f"{sb.compression}, {format_size(sb.bytes_used)}, {sb.inode_count} inodes, "
+                   f"{format_size(sb.block_size)} blocks")
+        rows += [("Squashfs:", summary), ("Created At:", format_time(sb.mkfs_time))]
+    rows.append(("Metadata:", f"shimrun inspect --labels|--runscript|--environment|--all {args.image}"))
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("".join(f"{label:<22}{value}\n" for label, value in rows))
+    return True
+
+
+def _starts_with(path: str, magic: bytes) -> bool:
+    from shim.errors import ImageError
+    from shim.image.regular import open_regular
+
+    try:
+        with open_regular(path) as f:  # never blocks on a FIFO
+            return f.read(len(magic)) == magic
+    except (ImageError, OSError):
+        return False  # read_sif says why
 
 
 def print_sbom(img: SifImage, wanted: int | None) -> int:

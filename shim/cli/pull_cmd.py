@@ -22,6 +22,7 @@ def add_source_options(p: argparse.ArgumentParser) -> None:
                    "default: $REGISTRY_AUTH_FILE, else ~/.docker/config.json")
     p.add_argument("--max-size", metavar="SIZE", default=os.environ.get("SHIMRUN_PULL_MAX_SIZE", "256G"),
                    help="refuse an image whose layers expand past SIZE (default 256G; SHIMRUN_PULL_MAX_SIZE)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print errors only (no progress, no result line)")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -64,9 +65,10 @@ def pull_to(out: str, source_text: str, args: argparse.Namespace) -> int:
 
     source = reference.parse(source_text)
     terminate_cleanly()
-    pulled = build_from_source(out, source, options(args), Progress())
+    progress = Progress(quiet=args.quiet)
+    pulled = build_from_source(out, source, options(args), progress)
     digest = f", {pulled.manifest_digest}" if pulled.manifest_digest else ""
-    print(f"shimrun: wrote {out} ({pulled.arch}{digest}, {os.path.getsize(out)} bytes)", file=sys.stderr)
+    progress.result(f"wrote {out} ({pulled.arch}{digest}, {os.path.getsize(out)} bytes)")
     return 0
 
 

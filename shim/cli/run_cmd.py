@@ -38,6 +38,9 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND [ARGS...]")
 
 
+_OPTION_NAMES = frozenset(name for opt in launch_options() for name in opt.names)
+
+
 def current_directory() -> str:
     try:
         return os.getcwd()
@@ -49,6 +52,9 @@ def current_directory() -> str:
 def main(args: argparse.Namespace) -> int:
     if not args.command and not args.dry_run:
         raise UsageError("no command given", "usage: shimrun [OPTIONS] IMAGE COMMAND [ARGS...]")
+    if args.command and args.command[0] in _OPTION_NAMES:
+        raise UsageError(f"{args.command[0]} after IMAGE would be the command: shimrun's options go before IMAGE",
+                         f"shimrun [OPTIONS] {args.command[0]} ... IMAGE COMMAND [ARGS...]")
     if args.pwd is not None and not args.pwd.startswith("/"):
         raise UsageError(f"--pwd {args.pwd}: not an absolute path", "give the container directory as /path")
     return run(args, dry_run=args.dry_run, as_json=args.json)
@@ -79,6 +85,15 @@ def fill_defaults(args: argparse.Namespace) -> None:
             setattr(args, opt.dest, [] if opt.kind == APPEND else False if opt.kind == FLAG else None)
 
 
+def _own_init(record, argv: list[str]) -> bool:
+    """Does the launch keep an init of its own (a PID namespace), to be run by the native front-end?
+    (Only with a command line the front-end reads: it finds the image in it.)"""
+    from shim import native
+    from shim.record.format import NS
+
+    return bool(record.namespaces & NS["PID"]) and native.image_index(["shimrun", *argv]) > 0
+
+
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
     from shim.cachefiles import set_quiet
     from shim.pipeline.launch import plan_launch, store
@@ -98,7 +113,8 @@ def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
 
     data = encode(planned.record)
     store(planned, data, request.environ)
-    failed = run_record(data, argv, request.environ, listen_fd, flags, planned.image_fd)
+    failed = run_record(data, argv, request.environ, listen_fd, flags, planned.image_fd,
+                        native_only=_own_init(planned.record, argv))
     # The executor's own failure (the app not found, a refusal): one line, as from a cached record.
     print(f"shimrun: error: {failed}", file=sys.stderr)
     return int(failed.code)

@@ -192,8 +192,8 @@ def _pull(verb: str, args: list[str], globals_: list[str], environ: Mapping[str,
             raise CompatError(f"{source}: definition files are not supported by shim: build from a root "
                               "filesystem, a tarball or an OCI image (docker://, docker-archive:, oci-archive:, oci:)")
         options = [o for o in options if o not in ("--name",)]
-    dbg = ["--debug"] if "--debug" in globals_ else []
-    return [verb, *dbg, *options, *rest]
+    output = [g for g in dict.fromkeys(globals_) if g in ("--debug", "--quiet")]  # pull and build take these
+    return [verb, *output, *options, *rest]
 
 
 def _is_definition(path: str) -> bool:
@@ -222,7 +222,35 @@ def _inspect(args: list[str], globals_: list[str]) -> list[str]:
 def usage(prog: str) -> str:
     return (f"Usage: {prog} [global options] <command> [options] ...\n"
             f"  shim's {prog}-compatible command (Apptainer {APPTAINER_VERSION} options; see shimrun --help)\n"
-            f"  commands: {', '.join(VERBS)}\n")
+            f"  commands: {', '.join(VERBS)} ({prog} COMMAND --help shows its options)\n")
+
+
+_VERB_USAGE = {"exec": "exec [options] IMAGE COMMAND [ARGS...]", "run": "run [options] IMAGE [ARGS...]",
+               "shell": "shell [options] IMAGE [ARGS...]", "pull": "pull [options] [OUT.sif] SOURCE",
+               "build": "build [options] OUT.sif SOURCE", "inspect": "inspect [options] IMAGE"}
+
+
+def verb_usage(prog: str, verb: str) -> str:
+    """`apptainer VERB --help`: the command line, and each option with what shim does with it."""
+    table = ACTION_OPTIONS if verb in ("exec", "run", "shell") else PULL_OPTIONS if verb in ("pull", "build") else ()
+    lines = [f"Usage: {prog} {_VERB_USAGE[verb]}"]
+    if verb == "inspect":
+        lines.append("  options: " + ", ".join(INSPECT_FLAGS))
+    for opt in table:
+        spelled = ", ".join(opt.names) + (" VALUE" if opt.value else "")
+        why = {ACCEPT: f"accepted: {opt.why}", REFUSE: f"refused: {opt.why}"}.get(opt.action, "")
+        lines.append(f"  {spelled}" + (f"  ({why})" if why else ""))
+    return "\n".join(lines) + "\n"
+
+
+def _wants_help(words: list[str]) -> bool:
+    """-h/--help among the options before the first other word (after it, it is the app's)."""
+    for word in words:
+        if word in ("-h", "--help"):
+            return True
+        if not word.startswith("-"):
+            return False
+    return False
 
 
 def main(argv: list[str], prog: str, environ: Mapping[str, str]) -> int:
@@ -245,10 +273,21 @@ def main(argv: list[str], prog: str, environ: Mapping[str, str]) -> int:
             raise CompatError(f"unknown global option {arg}: leave it out")
         i += 1
     if i >= len(argv):
-        sys.stderr.write(usage(prog))
-        return USAGE
+        raise CompatError("no command given")
     verb, rest = argv[i], argv[i + 1:]
+    try:
+        return _verb(prog, verb, rest, globals_, environ)
+    except CompatError as e:
+        if verb not in _VERB_USAGE:
+            raise
+        raise CompatError(f"{e} ({prog} {verb} --help shows the usage)") from None
+
+
+def _verb(prog: str, verb: str, rest: list[str], globals_: list[str], environ: Mapping[str, str]) -> int:
     env = _environment(environ)
+    if verb in _VERB_USAGE and _wants_help(rest):
+        sys.stdout.write(verb_usage(prog, verb))
+        return 0
     if verb == "version":
         print(version_text())
         return 0
@@ -274,7 +313,9 @@ def entry() -> None:
     try:
         code = main(sys.argv[1:], prog, os.environ)
     except CompatError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
+        text = str(e)
+        print(f"{prog}: error: {text}" + ("" if text.endswith("shows the usage)") else
+                                          f" ({prog} --help shows the usage)"), file=sys.stderr)
         code = USAGE
     except KeyboardInterrupt:
         code = 130

@@ -115,6 +115,7 @@ def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],  # no
     """
     out, source = os.fspath(out), os.fspath(source)
     say = progress or (lambda _msg: None)
+    shown = progress is not None  # mksquashfs's own progress bar too, on a terminal
     if compression not in COMPRESSIONS:
         raise UsageError(f"unknown compression {compression!r}",
                          "use one of: " + ", ".join(COMPRESSIONS))
@@ -137,18 +138,18 @@ def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],  # no
         sqfs = os.path.join(work, "rootfs.sqfs")
         if os.path.isdir(source):
             say(f"creating squashfs ({compression}) from {source}")
-            _run_mksquashfs([mksquashfs, source, sqfs, *flags], source)
+            _run_mksquashfs([mksquashfs, source, sqfs, *flags], source, shown)
             found = archmod.arch_of_rootfs(source)
         elif mksquashfs_has_tar(mksquashfs):
             say(f"creating squashfs ({compression}) from tarball {source}")
             cmd = [mksquashfs, "-", sqfs, "-tar", *flags]
-            found = _squash_tar(cmd, source)
+            found = _squash_tar(cmd, source, shown)
         else:
             say(f"extracting {source}")
             rootfs = os.path.join(work, "rootfs")
             _extract(source, rootfs)
             say(f"creating squashfs ({compression})")
-            _run_mksquashfs([mksquashfs, rootfs, sqfs, *flags], source)
+            _run_mksquashfs([mksquashfs, rootfs, sqfs, *flags], source, shown)
             found = archmod.arch_of_rootfs(rootfs)
         if arch and found and arch != found:
             say(f"warning: labelling the image {arch} as asked, but its binaries are {found}")
@@ -165,10 +166,10 @@ def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],  # no
 
 
 @contextmanager
-def _mksquashfs_output() -> Iterator[tuple[list[str], int | IO[bytes], IO[bytes] | None]]:
-    """(extra flags, where mksquashfs's stdout+stderr go, the log to quote on failure):
-    its progress bar when a person watches stderr, a quiet log otherwise."""
-    if sys.stderr.isatty():
+def _mksquashfs_output(shown: bool) -> Iterator[tuple[list[str], int | IO[bytes], IO[bytes] | None]]:
+    """(extra flags, where mksquashfs's stdout+stderr go, the log to quote on failure): its
+    progress bar when a person watches stderr and progress is `shown`, a quiet log otherwise."""
+    if shown and sys.stderr.isatty():
         yield ["-quiet"], sys.stderr.fileno(), None
         return
     with tempfile.TemporaryFile() as log:
@@ -187,8 +188,8 @@ def _failure(what: str, source: str, log: IO[bytes] | None, rc: int) -> ShimErro
                      "check that the source is a complete root filesystem you can read")
 
 
-def _run_mksquashfs(cmd: list[str], source: str) -> None:
-    with _mksquashfs_output() as (extra, out, log):
+def _run_mksquashfs(cmd: list[str], source: str, shown: bool) -> None:
+    with _mksquashfs_output(shown) as (extra, out, log):
         rc = subprocess.run([*cmd, *extra], stdin=subprocess.DEVNULL, stdout=out,
                             stderr=subprocess.STDOUT, check=False, env=_mksquashfs_env(cmd)).returncode
         if rc != 0:
@@ -259,14 +260,14 @@ def _index_tar(stream: _Tee) -> _TarIndex:
     return index
 
 
-def _squash_tar(cmd: list[str], source: str) -> str | None:
+def _squash_tar(cmd: list[str], source: str, shown: bool) -> str | None:
     """Stream SOURCE (decompressed if needed) into `mksquashfs -tar`, indexing it on the way
     for arch detection. Returns the detected arch."""
     decomp = _decompressor(source)
     index, tar_error = _TarIndex(), None
     procs: list[subprocess.Popen[bytes]] = []
     with (open(source, "rb") as raw, tempfile.TemporaryFile() as unzip_log,
-          _mksquashfs_output() as (extra, out, log)):
+          _mksquashfs_output(shown) as (extra, out, log)):
         try:
             unzip = None
             if decomp:
@@ -365,7 +366,7 @@ def build_sif_from_stream(out: str, write_tar: Callable[[IO[bytes]], None], spec
         sqfs = os.path.join(work, "rootfs.sqfs")
         say(f"creating squashfs ({spec.compression})")
         cmd = [mksquashfs, "-", sqfs, "-tar", *flags]
-        with _mksquashfs_output() as (extra, where, log):
+        with _mksquashfs_output(spec.progress is not None) as (extra, where, log):
             mk = subprocess.Popen([*cmd, *extra], stdin=subprocess.PIPE, stdout=where, stderr=subprocess.STDOUT,
                                   env=_mksquashfs_env(cmd))
             try:

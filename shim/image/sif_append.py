@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import BinaryIO
 
-from shim.errors import ExitCode, ImageError, ShimError, UsageError
+from shim.errors import ExitCode, ImageError, ShimError
 from shim.image import sif
 
 # Header fields rewritten (offsets into the 128-byte header, int64 little-endian).
@@ -82,9 +82,9 @@ def _open_for_update(path: str) -> int:
         if e.errno == errno.EISDIR:
             raise ImageError(f"{path} is a directory: only SIF images carry signatures",
                              "build a SIF of it (shimrun build OUT.sif DIR) and sign that") from None
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):
-            raise UsageError(f"cannot open {path} for writing: {e.strerror}",
-                             "sign a copy that you can write") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ETXTBSY):  # the image could not be written
+            raise ShimError(ExitCode.HOST, f"cannot open {path} for writing: {e.strerror}",
+                            "sign a copy that you can write") from None
         raise ImageError(f"cannot read image {path}: {e.strerror}", "check the path and its permissions") from None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)

@@ -154,7 +154,9 @@ def parse_mount(spec: str) -> Bind:
 
 def read_env_file(path: str) -> tuple[str, ...]:
     """--env-file: K=V lines (blank lines, # comments and a leading `export ` allowed), taken
-    literally: shim evaluates nothing through a shell."""
+    literally but for one pair of matching quotes around a whole value, which is removed (Apptainer
+    reads the file as sh, where `K="a b"` is `a b`; Docker would keep them): shim evaluates nothing
+    through a shell, no $VAR, no escapes (README, "Environment")."""
     try:
         with open(path, encoding="utf-8") as f:
             lines = f.read().splitlines()

@@ -40,21 +40,23 @@ value of each variable the scripts left unset, then applies the profiles' edits,
 and HOME.
 
 Differences from Apptainer: override values are taken literally (Apptainer evaluates them in
-double quotes unless --no-eval); the image's 99-runtimevars.sh is skipped (Apptainer replaces it
-too; the PATH edits it would apply are done by the script); --env-file, --no-env, PS1 and the
-/.singularity.d/libs additions to LD_LIBRARY_PATH are not reproduced; with dash as /bin/sh, host
-variables whose names are not shell identifiers are dropped.
+double quotes unless --no-eval), and so are --env-file values (shim.launch.contain.read_env_file:
+one pair of surrounding quotes removed, nothing evaluated); the image's 99-runtimevars.sh is
+skipped (Apptainer replaces it too; the PATH edits it would apply are done by the script); PS1 and
+the /.singularity.d/libs additions to LD_LIBRARY_PATH are not reproduced; with dash as /bin/sh,
+host variables whose names are not shell identifiers are dropped.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from shim.elf.rootpath import DEFAULT_PATH
-from shim.errors import UsageError
+from shim.errors import EXEC_NOT_EXECUTABLE, EXEC_NOT_FOUND, UsageError
 from shim.model import EnvEdit
 from shim.record.format import ENV_OP, ENV_PASS, ENV_TARGET
 from shim.record.model import EnvOp, EnvRules
@@ -160,7 +162,11 @@ esac
 done
 [ -n "${{PATH+x}}" ] || export PATH={default_path}
 for _shimrun_n in $_shimrun_hv; do eval "[ -n \\"\\${{$_shimrun_n+x}}\\" ] || $_shimrun_n=\\$_shimrun_h_$_shimrun_n; export $_shimrun_n"; done
-{tail}command -v -- "$1" >/dev/null 2>&1 || {{ printf 'shimrun: %s: command not found in the image\\n' "$1" >&2; exit 127; }}
+{tail}case $1 in
+*/*) [ -e "$1" ] || {{ printf {not_found} "$1" "$PATH" >&2; exit 127; }}
+[ -f "$1" ] && [ -x "$1" ] || {{ printf {not_executable} "$1" {eacces} >&2; exit 126; }};;
+*) command -v -- "$1" >/dev/null 2>&1 || {{ printf {not_found} "$1" "$PATH" >&2; exit 127; }};;
+esac
 exec "$@"
 """
 
@@ -188,7 +194,10 @@ def _script(env_dir: str, overrides: Mapping[str, str], home: str, edits: tuple[
         tail.append(f"PATH=$PATH:{_sq(overrides['APPEND_PATH'])}\n")
     tail.append(f"export HOME={_sq(home)}\n")
     return _SCRIPT.format(env_dir=_sq(env_dir), default_path=_sq(DEFAULT_PATH),
-                          default_dirs=" ".join(DEFAULT_PATH.split(":")), tail="".join(tail))
+                          default_dirs=" ".join(DEFAULT_PATH.split(":")), tail="".join(tail),
+                          not_found=_sq(f"shimrun: error: {EXEC_NOT_FOUND}\\n"),
+                          not_executable=_sq(f"shimrun: error: {EXEC_NOT_EXECUTABLE}\\n"),
+                          eacces=_sq(os.strerror(errno.EACCES)))
 
 
 _SET, _PREPEND, _APPEND, _UNSET = ENV_OP["SET"], ENV_OP["PREPEND"], ENV_OP["APPEND"], ENV_OP["UNSET"]

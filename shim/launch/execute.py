@@ -22,11 +22,14 @@ def frontend_path() -> str:
 
 
 def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], listen_fd: int | None,
-               frontend: str, image_fd: int) -> ShimError:
+               frontend: str, image_fd: int, native_only: bool = False) -> ShimError:
     """Exec the executor with `record` for shimrun's arguments `argv`; returns only with the
     reason it could not. `frontend`: the flags the front-end handed over ("" when Python was
     started directly: the executor then holds the node's election itself). `image_fd`: the
-    opened image the record was planned on, which the executor mounts (SHIMRUN_IMAGE_FD)."""
+    opened image the record was planned on, which the executor mounts (SHIMRUN_IMAGE_FD).
+    `native_only`: the launch keeps processes of its own besides the app (a PID namespace's
+    init, and the process outside it that waits): they must be the native front-end's, not
+    copies of Python."""
     sys.stdout.flush()
     sys.stderr.flush()
     # Python ignores SIGPIPE and SIGXFSZ; exec keeps ignored signals ignored, the app must not inherit that.
@@ -35,7 +38,7 @@ def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], l
     env = dict(environ)
     if "no-lc-ctype" in frontend.split(","):
         env.pop("LC_CTYPE", None)  # set by Python itself (PEP 538), not by the caller
-    if listen_fd is None and (frontend or not _may_share(env)):
+    if listen_fd is None and (frontend or not _may_share(env)) and not native_only:
         return _run_here(record, argv, env, image_fd)  # a single launch: the election is done, or moot
     exe = frontend_path()
     fd = os.memfd_create("shim-launch-record", 0)  # inherited by the executor: no CLOEXEC

@@ -14,7 +14,7 @@ from typing import IO
 from shim.image import arch as archmod
 from shim.image.sif import DATA_GENERIC_JSON, DATA_LABELS, OCI_CONFIG_NAME
 from shim.image.sif_write import SifObject
-from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, Descriptor, ResolvedImage
+from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, MAX_JSON, Descriptor, ResolvedImage
 from shim.oci.progress import Progress
 from shim.oci.reference import Source
 from shim.oci.registry import RegistryOptions
@@ -75,7 +75,11 @@ def _from_registry(source: Source, opts: PullOptions, arch: str, cache, progress
             return first[desc.digest]
         if desc.media_type in MANIFEST_TYPES + INDEX_TYPES:
             return reg.manifest(desc.digest)[1]
-        return reg.read_blob(desc)
+        if desc.size > MAX_JSON:
+            return reg.read_blob(desc)  # refused there, with the limit
+        # the image config: a blob like the layers, kept in the cache (concurrent pulls fetch it once)
+        with open(cache.get(desc, reg.blob), "rb") as f:
+            return f.read()
 
     where = str(source)
     manifest_desc, manifest = resolve_manifest(top, fetch_json, where, arch)
@@ -116,7 +120,7 @@ def build_from_source(out: str, source: Source, opts: PullOptions, progress: Pro
         config_json = json.dumps(section(image.config), sort_keys=True, separators=(",", ":")).encode()
         label_json = json.dumps(labels(image.config, image.source, image.manifest_digest), sort_keys=True).encode()
         spec = StreamBuild(what=image.source, arch=arch, compression=opts.compression,
-                           deterministic=opts.deterministic, progress=progress.step,
+                           deterministic=opts.deterministic, progress=progress.reporter(),
                            objects=(SifObject(DATA_LABELS, "", label_json),
                                     SifObject(DATA_GENERIC_JSON, OCI_CONFIG_NAME, config_json)))
         build_sif_from_stream(out, flat.write, spec)

@@ -5,6 +5,7 @@ executor's, from the record."""
 
 from __future__ import annotations
 
+import errno
 import os
 import pickle
 import sys
@@ -34,6 +35,7 @@ class AnalysisJob:
     hw_key: str | None = None     # None: the hardware check is off
     hw_known: list | None = None  # its cached result (None: run it)
     debug: bool = False
+    look_for_command: bool = False  # `check IMAGE COMMAND`: say whether the launch could start it
 
 
 @dataclass
@@ -42,6 +44,7 @@ class Analysis:
     ld_cache: bytes | None
     image_reads: dict             # {relative path: identity} read inside a directory image
     host_reads: dict              # {host root: {relative path: identity}}
+    command_problem: tuple[int, str] | None = None  # (exit code, message) the launch would end with
 
 
 def _analyse(job: AnalysisJob) -> Analysis:
@@ -76,7 +79,24 @@ def _analyse(job: AnalysisJob) -> Analysis:
     plan = entry.plan
     plan.diagnostics[:0] = found
     image_reads.update(entry.image_reads if job.image_dir else {})
-    return Analysis(plan, entry.ld_cache, image_reads, entry.host_reads)
+    problem = command_problem(root, job.command[0], job.path) if job.look_for_command and job.command else None
+    return Analysis(plan, entry.ld_cache, image_reads, entry.host_reads, problem)
+
+
+def command_problem(root: str, name: str, path: str) -> tuple[int, str] | None:
+    """Why the launch could not start `name` in the image mounted at `root` (exit code, the
+    executor's words), or None. A relative name with a "/" is left alone: it depends on the
+    working directory in the container."""
+    from shim.elf.rootpath import RootPaths, find_program
+    from shim.errors import EXEC_NOT_EXECUTABLE, EXEC_NOT_FOUND
+
+    paths = RootPaths(root)
+    if ("/" in name and not name.startswith("/")) or find_program(paths, name, path):
+        return None
+    host = paths.host(name) if name.startswith("/") else None
+    if host is not None and os.path.lexists(host):
+        return int(ExitCode.NOT_EXECUTABLE), EXEC_NOT_EXECUTABLE % (name, os.strerror(errno.EACCES))
+    return int(ExitCode.NOT_FOUND), EXEC_NOT_FOUND % (name, path)
 
 
 def analyse(job: AnalysisJob) -> Analysis:

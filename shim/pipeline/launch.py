@@ -14,12 +14,14 @@ from dataclasses import dataclass, field, replace
 
 from shim.errors import ExitCode, ShimError
 from shim.host.paths import on_host
+from shim.model import ERROR
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE, InputSet, image_inputs, profile_inputs, read_log_inputs
 from shim.pipeline.request import LaunchRequest
 from shim.record.format import CHECK, IDENTITY, IMAGE_SOURCE, IMG, KEY_ENV_PREFIXES, PROV
 from shim.record.model import EnvRules, Image, LaunchRecord, RecordBind
 from shim.record.snapshot import RecordingEnv, file_input, glob_input
 
+ARCH_MISMATCH = "ARCH-MISMATCH"
 STAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "stage")
 LD_CACHE = "/etc/ld.so.cache"
 STAGED_LD_CACHE = "ld.so.cache"
@@ -167,8 +169,11 @@ class _Planner:
 
     def provenance_targets(self, site) -> tuple[tuple[int, str], ...]:
         given = getattr(self.args, "provenance", None)
-        out = [(PROV["USER"], os.path.normpath(os.path.join(self.req.cwd, given)))] if given else []
-        out += [(PROV["SITE"], where) for where in site.provenance_dirs]
+        # DIR/ names a directory (the executor writes one file per run into it): the slash is kept,
+        # so that a missing one is named as the directory that is missing, not as a file in its parent.
+        where = os.path.normpath(os.path.join(self.req.cwd, given)) if given else ""
+        out = [(PROV["USER"], where + ("/" if given.endswith("/") and where != "/" else ""))] if given else []
+        out += [(PROV["SITE"], site_dir) for site_dir in site.provenance_dirs]
         return tuple(out)
 
     def signatures(self, image) -> dict | None:
@@ -246,14 +251,15 @@ class _Planner:
 
         args = self.args
         iso = isolation(args, self.req.cwd)
-        home = None if "home" in iso.no_mount else iso.home[1] if iso.home else _home(self.env)
+        # --no-home binds nothing there, and HOME stays the home path all the same (as Apptainer's)
+        home = iso.home[1] if iso.home else _home(self.env)
         binds = self.binds(site, home, iso)
         root, notices = self.rootfs(image)
         appends = identity_appends(home or "/", args.fakeroot)
         self.inputs.extend(file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends)
         runscript, workdir = self.runscript(image)
         # contained, the caller's directory is not there: start in the home directory, as Apptainer does
-        pwd = args.pwd or workdir or (home if iso.contain and home else "")
+        pwd = args.pwd or workdir or (home if iso.contain and "home" not in iso.no_mount else "")
         env_file = read_env_file(args.env_file) if getattr(args, "env_file", None) else ()
         if env_file:
             self.inputs.add(file_input(os.path.abspath(args.env_file), IDENTITY | CHECK["FOLLOW"]))
@@ -341,7 +347,7 @@ class _Planner:
                            command=tuple(self.command), path=path, host_root=self.host_root,
                            refusal_severity=ERROR if site.refusal == "error" else WARNING,
                            environ=dict(self.req.environ), hw_key=key, hw_known=known[0] if known else None,
-                           debug=args.debug)
+                           debug=args.debug, look_for_command=self.req.dry_run)
 
     def analysed(self, image, analysis, known) -> _Found:
         """What the look at the image read, and the binds its plan adds."""
@@ -424,7 +430,7 @@ def _plan_launch(req: LaunchRequest) -> Planned:
         if req.facts_only:
             return Planned(facts=planner.facts(image, analysis.plan, site))
         if req.dry_run:
-            return _dry_run(req, analysis.plan)
+            return _dry_run(req, analysis.plan, analysis.command_problem)
         result = planner.analysed(image, analysis, hw[1])
     plan = result.plan
     planner.inputs.extend(planner.env.read.values())
@@ -442,12 +448,23 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     return Planned(replace(record, inputs=tuple(planner.inputs.items)), key, image_fd=image.opened.fd)
 
 
-def _dry_run(req: LaunchRequest, plan) -> Planned:
+def _dry_run(req: LaunchRequest, plan, command_problem: tuple[int, str] | None) -> Planned:
+    """The plan printed; the exit status the launch would have before its app runs (an image of
+    another architecture: 66, as the launch; a refusal: 67), else the command's (126, 127)."""
+    import sys
+
     from shim.report.render import print_plan
 
     print_plan(plan, req.as_json)
-    return Planned(exit_code=int(ExitCode.REFUSED) if plan.has_errors() or (req.args.strict and plan.refusals())
-                   else 0)
+    if any(d.code == ARCH_MISMATCH and d.severity == ERROR for d in plan.diagnostics):
+        return Planned(exit_code=int(ExitCode.ARCH))
+    if plan.has_errors() or (req.args.strict and plan.refusals()):
+        return Planned(exit_code=int(ExitCode.REFUSED))
+    if command_problem is not None:
+        sys.stdout.flush()  # the plan, then the line saying why the launch would stop
+        print(f"shimrun: error: {command_problem[1]}", file=sys.stderr)
+        return Planned(exit_code=command_problem[0])
+    return Planned(exit_code=0)
 
 
 def store(planned: Planned, data: bytes, environ) -> None:
