@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TARGETS = ("frontend", "squashfuse", "extract", "holder", "rank")
-SHIMRUN = shutil.which("shimrun") or "/usr/local/bin/shimrun"
+SHIMRUN = os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/usr/local/bin/shimrun"
 
 
 @dataclass
@@ -87,8 +87,9 @@ def _fuse_mounts() -> int:
     return sum(1 for line in Path("/proc/self/mountinfo").read_text().splitlines() if " - fuse" in line)
 
 
-def _shim_sockets() -> int:
-    return sum(1 for line in Path("/proc/net/unix").read_text().splitlines() if "@shimrun/" in line)
+def _shim_sockets(uid: int) -> int:
+    """The node's shared-container sockets of `uid` (another user's, of a concurrent run, do not count)."""
+    return sum(1 for line in Path("/proc/net/unix").read_text().splitlines() if f"@shimrun/{uid}/" in line)
 
 
 def _stage_dir() -> Path:
@@ -177,15 +178,15 @@ class Stress:
 
     def _check(self) -> None:
         end = time.monotonic() + 10
-        while time.monotonic() < end and (_procs(self.who.uid) or _shim_sockets()):
+        while time.monotonic() < end and (_procs(self.who.uid) or _shim_sockets(self.who.uid)):
             time.sleep(0.05)
         left = _procs(self.who.uid)
         if left:
             self.tally.leftovers["processes"] += len(left)
             for pid in left:
                 with_suppress(os.kill, pid, signal.SIGKILL)
-        if _shim_sockets():
-            self.tally.leftovers["sockets"] += _shim_sockets()
+        if _shim_sockets(self.who.uid):
+            self.tally.leftovers["sockets"] += _shim_sockets(self.who.uid)
         mounts = _fuse_mounts() - self.fuse_before
         if mounts > 0:
             self.tally.leftovers["mounts"] += mounts

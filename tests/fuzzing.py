@@ -72,19 +72,27 @@ def one_line(text: str) -> bool:
     return bool(text) and not any(c in text for c in "\n\r")
 
 
-def _left_behind() -> tuple:
+def _children() -> set[int]:
     import psutil
 
+    return {p.pid for p in psutil.Process().children(recursive=True) if p.status() != psutil.STATUS_ZOMBIE}
+
+
+def _left_behind(before: set[int]) -> tuple:
+    """The case's files, and what it started that is still there: child processes that were not
+    there before, mounts under the work directory (the suite's own long-lived servers, and other
+    processes' mounts, are not the case's)."""
     with open("/proc/self/mountinfo") as f:
-        mounts = sum(1 for _ in f)
-    return tuple(sorted(os.listdir(WORK))), tuple(sorted(p.pid for p in psutil.Process().children())), mounts
+        mounts = [ln for ln in f if f" {WORK}" in ln]
+    return tuple(sorted(os.listdir(WORK))), tuple(sorted(_children() - before)), tuple(mounts)
 
 
 def outcome(call: Callable[..., T], *args: object, **kwargs: object) -> T | None:
     """`call(*args)` on a fuzzed input: its result, or None when it refused the input as shim
     refuses input; the case fails on any other exception, an error of an undocumented code or of
     more than one line, and on anything left behind."""
-    before = _left_behind()
+    running = _children()
+    before = _left_behind(running)
     try:
         return call(*args, **kwargs)
     except ShimError as e:
@@ -92,4 +100,4 @@ def outcome(call: Callable[..., T], *args: object, **kwargs: object) -> T | None
         assert one_line(str(e)), repr(str(e))
         return None
     finally:
-        assert _left_behind() == before, "something was left behind"
+        assert _left_behind(running) == before, "something was left behind"

@@ -196,8 +196,8 @@ def test_the_image_path_is_looked_up_once_per_launch(shim, user_dir: Path, busyb
         r = shim.sh(f"strace -f -qq -o {trace} -e trace=%file,%desc {shim.shimrun} --debug --conf {policy} {img} "
                     "/bin/busybox true")
         assert r.returncode == 0, r.stderr
-        assert ("from the cache (no Python)" in r.stderr) == (state == "warm"), r.stderr
         if state == "warm" and os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
-            continue
+            continue  # every launch is planned: the planned one was traced
+        assert ("from the cache (no Python)" in r.stderr) == (state == "warm"), r.stderr
         naming = [ln for ln in trace.read_text().splitlines() if f'"{img}' in ln and "ENOENT" not in ln]
         assert len(naming) == 1 and "O_PATH" in naming[0], (state, naming)
