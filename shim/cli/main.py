@@ -11,6 +11,7 @@ import sys
 
 from shim.errors import ExitCode, ShimError
 from shim.options import GLOBAL_OPTIONS
+from shim.report.safe import one_line
 
 # Subcommand name -> module with register(subparsers) and main(args). Imported only when used.
 SUBCOMMANDS = {
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if e.code == 0 else 64
         return args.func(args)
     except ShimError as e:
-        print(f"shimrun: error: {e}", file=sys.stderr)
+        print(f"shimrun: error: {one_line(str(e))}", file=sys.stderr)
         if debug:
             raise
         return int(e.code)
@@ -122,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"shimrun: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", file=sys.stderr)
+        print(f"shimrun: internal error: {type(e).__name__}: {one_line(str(e))} (rerun with --debug and report it)",
+              file=sys.stderr)
         return INTERNAL_ERROR
 
 
