@@ -239,6 +239,7 @@ class _Planner:
         from shim.launch.identity import identity_appends
 
         args = self.args
+        _check_oci_config(image)
         iso = isolation(args, self.req.cwd)
         home = None if "home" in iso.no_mount else iso.home[1] if iso.home else _home(self.env)
         binds = self.binds(site, home, iso)
@@ -367,6 +368,15 @@ def _image_env(image) -> tuple[tuple[str, str], ...]:
     from shim.oci.config import env_pairs
 
     return env_pairs(image.oci_config)
+
+
+def _check_oci_config(image) -> None:
+    """A SIF's stored OCI config (another tool's, or an older shim's) holds to what a pull checks:
+    one line naming the field, not a launch that fails on it."""
+    if image.oci_config is not None:
+        from shim.oci.configcheck import check_config
+
+        check_config(image.oci_config, image.path)
 
 
 def wants_analysis(req: LaunchRequest, profiles, hw: tuple) -> bool:
