@@ -253,7 +253,8 @@ class _Planner:
         if env_file:
             self.inputs.add(file_input(os.path.abspath(args.env_file), IDENTITY | CHECK["FOLLOW"]))
         env_opts = EnvOptions(cleanenv=iso.cleanenv, env_pairs=env_file + tuple(args.env), home=home or "/",
-                              image_path=image.path, pwd=pwd or self.req.cwd, image_env=_image_env(image))
+                              image_path=image.path, pwd=pwd or self.req.cwd, image_env=_image_env(image),
+                              image_env_script=_image_env_script(image))
         record = LaunchRecord(version=native.build_id(), key="", image=root, stage=STAGE_DIR,
                               command="" if runscript else self.command[0] if self.command else "true",
                               env=env_rules(self.req.environ, env_opts), binds=tuple(binds), appends=tuple(appends),
@@ -368,6 +369,15 @@ def _image_env(image) -> tuple[tuple[str, str], ...]:
     from shim.oci.config import env_pairs
 
     return env_pairs(image.oci_config)
+
+
+def _image_env_script(image) -> str:
+    """The name of the env script an OCI image's Env was written to (the launch applies it as data)."""
+    if image.oci_config is None:
+        return ""
+    from shim.oci.config import ENV_SCRIPT
+
+    return os.path.basename(ENV_SCRIPT)
 
 
 def _check_oci_config(image) -> None:
