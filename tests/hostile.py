@@ -47,10 +47,11 @@ def layer_tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
     return buf.getvalue()
 
 
-def busybox_tar() -> bytes:
-    """bin/busybox and the applets a launch test uses, as links to it."""
+def busybox_tar(extra: list[tuple[tarfile.TarInfo, bytes]] | None = None) -> bytes:
+    """bin/busybox and the applets a launch test uses, as links to it (and `extra` members)."""
     return layer_tar([entry("bin", kind=tarfile.DIRTYPE), entry("bin/busybox", BUSYBOX.read_bytes(), mode=0o755),
-                      *(entry(f"bin/{a}", kind=tarfile.SYMTYPE, link="busybox") for a in ("sh", "echo", "env"))])
+                      *(entry(f"bin/{a}", kind=tarfile.SYMTYPE, link="busybox") for a in ("sh", "echo", "env", "cat")),
+                      *(extra or [])])
 
 
 def empty_files_tar(count: int) -> bytes:

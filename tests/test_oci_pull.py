@@ -381,3 +381,13 @@ def test_bearer_tokens_as_public_registries_hand_them_out(shim, token_registry, 
     run = shim.run(["run", user_dir / "pub.sif"], cwd=user_dir, env=env_for(user_dir))
     assert "greeting: hello from the image" in run.stdout, run.stderr
     assert leftovers(user_dir) == [] and not (user_dir / "w.sif").exists()
+
+
+def test_an_output_directory_the_user_cannot_write_is_one_line(shim, app_layout, user_dir, world_dir):
+    """(It was an internal error: PermissionError from the build directory beside OUT.)"""
+    out = world_dir / "app.sif"  # world_dir is root's, 0755
+    for cache in ("cache", ""):  # with a blob cache, and without one (the temporary one goes beside OUT)
+        r = shim.run(["build", out, f"oci:{app_layout.path}:1"], cwd=user_dir,
+                     env={"SHIMRUN_CACHE": str(user_dir / cache) if cache else ""})
+        one_error_line(r, ExitCode.USAGE, str(world_dir), "Permission denied")
+    assert not out.exists()

@@ -83,7 +83,10 @@ class BlobCache:
             yield cache
             cache.enforce_cap()
             return
-        tmp = tempfile.mkdtemp(prefix=".shim-blobs.", dir=near)
+        try:
+            tmp = tempfile.mkdtemp(prefix=".shim-blobs.", dir=near)
+        except OSError as e:
+            raise UsageError(f"cannot write in {near}: {e.strerror}", "pull into a directory of your own") from None
         try:
             for alg in digests.ALGORITHMS:
                 os.makedirs(os.path.join(tmp, "blobs", alg))
