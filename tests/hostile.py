@@ -90,6 +90,24 @@ def config_doc(diff_ids: list[str], **section: Any) -> dict[str, Any]:
             "rootfs": {"type": "layers", "diff_ids": diff_ids}}
 
 
+# Config values a launch could not use, by the field the refusal names (what makes it so).
+HOSTILE_CONFIGS = {
+    "Env[1] (NUL)": {"Env": ["PATH=/bin", "EVIL=a\u0000b"]},
+    "Env[1] (UTF-8)": {"Env": ["PATH=/bin", "EVIL=\ud800"]},   # JSON can spell it: "\\ud800"
+    "WorkingDir (NUL)": {"WorkingDir": "/work\u0000/x"},
+    "Entrypoint[0] (NUL)": {"Entrypoint": ["/bin/sh\u0000"]},
+    "Env (count)": {"Env": [f"E{i}=1" for i in range(200_001)]},
+    "Labels (not a string)": {"Labels": {"a": ["b"]}},
+    "Cmd[0] (length)": {"Cmd": ["x" * (128 << 10 | 1)]},
+}
+
+
+def hostile_config(field: str, diff_ids: list[str] | None = None) -> bytes:
+    """A config (of one layer holding the file "a") whose `field` a launch could not use."""
+    ids = diff_ids if diff_ids is not None else [digest_of(layer_tar([entry("a", b"a")]))]
+    return json.dumps(config_doc(ids, **HOSTILE_CONFIGS[field])).encode()
+
+
 @dataclass
 class Image:
     """An image's blobs and documents, any of them changed by a test before it is served."""

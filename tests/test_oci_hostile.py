@@ -22,16 +22,17 @@ from pathlib import Path
 import oci
 import pytest
 from hostile import (
+    HOSTILE_CONFIGS,
     MT_CONFIG,
     MT_MANIFEST,
     Blob,
     Image,
     busybox_tar,
-    config_doc,
     digest_of,
     empty_files_tar,
     entry,
     files_under,
+    hostile_config,
     index_doc,
     layer,
     layer_tar,
@@ -443,29 +444,11 @@ def test_memory_does_not_grow_with_the_entries_read():
 
 # ---- 11: config values a launch could not use ----
 
-def _config(field: str) -> bytes:
-    base = config_doc([digest_of(layer_tar([entry("a", b"a")]))])
-    if field == "Env[1] (NUL)":
-        base["config"]["Env"] = ["PATH=/bin", "EVIL=a\u0000b"]
-    elif field == "WorkingDir (NUL)":
-        base["config"]["WorkingDir"] = "/work\u0000/x"
-    elif field == "Entrypoint[0] (NUL)":
-        base["config"]["Entrypoint"] = ["/bin/sh\u0000"]
-    elif field == "Env[1] (UTF-8)":
-        base["config"]["Env"] = ["PATH=/bin", "EVIL=\ud800"]  # JSON can spell it: "\\ud800"
-    elif field == "Env (count)":
-        base["config"]["Env"] = [f"E{i}=1" for i in range(200_001)]
-    elif field == "Labels (not a string)":
-        base["config"]["Labels"] = {"a": ["b"]}
-    return json.dumps(base).encode()
-
-
-@pytest.mark.parametrize("field", ["Env[1] (NUL)", "Env[1] (UTF-8)", "WorkingDir (NUL)", "Entrypoint[0] (NUL)",
-                                   "Env (count)", "Labels (not a string)"])
+@pytest.mark.parametrize("field", sorted(HOSTILE_CONFIGS))
 def test_config_values_a_launch_cannot_use_are_refused_at_pull(shim, box, field):
     with servers("A") as (a,):
         image = Image.make([layer_tar([entry("a", b"a")])])
-        image.config = Blob(_config(field), MT_CONFIG)
+        image.config = Blob(hostile_config(field), MT_CONFIG)
         serve(a, image)
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
     one_error_line(r, ExitCode.IMAGE, "config " + field.split(" ")[0])
