@@ -9,15 +9,19 @@ encode, a tar whose names stay inside the root); and a failed build leaves no fi
 
 from __future__ import annotations
 
+import bz2
 import contextlib
+import gzip
 import io
 import json
+import lzma
 import shutil
 import tarfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import hostile
+import zstandard
 from fuzzing import WORK, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -141,14 +145,27 @@ def _tar_seeds() -> list[bytes]:
     ]
 
 
-def _image_of(tar: bytes) -> ResolvedImage:
-    blob, diff_id = hostile.layer(tar, compress=False)
+_TARS = _tar_seeds()
+_COMPRESSED = [gzip.compress(t) for t in _TARS[:2]] + [zstandard.ZstdCompressor().compress(_TARS[0]),
+                                                      lzma.compress(_TARS[1]), bz2.compress(_TARS[0])]
+
+
+def _image_of(data: bytes) -> ResolvedImage:
+    """A one-layer image of `data` (a tar, or a compressed one whose diff_id is what it
+    decompresses to, when it does)."""
+    plain = data
+    for unpack in (gzip.decompress, zstandard.decompress, lzma.decompress, bz2.decompress):
+        with contextlib.suppress(Exception):
+            plain = unpack(data)
+            break
+    blob = hostile.Blob(data, hostile.MT_LAYER)
+    diff_id = hostile.digest_of(plain)
     desc = Descriptor(blob.media_type, blob.digest, len(blob.data))
     return ResolvedImage("fuzz", "", {}, "", (Layer(desc, diff_id, 1),),
                          lambda _d: contextlib.nullcontext(io.BytesIO(blob.data)))
 
 
-@given(mutated(_tar_seeds(), focus=4096), st.sampled_from([5, 10_000]))
+@given(st.one_of(mutated(_TARS, focus=4096), mutated(_COMPRESSED, focus=256)), st.sampled_from([5, 10_000]))
 def test_layer_tar_headers(tar: bytes, max_entries: int) -> None:
     flat = Flattener(_image_of(tar), FlattenOptions(max_bytes=1 << 20, max_entries=max_entries))
     out = io.BytesIO()
