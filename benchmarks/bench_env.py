@@ -77,7 +77,7 @@ def targets(samples: list[Sample], label: str) -> list[str]:
     out = []
     for kind in ("warm", "planned"):
         small, big = by_name[f"{label} {kind}, 10,000 Env"], by_name[f"{label} {kind}, 100,000 Env"]
-        out.append(f"| {kind}: 100,000 Env ≤ {TARGET:g}× 10,000 | {small * 1e3:.1f} ms | {big * 1e3:.1f} ms | "
+        out.append(f"| {label} {kind}: 100,000 Env ≤ {TARGET:g}× 10,000 | {small * 1e3:.1f} ms | {big * 1e3:.1f} ms | "
                    f"{target_cell(big / small, TARGET)} |")
     return out
 
