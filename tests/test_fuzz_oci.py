@@ -27,12 +27,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shim.cli.main import main as shimrun
-from shim.errors import ExitCode, ShimError
+from shim.errors import LINE_LIMIT, ExitCode, ShimError, escaped
 from shim.oci import digest as digests
 from shim.oci.flatten import Flattener, FlattenOptions
 from shim.oci.manifest import checked_config, config_and_layers, resolve_manifest
 from shim.oci.model import Descriptor, Layer, ResolvedImage, descriptor
-from shim.report.safe import LINE_LIMIT, escaped
 
 DOCUMENTED = {int(c) for c in ExitCode} - {int(ExitCode.INTERNAL)}
 

@@ -9,9 +9,8 @@ import argparse
 import importlib
 import sys
 
-from shim.errors import ExitCode, ShimError
+from shim.errors import ExitCode, ShimError, one_line
 from shim.options import GLOBAL_OPTIONS
-from shim.report.safe import one_line
 
 # Subcommand name -> module with register(subparsers) and main(args). Imported only when used.
 SUBCOMMANDS = {

@@ -19,10 +19,9 @@ import re
 import urllib.parse
 from dataclasses import dataclass
 
-from shim.errors import ExitCode, ShimError, UsageError
+from shim.errors import ExitCode, ShimError, UsageError, shown
 from shim.oci.model import MAX_JSON
 from shim.oci.reference import DOCKER_HUB, Source
-from shim.report.safe import shown
 
 _ENV_USER = (("SHIMRUN_DOCKER_USERNAME", "SHIMRUN_DOCKER_PASSWORD"),
              ("APPTAINER_DOCKER_USERNAME", "APPTAINER_DOCKER_PASSWORD"),

@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from shim.errors import ImageError
+from shim.errors import ImageError, shown
 from shim.oci.config import section
-from shim.report.safe import shown
 
 MAX_ENV = 200_000        # Env entries (a launch with 100,000 is a benchmark row, linear)
 MAX_WORDS = 10_000       # Entrypoint and Cmd words

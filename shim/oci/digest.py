@@ -12,8 +12,7 @@ from __future__ import annotations
 import hashlib
 import re
 
-from shim.errors import ImageError
-from shim.report.safe import shown
+from shim.errors import ImageError, shown
 
 ALGORITHMS = {"sha256": 64, "sha512": 128}
 # The image spec's grammar: algorithm-component ([+._-] separated), ":", encoded.

@@ -28,11 +28,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from shim.errors import ImageError
+from shim.errors import ImageError, shown
 from shim.image.arch import resolve_links
 from shim.oci.layerstream import SIZE_HINT, Budget, layer_stream, members
 from shim.oci.model import Layer, ResolvedImage
-from shim.report.safe import shown
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"

@@ -19,10 +19,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
-from shim.errors import ImageError
+from shim.errors import ImageError, shown
 from shim.oci.model import Layer, ResolvedImage
 from shim.oci.verify import VerifyingReader
-from shim.report.safe import shown
 
 MAX_HEADER = 1 << 20              # bytes of one pax or GNU long-name header
 SIZE_HINT = "raise it with --max-size (or SHIMRUN_PULL_MAX_SIZE) if the image is that big"

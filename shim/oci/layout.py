@@ -13,13 +13,12 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from shim.errors import ExitCode, ImageError, ShimError, UsageError
+from shim.errors import ExitCode, ImageError, ShimError, UsageError, listed
 from shim.oci import digest as digests
 from shim.oci.manifest import checked_config, config_and_layers, layers_with_diff_ids, pick_platform, resolve_manifest
 from shim.oci.model import MAX_JSON, REF_NAME, Descriptor, ResolvedImage, descriptor, parse_json
 from shim.oci.reference import Source
 from shim.oci.verify import VerifyingReader
-from shim.report.safe import listed
 
 
 class _Store:

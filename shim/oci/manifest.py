@@ -5,12 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shim.errors import ExitCode, ImageError, ShimError
+from shim.errors import ExitCode, ImageError, ShimError, listed, shown
 from shim.image import arch as archmod
 from shim.oci import digest as digests
 from shim.oci.configcheck import check_config
 from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Layer, descriptor, parse_json
-from shim.report.safe import listed, shown
 
 FetchJson = Callable[[Descriptor], bytes]  # a manifest or config blob's verified bytes
 

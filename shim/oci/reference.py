@@ -14,9 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shim.errors import UsageError
+from shim.errors import UsageError, shown
 from shim.oci import digest as digests
-from shim.report.safe import shown
 
 TRANSPORTS = ("docker", "docker-archive", "oci-archive", "oci")
 DOCKER_HUB = "docker.io"

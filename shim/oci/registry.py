@@ -18,14 +18,13 @@ import urllib.error
 import urllib.parse
 from collections.abc import Iterator
 
-from shim.errors import ExitCode, ImageError, ShimError, UsageError
+from shim.errors import ExitCode, ImageError, ShimError, UsageError, shown
 from shim.oci import digest as digests
 from shim.oci.auth import RegistryOptions, basic, challenge, check_realm, credentials, token_from
 from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, MAX_JSON, Descriptor
 from shim.oci.reference import Source
 from shim.oci.transport import Body, Limits, Transport, Watch, host_of, origin
 from shim.oci.verify import VerifyingReader
-from shim.report.safe import shown
 
 ACCEPT = ", ".join((*MANIFEST_TYPES, *INDEX_TYPES))
 MAX_ERROR_BODY = 64 << 10

@@ -14,7 +14,7 @@
   sockets down, so a server dripping a byte every few seconds (in the status line, the headers
   or the body) fails as surely as a silent one.
 - Every network or protocol failure is one ShimError (exit 75) naming the host and what was
-  being read, with registry text escaped (shim.report.safe).
+  being read, with registry text escaped (shim.errors.shown).
 """
 
 from __future__ import annotations
@@ -33,8 +33,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from shim.errors import ExitCode, ShimError, UsageError
-from shim.report.safe import shown
+from shim.errors import ExitCode, ShimError, UsageError, shown
 
 MAX_REDIRECTS = 5
 _REDIRECTS = (301, 302, 303, 307, 308)
