@@ -236,13 +236,15 @@ def test_a_token_realm_that_is_not_http_is_never_opened(shim, box, user, realm):
     box.untouched()
 
 
-def test_a_redirect_to_another_scheme_is_never_followed(shim, box):
+@pytest.mark.parametrize("where", ["file", "loop"])
+def test_a_redirect_to_another_scheme_or_in_a_loop_is_not_followed(shim, box, where):
     with servers("A") as (a,):
         image = small_image()
         serve(a, image)
-        a.routes[f"/v2/sci/app/blobs/{image.config.digest}"] = redirect(f"file://{box.victim}/canary")
+        path = f"/v2/sci/app/blobs/{image.config.digest}"
+        a.routes[path] = redirect(f"file://{box.victim}/canary" if where == "file" else a.url(path))
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.UNREACHABLE, a.host, "only http:// and https://")
+    one_error_line(r, ExitCode.UNREACHABLE, a.host, "only http:// and https://" if where == "file" else "5 times")
     box.untouched()
 
 
