@@ -16,6 +16,7 @@ import io
 import json
 import lzma
 import shutil
+import signal
 import tarfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -200,8 +201,12 @@ def test_build_from_a_layout_leaves_nothing_behind(config: bytes, tagged: bool) 
     entries = [hostile.tagged(image, "1")] if tagged else [hostile.platform_entry(image, "amd64")]
     hostile.write_layout(case / "layout", [image], entries)
     out = case / "out.sif"
-    with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
-        code = shimrun(["build", str(out), f"oci:{case / 'layout'}"])
+    sigterm = signal.getsignal(signal.SIGTERM)  # `build` sets its own, for its process: not for pytest's
+    try:
+        with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
+            code = shimrun(["build", str(out), f"oci:{case / 'layout'}"])
+    finally:
+        signal.signal(signal.SIGTERM, sigterm)
     lines = err.getvalue().splitlines()
     assert code in DOCUMENTED | {0}, err.getvalue()
     if code:
