@@ -73,7 +73,7 @@ def work_dir() -> Path:
 
 
 def shimrun_path() -> str:
-    """$SHIMRUN (an install under another SHIM_PREFIX), else the one on PATH."""
+    """$SHIMRUN (an install under another SHIM_PREFIX, as the tests take it), else the one on PATH."""
     return os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
 
 

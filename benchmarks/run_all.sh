@@ -2,17 +2,18 @@
 # Run every benchmark once, in order, leaving its table in benchmarks/results/*.md:
 #   launch.md (warm single launch), check.md (ELF/ABI analysis), srun.md (srun -n N),
 #   pingpong.md (MPI latency/bandwidth), resident.md (what stays per node), pull.md (shimrun pull
-#   from a local registry vs skopeo + umoci + mksquashfs), trust.md (image policy and provenance).
+#   from a local registry vs skopeo + umoci + mksquashfs), trust.md (image policy and provenance),
+#   env.md (a launch with 10,000 vs 100,000 OCI Env entries).
 # As root (the local Slurm needs it; the measured commands run as an ordinary user), after
 # scripts/install.sh. Each benchmark runs with its default repeats (bench_*.py [REPEATS] to change).
-#   bash benchmarks/run_all.sh            # all seven
+#   bash benchmarks/run_all.sh            # all eight
 #   bash benchmarks/run_all.sh srun pingpong   # some of them, by name
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${SHIM_PYTHON:-/opt/shim/venv/bin/python}
 [ "$(id -u)" -eq 0 ] || { echo "run_all.sh: run as root (the local Slurm needs it)" >&2; exit 1; }
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(launch check srun pingpong resident pull trust)
+[ ${#names[@]} -gt 0 ] || names=(launch check srun pingpong resident pull trust env)
 for name in "${names[@]}"; do
     [ -f "bench_$name.py" ] || { echo "run_all.sh: no benchmark named $name" >&2; exit 64; }
     echo "=== bench_$name.py" >&2

@@ -55,6 +55,7 @@ struct shim_config {
     const char *const *envp_script; /* env for /bin/sh running action_script */
     const char *action_script;      /* NULL: always exec directly */
     const char *env_dir;      /* run action_script only when this dir exists in the image */
+    const char *env_data;     /* a script in env_dir whose variables envp_direct holds already (or NULL) */
     int debug;
     int namespaces;           /* SHIM_NS_*: more than user + mount */
     int writable;             /* the root gets a tmpfs overlay (--writable-tmpfs) */
@@ -193,6 +194,9 @@ void shim_refuse_all(int listen_fd, int code, const char *message, int expected,
 int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, char *const *envp, char *err,
                    size_t errlen, int *code);
 int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t errlen, int *code);
+/* 1: the app runs through the image's /bin/sh and the action script (the image has environment
+ * scripts that set more than what the DIRECT environment holds as data); 0: exec it directly. */
+int shim_wants_script(const struct shim_config *cfg);
 
 /* Record a failure (step, path, errno text) and unwind to the entry point. Never returns. */
 __attribute__((noreturn, format(printf, 3, 4)))

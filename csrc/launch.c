@@ -3,6 +3,7 @@
  * Runs in the shimrun process itself, so that the app keeps shimrun's pid: signals sent to
  * shimrun (srun, scancel, Ctrl-C) reach the app, and its exit status is shimrun's. */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <setjmp.h>
@@ -69,12 +70,38 @@ static void exec_direct(const struct shim_config *cfg)
     shim_fail(code, 0, "%s", err);
 }
 
-static void exec_app(const struct shim_config *cfg)
+/* Does the env dir hold a script the action script would source (a *.sh that it does not skip)
+ * besides `data`, whose variables the DIRECT environment already holds? */
+static int other_scripts(const char *env_dir, const char *data)
+{
+    DIR *d = opendir(env_dir);
+    struct dirent *e;
+    int found = 0;
+
+    if (!d)
+        return 1; /* unreadable: let the shell see what it can */
+    while (!found && (e = readdir(d))) {
+        size_t n = strlen(e->d_name);
+        found = n > 3 && !strcmp(e->d_name + n - 3, ".sh") && strcmp(e->d_name, data)
+                && strcmp(e->d_name, "99-runtimevars.sh");
+    }
+    closedir(d);
+    return found;
+}
+
+int shim_wants_script(const struct shim_config *cfg)
 {
     struct stat st;
 
-    if (cfg->action_script && cfg->env_dir && stat(cfg->env_dir, &st) == 0 && S_ISDIR(st.st_mode)
-        && access("/bin/sh", X_OK) == 0) {
+    if (!cfg->action_script || !cfg->env_dir || stat(cfg->env_dir, &st) != 0 || !S_ISDIR(st.st_mode)
+        || access("/bin/sh", X_OK) != 0)
+        return 0;
+    return !cfg->env_data || other_scripts(cfg->env_dir, cfg->env_data);
+}
+
+static void exec_app(const struct shim_config *cfg)
+{
+    if (shim_wants_script(cfg)) {
         /* The image has Apptainer environment scripts: let its own shell source them. */
         int argc = 0, i;
         const char **argv;

@@ -142,6 +142,7 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
     }
     case SHIM_R_ACTION_SCRIPT: c->action_script = rd_str(&d); return rd_done(&d);
     case SHIM_R_ENV_DIR: c->env_dir = rd_str(&d); return rd_done(&d);
+    case SHIM_R_ENV_DATA: c->env_data = rd_str(&d); return rd_done(&d) && c->env_data[0] && !strchr(c->env_data, '/');
     case SHIM_R_DIAGNOSTICS: r->diagnostics = rd_str(&d); return rd_done(&d);
     case SHIM_R_REFUSE:
         r->refuse_code = (int)rd_int(&d, 4);

@@ -155,7 +155,7 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
         if (r->cfg.quiet)
             workdir = "/"; /* the rank's own chdir would warn */
     }
-    script = r->cfg.action_script && is_dir(r->cfg.env_dir) && access("/bin/sh", X_OK) == 0;
+    script = shim_wants_script(&r->cfg);
     {
         char **xenv = shim_env_compose(r, env, script ? SHIM_ENV_BASE : SHIM_ENV_DIRECT);
         size_t n = 0;

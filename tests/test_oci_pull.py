@@ -5,9 +5,7 @@ unpacking of the same image; every bad input one line, its exit code, and nothin
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import os
 import re
@@ -17,9 +15,13 @@ import tarfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hostile
 import oci
 import pytest
 from dirimage import busybox_dir
+from hostile import entry as _entry
+from hostile import layer_tar as _layer_tar
+from oci_checks import blobs, leftovers, one_error_line
 
 from shim.errors import ExitCode
 
@@ -32,35 +34,6 @@ def env_for(user_dir: Path, **extra: str) -> dict[str, str]:
 
 def pull(shim, user_dir: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
     return shim.run(["pull", *args], cwd=user_dir, env=env_for(user_dir, **env), timeout=300)
-
-
-# A step's line (README: stderr not a terminal, one line per finished step); not part of an error.
-PROGRESS = re.compile(r"shimrun: (?!error: |internal error: |warning: )")
-
-
-def one_error_line(r: subprocess.CompletedProcess, code: ExitCode, *words: str) -> None:
-    lines = [ln for ln in r.stderr.splitlines() if ln.strip() and not PROGRESS.match(ln)]
-    assert r.returncode == int(code), r.stderr
-    assert len(lines) == 1 and lines[0].startswith("shimrun: error: "), r.stderr
-    assert "Traceback" not in r.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
-
-
-def leftovers(user_dir: Path) -> list[str]:
-    """Partial images, build directories, temporary blob caches and partial blobs."""
-    found = []
-    for path in user_dir.rglob("*"):
-        name = path.name
-        if name.startswith(".") and (".build." in name or name.endswith((".tmp", ".partial", ".lock"))
-                                     or name.startswith(".shim-blobs.")):
-            found.append(str(path))
-    return found
-
-
-def blobs(user_dir: Path) -> dict[str, int]:
-    d = user_dir / "cache" / "blobs" / "sha256"
-    return {p.name: p.stat().st_size for p in d.iterdir()} if d.is_dir() else {}
 
 
 def sif_tree(sif: Path, dest: Path) -> list[tuple]:
@@ -118,7 +91,8 @@ def test_an_image_without_a_shell_keeps_its_environment(shim, noshell_layout, us
     run = shim.run(["run", out], cwd=user_dir, env=env_for(user_dir))
     assert run.returncode == 0, run.stderr
     assert "GREETING=no shell here" in run.stdout.splitlines()
-    assert "PATH=/bin" in run.stdout.splitlines()
+    # Its PATH, with the default directories it lacks appended (as after its Env script, by the shell).
+    assert "PATH=/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin" in run.stdout.splitlines()
 
 
 def test_three_routes_and_umoci_give_the_same_tree(shim, app_layout_gzip, user_dir, tmp_path):
@@ -299,46 +273,10 @@ def test_a_truncated_archive_is_refused(shim, app_layout, user_dir):
     assert not (user_dir / "cut.sif").exists() and leftovers(user_dir) == []
 
 
-def _layer_tar(members: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for info, data in members:
-            tf.addfile(info, io.BytesIO(data) if data else None)
-    return buf.getvalue()
-
-
-def _entry(name: str, data: bytes = b"", kind: bytes = tarfile.REGTYPE,
-           link: str = "") -> tuple[tarfile.TarInfo, bytes]:
-    info = tarfile.TarInfo(name)
-    info.type, info.size, info.linkname, info.mode = kind, len(data), link, 0o755 if kind == tarfile.DIRTYPE else 0o644
-    return info, data
-
-
 def _hostile_layout(dest: Path, members: list[tuple[tarfile.TarInfo, bytes]]) -> Path:
     """An OCI layout whose one layer (after a sane busybox one) holds `members`."""
-    blobs_dir = dest / "blobs" / "sha256"
-    blobs_dir.mkdir(parents=True)
-
-    def put(data: bytes) -> dict:
-        h = hashlib.sha256(data).hexdigest()
-        (blobs_dir / h).write_bytes(data)
-        return {"digest": f"sha256:{h}", "size": len(data)}
-
-    base = _layer_tar([_entry("bin", kind=tarfile.DIRTYPE), _entry("bin/busybox", Path("/bin/busybox").read_bytes())])
-    layers = [base, _layer_tar(members)]
-    config = {"architecture": "amd64", "os": "linux", "config": {},
-              "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(x).hexdigest() for x in layers]}}
-    manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **put(json.dumps(config).encode())},
-                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **put(gzip.compress(x))}
-                           for x in layers]}
-    m = put(json.dumps(manifest).encode())
-    (dest / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (dest / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **m,
-         "annotations": {"org.opencontainers.image.ref.name": "1"}}]}))
-    subprocess.run(["chmod", "-R", "a+rX", str(dest)], check=True)
-    return dest
+    image = hostile.Image.make([hostile.busybox_tar(), _layer_tar(members)])
+    return hostile.write_layout(dest, [image], [hostile.tagged(image, "1")])
 
 
 HOSTILE = {
@@ -468,3 +406,13 @@ def test_bearer_tokens_as_public_registries_hand_them_out(shim, token_registry, 
     run = shim.run(["run", user_dir / "pub.sif"], cwd=user_dir, env=env_for(user_dir))
     assert "greeting: hello from the image" in run.stdout, run.stderr
     assert leftovers(user_dir) == [] and not (user_dir / "w.sif").exists()
+
+
+def test_an_output_directory_the_user_cannot_write_is_one_line(shim, app_layout, user_dir, world_dir):
+    """(It was an internal error: PermissionError from the build directory beside OUT.)"""
+    out = world_dir / "app.sif"  # world_dir is root's, 0755
+    for cache in ("cache", ""):  # with a blob cache, and without one (the temporary one goes beside OUT)
+        r = shim.run(["build", out, f"oci:{app_layout.path}:1"], cwd=user_dir,
+                     env={"SHIMRUN_CACHE": str(user_dir / cache) if cache else ""})
+        one_error_line(r, ExitCode.USAGE, str(world_dir), "Permission denied")
+    assert not out.exists()

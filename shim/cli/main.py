@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 
 from shim.cli.parser import Parser
-from shim.errors import EXIT_LABELS, ExitCode, ShimError, UsageError
+from shim.errors import EXIT_LABELS, ExitCode, ShimError, UsageError, one_line
 from shim.options import GLOBAL_OPTIONS, GLOBAL_VALUE_OPTIONS, VERBS
 
 # Verb -> module with register(subparsers) and main(args). Imported only when used.
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0 if e.code in (0, None) else int(ExitCode.USAGE)
         return args.func(args)
     except ShimError as e:
-        print(f"shimrun: error: {e}", file=sys.stderr)
+        print(f"shimrun: error: {one_line(str(e))}", file=sys.stderr)
         if debug:
             raise
         return int(e.code)
@@ -154,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         if debug:
             raise
-        print(f"shimrun: internal error: {type(e).__name__}: {e} (rerun with --debug and report it)", file=sys.stderr)
+        print(f"shimrun: internal error: {type(e).__name__}: {one_line(str(e))} (rerun with --debug and report it)",
+              file=sys.stderr)
         return INTERNAL_ERROR
 
 

@@ -44,13 +44,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def options(args: argparse.Namespace):
+    from shim.oci.auth import RegistryOptions
     from shim.oci.blobs import parse_size
+    from shim.oci.flatten import DEFAULT_MAX_ENTRIES
     from shim.oci.pull import PullOptions
-    from shim.oci.registry import RegistryOptions
+    from shim.oci.transport import Limits
+    from shim.site.config import load_site_config
 
     return PullOptions(arch=args.arch or "", compression=args.compression, deterministic=args.deterministic,
                        max_size=parse_size(args.max_size, "--max-size"),
-                       registry=RegistryOptions(no_https=args.no_https, ca_file=args.ca_file, authfile=args.authfile))
+                       max_entries=load_site_config().pull_max_entries or DEFAULT_MAX_ENTRIES,
+                       registry=RegistryOptions(no_https=args.no_https, ca_file=args.ca_file, authfile=args.authfile),
+                       limits=Limits.from_env())
 
 
 def terminate_cleanly() -> None:

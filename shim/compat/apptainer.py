@@ -22,7 +22,7 @@ from shim.compat.options import (
     TRUE_WORDS,
     CompatOption,
 )
-from shim.errors import printable
+from shim.errors import escaped
 from shim.options import GLOBAL_OPTIONS
 
 # The Apptainer release whose command line shim follows: engines gate features on it (cwltool:
@@ -37,7 +37,7 @@ class CompatError(Exception):
     """One line for the user; exit 64."""
 
     def __str__(self) -> str:
-        return printable(super().__str__())
+        return escaped(super().__str__())
 
 
 def version_text() -> str:

@@ -64,6 +64,15 @@ def mksquashfs_has_tar(exe: str) -> bool:
     return any(line.split()[:1] == ["-tar"] for line in _mksquashfs_help(exe).splitlines())
 
 
+def _work_dir(out: str, out_dir: str) -> str:
+    """The temporary build directory beside OUT; a directory the user cannot write is one line."""
+    try:
+        return tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.build.", dir=out_dir)
+    except OSError as e:
+        raise UsageError(f"cannot write {out}: {e.strerror} in {out_dir}",
+                         "write the image into a directory of your own") from None
+
+
 def _which(tool: str, package: str) -> str:
     exe = shutil.which(tool)
     if exe is None:
@@ -133,7 +142,7 @@ def build_sif(out: str | os.PathLike[str], source: str | os.PathLike[str],  # no
     mksquashfs = _which("mksquashfs", "squashfs-tools")
     flags = [*MKSQUASHFS_BASE, "-comp", compression, *_time_flags(deterministic)]
 
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.build.", dir=out_dir)
+    work = _work_dir(out, out_dir)
     try:
         sqfs = os.path.join(work, "rootfs.sqfs")
         if os.path.isdir(source):
@@ -360,7 +369,7 @@ def build_sif_from_stream(out: str, write_tar: Callable[[IO[bytes]], None], spec
                         "install squashfs-tools 4.5.1 or newer")
     flags = [*MKSQUASHFS_BASE, *MKSQUASHFS_STREAM_MEM, "-comp", spec.compression,
              *_time_flags(spec.deterministic)]
-    work = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.build.", dir=out_dir)
+    work = _work_dir(out, out_dir)
     mk: subprocess.Popen[bytes] | None = None
     try:
         sqfs = os.path.join(work, "rootfs.sqfs")

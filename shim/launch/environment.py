@@ -33,7 +33,9 @@ How it runs: the planner turns these rules into a launch record's environment ru
 variables pass, then ordered set/prepend/append/unset operations); the C executor applies them to
 each launch's own host environment (csrc/envcompose.c), so a launch from a cached record, a
 freshly planned one and a rank joining a shared container get the same environment. `compose`
-below asks the same C code. When the image has no /.singularity.d/env, the app is exec'd with `direct`.
+below asks the same C code. When the image has no /.singularity.d/env, the app is exec'd with `direct`; so it is when the only
+script there is the one that holds an OCI image's Env (`image_env_script`), which `direct` applies
+as data (a shell is slow to hold 100,000 variables, and an image may have none).
 Otherwise the image's /bin/sh runs `action_script` with `base` as its environment; the script
 sets the host variables aside, sources the image's scripts in lexical order, restores the host
 value of each variable the scripts left unset, then applies the profiles' edits, the overrides
@@ -86,6 +88,7 @@ class EnvOptions:
     edits: tuple[EnvEdit, ...] = ()  # the profiles' [env], in profile order
     pwd: str = ""  # PWD as the app sees it (passes like a host variable)
     image_env: tuple[tuple[str, str], ...] = ()  # an OCI image's Env, as data (no shell needed)
+    image_env_script: str = ""  # the env script that holds only image_env (10-docker2singularity.sh)
 
 
 @dataclass(frozen=True)
@@ -238,8 +241,10 @@ def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.s
     ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in defaults.items()]
     ops.append(EnvOp(DIRECT_T, ENV_OP["HOST"]))
     # An OCI image's Env ranks as its environment scripts do (above the host's variables): the same
-    # as when the image's shell sources 10-docker2singularity.sh with the host's variables set aside.
-    ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in opts.image_env if k != "HOME"]
+    # as when the image's shell sources 10-docker2singularity.sh with the host's variables set aside
+    # (and then appends the default directories its PATH lacks).
+    ops += [EnvOp(DIRECT_T, _SET, k, with_default_dirs(v) if k == "PATH" else v) for k, v in opts.image_env
+            if k != "HOME"]
     ops += [EnvOp(DIRECT_T, _EDIT_OPS[e.op], e.name, e.value) for e in opts.edits]
     ops.append(EnvOp(DIRECT_T, ENV_OP["SET_DEFAULT"], "PATH", DEFAULT_PATH))
     ops += [EnvOp(DIRECT_T, _SET, k, v) for k, v in overrides.items() if k not in _PATH_EDITS]
@@ -256,7 +261,16 @@ def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.s
     ops += [EnvOp(BASE_T, ENV_OP["HOST"]), EnvOp(BASE_T, _SET, "HOME", opts.home),
             EnvOp(BASE_T, ENV_OP["HOST_NAMES"], HOSTVARS)]
     return EnvRules(_pass_rules(opts.cleanenv), tuple(ops), _script(env_dir, overrides, opts.home, opts.edits),
-                    env_dir)
+                    env_dir, opts.image_env_script)
+
+
+def with_default_dirs(path: str) -> str:
+    """`path` with the default directories it lacks appended, as the action script does after an
+    image's Docker Env (the loop after 10-docker2singularity.sh in _SCRIPT)."""
+    for d in DEFAULT_PATH.split(":"):
+        if f":{d}:" not in f":{path}:":
+            path = f"{path}:{d}" if path else d
+    return path
 
 
 def environment(rules: EnvRules, host_env: Mapping[str, str]) -> LaunchEnv:

@@ -1,4 +1,7 @@
-"""The per-user blob cache, $SHIMRUN_CACHE/blobs/sha256/HEX, shared by every later pull.
+"""The per-user blob cache, $SHIMRUN_CACHE/blobs/ALGORITHM/HEX, shared by every later pull.
+
+Its file names come from digests checked against the OCI grammar (shim.oci.digest) and from
+nothing else: `path` refuses any other string, so no descriptor can name a file outside it.
 
 A blob is stored under its digest only after its whole content was checked against it, written
 to a temporary name beside its final one and renamed into place, so a reader never sees a partial
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from shim.errors import UsageError
+from shim.oci import digest as digests
 from shim.oci.model import Descriptor
 from shim.oci.verify import VerifyingReader
 
@@ -51,7 +55,8 @@ class BlobInfo:
 
 class BlobCache:
     def __init__(self, root: str, persistent: bool) -> None:
-        self.dir = os.path.join(root, "blobs", "sha256")
+        self.top = os.path.join(root, "blobs")
+        self.dir = os.path.join(self.top, "sha256")   # where most blobs are (sha512 ones beside it)
         self.persistent = persistent  # False: a private temporary directory, removed by `close`
         self.used: set[str] = set()
 
@@ -63,13 +68,14 @@ class BlobCache:
 
         root = cache_path()
         if root is not None:
-            blobs = os.path.join(root, "blobs", "sha256")
+            dirs = [os.path.join(root, "blobs", alg) for alg in digests.ALGORITHMS]
             try:
-                os.makedirs(blobs, mode=0o700, exist_ok=True)
+                for d in dirs:
+                    os.makedirs(d, mode=0o700, exist_ok=True)
             except OSError:
                 root = None
             else:
-                if untrusted(blobs, leaf_is_file=False):
+                if any(untrusted(d, leaf_is_file=False) for d in dirs):
                     root = None
         if root is not None:
             cache = cls(root, persistent=True)
@@ -77,15 +83,21 @@ class BlobCache:
             yield cache
             cache.enforce_cap()
             return
-        tmp = tempfile.mkdtemp(prefix=".shim-blobs.", dir=near)
         try:
-            os.makedirs(os.path.join(tmp, "blobs", "sha256"))
+            tmp = tempfile.mkdtemp(prefix=".shim-blobs.", dir=near)
+        except OSError as e:
+            raise UsageError(f"cannot write in {near}: {e.strerror}", "pull into a directory of your own") from None
+        try:
+            for alg in digests.ALGORITHMS:
+                os.makedirs(os.path.join(tmp, "blobs", alg))
             yield cls(tmp, persistent=False)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
     def path(self, digest: str) -> str:
-        return os.path.join(self.dir, digest.split(":", 1)[1])
+        """ALGORITHM/HEX of a checked digest (ValueError for anything else: a bug, never a path)."""
+        alg, encoded = digests.split(digest)
+        return os.path.join(self.top, alg, encoded)
 
     def have(self, desc: Descriptor) -> str | None:
         """The stored blob's path, if it is there, trusted and of the right size."""
@@ -117,7 +129,8 @@ class BlobCache:
             if found:
                 return found
             final = self.path(desc.digest)
-            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".partial", dir=self.dir)
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(final)}.", suffix=".partial",
+                                       dir=os.path.dirname(final))
             try:
                 with os.fdopen(fd, "wb") as out, fetch(desc) as raw:
                     src = VerifyingReader(raw, desc.digest, desc.size, desc.what)
@@ -137,7 +150,8 @@ class BlobCache:
     def _lock(self, digest: str) -> Iterator[None]:
         """An flock on .HEX.lock; the holder removes the file, so a waiter re-checks that the file
         it locked is still the one at that path (else it locked a removed one, and tries again)."""
-        path = os.path.join(self.dir, f".{digest.split(':', 1)[1]}.lock")
+        blob = self.path(digest)
+        path = os.path.join(os.path.dirname(blob), f".{os.path.basename(blob)}.lock")
         while True:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -158,20 +172,23 @@ class BlobCache:
     def cleanup_partials(self) -> None:
         """Remove downloads a killed pull left (older than an hour: a running pull's are younger)."""
         now = time.time()
-        for name in _listdir(self.dir):
-            if name.endswith(".partial"):
-                path = os.path.join(self.dir, name)
-                with contextlib.suppress(OSError):
-                    if now - os.lstat(path).st_mtime > 3600:
-                        os.unlink(path)
+        for alg in digests.ALGORITHMS:
+            where = os.path.join(self.top, alg)
+            for name in _listdir(where):
+                if name.endswith(".partial"):
+                    path = os.path.join(where, name)
+                    with contextlib.suppress(OSError):
+                        if now - os.lstat(path).st_mtime > 3600:
+                            os.unlink(path)
 
     def blobs(self) -> list[BlobInfo]:
         out = []
-        for name in _listdir(self.dir):
-            if re.fullmatch(r"[0-9a-f]{64}", name):
-                with contextlib.suppress(OSError):
-                    st = os.lstat(os.path.join(self.dir, name))
-                    out.append(BlobInfo(f"sha256:{name}", st.st_size, st.st_mtime))
+        for alg in digests.ALGORITHMS:
+            for name in _listdir(os.path.join(self.top, alg)):
+                if digests.valid(f"{alg}:{name}"):
+                    with contextlib.suppress(OSError):
+                        st = os.lstat(os.path.join(self.top, alg, name))
+                        out.append(BlobInfo(f"{alg}:{name}", st.st_size, st.st_mtime))
         return sorted(out, key=lambda b: b.used)
 
     def enforce_cap(self) -> list[BlobInfo]:

@@ -13,28 +13,30 @@ Refused, with the layer and member named: absolute names, names with `..`, a nam
 through a symlink its own layer made (`lib -> /etc`, then `lib/x`), a name below a file, a hard
 link to nothing. A name through a lower layer's symlink is resolved inside the image, as umoci
 does. Device nodes are dropped (an unprivileged runtime cannot use them; /dev is the host's).
+
+Bounded by the pull's caps, whatever the layers' headers say: the bytes the layers decompress
+to (everything the decompressor yields, shim.oci.layerstream) and the sizes their members
+declare both count against `max_bytes`; the members of all layers against `max_entries`. No
+member header is kept once read, so memory grows with the final tree's paths, not with entries.
 """
 
 from __future__ import annotations
 
-import bz2
-import contextlib
-import gzip
-import lzma
 import stat
 import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from shim.errors import ImageError
+from shim.errors import ImageError, shown
 from shim.image.arch import resolve_links
+from shim.oci.layerstream import SIZE_HINT, Budget, layer_stream, members
 from shim.oci.model import Layer, ResolvedImage
-from shim.oci.verify import VerifyingReader
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
-_COPY = 1 << 20
+DEFAULT_MAX_ENTRIES = 2_000_000   # entries of all layers of one image ([pull] max_entries in shim.toml)
+MAX_DEPTH = 512                   # directories a member's name goes through
 
 
 @dataclass(eq=False)
@@ -63,75 +65,13 @@ class FlattenOptions:
     max_bytes: int                                 # the uncompressed layers' total, at most
     progress: Callable[[str], None] = lambda _m: None
     extra: tuple[ExtraFile, ...] = ()
-    total: int = field(default=0, init=False)
+    max_entries: int = DEFAULT_MAX_ENTRIES         # the members of all layers, at most
+    total: int = field(default=0, init=False)      # the members' declared sizes, so far
+    entries: int = field(default=0, init=False)    # the members read, so far (pass 1)
 
 
 def _dir(layer: int, seq: int, info: tarfile.TarInfo | None) -> _Node:
     return _Node(layer, seq, "dir", info, {}, "", (0, 0))
-
-
-@contextlib.contextmanager
-def _layer_stream(image: ResolvedImage, layer: Layer, check_diff_id: bool) -> Iterator[IO[bytes]]:
-    """The layer's uncompressed tar, whatever its compression (told by its first bytes)."""
-    import zstandard
-
-    with image.open_blob(layer.blob) as raw:
-        head = raw.read(6)
-        joined = _Prefixed(head, raw)
-        if head.startswith(b"\x1f\x8b"):
-            plain: IO[bytes] = gzip.GzipFile(fileobj=joined, mode="rb")  # type: ignore[arg-type]
-        elif head.startswith(b"\x28\xb5\x2f\xfd"):
-            plain = zstandard.ZstdDecompressor().stream_reader(joined, read_across_frames=True)  # type: ignore[arg-type]
-        elif head.startswith(b"\xfd7zXZ"):
-            plain = lzma.LZMAFile(joined)  # type: ignore[arg-type]  # noqa: SIM115 (closed with raw)
-        elif head.startswith(b"BZh"):
-            plain = bz2.BZ2File(joined)  # type: ignore[arg-type]
-        else:
-            plain = joined  # type: ignore[assignment]
-        checked = VerifyingReader(plain, layer.diff_id if check_diff_id else "", -1, f"layer {layer.index} "
-                                  f"({layer.blob.what}), uncompressed")
-        try:
-            yield checked  # type: ignore[misc]
-            checked.drain()
-            if isinstance(raw, VerifyingReader):
-                raw.drain()
-        except (OSError, EOFError, zstandard.ZstdError, lzma.LZMAError) as e:
-            raise ImageError(f"layer {layer.index} ({layer.blob.what}) cannot be decompressed ({e})",
-                             "the image is damaged; fetch it again") from None
-
-
-class _Prefixed:
-    """A stream with some bytes already read from it put back in front."""
-
-    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
-        self.head, self.rest = head, rest
-
-    def read(self, n: int = -1) -> bytes:
-        if self.head:
-            if n < 0:
-                data, self.head = self.head + self.rest.read(), b""
-                return data
-            data, self.head = self.head[:n], self.head[n:]
-            return data if len(data) == n else data + self.rest.read(n - len(data))
-        return self.rest.read(n)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: bytearray | memoryview) -> int:
-        data = self.read(len(buf))
-        buf[:len(data)] = data
-        return len(data)
-
-
-def _members(stream: IO[bytes], layer: Layer) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
-    try:
-        with tarfile.open(fileobj=stream, mode="r|") as tf:  # type: ignore[call-overload]
-            for m in tf:
-                yield tf, m
-    except tarfile.TarError as e:
-        raise ImageError(f"layer {layer.index} ({layer.blob.what}) is not a valid tar archive ({e})",
-                         "the image is damaged; fetch it again") from None
 
 
 class Flattener:
@@ -139,14 +79,15 @@ class Flattener:
         self.image, self.opts = image, opts
         self.root = _dir(0, 0, None)
         self.extra_layer = len(image.layers) + 1
+        self.budget = Budget(opts.max_bytes)
 
     # ---- pass 1: the final tree ----
 
     def plan(self) -> None:
         for layer in self.image.layers:
             self.opts.progress(f"reading layer {layer.index}/{len(self.image.layers)} ({layer.blob.what})")
-            with _layer_stream(self.image, layer, check_diff_id=True) as stream:
-                for seq, (_tf, m) in enumerate(_members(stream, layer)):
+            with layer_stream(self.image, layer, self.budget) as stream:
+                for seq, (_tf, m) in enumerate(members(stream, layer)):
                     self._apply(layer, seq, m)
         for seq, extra in enumerate(self.opts.extra):
             info = tarfile.TarInfo(extra.path)
@@ -155,26 +96,35 @@ class Flattener:
             self._place(self.extra_layer, seq, info, parts, self._mkdirs(parts[:-1]))
 
     def _refuse(self, layer: Layer, m: tarfile.TarInfo, why: str) -> ImageError:
-        return ImageError(f"layer {layer.index} ({layer.blob.what}): member {m.name!r} {why}; nothing was written",
-                          "the image is malformed or malicious; do not use it")
+        return ImageError(f"layer {layer.index} ({layer.blob.what}): member '{shown(m.name)}' {why}; nothing was "
+                          "written", "the image is malformed or malicious; do not use it")
+
+    def _count(self, layer: Layer, m: tarfile.TarInfo) -> None:
+        opts = self.opts
+        opts.total += max(m.size, 0)
+        opts.entries += 1
+        if opts.total > opts.max_bytes:
+            raise ImageError(f"layer {layer.index} ({layer.blob.what}) expands past the size cap "
+                             f"({opts.max_bytes} bytes uncompressed in all)", SIZE_HINT)
+        if opts.entries > opts.max_entries:
+            raise ImageError(f"layer {layer.index} ({layer.blob.what}) takes the image past {opts.max_entries} "
+                             "entries, the site's cap", "a site raises it with [pull] max_entries in shim.toml")
 
     def _apply(self, layer: Layer, seq: int, m: tarfile.TarInfo) -> None:
-        self.opts.total += max(m.size, 0)
-        if self.opts.total > self.opts.max_bytes:
-            raise ImageError(f"layer {layer.index} ({layer.blob.what}) expands past the size cap "
-                             f"({self.opts.max_bytes} bytes uncompressed in all)",
-                             "raise it with --max-size (or SHIMRUN_PULL_MAX_SIZE) if the image is that big")
+        self._count(layer, m)
         if m.name.startswith("/"):
             raise self._refuse(layer, m, "has an absolute path")
         parts = _split(m.name)
         if ".." in parts:
             raise self._refuse(layer, m, "would land outside the root ('..')")
+        if len(parts) > MAX_DEPTH:
+            raise self._refuse(layer, m, f"is {len(parts)} directories deep (at most {MAX_DEPTH})")
         if not parts:
             return  # "./": the root's own entry; the root is always 0755
         if m.islnk():
             target = _split(m.linkname)
             if m.linkname.startswith("/") or ".." in target:
-                raise self._refuse(layer, m, f"is a hard link out of the root ({m.linkname!r})")
+                raise self._refuse(layer, m, f"is a hard link out of the root ('{shown(m.linkname)}')")
         parent = self._parent(layer, m, parts[:-1])
         base = parts[-1]
         if base == OPAQUE:
@@ -201,14 +151,14 @@ class Flattener:
                 child = node.children[name] = _dir(0, 0, None)
             elif child.kind == "sym":
                 if child.layer == layer.index:
-                    raise self._refuse(layer, m, f"goes through the symlink {'/'.join([*walked, name])} -> "
-                                       f"{child.link} that the same layer made")
+                    raise self._refuse(layer, m, f"goes through the symlink {shown('/'.join([*walked, name]))} -> "
+                                       f"{shown(child.link)} that the same layer made")
                 resolved = resolve_links("/".join([*walked, name]), self._readlink)
                 if resolved is None:
                     raise self._refuse(layer, m, "goes through a symlink loop")
                 return self._parent(layer, m, [*_split(resolved), *parts[i + 1:]])
             elif child.kind != "dir":
-                raise self._refuse(layer, m, f"is below {'/'.join([*walked, name])}, which is not a directory")
+                raise self._refuse(layer, m, f"is below {shown('/'.join([*walked, name]))}, which is not a directory")
             node = child
             walked.append(name)
         return node
@@ -242,7 +192,8 @@ class Flattener:
             target = self._lookup(_split(m.linkname))
             if target is None or target.kind not in ("file", "hard"):
                 assert layer is not None
-                raise self._refuse(layer, m, f"is a hard link to {m.linkname!r}, which is not a file of the image")
+                raise self._refuse(layer, m, f"is a hard link to '{shown(m.linkname)}', which is not a file of the "
+                                   "image")
             source = target.source if target.kind == "hard" else (target.layer, target.seq)
             parent.children[name] = _Node(layer_no, seq, "hard", None, None, "", source)
         else:
@@ -300,8 +251,8 @@ class Flattener:
         mine = {seq: path for (n, seq), path in wanted.items() if n == layer.index}
         if not mine:
             return
-        with _layer_stream(self.image, layer, check_diff_id=False) as stream:
-            for seq, (src, m) in enumerate(_members(stream, layer)):
+        with layer_stream(self.image, layer, None) as stream:
+            for seq, (src, m) in enumerate(members(stream, layer)):
                 path = mine.get(seq)
                 if path is None:
                     continue
@@ -320,27 +271,38 @@ def _split(name: str) -> list[str]:
 
 
 def _prune(node: _Node, layer_no: int) -> None:
-    """Remove what layers below `layer_no` put under directory `node`."""
+    """Remove what layers below `layer_no` put under directory `node` (a directory emptied so
+    goes too, unless its own layer or a later one made it). Without recursion: trees are deep."""
     if node.children is None:
         return
-    for name, child in list(node.children.items()):
-        if child.kind == "dir":
-            _prune(child, layer_no)
-            if child.layer < layer_no and not child.children:
-                del node.children[name]
-        elif child.layer < layer_no:
-            del node.children[name]
+    dirs, todo = [], [node]
+    while todo:  # every directory below, each before what is in it
+        d = todo.pop()
+        dirs.append(d)
+        todo.extend(c for c in d.children.values() if c.kind == "dir")  # type: ignore[union-attr]
+    for d in reversed(dirs):  # what is in a directory before the directory
+        assert d.children is not None
+        for name, child in list(d.children.items()):
+            if child.layer < layer_no and (child.kind != "dir" or not child.children):
+                del d.children[name]
 
 
-def _walk(node: _Node, path: str) -> Iterator[tuple[str, _Node]]:
-    """Every node below `node`, a directory before what is in it."""
-    assert node.children is not None
-    for name in sorted(node.children):
-        child = node.children[name]
-        child_path = f"{path}/{name}" if path else name
-        yield child_path, child
-        if child.kind == "dir":
-            yield from _walk(child, child_path)
+def _walk(root: _Node, path: str) -> Iterator[tuple[str, _Node]]:
+    """Every node below `root`, a directory before what is in it, names sorted (without recursion)."""
+    assert root.children is not None
+    stack, paths = [iter(sorted(root.children.items()))], [path]
+    while stack:
+        for name, child in stack[-1]:
+            child_path = f"{paths[-1]}/{name}" if paths[-1] else name
+            yield child_path, child
+            if child.kind == "dir":
+                assert child.children is not None
+                stack.append(iter(sorted(child.children.items())))
+                paths.append(child_path)
+                break
+        else:
+            stack.pop()
+            paths.pop()
 
 
 def _header(path: str, src: tarfile.TarInfo | None, kind: bytes) -> tarfile.TarInfo:

@@ -1,5 +1,9 @@
 """OCI image layouts (a directory, or a tar of one) and `docker save` archives, read in place:
-blobs are streamed from the directory or the archive's members, never unpacked to disk."""
+blobs are streamed from the directory or the archive's members, never unpacked to disk.
+
+A layout whose index.json lists one image for several platforms (per-platform manifests side by
+side, as `docker buildx` writes them, or one nested index, as `skopeo copy --all` does) is one
+image: this node's platform is taken (or --arch's), as from a registry's index."""
 
 from __future__ import annotations
 
@@ -9,8 +13,9 @@ import tarfile
 from collections.abc import Iterator
 from typing import IO, Any
 
-from shim.errors import ExitCode, ImageError, ShimError, UsageError
-from shim.oci.manifest import config_and_layers, layers_with_diff_ids, resolve_manifest
+from shim.errors import ExitCode, ImageError, ShimError, UsageError, listed
+from shim.oci import digest as digests
+from shim.oci.manifest import checked_config, config_and_layers, layers_with_diff_ids, pick_platform, resolve_manifest
 from shim.oci.model import MAX_JSON, REF_NAME, Descriptor, ResolvedImage, descriptor, parse_json
 from shim.oci.reference import Source
 from shim.oci.verify import VerifyingReader
@@ -88,11 +93,12 @@ class _Store:
         return data
 
     def blob_name(self, digest: str) -> str:
-        return f"blobs/sha256/{digest.split(':', 1)[1]}"
+        alg, encoded = digests.split(digest)
+        return f"blobs/{alg}/{encoded}"
 
     @contextlib.contextmanager
     def open_blob(self, desc: Descriptor) -> Iterator[IO[bytes]]:
-        name = desc.annotations.get("path") or self.blob_name(desc.digest)
+        name = desc.member or self.blob_name(desc.digest)
         with self.open(name) as f:
             yield VerifyingReader(f, desc.digest, desc.size, desc.what)  # type: ignore[misc]
 
@@ -129,30 +135,32 @@ def _oci_layout(source: Source, store: _Store, arch: str) -> ResolvedImage:
     if not isinstance(entries, list) or not entries:
         raise ImageError(f"{source.path}: index.json lists no images")
     descs = [descriptor(m, f"{source.path}: index.json manifests[{i}]") for i, m in enumerate(entries)]
-    top = _pick(descs, source)
+    top = _pick(descs, source, arch)
     manifest_desc, manifest = resolve_manifest(top, store.read_blob, where, arch)
     config_desc, config, layers = config_and_layers(manifest, store.read_blob, where)
     return ResolvedImage(where, manifest_desc.digest, config, config_desc.digest, layers, store.open_blob)
 
 
-def _pick(descs: list[Descriptor], source: Source) -> Descriptor:
+def _pick(descs: list[Descriptor], source: Source, arch: str) -> Descriptor:
+    """The entry of index.json to resolve: by digest, by tag, or the only image (which may be
+    listed once per platform: then this platform's)."""
     if source.digest:
         found = [d for d in descs if d.digest == source.digest]
         if not found:  # a digest of a manifest inside an index: resolve from the index then
             raise ShimError(ExitCode.NO_SUCH_IMAGE, f"{source.path} has no image {source.digest}",
                             "list its images with: skopeo inspect oci:DIR")
         return found[0]
-    tags = {d.annotations.get(REF_NAME, ""): d for d in descs}
-    if source.tag:
-        if source.tag in tags:
-            return tags[source.tag]
-        have = ", ".join(sorted(t for t in tags if t)) or "no tags"
-        raise ShimError(ExitCode.NO_SUCH_IMAGE, f"{source.path} has no image tagged {source.tag!r} (it has: {have})",
-                        "name one of its tags")
-    if len(descs) == 1:
-        return descs[0]
-    have = ", ".join(sorted(t for t in tags if t)) or "untagged images"
-    raise UsageError(f"{source.path} holds {len(descs)} images ({have})", "name one with :TAG or @sha256:DIGEST")
+    tags = sorted({t for d in descs if (t := d.annotations.get(REF_NAME, ""))})
+    found = [d for d in descs if d.annotations.get(REF_NAME, "") == source.tag] if source.tag else descs
+    if not found:
+        raise ShimError(ExitCode.NO_SUCH_IMAGE, f"{source.path} has no image tagged {source.tag!r} "
+                        f"(it has: {listed(tags) or 'no tags'})", "name one of its tags")
+    if len(found) == 1:
+        return found[0]
+    if len({d.annotations.get(REF_NAME, "") for d in found}) == 1 and all(d.platform for d in found):
+        return pick_platform(found, str(source), arch)  # one image, one manifest per platform
+    raise UsageError(f"{source.path} holds {len(found)} images ({listed(tags) or 'untagged images'})",
+                     "name one with :TAG or @sha256:DIGEST")
 
 
 def _docker_archive(source: Source, store: _Store) -> ResolvedImage:
@@ -170,7 +178,7 @@ def _docker_archive(source: Source, store: _Store) -> ResolvedImage:
     if not isinstance(config_name, str) or not isinstance(layer_names, list):
         raise ImageError(f"{source.path}: manifest.json has no Config or Layers")
     config_desc = _member_desc(store, config_name)
-    config = parse_json(store.read_blob(config_desc), f"{where} config")
+    config = checked_config(store.read_blob(config_desc), where)
     descs = [_member_desc(store, str(n)) for n in layer_names]
     layers = layers_with_diff_ids(descs, config, where)
     return ResolvedImage(where, "", config, config_desc.digest, layers, store.open_blob)
@@ -182,6 +190,6 @@ def _member_desc(store: _Store, name: str) -> Descriptor:
                          "the archive is incomplete")
     base = os.path.basename(name).removesuffix(".json")
     # Legacy names are the config's hex digest (.json) or a layer directory's; OCI ones are blobs/sha256/HEX.
-    known = len(base) == 64 and (name.startswith("blobs/sha256/") or name.endswith(".json"))
+    known = digests.valid(f"sha256:{base}") and (name.startswith("blobs/sha256/") or name.endswith(".json"))
     digest = f"sha256:{base}" if known else ""
-    return Descriptor("", digest, store.size(name), annotations={"path": name})
+    return Descriptor("", digest, store.size(name), member=name)

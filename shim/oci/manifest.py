@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shim.errors import ExitCode, ImageError, ShimError
+from shim.errors import ExitCode, ImageError, ShimError, listed, shown
 from shim.image import arch as archmod
+from shim.oci import digest as digests
+from shim.oci.configcheck import check_config
 from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, Descriptor, Layer, descriptor, parse_json
 
 FetchJson = Callable[[Descriptor], bytes]  # a manifest or config blob's verified bytes
@@ -22,14 +24,19 @@ def choose_platform(index: dict[str, Any], where: str, arch: str) -> Descriptor:
     manifests = index.get("manifests")
     if not isinstance(manifests, list) or not manifests:
         raise ImageError(f"{where}: the image index lists no manifests")
-    descs = [descriptor(m, f"{where} manifests[{i}]") for i, m in enumerate(manifests)]
+    return pick_platform([descriptor(m, f"{where} manifests[{i}]") for i, m in enumerate(manifests)], where, arch)
+
+
+def pick_platform(descs: list[Descriptor], where: str, arch: str) -> Descriptor:
+    """The descriptor for linux/ARCH among one image's per-platform manifests; else a one-line
+    error naming the platforms there are (escaped, the list cut with a count)."""
     # Attestations (buildx's "unknown/unknown" entries) are not images to run.
     images = [d for d in descs if d.platform.get("os") != "unknown"]
     for d in images:
         linux = d.platform.get("os", "linux") == "linux"
         if linux and archmod.normalize_arch(d.platform.get("architecture", "")) == arch:
             return d
-    have = ", ".join(platform_name(d.platform) for d in images) or "none"
+    have = listed(dict.fromkeys(platform_name(d.platform) for d in images)) or "none"
     raise ShimError(ExitCode.ARCH, f"{where} has no image for linux/{arch}; it has: {have}",
                     "choose one with --arch ARCH, or pull on a node of that architecture")
 
@@ -48,19 +55,26 @@ def resolve_manifest(top: Descriptor, fetch: FetchJson, where: str, arch: str) -
         if media == "application/vnd.docker.distribution.manifest.v1+prettyjws" or doc.get("schemaVersion") == 1:
             raise ImageError(f"{where}: a Docker schema 1 manifest (deprecated since 2019) is not supported",
                              "push the image again with a current Docker or skopeo")
-        raise ImageError(f"{where}: unknown manifest type {media!r}")
+        raise ImageError(f"{where}: unknown manifest type {shown(media, 80)}")
     raise ImageError(f"{where}: image indexes nested too deep")
 
 
 def config_and_layers(manifest: dict[str, Any], fetch: FetchJson,
                       where: str) -> tuple[Descriptor, dict[str, Any], tuple[Layer, ...]]:
     config_desc = descriptor(manifest.get("config"), f"{where} config")
-    config = parse_json(fetch(config_desc), f"{where} config")
+    config = checked_config(fetch(config_desc), where)
     raw_layers = manifest.get("layers")
     if not isinstance(raw_layers, list):
         raise ImageError(f"{where}: the manifest has no layer list")
     layer_descs = [descriptor(x, f"{where} layers[{i}]") for i, x in enumerate(raw_layers)]
     return config_desc, config, layers_with_diff_ids(layer_descs, config, where)
+
+
+def checked_config(data: bytes, where: str) -> dict[str, Any]:
+    """An image config's JSON, its values checked for what a launch does with them."""
+    config = parse_json(data, f"{where} config")
+    check_config(config, where)
+    return config
 
 
 def layers_with_diff_ids(descs: list[Descriptor], config: dict[str, Any], where: str) -> tuple[Layer, ...]:
@@ -70,7 +84,6 @@ def layers_with_diff_ids(descs: list[Descriptor], config: dict[str, Any], where:
     if len(diff_ids) != len(descs):
         raise ImageError(f"{where}: the manifest has {len(descs)} layers but the config {len(diff_ids)} diff_ids",
                          "the image is inconsistent; rebuild or push it again")
-    for d in diff_ids:
-        if not isinstance(d, str) or not d.startswith("sha256:") or len(d) != 71:
-            raise ImageError(f"{where}: config diff_id {d!r} is not a sha256 digest")
+    for i, d in enumerate(diff_ids):
+        digests.check(d, f"{where}: config rootfs.diff_ids[{i}]")
     return tuple(Layer(desc, diff, i + 1) for i, (desc, diff) in enumerate(zip(descs, diff_ids, strict=True)))

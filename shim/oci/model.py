@@ -9,7 +9,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from shim.errors import ImageError
+from shim.errors import ImageError, shown
+from shim.oci import digest as digests
 
 MANIFEST_TYPES = ("application/vnd.oci.image.manifest.v1+json",
                   "application/vnd.docker.distribution.manifest.v2+json")
@@ -22,15 +23,16 @@ MAX_JSON = 4 << 20  # manifests and configs are KiB; refuse a planted giant befo
 @dataclass(frozen=True)
 class Descriptor:
     media_type: str
-    digest: str                 # "sha256:..." of the stored bytes; "" when unknown (legacy docker save)
+    digest: str                 # "sha256:..." of the stored bytes, checked (shim.oci.digest); "" when unknown
     size: int                   # -1 when unknown
     platform: dict[str, str] = field(default_factory=dict)
     annotations: dict[str, str] = field(default_factory=dict)
+    member: str = ""            # a legacy `docker save` archive's member holding it (shim's own, never from JSON)
 
     @property
     def what(self) -> str:
         """How errors name this blob."""
-        return self.digest[:19] if self.digest else self.annotations.get("path", "blob")
+        return self.digest[:19] if self.digest else shown(self.member or "blob", 60)
 
 
 @dataclass(frozen=True)
@@ -65,14 +67,12 @@ def descriptor(obj: Any, where: str) -> Descriptor:
     if not isinstance(obj, dict):
         raise ImageError(f"{where}: a descriptor is not a JSON object")
     digest, size, media = obj.get("digest"), obj.get("size"), obj.get("mediaType", "")
-    if not isinstance(digest, str) or not digest.startswith("sha256:") or len(digest) != 71:
-        raise ImageError(f"{where}: descriptor digest {digest!r} is not sha256:<64 hex>",
-                         "only sha256 digests are supported")
-    if not isinstance(size, int) or size < 0:
-        raise ImageError(f"{where}: descriptor size {size!r} is not a byte count")
+    digests.check(digest, f"{where} digest")
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 63:
+        raise ImageError(f"{where}: descriptor size {shown(size, 40)} is not a byte count")
     platform = obj.get("platform") if isinstance(obj.get("platform"), dict) else {}
     annotations = obj.get("annotations") if isinstance(obj.get("annotations"), dict) else {}
-    return Descriptor(str(media), digest, size, {k: str(v) for k, v in platform.items()},
+    return Descriptor(str(media), str(digest), size, {str(k): str(v) for k, v in platform.items()},
                       {str(k): str(v) for k, v in annotations.items()})
 
 

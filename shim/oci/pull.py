@@ -11,13 +11,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
+from shim.errors import ImageError
 from shim.image import arch as archmod
 from shim.image.sif import DATA_GENERIC_JSON, DATA_LABELS, OCI_CONFIG_NAME
 from shim.image.sif_write import SifObject
-from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, MAX_JSON, Descriptor, ResolvedImage
+from shim.oci import digest as digests
+from shim.oci.auth import RegistryOptions
+from shim.oci.flatten import DEFAULT_MAX_ENTRIES
+from shim.oci.layerstream import SIZE_HINT
+from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, MAX_JSON, Descriptor, Layer, ResolvedImage
 from shim.oci.progress import Progress
 from shim.oci.reference import Source
-from shim.oci.registry import RegistryOptions
+from shim.oci.transport import Limits
 
 DEFAULT_MAX_SIZE = "256G"
 
@@ -27,8 +32,10 @@ class PullOptions:
     arch: str = ""                        # "" : this host's
     compression: str = "zstd"
     deterministic: bool = False
-    max_size: int = 256 << 30             # uncompressed layers, all together
+    max_size: int = 256 << 30             # per blob downloaded, and the layers' uncompressed bytes, all together
+    max_entries: int = DEFAULT_MAX_ENTRIES  # entries of all layers together (the site's [pull] max_entries)
     registry: RegistryOptions = field(default_factory=RegistryOptions)
+    limits: Limits = field(default_factory=Limits)  # network deadlines and rate (SHIMRUN_PULL_*)
 
 
 @dataclass(frozen=True)
@@ -66,7 +73,7 @@ def _from_registry(source: Source, opts: PullOptions, arch: str, cache, progress
     from shim.oci.manifest import config_and_layers, resolve_manifest
     from shim.oci.registry import Registry
 
-    reg = Registry(source, opts.registry)
+    reg = Registry(source, opts.registry, opts.limits)
     top, body = reg.manifest(source.digest or source.tag)
     first = {top.digest: body}
 
@@ -74,21 +81,39 @@ def _from_registry(source: Source, opts: PullOptions, arch: str, cache, progress
         if desc.digest in first:
             return first[desc.digest]
         if desc.media_type in MANIFEST_TYPES + INDEX_TYPES:
-            return reg.manifest(desc.digest)[1]
+            return reg.manifest(desc.digest, desc.size)[1]
         if desc.size > MAX_JSON:
             return reg.read_blob(desc)  # refused there, with the limit
-        # the image config: a blob like the layers, kept in the cache (concurrent pulls fetch it once)
+        # the image config: a blob like the layers, kept in the cache (concurrent pulls fetch it once),
+        # its bytes checked again as they are read from there
         with open(cache.get(desc, reg.blob), "rb") as f:
-            return f.read()
+            data = f.read(desc.size + 1)
+        if len(data) != desc.size or digests.of(data, digests.split(desc.digest)[0]) != desc.digest:
+            raise ImageError(f"{source}: the cached {desc.what} is not the blob its descriptor names",
+                             "remove it: shimrun cache clean")
+        return data
 
     where = str(source)
     manifest_desc, manifest = resolve_manifest(top, fetch_json, where, arch)
     config_desc, config, layers = config_and_layers(manifest, fetch_json, where)
+    _check_declared(layers, opts.max_size, where)
     for layer in layers:
         progress.start(f"layer {layer.index}/{len(layers)} {layer.blob.what}", layer.blob.size)
         cache.get(layer.blob, reg.blob, progress.advance)
     progress.step(f"{len(layers)} layers in the blob cache")
     return ResolvedImage(where, manifest_desc.digest, config, config_desc.digest, layers, _cached(cache))
+
+
+def _check_declared(layers: tuple[Layer, ...], cap: int, where: str) -> None:
+    """No download past the size cap: each blob's declared size, and all of them together (a
+    blob longer than it declares is stopped at that size, shim.oci.verify)."""
+    total = 0
+    for layer in layers:
+        total += layer.blob.size
+        if layer.blob.size > cap or total > cap:
+            raise ImageError(f"{where}: layer {layer.index} ({layer.blob.what}) declares {layer.blob.size} bytes, "
+                             f"past the size cap ({cap} bytes{' in all' if total > layer.blob.size else ''}); "
+                             "nothing was downloaded", SIZE_HINT)
 
 
 def _cached(cache):
@@ -114,7 +139,8 @@ def build_from_source(out: str, source: Source, opts: PullOptions, progress: Pro
         arch = archmod.normalize_arch(image.arch) or _arch(opts)
         flat = Flattener(image, FlattenOptions(max_bytes=opts.max_size, progress=progress.step,
                                                extra=apptainer_files(image.config, image.source,
-                                                                     image.manifest_digest)))
+                                                                     image.manifest_digest),
+                                               max_entries=opts.max_entries))
         flat.plan()
         # oci-config.json holds the config's execution part, as Singularity and Apptainer store it.
         config_json = json.dumps(section(image.config), sort_keys=True, separators=(",", ":")).encode()

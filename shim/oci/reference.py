@@ -1,6 +1,6 @@
 """Image sources as Apptainer spells them, parsed into what to fetch.
 
-    docker://[REGISTRY/]NAME[:TAG|@sha256:HEX]     the OCI distribution API (also docker:NAME)
+    docker://[REGISTRY/]NAME[:TAG|@sha256:HEX]     the OCI distribution API (also docker:NAME; @sha512: too)
     docker-archive:FILE.tar                       `docker save` output (legacy and Docker >= 25)
     oci-archive:FILE.tar[:TAG]                    a tar of an OCI image layout
     oci:DIR[:TAG|@sha256:HEX]                     an OCI image layout directory
@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from shim.errors import UsageError
+from shim.errors import UsageError, shown
+from shim.oci import digest as digests
 
 TRANSPORTS = ("docker", "docker-archive", "oci-archive", "oci")
 DOCKER_HUB = "docker.io"
@@ -24,7 +25,6 @@ DOCKER_HUB_API = "registry-1.docker.io"
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _NAME = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
 _TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
-_DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True)
@@ -123,5 +123,6 @@ def _docker(text: str, rest: str) -> Source:
 
 
 def _check_digest(text: str, digest: str) -> None:
-    if not _DIGEST.match(digest):
-        raise UsageError(f"{text!r}: {digest!r} is not a sha256 digest", "write @sha256: and 64 hex digits")
+    if not digests.valid(digest):
+        raise UsageError(f"{shown(text)}: {shown(digest, 80)} is not a digest",
+                         "write @sha256: and 64 lower-case hex digits (or @sha512: and 128)")

@@ -250,6 +250,7 @@ class _Planner:
         from shim.launch.identity import identity_appends
 
         args = self.args
+        _check_oci_config(image)
         iso = isolation(args, self.req.cwd)
         # --no-home binds nothing there, and HOME stays the home path all the same (as Apptainer's)
         home = iso.home[1] if iso.home else _home(self.env)
@@ -264,7 +265,8 @@ class _Planner:
         if env_file:
             self.inputs.add(file_input(os.path.abspath(args.env_file), IDENTITY | CHECK["FOLLOW"]))
         env_opts = EnvOptions(cleanenv=iso.cleanenv, env_pairs=env_file + tuple(args.env), home=home or "/",
-                              image_path=image.path, pwd=pwd or self.req.cwd, image_env=_image_env(image))
+                              image_path=image.path, pwd=pwd or self.req.cwd, image_env=_image_env(image),
+                              image_env_script=_image_env_script(image))
         record = LaunchRecord(version=native.build_id(), key="", image=root, stage=STAGE_DIR,
                               command="" if runscript else self.command[0] if self.command else "true",
                               env=env_rules(self.req.environ, env_opts), binds=tuple(binds), appends=tuple(appends),
@@ -380,6 +382,24 @@ def _image_env(image) -> tuple[tuple[str, str], ...]:
     from shim.oci.config import env_pairs
 
     return env_pairs(image.oci_config)
+
+
+def _image_env_script(image) -> str:
+    """The name of the env script an OCI image's Env was written to (the launch applies it as data)."""
+    if image.oci_config is None:
+        return ""
+    from shim.oci.config import ENV_SCRIPT
+
+    return os.path.basename(ENV_SCRIPT)
+
+
+def _check_oci_config(image) -> None:
+    """A SIF's stored OCI config (another tool's, or an older shim's) holds to what a pull checks:
+    one line naming the field, not a launch that fails on it."""
+    if image.oci_config is not None:
+        from shim.oci.configcheck import check_config
+
+        check_config(image.oci_config, image.path)
 
 
 def wants_analysis(req: LaunchRequest, profiles, hw: tuple) -> bool:

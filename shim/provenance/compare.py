@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shim.errors import printable
+from shim.errors import escaped
 
 
 @dataclass(frozen=True)
@@ -18,7 +18,7 @@ class Difference:
 
     def line(self) -> str:
         mark = "differs" if self.material else "note"
-        return printable(f"{mark}: {self.what}: recorded {_show(self.recorded)}, now {_show(self.now)}")
+        return escaped(f"{mark}: {self.what}: recorded {_show(self.recorded)}, now {_show(self.now)}")
 
 
 def _show(value: object) -> str:

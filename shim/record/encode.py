@@ -53,6 +53,8 @@ def env_fields(rules: EnvRules) -> bytes:
     if rules.action_script:
         out.append(_f("ACTION_SCRIPT", _s(rules.action_script)))
     out.append(_f("ENV_DIR", _s(rules.env_dir)))
+    if rules.env_data:
+        out.append(_f("ENV_DATA", _s(rules.env_data)))
     return b"".join(out)
 
 

@@ -48,6 +48,9 @@ TAGS: dict[str, tuple[int, str]] = {
     "ENV_PASS": (51, "u8 rule, text"),
     "ACTION_SCRIPT": (52, "string: run by the image's /bin/sh when ENV_DIR exists in the image"),
     "ENV_DIR": (53, "string"),
+    "ENV_DATA": (54, ("string: the name of an environment script that sets only what the ENV_OPs apply as data (an "
+                      "OCI image's Env): when it is the only script in ENV_DIR, the app is exec'd directly, without "
+                      "the image's shell")),
     "DIAGNOSTICS": (60, "string: printed on stderr before the app, as it is"),
     "REFUSE": (61, "u32 exit code, string: printed, and the app is not started"),
     "NOTICE": (62, "string: printed when the record is run from the cache (the planner printed it itself)"),

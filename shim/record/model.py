@@ -64,6 +64,7 @@ class EnvRules:
     ops: tuple[EnvOp, ...]
     action_script: str = ""
     env_dir: str = "/.singularity.d/env"
+    env_data: str = ""                      # a script in env_dir the ops apply as data (format.py ENV_DATA)
 
 
 class RecordBind(NamedTuple):

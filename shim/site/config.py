@@ -38,7 +38,7 @@ BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d 
 _KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict},
           "images": {"paths": list, "signers": list, "allow_unsigned": bool, "allow_directories": bool,
                      "allow_foreign_arch": bool, "allow_legacy_signatures": bool, "allow_writable": bool},
-          "provenance": {"dir": str}}
+          "provenance": {"dir": str}, "pull": {"max_entries": int}}
 REFUSAL_ACTIONS = ("warn", "error")
 
 
@@ -90,6 +90,7 @@ class SiteConfig:
     codes: tuple[tuple[str, str], ...] = ()  # diagnostic code -> ignore | info | warn | error
     images: ImagePolicy = field(default_factory=ImagePolicy)
     provenance_dir: str = ""                 # [provenance] dir: one record per run there; "" none
+    pull_max_entries: int = 0                # [pull] max_entries: entries of one pulled image; 0 shim's default
     # Every [images] that applies (the system directory's first): an image runs only if each allows it.
     policies: tuple[PolicyLayer, ...] = ()
     # Every [provenance] dir that applies (the system directory's first).
@@ -184,8 +185,12 @@ def _read_config(path: Path) -> SiteConfig:
         if action not in ACTIONS:
             raise ConfigError(f"{path}: policy.codes.{code} = {action!r} is not one of {', '.join(ACTIONS)}",
                               f'e.g. {code} = "error"')
+    max_entries = data.get("pull", {}).get("max_entries", 0)
+    if isinstance(max_entries, bool) or max_entries < 0:
+        raise ConfigError(f"{path}: pull.max_entries = {max_entries!r} is not a count of entries",
+                          "e.g. max_entries = 2000000")
     return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())), _image_policy(path, data),
-                      _provenance_dir(path, data))
+                      _provenance_dir(path, data), max_entries)
 
 
 def _strings(path: Path, table: str, key: str, values: list, example: str) -> tuple[str, ...]:
