@@ -206,30 +206,35 @@ class Outcome:
 
 # ---- what may differ, and why -------------------------------------------------------------------
 
-PREFIX = "$PREFIX"
+PREFIX, VERSION = "$PREFIX", "$VERSION"
 
 
-def _text(value, prefix: str):
-    if isinstance(value, str):
-        return value.replace(prefix, PREFIX)
-    if isinstance(value, bytes):
-        return value.replace(prefix.encode(), PREFIX.encode())
+def _text(value, prefix: str, version: str = ""):
+    """`value` with the install prefix (and the build's version string) in it replaced."""
+    swaps = [(prefix, PREFIX), *([(version, VERSION)] if version else [])]
+    for was, now in swaps:
+        if isinstance(value, str):
+            value = value.replace(was, now)
+        elif isinstance(value, bytes):
+            value = value.replace(was.encode(), now.encode())
     return value
 
 
 def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
     """The record's fields as lines, less what is per-build:
-    - VERSION: the build that wrote it (by design: a record of another build is never run);
+    - VERSION: the build that wrote it (by design: a record of another build is never run), and
+      that string wherever the record repeats it (the provenance facts' shim.build);
     - KEY: a hash that includes the build;
     - the install prefix in any string or file content: each build runs from its own install
       (its staging directory, its packaged default configuration);
     - an INPUT_FILE under the prefix: its device, inode and times are those of the install's own
       copy of the file (its check, mode, size and path still compared)."""
+    version = next((values[0] for name, values in record if name == "VERSION"), "")
     lines = []
     for name, raw in record:
         if name in ("VERSION", "KEY"):
             continue
-        values = tuple(_text(v, prefix) for v in raw)
+        values = tuple(_text(v, prefix, version) for v in raw)
         if name == "INPUT_FILE" and values[-1].startswith(PREFIX + "/"):
             values = (values[0], values[1], 0, 0, values[4], 0, 0, values[-1])
         lines.append(f"{name} {values!r}")
