@@ -37,15 +37,16 @@ CUDA_ENV = 'export CUDA_VERSION=12.2.0\nexport NVIDIA_REQUIRE_CUDA="cuda>=12.2"\
 
 @dataclass(frozen=True)
 class Case:
-    """A command line: shimrun's words (or `apptainer`'s), {fixture} placeholders filled in; the
-    environment it runs with; outputs: compare stdout and stderr too (check, --dry-run)."""
+    """A command line: shimrun's words (or `apptainer`'s) with {placeholders} (a fixture, one of
+    DEBIAN_IMAGES, or {out}: the launch's scratch directory); the environment it runs with (the
+    same placeholders); outputs: compare stdout and stderr too (check, --dry-run)."""
     name: str
     line: str
     env: tuple[tuple[str, str], ...] = ()
     tool: str = "shimrun"
     outputs: bool = False
 
-    def fixtures(self) -> set[str]:
+    def placeholders(self) -> set[str]:
         text = self.line + " ".join(v for _, v in self.env)
         return {part.split("}", 1)[0] for part in text.split("{")[1:]} - {"out"}
 
@@ -167,24 +168,13 @@ def cuda_image(area: Path) -> Path:
     return busybox_dir(area / "cuda-dir", Extras(env=CUDA_ENV))
 
 
-@pytest.fixture(scope="module")
-def debian_sif() -> Path:
-    return images.build_sif(images.DEBIAN_BASE)
-
-
-@pytest.fixture(scope="module")
-def debian_dir() -> Path:
-    return images.build_rootfs(images.DEBIAN_BASE)
-
-
-@pytest.fixture(scope="module")
-def mpich_sif() -> Path:
-    return images.build_sif(images.DEBIAN_MPICH)
-
-
-@pytest.fixture(scope="module")
-def openmpi_sif() -> Path:
-    return images.build_sif(images.DEBIAN_OPENMPI)
+# The Debian images (tests/images.py: built once per machine, cached), by placeholder.
+DEBIAN_IMAGES = {
+    "debian_sif": lambda: images.build_sif(images.DEBIAN_BASE),
+    "debian_dir": lambda: images.build_rootfs(images.DEBIAN_BASE),
+    "mpich_sif": lambda: images.build_sif(images.DEBIAN_MPICH),
+    "openmpi_sif": lambda: images.build_sif(images.DEBIAN_OPENMPI),
+}
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +321,8 @@ ATTEMPTS = 3
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_the_launch_record_is_the_references(case: Case, builds, user: User, user_dir: Path, request) -> None:
-    values = {name: str(request.getfixturevalue(name)) for name in sorted(case.fixtures())}
+    values = {name: str(DEBIAN_IMAGES[name]() if name in DEBIAN_IMAGES else request.getfixturevalue(name))
+              for name in sorted(case.placeholders())}
     prefixes = (str(builds["reference"].prefix), str(builds["under test"].prefix))
     seen = []
     for attempt in range(ATTEMPTS):
