@@ -129,7 +129,8 @@ void shim_record_key(int argc, char *const *argv, int image, const char *cwd, ch
 /* SLURM_STEP_TASKS_PER_NODE ("4(x2),3") at this node's index SLURM_NODEID; 0 when Slurm does not say. */
 int shim_local_tasks(char *const *environ)
 {
-    const char *spec = shim_env_get(environ, SHIM_SLURM_STEP_TASKS_PER_NODE), *id = shim_env_get(environ, SHIM_SLURM_NODEID);
+    const char *spec = shim_env_get(environ, SHIM_SLURM_STEP_TASKS_PER_NODE);
+    const char *id = shim_env_get(environ, SHIM_SLURM_NODEID);
     long index, at = 0;
     char *end;
 

@@ -90,7 +90,8 @@ int shim_cache_root(int create, char *out, size_t outlen, char *problem, size_t 
     snprintf(priv, sizeof priv, "%s/.shim-%u", real, (unsigned)geteuid());
     if (create)
         BEST_EFFORT(mkdir(priv, 0700)); /* as in make_dirs: the lstat after it says what is wrong */
-    if (HANDLED(lstat(priv, &pst)) == -1 || /* the user's words below */ S_ISLNK(pst.st_mode) || private_problem(&pst)) {
+    /* the user's words below */
+    if (HANDLED(lstat(priv, &pst)) == -1 || S_ISLNK(pst.st_mode) || private_problem(&pst)) {
         snprintf(problem, plen, "%s %s, and %s is not a private directory of yours", base, why, priv);
         return -1;
     }

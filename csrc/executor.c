@@ -75,7 +75,8 @@ static int lead(const struct shim_rec *r, const struct shim_config *cfg, const s
 
     if (ZR(getsockname(run->listen_fd, (struct sockaddr *)&addr, &alen), res->message, sizeof res->message,
            "set up the node's shared container: no socket")
-        || ZR(pipe2(pipefd, O_CLOEXEC), res->message, sizeof res->message, "set up the node's shared container: a pipe"))
+        || ZR(pipe2(pipefd, O_CLOEXEC), res->message, sizeof res->message,
+              "set up the node's shared container: a pipe"))
         return res->code = SHIM_E_LAUNCH;
     fflush(NULL);
     if (ZR(pid = fork(), res->message, sizeof res->message, "fork the node's container holder"))
@@ -100,7 +101,8 @@ static int lead(const struct shim_rec *r, const struct shim_config *cfg, const s
         }
         n = snprintf(answer, sizeof answer, "E%d", rc);
         /* see above: the rank then says the container could not be set up */
-        BEST_EFFORT(write(pipefd[1], answer, (size_t)n + 1) == n + 1 && write(pipefd[1], hres.message, strlen(hres.message)));
+        BEST_EFFORT(write(pipefd[1], answer, (size_t)n + 1) == n + 1
+                    && write(pipefd[1], hres.message, strlen(hres.message)));
         close(pipefd[1]);
         quiet_stdio();
         refuse_others(run->listen_fd, rc, hres.message, run->environ);

@@ -150,7 +150,8 @@ void set_mount_attrs(int fd, int recursive, int readonly, int keepdev)
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
     /* ENOSYS: an older kernel, handled below */
-    if (HANDLED(syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr)) == 0)
+    if (HANDLED(syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr,
+                        sizeof attr)) == 0)
         return;
     if (errno != ENOSYS)
         shim_fail(SHIM_E_LAUNCH, errno, "set nosuid%s%s on a bind mount", keepdev ? "" : ",nodev",
@@ -342,7 +343,8 @@ static int attach_tree(int tree, int dst_fd, int recursive, int readonly, int ke
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
     /* -1 with errno to the caller: ENOSYS (an older kernel) takes the path by name */
-    if (HANDLED(syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr)))
+    if (HANDLED(syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr,
+                        sizeof attr)))
         return -1;
     return (int)HANDLED(syscall(SYS_move_mount, tree, "", dst_fd, "", /* to the caller, as above */
                                 MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH));

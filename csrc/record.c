@@ -185,13 +185,16 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     p += magic;
     if (frame(p, end, &n, why, whylen))
         return -1;
-    if (ZRP(mem = calloc(1, sizeof(struct shim_bind) * (size_t)(n.binds + 1) + sizeof(struct shim_append) * (size_t)(n.appends + 1)
-                        + sizeof(struct shim_stage_file) * (size_t)(n.stage_files + 1)
-                        + sizeof(struct shim_env_op) * (size_t)(n.ops + 1) + sizeof(struct shim_pass) * (size_t)(n.pass + 1)
-                        + sizeof(char *) * (size_t)(n.notices + 1) + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
-                        + 2 * sizeof(char *) * (size_t)(n.run_args + 1)
-                        + sizeof(struct shim_link) * (size_t)(n.links + 1)), why, whylen,
-            "allocate the record's arrays"))
+    if (ZRP(mem = calloc(1, sizeof(struct shim_bind) * (size_t)(n.binds + 1)
+                                + sizeof(struct shim_append) * (size_t)(n.appends + 1)
+                                + sizeof(struct shim_stage_file) * (size_t)(n.stage_files + 1)
+                                + sizeof(struct shim_env_op) * (size_t)(n.ops + 1)
+                                + sizeof(struct shim_pass) * (size_t)(n.pass + 1)
+                                + sizeof(char *) * (size_t)(n.notices + 1)
+                                + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
+                                + 2 * sizeof(char *) * (size_t)(n.run_args + 1)
+                                + sizeof(struct shim_link) * (size_t)(n.links + 1)),
+            why, whylen, "allocate the record's arrays"))
         return -1;
     r->mem = mem;
     r->cfg.binds = (struct shim_bind *)mem;

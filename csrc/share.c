@@ -223,7 +223,8 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
         return NULL;
     buf[got] = '\0';
     *len = got;
-    if (!have_fds && !(got >= sizeof SHIM_SHARE_REPLY_ERROR && !memcmp(buf, SHIM_SHARE_REPLY_ERROR, sizeof SHIM_SHARE_REPLY_ERROR))) {
+    if (!have_fds && !(got >= sizeof SHIM_SHARE_REPLY_ERROR
+                       && !memcmp(buf, SHIM_SHARE_REPLY_ERROR, sizeof SHIM_SHARE_REPLY_ERROR))) {
         free(buf);
         return NULL;
     }
