@@ -5,6 +5,7 @@ so the planner and the executor cannot disagree about any of them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from shim.errors import ExitCode, ShimError
@@ -128,7 +129,11 @@ def prepare(record: bytes, image_fd: int) -> None:
 
 
 def die_with_parent() -> None:
-    _lib()[1].shim_die_with_parent()
+    """Ask for SIGKILL when the parent dies (a helper's child, before exec); OSError if refused."""
+    ffi, lib = _lib()
+    if lib.shim_die_with_parent() == -1:
+        err = ffi.errno
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
 
 
 def local_tasks(environ: Mapping[str, str]) -> int:
