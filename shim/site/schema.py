@@ -171,17 +171,10 @@ def closest(word: str, known: Iterable[str]) -> list[str]:
             or [k for k in known if len(k) >= 3 and word.lower().startswith(k)][:1])
 
 
+# The TOML words for a value tomllib read, first match wins (a bool is also an int).
+_VALUE_WORDS = ((bool, "a boolean"), (int, "an integer"), (float, "a float"), (str, "a string"),
+                (list, "an array"), (dict, "a table"))
+
+
 def toml_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a float"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "a table"
-    return "a date/time"
+    return next((words for kind, words in _VALUE_WORDS if isinstance(value, kind)), "a date/time")
