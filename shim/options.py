@@ -7,6 +7,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 FLAG, VALUE, APPEND = "flag", "value", "append"
+# The words that turn a yes/no setting on (SHIMRUN_*, APPTAINER_*, NVIDIA_DISABLE_REQUIRE), compared
+# lower-case.
+TRUE_WORDS = ("1", "true", "yes", "on")
 RUN, IMAGE = "run", "image"   # only for a launch; for a launch and `check`
 
 

@@ -30,8 +30,8 @@ from shim.host.gather import gather_host_view
 from shim.knowledge.abi import mpi_abi
 from shim.model import INJECT, SKIP
 from shim.plan.compose import plan_for_image
+from shim.plan.profiles import load_profiles
 from shim.plan.request import PlanRequest
-from shim.site.profiles import load_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "conf" / "profiles" / "examples"

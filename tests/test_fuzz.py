@@ -32,8 +32,8 @@ from shim.image.sif import primary_partition, read_sif, sif_to_dict
 from shim.image.squashfs import read_superblock
 from shim.launch.binds import parse_bind
 from shim.launch.environment import EnvOptions, compose
+from shim.plan.profiles import lint_files
 from shim.site.config import load_site_config
-from shim.site.profiles import lint_files
 
 REPO = Path(__file__).resolve().parents[1]
 SIFS = sorted(p for p in GOLDEN.rglob("*.sif"))

@@ -32,8 +32,8 @@ from shim.model import INJECT, REFUSE, SKIP
 from shim.plan.compose import plan_for_image
 from shim.plan.job import INJECT_DIR
 from shim.plan.model import Plan
+from shim.plan.profiles import lint_files, load_profiles
 from shim.plan.request import PlanRequest
-from shim.site.profiles import lint_files, load_profiles
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "conf" / "profiles" / "examples"
 ARCH = lib_arch(host_arch())

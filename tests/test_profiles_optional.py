@@ -10,7 +10,8 @@ import pytest
 
 from shim.elf.ldcache import CacheEntry
 from shim.elf.ldcache_write import write_ld_cache
-from shim.site.profiles import Problem, lint_files, load_profiles
+from shim.plan.profiles import lint_files, load_profiles
+from shim.site.profile_model import Problem
 
 X86_64_LIBC6 = 0x0303
 

@@ -12,6 +12,7 @@ import os
 import pwd
 from dataclasses import dataclass, field, replace
 
+from shim.elf.ldcache import CACHE_FILE as LD_CACHE
 from shim.errors import ExitCode, ShimError
 from shim.host.paths import on_host
 from shim.model import ERROR
@@ -23,7 +24,6 @@ from shim.record.snapshot import RecordingEnv, file_input, glob_input
 
 ARCH_MISMATCH = "ARCH-MISMATCH"
 STAGE_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "stage")
-LD_CACHE = "/etc/ld.so.cache"
 STAGED_LD_CACHE = "ld.so.cache"
 
 
@@ -52,7 +52,7 @@ def _load_profiles(conf_dir, host_root: str, environ):
             return None
     except OSError:
         return None
-    from shim.site.profiles import load_profiles
+    from shim.plan.profiles import load_profiles
 
     return load_profiles(conf_dir, host_root=host_root, environ=environ)
 

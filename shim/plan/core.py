@@ -20,7 +20,7 @@ from shim.plan.offered import offered_libraries, usable
 from shim.plan.placement import inject_at
 from shim.plan.rules import rule_for
 from shim.plan.symbols import check_symbols
-from shim.site.profiles import Profile
+from shim.site.profile_model import Profile
 
 
 def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) -> Work:
