@@ -21,8 +21,9 @@ SHARED = Path(os.environ.get("SHIM_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "sif-golden"
 TEST_USER = os.environ.get("SHIM_TEST_USER", "shimtest")
 
-# OCI images and registries (tests/oci_fixtures.py).
-pytest_plugins = ["oci_fixtures"]
+# Fixtures of helper modules: OCI images and registries; directory images carrying their own
+# libraries; the signed SIFs' gpg homes. A test module never imports another test module.
+pytest_plugins = ["oci_fixtures", "library_images", "signed_sifs"]
 
 
 PREFIX = Path(os.environ.get("SHIM_PREFIX", "/opt/shim"))

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import Runner, User, compat_bin_dir
 from leftovers import wait_until
+from simulated_gpu import cuda_conf, gpu_host, plain_image
 
 from shim import __version__
 from shim.compat.options import ACCEPT, ACTION_OPTIONS, MAP, PASS, REFUSE
@@ -306,8 +307,6 @@ def _marked(mark: str) -> list[str]:
 def test_nv_requests_the_sites_gpu_profile(shim: Runner, world_dir: Path) -> None:
     """--nv plans exactly what --profile cuda-driver plans (a simulated GPU host: fake /proc,
     /dev and gcc-built driver stubs, tests/hostroot.py)."""
-    from test_inject_gpu_rdma import cuda_conf, gpu_host, plain_image
-
     base = world_dir / "nv"
     host, image, conf = gpu_host(base / "host"), plain_image(base / "image"), cuda_conf(base / "conf")
     (conf / "shim.toml").write_text("")

@@ -14,48 +14,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import hostroot
 import pytest
-from cbuild import build_c
-
-from shim.elf.ldcache import CacheEntry
-from shim.elf.ldcache_write import write_ld_cache
-
-X86_64_LIBC6 = 0x0303
-
-
-@pytest.fixture(scope="module")
-def cuda_image(world_dir: Path) -> Path:
-    """A directory image built for CUDA 12.2: libcudart.so.12 (a stub with the real SONAME, at
-    its CUDA-toolkit file name) and CUDA_VERSION in its environment script, like NVIDIA's
-    OCI images converted to SIF; plus a shell to run things with."""
-    root = world_dir / "cuda-image"
-    if (root / "etc/ld.so.cache").exists():
-        return root
-    lib = root / "usr/local/cuda-12.2/targets/x86_64-linux/lib"
-    lib.mkdir(parents=True)
-    cudart = build_c("libcudart.so.12.2.140", "int cudaRuntimeGetVersion(int *v) { *v = 12020; return 0; }\n",
-                     ["-shared", "-fPIC", "-Wl,-soname,libcudart.so.12"])
-    shutil.copy2(cudart, lib / "libcudart.so.12.2.140")
-    (lib / "libcudart.so.12").symlink_to("libcudart.so.12.2.140")
-    (root / "bin").mkdir()
-    shutil.copy2("/bin/busybox", root / "bin/busybox")
-    for name in ("sh", "echo", "cat"):
-        (root / "bin" / name).symlink_to("busybox")
-    env = root / ".singularity.d/env"
-    env.mkdir(parents=True)
-    (env / "10-docker2singularity.sh").write_text(
-        "#!/bin/sh\nexport CUDA_VERSION=12.2.0\nexport NVIDIA_REQUIRE_CUDA=\"cuda>=12.2\"\n")
-    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
-        (root / d).mkdir(exist_ok=True)
-    (root / "etc/ld.so.cache").write_bytes(write_ld_cache([
-        CacheEntry(X86_64_LIBC6, "libcudart.so.12", "/usr/local/cuda-12.2/targets/x86_64-linux/lib/libcudart.so.12")]))
-    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    return root
 
 
 def codes(plan: dict) -> dict[str, dict]:

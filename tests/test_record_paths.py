@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from dirimage import BUSYBOX, Extras, busybox_dir
-from test_inject_refusals import write_conf
+from siteconf import conf_with
 
 SHOW = ("/bin/busybox env | /bin/busybox sort; echo ---; /bin/busybox cut -d' ' -f5 /proc/self/mountinfo "
         "| /bin/busybox sort; echo ---; /bin/busybox id; /bin/busybox pwd")
@@ -27,9 +27,8 @@ def images(world_dir: Path, busybox_sif: Path) -> dict[str, Path]:
         busybox_dir(root / "plain")
         busybox_dir(root / "scripts", Extras(env="export IMGVAR=fromimage\nexport PATH=/opt/x:$PATH\n",
                                              env_name="90-environment.sh"))
-        write_conf(root / "conf", {"site": '[profile]\nkind = "other"\napplies = "always"\n[provides]\n[env]\n'
-                                           'prepend = { PATH = "/site/bin" }\nset = { SITE = "yes" }\n'
-                                           'unset = ["HOSTVAR"]\n'})
+        conf_with(root / "conf", {"site": 'prepend = { PATH = "/site/bin" }\nset = { SITE = "yes" }\n'
+                                  'unset = ["HOSTVAR"]\n'})
         subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
     return {"sif": busybox_sif, "dir": root / "plain", "scripts": root / "scripts", "conf": root / "conf"}
 

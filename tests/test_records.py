@@ -15,8 +15,8 @@ from pathlib import Path
 import hostroot
 import pytest
 from dirimage import BUSYBOX, busybox_dir
-from test_hardware_e2e import cuda_image  # noqa: F401 (fixture)
-from test_inject_refusals import foo_image, foo_profile, site_libs, write_conf  # noqa: F401 (fixtures)
+from library_images import foo_profile
+from siteconf import write_conf
 
 WARM = "launch record from the cache"
 COLD = "no launch record to run"
@@ -128,7 +128,7 @@ def test_site_configuration_and_profiles(launcher, busybox_sif, user_dir):
     assert r.stdout == "A=\n" and COLD in r.stderr, r.stderr
 
 
-def test_a_host_library_replaced(launcher, foo_image, site_libs, user_dir):  # noqa: F811
+def test_a_host_library_replaced(launcher, foo_image, site_libs, user_dir):
     lib = user_dir / "site" / "libsitefoo.so.1"
     lib.parent.mkdir()
     shutil.copy(site_libs["good"], lib)
@@ -144,7 +144,7 @@ def test_a_host_library_replaced(launcher, foo_image, site_libs, user_dir):  # n
     assert str(lib) in launcher.why(args) and launcher.state(args) == "warm"
 
 
-def test_the_host_ld_so_cache_and_the_nvidia_driver_of_a_simulated_node(launcher, cuda_image, user_dir):  # noqa: F811
+def test_the_host_ld_so_cache_and_the_nvidia_driver_of_a_simulated_node(launcher, cuda_image, user_dir):
     root = user_dir / "node"
     hostroot.gpu_present(root, driver="535.104.05", cuda=12020)
     _world_readable(root)
