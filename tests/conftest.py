@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from shim.record.format import NO_RECORD_CACHE
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHIM_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "sif-golden"
@@ -103,9 +105,6 @@ def user_dir(world_dir: Path, user: User, request) -> Path:
     d.mkdir()
     os.chown(d, user.uid, user.gid)
     return d
-
-
-NO_RECORD_CACHE = "SHIMRUN_NO_RECORD_CACHE"
 
 
 class Runner:

@@ -20,6 +20,8 @@ from pathlib import Path
 import hostroot
 import pytest
 
+from shim.errors import ExitCode
+
 
 def codes(plan: dict) -> dict[str, dict]:
     return {d["code"]: d for d in plan["diagnostics"]}
@@ -28,7 +30,7 @@ def codes(plan: dict) -> dict[str, dict]:
 def check(shim, image: Path, env: dict[str, str] | None = None, cache: Path | None = None) -> dict:
     extra = {"SHIMRUN_CACHE": str(cache)} if cache else {}
     r = shim.run(["check", "--json", image, "/bin/sh"], env={**extra, **(env or {})})
-    assert r.returncode in (0, 67), r.stderr
+    assert r.returncode in (0, ExitCode.REFUSED), r.stderr
     return json.loads(r.stdout)
 
 
@@ -51,7 +53,7 @@ def test_cuda_image_on_this_gpu_less_node(shim, cuda_image, user_dir):
     quiet = shim.run(["--quiet", cuda_image, "echo", "x"], env={"SHIMRUN_CACHE": str(user_dir / "c2")})
     assert quiet.stderr == "" and quiet.stdout == "x\n"
     strict = shim.run(["--strict", cuda_image, "echo", "x"], env={"SHIMRUN_CACHE": str(user_dir / "c2")})
-    assert strict.returncode == 67 and strict.stdout == ""
+    assert strict.returncode == ExitCode.REFUSED and strict.stdout == ""
 
 
 def test_hidden_by_cuda_visible_devices_is_its_own_cache_entry(shim, cuda_image, user_dir, world_dir):
@@ -84,7 +86,7 @@ def test_simulated_gpu_node_with_an_old_driver(shim, cuda_image, world_dir, user
     old = codes(check(shim, cuda_image, env, user_dir / "c"))["CUDA-DRIVER-TOO-OLD"]
     assert old["severity"] == "error" and "470.199.02" in old["message"] and "12.2" in old["message"]
     r = shim.run([cuda_image, "echo", "x"], env={**env, "SHIMRUN_CACHE": str(user_dir / "c")})
-    assert r.returncode == 67 and "error: CUDA-DRIVER-TOO-OLD" in r.stderr and r.stdout == ""
+    assert r.returncode == ExitCode.REFUSED and "error: CUDA-DRIVER-TOO-OLD" in r.stderr and r.stdout == ""
 
 
 def test_simulated_vgpu_node(shim, cuda_image, world_dir, user_dir):
@@ -117,7 +119,7 @@ def test_simulated_job_with_one_core_and_site_policy(shim, cuda_image, world_dir
     r = shim.run(["check", "--json", "--conf", conf, cuda_image], env={**env, "SHIMRUN_CACHE": str(user_dir / "c")})
     found = codes(json.loads(r.stdout))
     assert "CPU-STARVED" not in found and found["GPU-ABSENT"]["severity"] == "error"
-    assert r.returncode == 67
+    assert r.returncode == ExitCode.REFUSED
 
 
 # ---- foreign architectures: real emulation --------------------------------------------------------
@@ -136,12 +138,12 @@ def test_foreign_image_without_emulator_is_arch_mismatch(shim, golden_copy, arch
     if any(BINFMT.glob(f"qemu-{QEMU[arch][0]}*")):
         pytest.skip(f"an emulator for {arch} is registered on this machine")
     r = shim.run([golden_copy(f"apptainer/busybox_{arch}.sif"), "/bin/busybox", "echo", "hi"])
-    assert r.returncode == 66, r.stderr
+    assert r.returncode == ExitCode.ARCH, r.stderr
     (line,) = r.stderr.splitlines()
     assert "ARCH-MISMATCH" in line and arch in line and "amd64" in line and "no emulator" in line
     # `check` ends as the launch would: the same code
     r = shim.run(["check", golden_copy(f"apptainer/busybox_{arch}.sif"), "/bin/busybox"])
-    assert r.returncode == 66 and "error: ARCH-MISMATCH" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode == ExitCode.ARCH and "error: ARCH-MISMATCH" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 @pytest.fixture

@@ -69,7 +69,7 @@ def test_the_golden_images_under_a_policy(shim, user_dir: Path):
     conf2 = make_conf(user_dir / "conf2", "allow_unsigned = false\nallow_legacy_signatures = true",
                       (KEYS / "pgp-public.asc",))
     r = shim.run(["--conf", conf2, legacy, "true"])
-    assert r.returncode == 65 and "is not squashfs" in r.stderr, r.stderr
+    assert r.returncode == ExitCode.IMAGE and "is not squashfs" in r.stderr, r.stderr
 
 
 def test_signers_restricts_the_trusted_keys(shim, user_dir: Path, signed_busybox: Path, signing_key):
@@ -131,4 +131,4 @@ def test_check_refuses_as_a_launch_does(shim, user_dir: Path):
 def test_a_bad_policy_is_a_configuration_error(shim, user_dir: Path, busybox_sif: Path, images: str, says: str):
     conf = make_conf(user_dir / "conf", images)
     r = shim.run(["--conf", conf, busybox_sif, "true"])
-    assert r.returncode == 78 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == ExitCode.CONFIG and says in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -15,6 +15,8 @@ from leftovers import stage_dir_entries
 from library_images import foo_profile
 from siteconf import write_conf
 
+from shim.errors import ExitCode
+
 HOST_MPICH = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")  # Debian 12's libmpich12 (glibc 2.36 build)
 
 
@@ -85,7 +87,7 @@ def test_newer_glibc_refusal_in_check_json_and_strict(shim, host_mpich_conf, bul
     dynsyms = subprocess.run(["objdump", "-T", str(HOST_MPICH)], capture_output=True, text=True, check=False)
     assert needed in dynsyms.stdout
     strict = shim.run(["--strict", "--conf", host_mpich_conf, bullseye_sif, "/opt/app/hello"])
-    assert strict.returncode == 67 and "MPICH Version" not in strict.stdout
+    assert strict.returncode == ExitCode.REFUSED and "MPICH Version" not in strict.stdout
     assert stage_dir_entries() == ["README"]
 
 
@@ -97,7 +99,7 @@ def test_site_policy_makes_refusals_fatal(shim, world_dir, bullseye_sif):
         f'[provides]\nlibraries = ["{HOST_MPICH}"]\n')},
         shim_toml='[launch]\nbinds = []\n[policy]\nrefusal = "error"\n')
     r = shim.run(["--conf", conf, bullseye_sif, "/opt/app/hello"])
-    assert r.returncode == 67, r.stderr
+    assert r.returncode == ExitCode.REFUSED, r.stderr
     assert "error: GLIBC-TOO-OLD" in r.stderr and "MPICH Version" not in r.stdout
 
 

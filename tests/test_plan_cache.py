@@ -15,6 +15,8 @@ from conftest import VENV_PYTHON
 from library_images import foo_profile
 from siteconf import write_conf
 
+from shim.errors import ExitCode
+
 STATE = re.compile(r"plan cache (hit|miss|off)")
 
 
@@ -144,7 +146,7 @@ def test_a_directory_images_hardware_check_follows_its_files(shim, user_dir):
     env = {"SHIMRUN_CACHE": str(user_dir / "cache")}
     for _ in range(2):  # cold, then from the cache
         r = shim.run([image, "/bin/busybox", "true"], env=env)
-        assert r.returncode == 67 and "GPU-ABSENT" in r.stderr and "gpu.cuda>=12.2" in r.stderr, r.stderr
+        assert r.returncode == ExitCode.REFUSED and "GPU-ABSENT" in r.stderr and "gpu.cuda>=12.2" in r.stderr, r.stderr
     (image / ".shim/requires").unlink()
     os.utime(image, (1, 1))
     r = shim.run([image, "/bin/busybox", "true"], env=env)

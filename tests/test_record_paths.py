@@ -14,6 +14,8 @@ import pytest
 from dirimage import BUSYBOX, Extras, busybox_dir
 from siteconf import conf_with
 
+from shim.record.format import NO_RECORD_CACHE
+
 SHOW = ("/bin/busybox env | /bin/busybox sort; echo ---; /bin/busybox cut -d' ' -f5 /proc/self/mountinfo "
         "| /bin/busybox sort; echo ---; /bin/busybox id; /bin/busybox pwd")
 
@@ -63,8 +65,8 @@ def test_planned_stored_and_cached_launches_agree(shim, images, case: str, user_
     cwd.mkdir()
     if case == "missing-cwd":  # the caller's directory, under /usr: not bound, and not in the image
         cwd = Path("/usr/share/doc")
-    cache = {"SHIMRUN_CACHE": str(user_dir / "cache"), "SHIMRUN_NO_RECORD_CACHE": ""}  # on, in either pass
-    planned = _launch(shim, images, case, cwd, {**cache, "SHIMRUN_NO_RECORD_CACHE": "1"})
+    cache = {"SHIMRUN_CACHE": str(user_dir / "cache"), NO_RECORD_CACHE: ""}  # on, in either pass
+    planned = _launch(shim, images, case, cwd, {**cache, NO_RECORD_CACHE: "1"})
     stored = _launch(shim, images, case, cwd, cache)
     cached = _launch(shim, images, case, cwd, cache)
     assert (user_dir / "cache" / "records").is_dir() and os.listdir(user_dir / "cache" / "records")
