@@ -29,14 +29,6 @@ NOT_SHIMS = "# not shim's exit code"
 STATUS_NAME = re.compile(r"(returncode|exit_?code|exit_?status|rc|code|codes|ok)")
 
 
-@dataclass(frozen=True)
-class Fact:
-    fact: str
-    definition: str
-    elsewhere: str                      # what must not appear elsewhere, or must match the definition
-    offenders: Callable[[], list[str]]  # `file:line what` of each copy written again by hand
-
-
 # ---------------------------------------------------------------------------------- readers
 
 def _test_files() -> list[Path]:
@@ -186,6 +178,16 @@ def written(pattern: str, defined_in: str = "") -> Callable[[], list[str]]:
         return [f"{path.relative_to(REPO)}:{i} {line.strip()}" for path in _test_files() if path.name != defined_in
                 for i, line in enumerate(path.read_text().splitlines(), 1) if regex.search(line)]
     return offenders
+
+
+@dataclass(frozen=True)
+class Fact:
+    """One row: a fact, its one definition, and the place it must not be written again."""
+
+    fact: str
+    definition: str
+    elsewhere: str                      # what must not appear elsewhere, or must match the definition
+    offenders: Callable[[], list[str]]  # `file:line what` of each copy written again by hand
 
 
 FACTS = [
