@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from library_images import X86_64_LIBC6
 
 from shim.cli import profiles_cmd
 from shim.elf.ldcache import CacheEntry
@@ -55,7 +56,6 @@ def elf(path: Path) -> Path:
     return path
 
 
-X86_64_LIBC6 = 0x0303  # ld.so.cache flags of a native x86-64 library
 
 
 def host_cache(root: Path, sonames: dict[str, str]) -> None:
