@@ -101,3 +101,27 @@ def test_every_step_takes_and_returns_typed_values() -> None:
             if fn.returns is None or any(a.annotation is None for a in args):
                 untyped.append(f"{path.name}:{fn.lineno} {fn.name}")
     assert untyped == []
+
+
+def test_the_container_is_built_purely_and_run_only_from_launch() -> None:
+    """shim/container/ builds the record's parts from values; what mounts, forks or executes lives
+    in shim/launch/ (and the C core)."""
+    running = ("subprocess", "shim.launch", "shim._core", "ctypes", "multiprocessing")
+    found = []
+    for path in sorted((SHIM / "container").glob("*.py")):
+        for node in ast.walk(_tree(path)):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            found += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith(running)]
+            if isinstance(node, ast.Attribute) and node.attr in ("fork", "execv", "execve", "system", "mount"):
+                found.append(f"{path.name}:{node.lineno} os.{node.attr}")
+    assert found == []
+
+
+def test_every_knowledge_table_is_one_file_in_shim_knowledge() -> None:
+    tables = sorted(p.relative_to(SHIM).as_posix() for p in SHIM.rglob("*.json") if "libexec" not in p.parts)
+    assert tables and all(t.startswith("knowledge/") for t in tables), tables
+    readers = [f"{p.relative_to(REPO)}" for p in SHIM.rglob("*.py")
+               if p.name != "tables.py" and '.json")' in p.read_text() and "knowledge" in p.read_text()
+               and "table(" not in p.read_text()]
+    assert readers == []

@@ -20,8 +20,8 @@ SHIM = REPO / "shim"
 # Lowest first: a module may import its own layer and the layers before it, never one after.
 LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"),
           ("cachefiles", "image", "elf", "oci"),
-          ("host", "expect", "verify"), ("site", "provenance"), ("diagnose",), ("plan",), ("report",), ("launch",),
-          ("pipeline",),
+          ("host", "expect", "verify", "container"), ("site", "provenance"), ("diagnose",), ("plan",), ("report",),
+          ("launch",), ("pipeline",),
           ("cli", "compat", "__main__", "__init__")]
 
 
@@ -94,7 +94,7 @@ KNOWLEDGE = {
     "shim/knowledge/abi.json": [r"libmpich", r"libmpi_cxx", r"libmpi_mpifh", r"libmpi_abi"],
     "shim/knowledge/gpus.json": [r"\bTesla\b", r"GeForce", r"TITAN", r"_nvidia\)"],
     "shim/knowledge/rdma.json": [r"rdmav\\?\(", r"rdmav\(\\d", r"IBVERBS_PRIVATE_\("],
-    "shim/elf/data/glibc_search.json": [r"haswell", r"xeon_phi", r"avx512_1", r"x86-64-v\d"],
+    "shim/knowledge/glibc_search.json": [r"haswell", r"xeon_phi", r"avx512_1", r"x86-64-v\d"],
 }
 
 

@@ -7,8 +7,8 @@ import io
 from collections.abc import Mapping
 from dataclasses import replace
 
+from shim.container.environment import EnvOptions, env_rules
 from shim.errors import ExitCode, ShimError
-from shim.launch.environment import EnvOptions, env_rules
 from shim.pipeline.look_step import Found
 from shim.pipeline.stage import STAGED_LD_CACHE
 from shim.plan.model import Plan

@@ -10,12 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from shim import native
+from shim.container.binds import parse_bind, parse_bind_list, plan_binds
+from shim.container.contain import Isolation, dev_links, home_bind, isolation, parse_mount, read_env_file, system_binds
+from shim.container.environment import EnvOptions, env_rules
+from shim.container.identity import identity_appends
 from shim.errors import UsageError
 from shim.image.open import ImageRef
-from shim.launch.binds import parse_bind, parse_bind_list, plan_binds
-from shim.launch.contain import Isolation, dev_links, home_bind, isolation, parse_mount, read_env_file, system_binds
-from shim.launch.environment import EnvOptions, env_rules
-from shim.launch.identity import identity_appends
 from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
 from shim.options import LaunchOptions
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE

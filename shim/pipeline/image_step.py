@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from shim.diagnose.preflight import check_arch
 from shim.image.open import ImageRef, check_squashfs, locate_image
-from shim.launch.preflight import check_arch
 from shim.pipeline.inputs import image_inputs
 from shim.record.model import Input
 

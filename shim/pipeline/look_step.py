@@ -7,13 +7,13 @@ import os
 from dataclasses import dataclass, replace
 
 from shim import native
+from shim.container.binds import KEEPDEV, RO
+from shim.container.environment import DEFAULT_PATH
 from shim.diagnose.check import apply_site_policy
 from shim.elf.ldcache import CACHE_FILE
 from shim.host.paths import on_host
 from shim.image.open import ImageRef
 from shim.launch.analysis import Analysis, AnalysisJob
-from shim.launch.binds import KEEPDEV, RO
-from shim.launch.environment import DEFAULT_PATH
 from shim.model import ERROR, WARNING
 from shim.pipeline.hardware_step import HardwareCheck
 from shim.pipeline.inputs import read_log_inputs

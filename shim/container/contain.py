@@ -9,8 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from shim.container.binds import KEEPDEV, OPTIONAL, RO, SYSTEM_BINDS, Bind
 from shim.errors import UsageError
-from shim.launch.binds import KEEPDEV, OPTIONAL, RO, SYSTEM_BINDS, Bind
 from shim.options import LaunchOptions
 from shim.record.format import BIND, NS
 
