@@ -125,3 +125,17 @@ def test_every_knowledge_table_is_one_file_in_shim_knowledge() -> None:
                if p.name != "tables.py" and '.json")' in p.read_text() and "knowledge" in p.read_text()
                and "table(" not in p.read_text()]
     assert readers == []
+
+
+def test_every_parameter_in_shim_is_typed() -> None:
+    untyped = []
+    for path in sorted(SHIM.rglob("*.py")):
+        if "libexec" in path.parts:
+            continue
+        for fn in ast.walk(_tree(path)):
+            if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                a = fn.args
+                untyped += [f"{path.relative_to(REPO)}:{fn.lineno} {fn.name}({x.arg})"
+                            for x in (*a.posonlyargs, *a.args, *a.kwonlyargs)
+                            if x.annotation is None and x.arg not in ("self", "cls")]
+    assert untyped == []

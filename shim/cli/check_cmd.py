@@ -30,7 +30,7 @@ def check_options() -> tuple[Option, ...]:
     return OWN_OPTIONS + image_options()
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     from shim.cli.run_cmd import _add
 
     p = subparsers.add_parser("check", help="show what would be injected and why, without running",

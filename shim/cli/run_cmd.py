@@ -8,13 +8,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from shim.errors import ExitCode, UsageError
-from shim.options import APPEND, FLAG, image_options, launch_options
+from shim.options import APPEND, FLAG, Option, image_options, launch_options
 from shim.record.format import HANDOVER_ENV
 
+if TYPE_CHECKING:
+    from shim.pipeline.planner import DryPlan
+    from shim.record.model import LaunchRecord
 
-def _add(p: argparse.ArgumentParser, options) -> None:
+
+def _add(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:
     """argparse arguments from shim/options.py's table (the native front-end's table too)."""
     for opt in options:
         kw: dict = {"dest": opt.dest, "help": opt.help}
@@ -78,7 +84,7 @@ def _handover() -> tuple[int | None, str, int | None]:
     return listen, flags, image_fd
 
 
-def _own_init(record, argv: list[str]) -> bool:
+def _own_init(record: LaunchRecord, argv: list[str]) -> bool:
     """Does the launch keep an init of its own (a PID namespace), to be run by the native front-end?
     (Only with a command line the front-end reads: it finds the image in it.)"""
     from shim import native
@@ -87,7 +93,7 @@ def _own_init(record, argv: list[str]) -> bool:
     return bool(record.namespaces & NS["PID"]) and native.image_index(["shimrun", *argv]) > 0
 
 
-def dry_run_result(dry, as_json: bool, strict: bool) -> int:
+def dry_run_result(dry: DryPlan, as_json: bool, strict: bool) -> int:
     """A dry run's plan printed; the exit status the launch would have before its app runs (an
     image of another architecture: 66, as the launch; a refusal: 67), else the command's (126, 127)."""
     from shim.diagnose.cpu import ARCH_MISMATCH
