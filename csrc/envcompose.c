@@ -1,7 +1,7 @@
 /* The app's environment from a record's rules and the host environment of this launch: which
  * host variables pass (ENV_PASS rules), then each target's operations in order (ENV_OP). The
  * rules themselves, Apptainer's precedence included, are the planner's
- * (shim/launch/environment.py): this file only applies them, so every launch path, warm, cold
+ * (shim/container/environment.py): this file only applies them, so every launch path, warm, cold
  * or joining a shared container, composes the same environment. */
 #define _GNU_SOURCE
 #include <stdlib.h>

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from shim.errors import ExitCode, ShimError
 
@@ -19,13 +20,13 @@ def _lib():
     return ffi, lib
 
 
-def _cvec(ffi, items: Sequence[str]):
+def _cvec(ffi: Any, items: Sequence[str]) -> tuple[Any, list[Any]]:
     """A NULL-terminated char*[] and the buffers it points to (kept alive with it)."""
     keep = [ffi.new("char[]", s.encode(*_ENC)) for s in items]
     return ffi.new("char *[]", keep + [ffi.NULL]), keep
 
 
-def _environ(ffi, environ: Mapping[str, str]):
+def _environ(ffi: Any, environ: Mapping[str, str]) -> tuple[Any, list[Any]]:
     return _cvec(ffi, [f"{k}={v}" for k, v in environ.items()])
 
 

@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import ExitCode, UsageError
-from shim.launch.environment import (
+from shim.container.environment import (
     DEFAULT_PATH,
     HOSTVARS,
     EnvOptions,
     LaunchEnv,
     compose,
 )
+from shim.errors import ExitCode, UsageError
 
 HOME = "/home/alice"
 # Everything sh could misread: spaces, both quotes, $, backquote, backslash, newlines, glob, ;

@@ -27,13 +27,13 @@ from signed_sifs import ALL_KEYS
 
 from shim.cli.main import INTERNAL_ERROR
 from shim.cli.main import main as shimrun
+from shim.container.binds import parse_bind
+from shim.container.environment import EnvOptions, compose
 from shim.elf.facts import dynamic_symbols, elf_facts
 from shim.elf.ldcache import parse_ld_cache
 from shim.errors import ExitCode, ShimError
 from shim.image.sif import primary_partition, read_sif, sif_to_dict
 from shim.image.squashfs import read_superblock
-from shim.launch.binds import parse_bind
-from shim.launch.environment import EnvOptions, compose
 from shim.plan.profiles import lint_files
 from shim.record.format import NO_RECORD_CACHE
 from shim.site.config import load_site_config

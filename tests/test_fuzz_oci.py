@@ -114,7 +114,7 @@ def _config_seeds() -> list[bytes]:
 
 @given(mutated(_config_seeds(), focus=512))
 def test_image_config(data: bytes) -> None:
-    from shim.launch.environment import EnvOptions, env_rules
+    from shim.container.environment import EnvOptions, env_rules
     from shim.oci.config import apptainer_files, env_pairs, runscript_words, working_dir
     from shim.record.encode import env_fields
 

@@ -3,12 +3,12 @@ libraries goes by (roles), so that a host library stands in only for its own rol
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "abi.json"
+from shim.knowledge.tables import table, table_path
+
+DATA = table_path("abi")
 MAIN_ROLE = "c"
 
 
@@ -28,7 +28,7 @@ class MpiAbi:
 
 @cache
 def _data() -> dict:
-    return json.loads(DATA.read_text())
+    return table("abi")
 
 
 @cache

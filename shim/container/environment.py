@@ -42,7 +42,7 @@ value of each variable the scripts left unset, then applies the profiles' edits,
 and HOME.
 
 Differences from Apptainer: override values are taken literally (Apptainer evaluates them in
-double quotes unless --no-eval), and so are --env-file values (shim.launch.contain.read_env_file:
+double quotes unless --no-eval), and so are --env-file values (shim.container.contain.read_env_file:
 one pair of surrounding quotes removed, nothing evaluated); the image's 99-runtimevars.sh is
 skipped (Apptainer replaces it too; the PATH edits it would apply are done by the script); PS1 and
 the /.singularity.d/libs additions to LD_LIBRARY_PATH are not reproduced; with dash as /bin/sh,
