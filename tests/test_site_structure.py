@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 from sourcecode import REPO, SHIM, code_strings, py_files
 
+from shim.container.binds import parse_bind
 from shim.errors import UsageError
 from shim.knowledge.abi import mpi_families
-from shim.container.binds import parse_bind
 from shim.options import TRUE_WORDS
 from shim.plan.profiles import lint_files
 from shim.site.profile_file import read_profile
