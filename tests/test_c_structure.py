@@ -177,7 +177,7 @@ C_REPLY_TAGS = (runtime_env.SHARE_REPLY_OK, runtime_env.SHARE_REPLY_ERROR)
 _PY_PREFIXES = {*runtime_env.SETTINGS_PREFIXES, *runtime_env.BLOCKED_PREFIXES, *runtime_env.OVERRIDE_PREFIXES}
 PY_COPIES = {"shim/launch/execute.py": {runtime_env.SHARE_VARIABLE, runtime_env.SLURM["JOB_ID"],
                                         runtime_env.SLURM["STEP_ID"], *runtime_env.SHARE_OFF},
-             "shim/launch/environment.py": _PY_PREFIXES, "shim/record/format.py": _PY_PREFIXES,
+             "shim/container/environment.py": _PY_PREFIXES, "shim/record/format.py": _PY_PREFIXES,
              "shim/cgen.py": {*_PY_PREFIXES, runtime_env.SHARE_VARIABLE}}
 
 
@@ -252,6 +252,6 @@ def test_facts_by_hand_are_found() -> None:
     assert list(facts_by_hand_in_c("x.c", c)) == ['x.c: "SHIMRUN_SHARE"', 'x.c: "SHIMRUN"', 'x.c: "APPTAINERENV_"',
                                                   'x.c: "SHIMREQ1"', 'x.c: "ER"']
     py = 'share = environ.get("SHIMRUN_SHARE", "")\n_P = ("SINGULARITYENV_", "APPTAINERENV_")\n'
-    facts = PY_COPIES["shim/launch/environment.py"] | {"SHIMRUN_SHARE"}
+    facts = PY_COPIES["shim/container/environment.py"] | {"SHIMRUN_SHARE"}
     assert list(facts_by_hand_in_python("x.py", py, facts)) == ["x.py: 'SHIMRUN_SHARE'", "x.py: 'SINGULARITYENV_'",
                                                                 "x.py: 'APPTAINERENV_'"]

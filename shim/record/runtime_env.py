@@ -16,6 +16,8 @@ which are part of the record format.
 
 from __future__ import annotations
 
+from shim.options import TRUE_WORDS
+
 # The runtime's names, in the order their rules are written into a record (ENV_PASS).
 RUNTIMES = ("SHIMRUN", "APPTAINER", "SINGULARITY")
 SETTINGS_PREFIXES = RUNTIMES  # a variable starting with one is a setting (record key, share group)
@@ -27,7 +29,7 @@ SHARE_SHAPING = ("PATH", "HOME")
 
 SHARE_VARIABLE = "SHIMRUN_SHARE"
 SHARE_OFF = ("0", "no", "off", "false")  # no sharing, even under srun (compared case-blind)
-SHARE_ON = ("1", "yes", "on", "true")  # share with the processes of the same parent; any other word is a tag
+SHARE_ON = TRUE_WORDS  # share with the processes of the same parent; any other word is a tag
 
 # Share protocol (csrc/share.c, csrc/serve.c): NUL-terminated fields.
 SHARE_REQUEST = "SHIMREQ1"  # request: tag, cwd, argc, argv..., environ... (then EOF)
