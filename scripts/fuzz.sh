@@ -4,7 +4,8 @@
 # benchmarks/results/fuzz.md. Run after scripts/install.sh:  bash scripts/fuzz.sh
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-py=${SHIM_PREFIX:-/opt/shim/venv}/bin/python
+venv=${SHIM_PREFIX:-/opt/shim}/venv   # SHIM_PREFIX as scripts/install.sh takes it
+py=$venv/bin/python
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 cd "$here"
