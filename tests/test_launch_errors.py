@@ -72,10 +72,10 @@ def test_bad_bind_spec(shim, busybox_sif):
 
 
 def test_fuse_unusable_and_no_fallback(shim, busybox_sif, user_dir):
-    # No squashfuse and no unsquashfs on PATH: nothing can open the squashfs (and an empty cache
-    # holds no copy that an earlier test extracted).
-    r = shim.run([busybox_sif, "/bin/busybox", "true"], env={"PATH": "/nonexistent", "SHIMRUN_NO_FUSE": "1",
-                                                             "SHIMRUN_CACHE": str(user_dir / "cache")})
+    # No squashfuse and no unsquashfs on PATH: nothing can open the squashfs. A cache of its own:
+    # no copy extracted before (by a launch while another suite had /dev/fuse closed) is there.
+    r = shim.run([busybox_sif, "/bin/busybox", "true"],
+                 env={"PATH": "/nonexistent", "SHIMRUN_NO_FUSE": "1", "SHIMRUN_CACHE": str(user_dir / "cache")})
     line = one_error_line(r, ExitCode.HOST)
     assert "unsquashfs" in line and "squashfuse" in line
 
