@@ -24,14 +24,13 @@ import images
 import oci
 import pytest
 import refbuild
-from conftest import User, compat_bin_dir, shimrun_path
+from conftest import REPO, User, compat_bin_dir, shimrun_path
 from dirimage import BUSYBOX, Extras, busybox_dir
 from policy import make_conf, make_signing_key, readable_copy
 from siteconf import conf_with
 
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
 
-REPO = Path(__file__).resolve().parents[1]
 CUDA_ENV = 'export CUDA_VERSION=12.2.0\nexport NVIDIA_REQUIRE_CUDA="cuda>=12.2"\n'
 
 
