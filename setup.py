@@ -38,7 +38,7 @@ setup(
     packages=find_packages(include=["shim", "shim.*"]) + ["shim.conf"],
     # The site configuration and example profiles live in conf/ and ship as shim/conf.
     package_dir={"shim.conf": "conf"},
-    package_data={"shim": ["stage/README", "knowledge/*.json", "diagnose/data/*.json", "elf/data/*.json"],
+    package_data={"shim": ["stage/README", "knowledge/*.json"],
                   "shim.conf": ["*.toml", "profiles/*.toml", "profiles/*.md", "profiles/examples/*.toml"]},
     setup_requires=["cffi>=1.15"],
     cffi_modules=["csrc/build_core.py:ffibuilder"],

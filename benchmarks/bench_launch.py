@@ -3,6 +3,9 @@ as a SIF/squashfs image and as a directory, vs bubblewrap on the directory, and 
 /bin/true. Writes results/launch.md.
 
 Usage (as root, after scripts/install.sh): /opt/shim/venv/bin/python benchmarks/bench_launch.py [RUNS]
+$SHIMRUN: the build to measure (default: `shimrun` on PATH). SHIM_REFERENCE=FRONT-END: a build to
+compare with (e.g. tests/refbuild.py's reference install, the build before a refactor): its warm and
+planned launches are measured in the same run, each row with its ratio to the reference's.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from common import table, target_cell, timed_runs, write_results
+from common import bench_user, shimrun_path, table, target_cell, timed_runs, write_results
 
 
 def prepare(work: Path) -> tuple[Path, Path, Path]:
@@ -22,7 +25,7 @@ def prepare(work: Path) -> tuple[Path, Path, Path]:
     rootfs = images.build_rootfs(images.DEBIAN_BASE)
     sif = work / "debian.sif"
     sqfs = work / "debian.sqfs"
-    shimrun = shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    shimrun = shimrun_path()
     if not sif.exists():
         subprocess.run([shimrun, "build", str(sif), str(rootfs)], check=True, stdout=subprocess.DEVNULL)
     if not sqfs.exists():
@@ -41,13 +44,31 @@ BEFORE = {"shimrun IMG.sif": 77.0, "ch-run IMG.sqfs": 15.5, "shimrun DIR": 58.0,
 TARGETS = (("shimrun IMG.sif", "ch-run IMG.sqfs", 1.0), ("shimrun DIR", "ch-run DIR", 1.5))
 PLANNED = "shimrun IMG.sif, planned (SHIMRUN_NO_RECORD_CACHE=1)"
 BEFORE_SIF, BEFORE_DIR = "shimrun before #11 IMG.sif", "shimrun before #11 DIR"
+# With SHIM_REFERENCE: the reference build's row of each of these (same command line, its front-end).
+AGAINST_REFERENCE = ("shimrun IMG.sif", "shimrun DIR", PLANNED)
+REFERENCE_ROW = "reference: {}"
+
+
+def reference_commands(commands: dict[str, list[str]], shimrun: str, reference: str) -> tuple[dict, dict]:
+    """The reference's rows of AGAINST_REFERENCE, and their environment: a cache of its own (its
+    plan and hardware-check caches must not be the other build's)."""
+    home = bench_user()[2]
+    rows = {REFERENCE_ROW.format(name): [reference if word == shimrun else word for word in commands[name]]
+            for name in AGAINST_REFERENCE}
+    return rows, dict.fromkeys(rows, {"SHIMRUN_CACHE": f"{home}/.cache/shim-reference"})
+
+
+def reference_rows(by_name: dict[str, float]) -> list[str]:
+    rows = ["| case | this build (ms) | reference (ms) | ratio to the reference |", "|---|---:|---:|---:|"]
+    for name in AGAINST_REFERENCE:
+        now, ref = by_name[name], by_name[REFERENCE_ROW.format(name)]
+        rows.append(f"| {name} | {now:.2f} | {ref:.2f} | {now / ref:.2f}× |")
+    return rows
 
 
 def traced_launch(shimrun: str, sif: Path, work: Path) -> tuple[list[str], int]:
     """A warm launch under strace: the programs exec'd (every process), and the file-system
     syscalls of shimrun's own process before it execs the app."""
-    from common import bench_user
-
     uid, gid, home, name = bench_user()
     env = {"HOME": home, "USER": name, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
     ids = {"user": uid, "group": gid, "extra_groups": []} if os.getuid() == 0 else {}
@@ -76,7 +97,7 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     work.chmod(0o755)
     rootfs, sif, sqfs = prepare(work)
-    shimrun = shutil.which("shimrun") or "/opt/shim/venv/bin/shimrun"
+    shimrun = shimrun_path()
     commands = {
         "bare /bin/true": ["/bin/true"],
         "shimrun IMG.sif": [shimrun, str(sif), "/bin/true"],
@@ -95,7 +116,12 @@ def main() -> None:
     if shutil.which("ch-run"):
         commands["ch-run IMG.sqfs"] = ["ch-run", str(sqfs), "--", "/bin/true"]
         commands["ch-run DIR"] = ["ch-run", str(rootfs), "--", "/bin/true"]
-    samples = timed_runs(commands, runs)
+    reference = os.environ.get("SHIM_REFERENCE", "")
+    envs: dict[str, dict[str, str]] = {}
+    if reference:
+        more, envs = reference_commands(commands, shimrun, reference)
+        commands.update(more)
+    samples = timed_runs(commands, runs, envs=envs)
     baseline = "ch-run IMG.sqfs" if "ch-run IMG.sqfs" in commands else "bare /bin/true"
     notes = [(f"{runs} warm launches each (after 3 warm-up rounds), interleaved, as an ordinary user; "
               "wall time from fork to exit of `shimrun`/`ch-run`, same Debian bookworm minbase content. "
@@ -121,6 +147,13 @@ def main() -> None:
                         f"| {now:.2f}× ({by_name[case]:.1f} / {by_name[peer]:.1f} ms) | {target_cell(now, limit)} |")
     rows.append(f"| planned launch not slower than before | {before['shimrun IMG.sif']:.1f} ms "
                 f"| {by_name[PLANNED]:.1f} ms | {target_cell(by_name[PLANNED] / before['shimrun IMG.sif'], 1.0)} |")
+    if reference:
+        was = by_name[REFERENCE_ROW.format(PLANNED)]
+        rows.append(f"| planned launch not slower than the reference | {was:.1f} ms | {by_name[PLANNED]:.1f} ms "
+                    f"| {target_cell(by_name[PLANNED] / was, 1.0)} |")
+        sections.insert(1, ("Against the reference build", reference_rows(by_name)))
+        notes.append(f"Reference: `{reference}`, measured in this run (its own cache: SHIMRUN_CACHE="
+                     "~/.cache/shim-reference).")
     if shutil.which("strace"):
         execs, calls = traced_launch(shimrun, sif, work)
         python = [e for e in execs if "python" in os.path.basename(e)]

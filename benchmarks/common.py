@@ -138,17 +138,20 @@ def command_line(argv: Sequence[str]) -> str:
 
 
 def timed_runs(commands: dict[str, Sequence[str]], runs: int, warmup: int = 3,
-               check: Callable[[str, subprocess.CompletedProcess], None] | None = None) -> list[Sample]:
-    """Run each command `runs` times, interleaved so drift hits all alike; wall time per launch."""
+               check: Callable[[str, subprocess.CompletedProcess], None] | None = None,
+               envs: dict[str, dict[str, str]] | None = None) -> list[Sample]:
+    """Run each command `runs` times, interleaved so drift hits all alike; wall time per launch.
+    `envs`: more environment for some commands (by name)."""
     uid, gid, home, name = bench_user()
-    env = {"HOME": home, "USER": name, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    base = {"HOME": home, "USER": name, "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
+    env_of = {key: {**base, **(envs or {}).get(key, {})} for key in commands}
     ids = {"user": uid, "group": gid, "extra_groups": []} if os.getuid() == 0 else {}
     times: dict[str, list[float]] = {k: [] for k in commands}
     for i in range(warmup + runs):
         for key, cmd in commands.items():
             start = time.perf_counter()
-            r = subprocess.run(cmd, env=env, cwd="/tmp", stdin=subprocess.DEVNULL, capture_output=True, check=False,
-                               **ids)
+            r = subprocess.run(cmd, env=env_of[key], cwd="/tmp", stdin=subprocess.DEVNULL, capture_output=True,
+                               check=False, **ids)
             took = time.perf_counter() - start
             if r.returncode != 0:
                 raise SystemExit(f"benchmark command failed ({key}): {' '.join(cmd)}: {r.stderr.decode()[-300:]}")

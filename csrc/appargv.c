@@ -17,7 +17,7 @@ const char **shim_app_argv(const struct shim_rec *r, int total, char *const *wor
         given = total - image - 2; /* after COMMAND */
         if (given < 0)
             given = 0;
-        if (!(argv = calloc((size_t)given + 2, sizeof *argv)))
+        if (!(argv = HANDLED(calloc((size_t)given + 2, sizeof *argv)))) /* NULL to the caller: out of memory (core.h) */
             return NULL;
         argv[k++] = r->command;
         for (i = 0; i < given; i++)
@@ -28,7 +28,8 @@ const char **shim_app_argv(const struct shim_rec *r, int total, char *const *wor
     given = total - image - 1;
     if (given < 0)
         given = 0;
-    if (!(argv = calloc((size_t)(r->nfixed + given + r->ndefault) + 1, sizeof *argv)))
+    /* NULL to the caller: out of memory (core.h) */
+    if (!(argv = HANDLED(calloc((size_t)(r->nfixed + given + r->ndefault) + 1, sizeof *argv))))
         return NULL;
     for (i = 0; i < r->nfixed; i++)
         argv[k++] = r->run_fixed[i];

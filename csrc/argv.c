@@ -1,48 +1,19 @@
 /* What the front-end reads from its command line and environment without the planner: where
- * the image is (by the option table generated from shim/options.py), a record's key, this
- * node's name and how many of the step's tasks run here. */
+ * the image is (by the option table generated from shim/options.py), a record's key and how
+ * many of the step's tasks run here. */
 #define _GNU_SOURCE
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/utsname.h>
 #include <unistd.h>
 
 #include "core.h"
 #include "gen/options.h"
-
-void shim_fnv_init(struct shim_fnv *h)
-{
-    h->a = 0xcbf29ce484222325ULL;
-    h->b = 0x84222325cbf29ce4ULL;
-}
-
-void shim_fnv_add(struct shim_fnv *h, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-    do { /* the terminating NUL is hashed too: fields cannot run into each other */
-        h->a = (h->a ^ *p) * 0x100000001b3ULL;
-        h->b = (h->b ^ *p) * 0x100000001b3ULL;
-    } while (*p++);
-}
-
-void shim_fnv_hex(const struct shim_fnv *h, char *out)
-{
-    snprintf(out, 33, "%016llx%016llx", (unsigned long long)h->a, (unsigned long long)h->b);
-}
-
-const char *shim_env_get(char *const *environ, const char *name)
-{
-    size_t n = strlen(name);
-    for (; environ && *environ; environ++)
-        if (!strncmp(*environ, name, n) && (*environ)[n] == '=')
-            return *environ + n + 1;
-    return NULL;
-}
+#include "gen/runtime.h"
 
 int shim_is_key_setting(const char *entry)
 {
-    static const char *const prefixes[] = SHIM_KEY_ENV_PREFIXES, *const handover[] = SHIM_HANDOVER_ENV;
+    static const char *const prefixes[] = SHIM_SETTINGS_PREFIXES, *const handover[] = SHIM_HANDOVER_ENV;
     int i, is = 0;
     for (i = 0; prefixes[i]; i++)
         is |= !strncmp(entry, prefixes[i], strlen(prefixes[i]));
@@ -108,19 +79,6 @@ int shim_runs_alone(int argc, char *const *argv, int image)
     return 0;
 }
 
-void shim_node_name(char *const *environ, char *out, size_t outlen)
-{
-    const char *node = shim_env_get(environ, "SLURMD_NODENAME"); /* several slurmd on one host are several nodes */
-    struct utsname u;
-
-    if (node && *node)
-        snprintf(out, outlen, "%s", node);
-    else if (uname(&u) == 0)
-        snprintf(out, outlen, "%s", u.nodename);
-    else
-        snprintf(out, outlen, "localhost");
-}
-
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 void shim_record_key(int argc, char *const *argv, int image, const char *cwd, char *const *environ, char *out)
@@ -132,7 +90,7 @@ void shim_record_key(int argc, char *const *argv, int image, const char *cwd, ch
     int a;
 
     shim_fnv_init(&h);
-    shim_fnv_add(&h, "shim-record-v1");
+    shim_fnv_add(&h, SHIM_RECORD_KEY_TAG);
     shim_fnv_add(&h, shim_build_id());
     snprintf(num, sizeof num, "%u", (unsigned)getuid());
     shim_fnv_add(&h, num);
@@ -153,7 +111,7 @@ void shim_record_key(int argc, char *const *argv, int image, const char *cwd, ch
     shim_fnv_add(&h, "--env--");
     for (i = 0; environ && environ[i]; i++)
         n++;
-    settings = calloc(n + 1, sizeof *settings);
+    settings = HANDLED(calloc(n + 1, sizeof *settings)); /* NULL: a key no record has (below) */
     for (i = 0, n = 0; settings && environ && environ[i]; i++)
         if (shim_is_key_setting(environ[i]))
             settings[n++] = environ[i];
@@ -171,7 +129,8 @@ void shim_record_key(int argc, char *const *argv, int image, const char *cwd, ch
 /* SLURM_STEP_TASKS_PER_NODE ("4(x2),3") at this node's index SLURM_NODEID; 0 when Slurm does not say. */
 int shim_local_tasks(char *const *environ)
 {
-    const char *spec = shim_env_get(environ, "SLURM_STEP_TASKS_PER_NODE"), *id = shim_env_get(environ, "SLURM_NODEID");
+    const char *spec = shim_env_get(environ, SHIM_SLURM_STEP_TASKS_PER_NODE);
+    const char *id = shim_env_get(environ, SHIM_SLURM_NODEID);
     long index, at = 0;
     char *end;
 

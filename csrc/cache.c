@@ -41,10 +41,10 @@ static void make_dirs(const char *path)
     snprintf(p, sizeof p, "%s", path);
     for (s = p + 1; (s = strchr(s, '/')); s++) {
         *s = '\0';
-        mkdir(p, 0777); /* intermediate ones as mkdir -p makes them; failures show at the lstat */
+        BEST_EFFORT(mkdir(p, 0777)); /* intermediate ones as mkdir -p makes them; failures show at the lstat */
         *s = '/';
     }
-    mkdir(p, 0700);
+    BEST_EFFORT(mkdir(p, 0700)); /* as above: the lstat after it says what is wrong */
 }
 
 static const char *private_problem(const struct stat *st)
@@ -72,7 +72,9 @@ int shim_cache_root(int create, char *out, size_t outlen, char *problem, size_t 
         make_dirs(base);
     /* The planner names files by the real path; the front-end, which only reads, need not
      * resolve it (the same files; what is above the root is not checked either way). */
-    if ((create ? !realpath(base, real) : snprintf(real, sizeof real, "%s", base) < 0) || lstat(real, &st) == -1) {
+    /* the user's words below: the cache they named cannot be used */
+    if ((create ? !HANDLED(realpath(base, real)) : snprintf(real, sizeof real, "%s", base) < 0)
+        || HANDLED(lstat(real, &st)) == -1) {
         snprintf(problem, plen, "%s: %s", base, strerror(errno));
         return -1;
     }
@@ -87,8 +89,9 @@ int shim_cache_root(int create, char *out, size_t outlen, char *problem, size_t 
     /* A shared sticky directory (like /tmp): others cannot remove or replace what we make in it. */
     snprintf(priv, sizeof priv, "%s/.shim-%u", real, (unsigned)geteuid());
     if (create)
-        mkdir(priv, 0700);
-    if (lstat(priv, &pst) == -1 || S_ISLNK(pst.st_mode) || private_problem(&pst)) {
+        BEST_EFFORT(mkdir(priv, 0700)); /* as in make_dirs: the lstat after it says what is wrong */
+    /* the user's words below */
+    if (HANDLED(lstat(priv, &pst)) == -1 || S_ISLNK(pst.st_mode) || private_problem(&pst)) {
         snprintf(problem, plen, "%s %s, and %s is not a private directory of yours", base, why, priv);
         return -1;
     }
@@ -121,7 +124,7 @@ int shim_cache_untrusted(const char *path, const char *root, int leaf_is_file, c
     }
     snprintf(p, sizeof p, "%s", path);
     for (;;) {
-        if (lstat(p, &st) == -1) {
+        if (HANDLED(lstat(p, &st)) == -1) { /* ENOENT of the leaf: nothing to trust; else why, below */
             if (errno == ENOENT && leaf)
                 return 0; /* nothing there: nothing to trust */
             snprintf(why, whylen, "%s: %s", p, errno == ENOENT ? "is missing" : strerror(errno));
@@ -175,18 +178,21 @@ char *shim_cache_read(const char *path, const char *root, size_t *len, char *why
     *slash = '\0';
     if (strcmp(dir, root) && shim_cache_untrusted(dir, root, 0, why, whylen))
         return NULL;
-    fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    /* errno says why, below: none there (ENOENT), a symlink (ELOOP), another user's */
+    fd = HANDLED(open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
     if (fd < 0) {
         int err = errno;
         if (err == ELOOP)
             snprintf(why, whylen, "%s is a symlink", path);
-        else if (err == EACCES && lstat(path, &st) == 0 && st.st_uid != geteuid())
+        /* only to say whose it is: else the open's own error below */
+        else if (err == EACCES && HANDLED(lstat(path, &st)) == 0 && st.st_uid != geteuid())
             snprintf(why, whylen, "%s belongs to uid %u", path, (unsigned)st.st_uid);
         else if ((errno = err))
             snprintf(why, whylen, errno == ENOENT ? "none" : "%s: %s", path, strerror(errno));
         return NULL;
     }
-    if (fstat(fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid()
+    /* what cannot be looked at is not trusted: why, below */
+    if (HANDLED(fstat(fd, &st)) == -1 || !S_ISREG(st.st_mode) || st.st_nlink != 1 || st.st_uid != geteuid()
         || (st.st_mode & 022) || st.st_size > SHIM_RECORD_MAX) {
         if (st.st_uid != geteuid())
             snprintf(why, whylen, "%s belongs to uid %u", path, (unsigned)st.st_uid);
@@ -195,12 +201,12 @@ char *shim_cache_read(const char *path, const char *root, size_t *len, char *why
         close(fd);
         return NULL;
     }
-    if (!(buf = malloc((size_t)st.st_size + 1))) {
+    if (ZRP(buf = malloc((size_t)st.st_size + 1), why, whylen, "allocate room for %s", path)) {
         close(fd);
-        snprintf(why, whylen, "out of memory");
         return NULL;
     }
-    while (got < (size_t)st.st_size && (n = read(fd, buf + got, (size_t)st.st_size - got)) > 0)
+    /* a failed read is a short one: "short read", below */
+    while (got < (size_t)st.st_size && (n = HANDLED(read(fd, buf + got, (size_t)st.st_size - got))) > 0)
         got += (size_t)n;
     close(fd);
     if (got != (size_t)st.st_size) {

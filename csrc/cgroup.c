@@ -15,13 +15,13 @@
 
 static int slurp(const char *path, char *buf, size_t len)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    int fd = HANDLED(open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY)); /* unreadable: no quota known here */
     size_t got = 0;
     ssize_t n;
 
     if (fd < 0)
         return -1;
-    while (got + 1 < len && (n = read(fd, buf + got, len - 1 - got)) > 0)
+    while (got + 1 < len && (n = HANDLED(read(fd, buf + got, len - 1 - got))) > 0) /* unreadable: no quota known here */
         got += (size_t)n;
     close(fd);
     buf[got] = '\0';
@@ -83,7 +83,7 @@ static void ancestors(const char *mount, const char *path, int v2, double *best,
     int n = 0, level, i;
     struct stat st;
 
-    if (stat(mount, &st) == -1) /* nothing mounted there: nothing to read under it */
+    if (HANDLED(stat(mount, &st)) == -1) /* nothing mounted there: nothing to read under it */
         return;
     snprintf(parts, sizeof parts, "%s", path);
     for (t = strtok_r(parts, "/", &save); t && n < (int)(sizeof seg / sizeof *seg); t = strtok_r(NULL, "/", &save))
@@ -110,7 +110,7 @@ void shim_cgroup_quota(const char *host_root, int pid, char *out, size_t outlen)
     int have = 0;
 
     out[0] = '\0';
-    if (!(text = malloc(1 << 16)))
+    if (!(text = HANDLED(malloc(1 << 16)))) /* unreadable: no quota known here */
         return;
     if (pid)
         snprintf(path, sizeof path, "%s/proc/%d/cgroup", root, pid);
@@ -134,7 +134,7 @@ void shim_cgroup_quota(const char *host_root, int pid, char *out, size_t outlen)
             continue;
         }
         snprintf(mount, sizeof mount, "%s/%s", fs, c1 + 1);
-        ctl = strdup(c1 + 1);
+        ctl = HANDLED(strdup(c1 + 1)); /* unreadable: no quota known here */
         for (tok = ctl ? strtok_r(ctl, ",", &s2) : NULL; tok; tok = strtok_r(NULL, ",", &s2))
             cpu |= !strcmp(tok, "cpu");
         free(ctl);

@@ -148,18 +148,19 @@ int shim_image_matches(const struct shim_rec *r, int fd, int strict, char *why, 
  * image itself, -1 when it is a copy (IMAGE_PATH) or the record names no IMAGE_FILE. */
 int shim_image_root_fd(const struct shim_rec *r, int fd);
 
-/* argv.c */
+/* common.c: helpers that call nothing else of the core. */
 const char *shim_env_get(char *const *environ, const char *name);
 void shim_node_name(char *const *environ, char *out, size_t outlen);
-int shim_runs_alone(int argc, char *const *argv, int image);
-
-/* fnv.c: two FNV-1a 64-bit hashes over NUL-terminated fields (the NUL hashed too). */
+/* two FNV-1a 64-bit hashes over NUL-terminated fields (the NUL hashed too) */
 struct shim_fnv {
     uint64_t a, b;
 };
 void shim_fnv_init(struct shim_fnv *h);
 void shim_fnv_add(struct shim_fnv *h, const char *s);
 void shim_fnv_hex(const struct shim_fnv *h, char *out); /* 33 bytes */
+
+/* argv.c */
+int shim_runs_alone(int argc, char *const *argv, int image);
 int shim_is_key_setting(const char *entry);             /* "K=V" of the runtime's own settings */
 
 /* cache.c: the trusted bytes of a cache file, malloc'd (NULL: absent or not trusted, with why). */
@@ -198,19 +199,58 @@ int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t err
  * scripts that set more than what the DIRECT environment holds as data); 0: exec it directly. */
 int shim_wants_script(const struct shim_config *cfg);
 
-/* Record a failure (step, path, errno text) and unwind to the entry point. Never returns. */
+/* ---- One error style: every call is checked where it is made, by one of these macros. ----
+ *
+ * A failure is reported once, where the call failed: the step's description, strerror(errno)
+ * and the file:line of the check ("mount tmpfs for ... on ...: Permission denied (mounts.c:137)").
+ * The set-up steps unwind to their entry point (shim_begin's setjmp) so that their happy path
+ * reads as a list of steps:
+ *   Z(call, fmt, ...)      -1 is a failure (most syscalls)
+ *   ZP(call, fmt, ...)     NULL is a failure (malloc, opendir, realpath...)
+ *   ZE(call, fmt, ...)     the call returns the error number itself, 0 on success (pthread_*,
+ *                          posix_spawn)
+ *   ZIMG(call, fmt, ...)   as Z, for reading the image's own content: EIO there is a corrupt
+ *                          image (squashfuse cannot decompress a block), the image's fault
+ * Code that returns its failures instead (the front-end, a record's checks, the share protocol,
+ * the cache) checks with the same tests and writes the same report into its caller's buffer;
+ * the macro is 1 on failure: if (ZR(fd = open(p, O_RDONLY), why, whylen, "open %s", p)) return -1;
+ *   ZR(call, buf, len, fmt, ...) / ZRP(...)   -1 / NULL is a failure
+ * Where there is nothing to unwind to (a child between fork and exec, the front-end's main), the
+ * report goes to stderr and the process exits with SHIM_E_LAUNCH:
+ *   ZX(call, fmt, ...) / ZXP(...)            -1 / NULL is a failure
+ * Two explicit exceptions, each use with a comment saying why:
+ *   HANDLED(call)          the failure is expected here and the code right after examines the
+ *                          result and errno (a fallback, or a message the user can act on)
+ *   BEST_EFFORT(call)      a failure deliberately ignored
+ * tests/test_c_structure.py fails when a call of the launch path is outside these. */
+#define SHIM_STR_(x) #x
+#define SHIM_STR(x) SHIM_STR_(x)
+#define SHIM_AT __FILE__ ":" SHIM_STR(__LINE__)
+
+#define Z(expr, ...) do { if ((expr) == -1) shim_fail_at(SHIM_AT, errno, __VA_ARGS__); } while (0)
+#define ZP(expr, ...) do { if ((expr) == NULL) shim_fail_at(SHIM_AT, errno, __VA_ARGS__); } while (0)
+#define ZE(expr, ...) do { int shim_e_ = (expr); if (shim_e_) shim_fail_at(SHIM_AT, shim_e_, __VA_ARGS__); } while (0)
+#define ZIMG(expr, ...) do { if ((expr) == -1) shim_fail_image(SHIM_AT, errno, __VA_ARGS__); } while (0)
+#define ZR(expr, buf, len, ...) ((expr) == -1 ? (shim_report(SHIM_AT, errno, buf, len, __VA_ARGS__), 1) : 0)
+#define ZRP(expr, buf, len, ...) ((expr) == NULL ? (shim_report(SHIM_AT, errno, buf, len, __VA_ARGS__), 1) : 0)
+#define ZX(expr, ...) do { if ((expr) == -1) shim_exit_fail(SHIM_AT, errno, __VA_ARGS__); } while (0)
+#define ZXP(expr, ...) do { if ((expr) == NULL) shim_exit_fail(SHIM_AT, errno, __VA_ARGS__); } while (0)
+#define HANDLED(expr) (expr)
+#define BEST_EFFORT(expr) ((void)!(expr))
+
+/* A deliberate failure the user can act on (a refusal, a message with a hint): the code, the
+ * message, and strerror(err) when err is not 0; no file:line. Unwinds; never returns. */
 __attribute__((noreturn, format(printf, 3, 4)))
 void shim_fail(int code, int err, const char *fmt, ...);
-
-/* Check a syscall result: on -1 (or NULL) fail with the step's description and errno. The
- * happy path then reads as a list of steps. */
-#define Z(expr, ...) do { if ((expr) == -1) shim_fail(SHIM_E_LAUNCH, errno, __VA_ARGS__); } while (0)
-
-/* The same for reading the image's own content: EIO there is a corrupt image (squashfuse
- * cannot decompress a block), which is the image's fault, not the launch's. */
-#define ZIMG(expr, ...) do { if ((expr) == -1) shim_fail_image(errno, __VA_ARGS__); } while (0)
-__attribute__((noreturn, format(printf, 2, 3)))
-void shim_fail_image(int err, const char *fmt, ...);
+/* The checking macros' reports (util.c). `at` is "file:line". */
+__attribute__((noreturn, format(printf, 3, 4)))
+void shim_fail_at(const char *at, int err, const char *fmt, ...);
+__attribute__((noreturn, format(printf, 3, 4)))
+void shim_fail_image(const char *at, int err, const char *fmt, ...);
+__attribute__((format(printf, 5, 6)))
+void shim_report(const char *at, int err, char *buf, size_t len, const char *fmt, ...);
+__attribute__((noreturn, format(printf, 3, 4)))
+void shim_exit_fail(const char *at, int err, const char *fmt, ...);
 
 void shim_debug(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 extern int shim_debug_on;
@@ -249,7 +289,7 @@ void mount_squashfs(const struct shim_config *cfg, const char *stage, const char
 
 /* mounts.c */
 int open_in_root(int root_fd, const char *path, int flags);
-void bind_into_root(const char *root, int *root_fd, const struct shim_bind *b);
+void bind_into_root(const char *root, int *root_fd, const struct shim_bind *b); /* a host path (not FRESH) */
 void make_private_tmpfs(const char *dir, const char *what);
 void set_mount_attrs(int fd, int recursive, int readonly, int keepdev);
 void seal_underlays(int root_fd);

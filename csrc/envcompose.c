@@ -1,7 +1,7 @@
 /* The app's environment from a record's rules and the host environment of this launch: which
  * host variables pass (ENV_PASS rules), then each target's operations in order (ENV_OP). The
  * rules themselves, Apptainer's precedence included, are the planner's
- * (shim/launch/environment.py): this file only applies them, so every launch path, warm, cold
+ * (shim/container/environment.py): this file only applies them, so every launch path, warm, cold
  * or joining a shared container, composes the same environment. */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -68,7 +68,8 @@ static int reserve(struct envset *s)
 {
     size_t i, *old = s->slot;
     if (s->n + 1 >= s->cap) {
-        char **more = realloc(s->v, (s->cap = s->cap ? 2 * s->cap : 64) * sizeof *more);
+        /* out of memory: NULL from shim_env_compose (core.h) */
+        char **more = HANDLED(realloc(s->v, (s->cap = s->cap ? 2 * s->cap : 64) * sizeof *more));
         if (!more)
             return -1;
         s->v = more;
@@ -78,7 +79,8 @@ static int reserve(struct envset *s)
     s->nslot = s->nslot ? 2 * s->nslot : 128;
     while (2 * (s->n + 1) > s->nslot)
         s->nslot *= 2;
-    if (!(s->slot = calloc(s->nslot, sizeof *s->slot))) {
+    /* out of memory: NULL from shim_env_compose (core.h) */
+    if (!(s->slot = HANDLED(calloc(s->nslot, sizeof *s->slot)))) {
         s->slot = old;
         return -1;
     }
@@ -101,7 +103,8 @@ static const char *get(const struct envset *s, const char *name)
 static void set(struct envset *s, const char *name, size_t n, const char *value)
 {
     size_t vlen = strlen(value), *p;
-    char *e = malloc(n + vlen + 2);
+    /* out of memory: NULL from shim_env_compose (core.h) */
+    char *e = HANDLED(malloc(n + vlen + 2));
     long i;
 
     if (!e) {
@@ -190,7 +193,8 @@ static void host_names(const struct shim_rec *r, const struct envset *host, stru
 
     for (i = 0; i < host->n; i++)
         total += host->v[i] ? name_len(host->v[i]) + 1 : 0;
-    if (!(p = names = malloc(total))) {
+    /* out of memory: NULL from shim_env_compose (core.h) */
+    if (!(p = names = HANDLED(malloc(total)))) {
         out->oom = 1;
         return;
     }
@@ -232,7 +236,8 @@ static void apply(const struct shim_rec *r, int target, struct envset *s, const 
                 set(s, o->name, strlen(o->name), o->value);
                 break;
             }
-            if (!(joined = malloc(strlen(cur) + strlen(o->value) + 2))) {
+            /* out of memory: NULL from shim_env_compose (core.h) */
+            if (!(joined = HANDLED(malloc(strlen(cur) + strlen(o->value) + 2)))) {
                 s->oom = 1;
                 break;
             }
@@ -276,7 +281,8 @@ char **shim_env_compose(const struct shim_rec *r, char *const *environ, int targ
                 total += strlen(out.v[i]) + 1;
                 count++;
             }
-        env = malloc((count + 1) * sizeof *env + total);
+        /* out of memory: NULL from shim_env_compose (core.h) */
+        env = HANDLED(malloc((count + 1) * sizeof *env + total));
     }
     if (env) {
         p = (char *)(env + count + 1);

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "gen/runtime.h"
 
 static int fail(struct shim_result *res, int code, const char *message)
 {
@@ -21,12 +22,16 @@ static int fail(struct shim_result *res, int code, const char *message)
     return code;
 }
 
+/* Do not hold the step's output open (srun waits for it to close). In the holder's processes,
+ * whose stdio nobody reads: should a dup2 fail, they end (a holder that keeps the step's output
+ * open would keep srun waiting). */
 static void quiet_stdio(void)
 {
-    /* Do not hold the step's output open (srun waits for it to close). */
-    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC), fd;
+    /* the holder's is the container's /dev/null, which an image may lack: then nothing changes */
+    int devnull = HANDLED(open("/dev/null", O_RDWR | O_CLOEXEC)), fd;
+
     for (fd = 0; devnull >= 0 && fd < 3; fd++)
-        dup2(devnull, fd);
+        ZX(dup2(devnull, fd), "put /dev/null on descriptor %d of the node's container", fd);
 }
 
 /* The refusal the step's other ranks get when the node's container is not started. */
@@ -39,8 +44,10 @@ static void refuse_others(int listen_fd, int code, const char *why, char *const 
     snprintf(message, sizeof message, "the node's container was not started: %s (the node's first rank printed why)",
              why);
     fflush(NULL);
-    if ((pid = fork()) == 0) {
-        if (fork() == 0) {
+    /* Without a process to refuse them, the other ranks each try to lead and print why: more
+     * lines, the same answer. So a failed fork here is let go. */
+    if ((pid = HANDLED(fork())) == 0) {
+        if (HANDLED(fork()) == 0) { /* as above */
             quiet_stdio();
             shim_refuse_all(listen_fd, code, message, expected > 1 ? expected - 1 : 0, SHIM_LINGER_MS);
             _exit(0);
@@ -48,7 +55,7 @@ static void refuse_others(int listen_fd, int code, const char *why, char *const 
         _exit(0);
     }
     if (pid > 0)
-        waitpid(pid, NULL, 0);
+        BEST_EFFORT(waitpid(pid, NULL, 0)); /* the middle process, gone at once: only reaped */
     close(listen_fd);
 }
 
@@ -66,28 +73,36 @@ static int lead(const struct shim_rec *r, const struct shim_config *cfg, const s
     int pipefd[2], fd, rc;
     pid_t pid;
 
-    if (getsockname(run->listen_fd, (struct sockaddr *)&addr, &alen) == -1 || pipe2(pipefd, O_CLOEXEC) == -1)
-        return fail(res, SHIM_E_LAUNCH, "set up the node's shared container: no socket");
+    if (ZR(getsockname(run->listen_fd, (struct sockaddr *)&addr, &alen), res->message, sizeof res->message,
+           "set up the node's shared container: no socket")
+        || ZR(pipe2(pipefd, O_CLOEXEC), res->message, sizeof res->message,
+              "set up the node's shared container: a pipe"))
+        return res->code = SHIM_E_LAUNCH;
     fflush(NULL);
-    pid = fork();
-    if (pid == -1)
-        return fail(res, SHIM_E_LAUNCH, "fork the node's container holder");
+    if (ZR(pid = fork(), res->message, sizeof res->message, "fork the node's container holder"))
+        return res->code = SHIM_E_LAUNCH;
     if (pid == 0) {
         struct shim_serve s = {run->listen_fd, -1, -1, shim_local_tasks(run->environ), SHIM_LINGER_MS, r};
         struct shim_result hres;
-        if (fork())
+        pid_t holder;
+        /* the rank reads no answer from the pipe and says the container could not be set up */
+        ZX(holder = fork(), "fork the node's container holder");
+        if (holder)
             _exit(0);
         close(pipefd[0]);
+        /* A rank that reads no answer (the pipe is closed at exit) says the container could not
+         * be set up: a failed write here ends the same way. */
         if ((rc = shim_hold_setup(cfg, &hres, &s.userns, &s.mntns)) == 0) {
-            (void)!write(pipefd[1], "ok", 2);
+            BEST_EFFORT(write(pipefd[1], "ok", 2)); /* see above */
             close(pipefd[1]);
             quiet_stdio();
             shim_serve(&s);
             _exit(0);
         }
         n = snprintf(answer, sizeof answer, "E%d", rc);
-        (void)!write(pipefd[1], answer, (size_t)n + 1);
-        (void)!write(pipefd[1], hres.message, strlen(hres.message));
+        /* see above: the rank then says the container could not be set up */
+        BEST_EFFORT(write(pipefd[1], answer, (size_t)n + 1) == n + 1
+                    && write(pipefd[1], hres.message, strlen(hres.message)));
         close(pipefd[1]);
         quiet_stdio();
         refuse_others(run->listen_fd, rc, hres.message, run->environ);
@@ -95,8 +110,9 @@ static int lead(const struct shim_rec *r, const struct shim_config *cfg, const s
     }
     close(pipefd[1]);
     close(run->listen_fd);
-    waitpid(pid, NULL, 0); /* the middle process, gone at once */
-    while (got < sizeof answer - 1 && (n = read(pipefd[0], answer + got, sizeof answer - 1 - got)) != 0) {
+    BEST_EFFORT(waitpid(pid, NULL, 0)); /* the middle process, gone at once: only reaped */
+    /* EINTR: again; another failure: no answer, which says the container could not be set up */
+    while (got < sizeof answer - 1 && (n = HANDLED(read(pipefd[0], answer + got, sizeof answer - 1 - got))) != 0) {
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0)
@@ -112,13 +128,16 @@ static int lead(const struct shim_rec *r, const struct shim_config *cfg, const s
                     head < got ? answer + head : "the node's container could not be set up");
     }
     shim_debug("holding the node's shared container");
-    fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd == -1 || connect(fd, (struct sockaddr *)&addr, alen) == -1)
+    if (ZR(fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), res->message, sizeof res->message,
+           "a socket to join the node's shared container"))
+        return res->code = SHIM_E_LAUNCH;
+    /* the user's words: the holder is gone (ECONNREFUSED), nothing this rank can fix */
+    if (HANDLED(connect(fd, (struct sockaddr *)&addr, alen)) == -1)
         return fail(res, SHIM_E_LAUNCH, "the node's shared container went away before this rank joined it");
     rc = shim_share_join_fd(fd, run->argc, run->argv, run->cwd, run->environ, res);
     if (rc == -2)
         return fail(res, SHIM_E_LAUNCH, "the node's shared container went away before this rank joined it (run "
-                    "again; SHIMRUN_SHARE=0 runs a container per process)");
+                    "again; " SHIM_VAR_SHARE "=0 runs a container per process)");
     return rc;
 }
 

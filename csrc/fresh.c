@@ -32,7 +32,7 @@ void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b)
     else if (fd == -1)
         shim_fail(SHIM_E_LAUNCH, errno, "resolve %s in the container for a new %s", b->dst, type);
     fd_path(fd, p, sizeof p);
-    if (mount(type, p, type, flags, b->src[0] ? b->src : NULL) == -1) {
+    if (HANDLED(mount(type, p, type, flags, b->src[0] ? b->src : NULL)) == -1) { /* a hint for EPERM on /proc */
         int err = errno;
         shim_fail(SHIM_E_LAUNCH, err, "mount a new %s on %s%s", type, b->dst,
                   err == EPERM && (b->flags & SHIM_BIND_PROC)
@@ -41,8 +41,7 @@ void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b)
     }
     close(fd);
     if (b->flags & SHIM_BIND_TMPFS) {
-        fd = open_in_root(*root_fdp, b->dst, O_PATH | O_DIRECTORY);
-        Z(fd, "reopen the new tmpfs on %s", b->dst);
+        Z(fd = open_in_root(*root_fdp, b->dst, O_PATH | O_DIRECTORY), "reopen the new tmpfs on %s", b->dst);
         own_mount(fd, b->dst);
         close(fd);
     }
@@ -59,13 +58,13 @@ void make_link(int root_fd, const struct shim_link *l)
         shim_fail(SHIM_E_LAUNCH, 0, "symlink %s: not an absolute path with a name", l->path);
     memcpy(parent, l->path, (size_t)(name - l->path));
     parent[name - l->path] = '\0';
-    fd = open_in_root(root_fd, parent[0] ? parent : "/", O_PATH | O_DIRECTORY);
-    Z(fd, "open %s in the container (for the symlink %s)", parent, l->path);
+    Z(fd = open_in_root(root_fd, parent[0] ? parent : "/", O_PATH | O_DIRECTORY),
+      "open %s in the container (for the symlink %s)", parent, l->path);
     /* only where this launch mounted the directory itself: never into the image or the host */
     if (!on_underlay(fd))
         shim_fail(SHIM_E_LAUNCH, 0, "symlink %s: %s is not a directory this launch made", l->path, parent);
-    if (symlinkat(l->target, fd, name + 1) == -1 && errno != EEXIST)
-        shim_fail(SHIM_E_LAUNCH, errno, "symlink %s -> %s in the container", l->path, l->target);
+    if (HANDLED(symlinkat(l->target, fd, name + 1)) == -1 && errno != EEXIST) /* one there already: kept */
+        shim_fail_at(SHIM_AT, errno, "symlink %s -> %s in the container", l->path, l->target);
     close(fd);
 }
 
@@ -109,13 +108,12 @@ void overlay_root(const char *stage, const char *root)
     Z(mkdir(work, 0755), "mkdir %s", work);
     /* userxattr: an unprivileged overlay keeps its metadata in user.* xattrs (Linux 5.11) */
     snprintf(opts, sizeof opts, "lowerdir=%s,upperdir=%s,workdir=%s,userxattr", root, upper, work);
-    if (mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, opts) == -1) {
+    if (HANDLED(mount("overlay", root, "overlay", MS_NOSUID | MS_NODEV, opts)) == -1) { /* the user's hint below */
         int err = errno;
         shim_fail(SHIM_E_LAUNCH, err, "mount the writable overlay over the image (--writable-tmpfs needs "
                   "overlayfs in user namespaces, Linux 5.11 or later; run without it)");
     }
-    fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    Z(fd, "open the writable root %s", root);
+    Z(fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "open the writable root %s", root);
     own_mount(fd, "the writable root");
     close(fd);
     shim_debug("writable root: overlay with its changes in a tmpfs");

@@ -29,23 +29,23 @@ extern char **environ;
 static void python(int argc, char **argv, int listen_fd, int image_fd) __attribute__((noreturn));
 static void python(int argc, char **argv, int listen_fd, int image_fd)
 {
-    char **args = calloc((size_t)argc + 4, sizeof *args), num[16];
+    char **args, num[16];
     int i;
 
-    if (args == NULL) {
-        perror("shimrun: error: allocate arguments");
-        exit(SHIM_E_LAUNCH);
-    }
+    /* Nothing to unwind to in main: a failure is reported on stderr and ends shimrun. */
+    ZXP(args = calloc((size_t)argc + 4, sizeof *args), "allocate arguments");
     /* The election is done (the planner must not hold a second one); Python sets LC_CTYPE when
      * the locale is C (PEP 538), which must not reach the app: say whether it was set. */
-    setenv(SHIM_VAR_FRONTEND, getenv("LC_CTYPE") ? "elected" : "elected,no-lc-ctype", 1);
+    ZX(setenv(SHIM_VAR_FRONTEND, getenv("LC_CTYPE") ? "elected" : "elected,no-lc-ctype", 1), "set %s",
+           SHIM_VAR_FRONTEND);
     if (listen_fd >= 0) {
         snprintf(num, sizeof num, "%d", listen_fd);
-        setenv(SHIM_VAR_LISTEN_FD, num, 1);
+        ZX(setenv(SHIM_VAR_LISTEN_FD, num, 1), "set %s", SHIM_VAR_LISTEN_FD);
     }
-    if (image_fd >= 0 && fcntl(image_fd, F_SETFD, 0) == 0) { /* inherited by the planner alone */
+    if (image_fd >= 0) { /* inherited by the planner alone */
+        ZX(fcntl(image_fd, F_SETFD, 0), "hand the image's descriptor to the planner");
         snprintf(num, sizeof num, "%d", image_fd);
-        setenv(SHIM_VAR_IMAGE_FD, num, 1);
+        ZX(setenv(SHIM_VAR_IMAGE_FD, num, 1), "set %s", SHIM_VAR_IMAGE_FD);
     }
     /* -I: isolated, so neither PYTHON* variables nor a shim/ directory where the job happens to
      * run can change which code runs; -c instead of -m spares runpy. */
@@ -64,8 +64,9 @@ static void python(int argc, char **argv, int listen_fd, int image_fd)
 static char *take_env(const char *name)
 {
     char *v = getenv(name);
-    v = v ? strdup(v) : NULL;
-    unsetenv(name);
+    if (v)
+        ZXP(v = strdup(v), "copy %s", name);
+    ZX(unsetenv(name), "unset %s", name);
     return v;
 }
 
@@ -74,7 +75,8 @@ static int handed_fd(const char *text)
 {
     char *end;
     long fd = text ? strtol(text, &end, 10) : -1;
-    if (!text || !*text || *end || fd < 3 || fd > INT_MAX || fcntl((int)fd, F_GETFD) == -1)
+    /* EBADF: not open here, so not handed over */
+    if (!text || !*text || *end || fd < 3 || fd > INT_MAX || HANDLED(fcntl((int)fd, F_GETFD)) == -1)
         return -1;
     return (int)fd;
 }
@@ -82,10 +84,11 @@ static int handed_fd(const char *text)
 static char *read_fd(int fd, size_t *len)
 {
     size_t cap = 1 << 16, got = 0;
-    char *buf = malloc(cap);
+    char *buf = HANDLED(malloc(cap)); /* NULL with errno: the caller's report */
     ssize_t n;
 
-    while (buf && (n = pread(fd, buf + got, cap - got, (off_t)got)) != 0) {
+    /* -1 with errno (not EINTR): NULL, the caller's report */
+    while (buf && (n = HANDLED(pread(fd, buf + got, cap - got, (off_t)got))) != 0) {
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -94,7 +97,7 @@ static char *read_fd(int fd, size_t *len)
         }
         got += (size_t)n;
         if (got == cap) {
-            char *more = cap >= SHIM_RECORD_MAX ? NULL : realloc(buf, cap *= 2);
+            char *more = cap >= SHIM_RECORD_MAX ? NULL : HANDLED(realloc(buf, cap *= 2)); /* as above */
             if (!more)
                 free(buf);
             buf = more;
@@ -181,7 +184,8 @@ int main(int argc, char **argv)
     imgfd = take_env(SHIM_VAR_IMAGE_FD);
     r.image = argc > 1 ? shim_image_index(argc, argv) : -1;
     /* IMAGE COMMAND, or run IMAGE: something to run */
-    if (r.image < 0 || (r.image + 1 >= argc && strcmp(argv[1], SHIM_RUN_VERB)) || !getcwd(cwd, sizeof cwd))
+    /* no working directory to name (deleted): the planner says what it makes of that */
+    if (r.image < 0 || (r.image + 1 >= argc && strcmp(argv[1], SHIM_RUN_VERB)) || !HANDLED(getcwd(cwd, sizeof cwd)))
         python(argc, argv, -1, -1);
     r.cwd = cwd;
     r.environ = environ;
@@ -195,7 +199,7 @@ int main(int argc, char **argv)
     if (recfd && handed_fd(recfd) >= 0) {
         /* the planner's record, planned on the image it opened (or this front-end's first run did) */
         if ((r.image_fd = handed_fd(imgfd)) >= 0)
-            fcntl(r.image_fd, F_SETFD, FD_CLOEXEC);
+            ZX(fcntl(r.image_fd, F_SETFD, FD_CLOEXEC), "keep the image's descriptor from the app");
         data = read_fd(handed_fd(recfd), &len);
         if (!data) {
             fprintf(stderr, "shimrun: internal error: cannot read the planner's launch record: %s\n", strerror(errno));

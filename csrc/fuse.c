@@ -29,19 +29,21 @@ static void keep_sys_admin_across_exec(void)
     struct __user_cap_header_struct hdr = { _LINUX_CAPABILITY_VERSION_3, 0 };
     struct __user_cap_data_struct data[2];
 
-    if (syscall(SYS_capget, &hdr, data) == -1)
-        return;
+    /* In the child, before exec: a failure is squashfuse's own mount failing with EPERM, which
+     * its log (read by the parent) then says. */
+    ZX(syscall(SYS_capget, &hdr, data), "read squashfuse's capabilities");
     data[CAP_TO_INDEX(CAP_SYS_ADMIN)].inheritable |= CAP_TO_MASK(CAP_SYS_ADMIN);
-    if (syscall(SYS_capset, &hdr, data) == -1)
-        return;
-    prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0, 0);
+    ZX(syscall(SYS_capset, &hdr, data), "make CAP_SYS_ADMIN inheritable for squashfuse");
+    ZX(prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, CAP_SYS_ADMIN, 0, 0), "keep CAP_SYS_ADMIN across squashfuse's exec");
 }
 
 static void read_log(int fd, char *buf, size_t len)
 {
-    ssize_t n = pread(fd, buf, len - 1, 0);
+    ssize_t n;
     char *nl;
 
+    /* only to say why squashfuse failed: an unreadable log says nothing more */
+    n = HANDLED(pread(fd, buf, len - 1, 0));
     buf[n > 0 ? n : 0] = '\0';
     while ((nl = strchr(buf, '\n')) != NULL) /* keep the message on one line */
         *nl = (nl[1] == '\0') ? '\0' : ' ';
@@ -59,60 +61,63 @@ void mount_squashfs(const struct shim_config *cfg, const char *stage, const char
 
     /* The opened image (image.c: the file the record was planned and judged on), never the path
      * again; a copy of the descriptor, which only squashfuse keeps. */
-    img_fd = cfg->image_fd >= 0 ? fcntl(cfg->image_fd, F_DUPFD_CLOEXEC, 3) : open(cfg->image_path, O_RDONLY | O_CLOEXEC);
-    Z(img_fd, "open image %s", cfg->image_path);
+    if (cfg->image_fd >= 0)
+        Z(img_fd = fcntl(cfg->image_fd, F_DUPFD_CLOEXEC, 3), "copy the image's descriptor (%s)", cfg->image_path);
+    else
+        Z(img_fd = open(cfg->image_path, O_RDONLY | O_CLOEXEC), "open image %s", cfg->image_path);
     snprintf(logpath, sizeof logpath, "%s/squashfuse.log", stage);
-    log_fd = open(logpath, O_CREAT | O_RDWR | O_CLOEXEC, 0600);
-    Z(log_fd, "create %s", logpath);
+    Z(log_fd = open(logpath, O_CREAT | O_RDWR | O_CLOEXEC, 0600), "create %s", logpath);
     Z(stat(target, &before), "stat mount point %s", target);
     snprintf(opts, sizeof opts, "ro,offset=%lld", cfg->offset);
     snprintf(src, sizeof src, "/proc/self/fd/%d", img_fd);
 
-    child = fork();
-    Z(child, "fork squashfuse");
+    Z(child = fork(), "fork squashfuse");
     if (child == 0) {
-        int devnull = open("/dev/null", O_RDONLY);
-        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int devnull;
+        /* "squashfuse dies with the app" (README) rests on this: no server without the mount's owner */
+        ZX(prctl(PR_SET_PDEATHSIG, SIGKILL), "tie squashfuse to shimrun (PR_SET_PDEATHSIG)");
         if (getppid() != parent) /* parent already gone */
             _exit(1);
-        setpgid(0, 0); /* terminal signals (Ctrl-C) go to the app, not to the server */
-        if (devnull >= 0)
-            dup2(devnull, 0);
-        dup2(log_fd, 1);
-        dup2(log_fd, 2);
-        fcntl(img_fd, F_SETFD, 0);
+        ZX(setpgid(0, 0), "put squashfuse in a process group of its own"); /* Ctrl-C goes to the app */
+        ZX(devnull = open("/dev/null", O_RDONLY), "open /dev/null for squashfuse");
+        ZX(dup2(devnull, 0), "make /dev/null squashfuse's stdin");
+        ZX(dup2(log_fd, 1), "send squashfuse's output to its log");
+        ZX(dup2(log_fd, 2), "send squashfuse's errors to its log");
+        ZX(fcntl(img_fd, F_SETFD, 0), "hand the image's descriptor to squashfuse");
         keep_sys_admin_across_exec();
         execl(cfg->squashfuse, cfg->squashfuse, "-f", "-o", opts, src, target, (char *)NULL);
-        dprintf(2, "exec %s: %s", cfg->squashfuse, strerror(errno));
+        dprintf(2, "exec %s: %s", cfg->squashfuse, strerror(errno)); /* the log: the parent's report says it */
         _exit(127);
     }
     Z(close(img_fd), "close image fd");
     /* Mounted when the mount point's device changes; give up if squashfuse exits first. The
      * namespace's mount table, polled, says when a mount happened (POLLPRI): no busy stat loop. */
-    clock_gettime(CLOCK_MONOTONIC, &t0);
-    table_fd = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
-    child_fd = table_fd >= 0 ? (int)syscall(SYS_pidfd_open, child, 0) : -1;
+    Z(clock_gettime(CLOCK_MONOTONIC, &t0), "read the clock");
+    /* Without the mount table or a pidfd (old kernels), a short sleep between looks instead. */
+    table_fd = HANDLED(open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+    child_fd = table_fd >= 0 ? (int)HANDLED(syscall(SYS_pidfd_open, child, 0)) : -1;
     for (;;) {
         struct pollfd ev[2] = {{table_fd, POLLPRI, 0}, {child_fd, POLLIN, 0}};
         Z(stat(target, &now), "stat mount point %s", target);
         if (now.st_dev != before.st_dev)
             break;
-        if (child_fd >= 0)
-            poll(ev, 2, 100); /* woken by a mount, or by squashfuse's exit */
-        if (waitpid(child, &status, WNOHANG) == child) {
+        /* woken by a mount, or by squashfuse's exit; a signal only wakes it sooner */
+        if (child_fd >= 0 && HANDLED(poll(ev, 2, 100)) == -1 && errno != EINTR)
+            shim_fail_at(SHIM_AT, errno, "wait for squashfuse to mount %s", cfg->image_path);
+        if (HANDLED(waitpid(child, &status, WNOHANG)) == child) { /* 0: still running; -1 cannot be (our child) */
             read_log(log_fd, log, sizeof log);
             shim_fail(SHIM_E_LAUNCH, 0, "mount squashfs partition of %s at offset %lld: %s exited with status %d: %s",
                       cfg->image_path, cfg->offset, cfg->squashfuse,
                       WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status), log);
         }
         if (waited_us > MOUNT_TIMEOUT_MS * 1000L) {
-            kill(child, SIGKILL);
+            BEST_EFFORT(kill(child, SIGKILL)); /* it may have exited meanwhile: it is gone either way */
             shim_fail(SHIM_E_LAUNCH, 0, "mount squashfs partition of %s: %s did not mount within %d s",
                       cfg->image_path, cfg->squashfuse, MOUNT_TIMEOUT_MS / 1000);
         }
         if (child_fd < 0)
-            nanosleep(&pause, NULL);
-        clock_gettime(CLOCK_MONOTONIC, &t);
+            BEST_EFFORT(nanosleep(&pause, NULL)); /* a signal cutting the pause short only looks sooner */
+        Z(clock_gettime(CLOCK_MONOTONIC, &t), "read the clock");
         waited_us = (t.tv_sec - t0.tv_sec) * 1000000L + (t.tv_nsec - t0.tv_nsec) / 1000;
     }
     if (table_fd >= 0)

@@ -20,14 +20,14 @@ int shim_image_open(const char *path, char *why, size_t whylen)
 {
     char via[64];
     struct stat st;
-    int pfd = open(path, O_PATH | O_CLOEXEC), fd;
+    /* A missing or unreadable image is the user's to fix: their words, without file:line. */
+    int pfd = HANDLED(open(path, O_PATH | O_CLOEXEC)), fd;
 
     if (pfd == -1) {
         snprintf(why, whylen, "cannot open the image %s: %s", path, strerror(errno));
         return -1;
     }
-    if (fstat(pfd, &st) == -1) {
-        snprintf(why, whylen, "cannot stat the image %s: %s", path, strerror(errno));
+    if (ZR(fstat(pfd, &st), why, whylen, "cannot stat the image %s", path)) {
         close(pfd);
         return -1;
     }
@@ -39,7 +39,7 @@ int shim_image_open(const char *path, char *why, size_t whylen)
         return -1;
     }
     snprintf(via, sizeof via, "/proc/self/fd/%d", pfd);
-    fd = open(via, O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    fd = HANDLED(open(via, O_RDONLY | O_CLOEXEC | O_NOCTTY)); /* as above: the user's words */
     if (fd == -1)
         snprintf(why, whylen, "cannot read the image %s: %s", path, strerror(errno));
     close(pfd);
@@ -53,7 +53,7 @@ int shim_image_matches(const struct shim_rec *r, int fd, int strict, char *why, 
 
     if (!f->present)
         return 1;
-    if (fd < 0 || fstat(fd, &st) == -1) {
+    if (fd < 0 || HANDLED(fstat(fd, &st)) == -1) { /* the user's words: run again */
         snprintf(why, whylen, "the image could not be opened");
         return 0;
     }

@@ -26,6 +26,8 @@ struct opened {
     int dir;
 };
 
+/* -1 with errno to the caller: a missing input is an answer (ENOENT: "gone"), and any failure
+ * there only makes the planner run, which looks again and says more. */
 static int stat_input(const struct opened *img, const char *path, int follow, struct stat *st)
 {
     if (img->fd >= 0 && !strncmp(path, img->path, img->len) && (path[img->len] == '\0'
@@ -34,10 +36,10 @@ static int stat_input(const struct opened *img, const char *path, int follow, st
         while (*rel == '/')
             rel++;
         if (!*rel)
-            return fstat(img->fd, st);
-        return fstatat(img->fd, rel, st, follow ? 0 : AT_SYMLINK_NOFOLLOW);
+            return HANDLED(fstat(img->fd, st)); /* see above */
+        return HANDLED(fstatat(img->fd, rel, st, follow ? 0 : AT_SYMLINK_NOFOLLOW)); /* see above */
     }
-    return follow ? stat(path, st) : lstat(path, st);
+    return follow ? HANDLED(stat(path, st)) : HANDLED(lstat(path, st)); /* see above */
 }
 
 static int file_holds(struct rd *d, const struct opened *img, char *why, size_t whylen)
@@ -85,7 +87,8 @@ static int content_holds(struct rd *d, char *buf, char *why, size_t whylen)
 
     if (d->bad || want > SHIM_CONTENT_MAX)
         return 0;
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    /* as in stat_input: a failure is a changed input, and the planner runs */
+    fd = HANDLED(open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK));
     if (fd < 0) {
         if (present)
             snprintf(why, whylen, "%s is gone", path);
@@ -93,7 +96,8 @@ static int content_holds(struct rd *d, char *buf, char *why, size_t whylen)
             return 1;
         return 0;
     }
-    while (got <= want && (n = read(fd, buf + got, SHIM_CONTENT_MAX + 1 - got)) > 0)
+    /* as above: a read that fails leaves the content short, a change */
+    while (got <= want && (n = HANDLED(read(fd, buf + got, SHIM_CONTENT_MAX + 1 - got))) > 0)
         got += (size_t)n;
     close(fd);
     if (!present || got != want || memcmp(buf, d->p, want)) {
@@ -185,7 +189,8 @@ static int cpus_holds(struct rd *d, char *why, size_t whylen)
 
     if (d->bad || d->p != d->end)
         return 0;
-    if (allowed && (sched_getaffinity(0, sizeof set, &set) == -1 || (unsigned)CPU_COUNT(&set) != allowed)) {
+    /* CPUs that cannot be read are a change too: the planner runs */
+    if (allowed && (HANDLED(sched_getaffinity(0, sizeof set, &set)) == -1 || (unsigned)CPU_COUNT(&set) != allowed)) {
         snprintf(why, whylen, "the CPUs this job may use changed");
         return 0;
     }
@@ -213,7 +218,7 @@ int shim_inputs_hold(const struct shim_rec *r, char *const *environ, int image_f
         struct rd d = {f->p, f->p + f->len, 0};
         snprintf(why, whylen, "a malformed input");
         if ((f->tag == SHIM_R_INPUT_CONTENT || f->tag == SHIM_R_INPUT_GLOB) && !buf
-            && !(buf = malloc(SHIM_CONTENT_MAX + 1)))
+            && ZRP(buf = malloc(SHIM_CONTENT_MAX + 1), why, whylen, "allocate room to compare an input"))
             return 0;
         switch (f->tag) {
         case SHIM_R_INPUT_FILE: ok = file_holds(&d, &img, why, whylen); break;

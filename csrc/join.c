@@ -18,21 +18,13 @@
 static int already_in(int fd, const char *self)
 {
     struct stat a, b;
-    return fstat(fd, &a) == 0 && stat(self, &b) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
-}
-
-static const char *env_value(char *const *envp, const char *name)
-{
-    size_t n = strlen(name);
-    for (; envp && *envp; envp++)
-        if (!strncmp(*envp, name, n) && (*envp)[n] == '=')
-            return *envp + n + 1;
-    return NULL;
+    /* cannot tell: not in it, and setns then says whether it can be entered */
+    return HANDLED(fstat(fd, &a)) == 0 && HANDLED(stat(self, &b)) == 0 && a.st_ino == b.st_ino && a.st_dev == b.st_dev;
 }
 
 int shim_exec_search(char *const *argv, char *const *envp, char *err, size_t errlen, int *code)
 {
-    const char *cmd = argv[0], *path = env_value(envp, "PATH");
+    const char *cmd = argv[0], *path = shim_env_get(envp, "PATH");
     char buf[PATH_MAX];
     int saw_eacces = 0, last = ENOENT;
 
@@ -74,28 +66,23 @@ int shim_join_exec(int userns, int mntns, const char *cwd, char *const *argv, ch
                    size_t errlen, int *code)
 {
     *code = SHIM_E_LAUNCH;
-    if (!already_in(userns, "/proc/self/ns/user") && setns(userns, CLONE_NEWUSER) == -1) {
-        snprintf(err, errlen, "join the node's container (user namespace): %s", strerror(errno));
+    if (!already_in(userns, "/proc/self/ns/user")
+        && ZR(setns(userns, CLONE_NEWUSER), err, errlen, "join the node's container (user namespace)"))
         return -1;
-    }
     /* Root and working directory become the container's root with the mount namespace. */
-    if (!already_in(mntns, "/proc/self/ns/mnt") && setns(mntns, CLONE_NEWNS) == -1) {
-        snprintf(err, errlen, "join the node's container (mount namespace): %s", strerror(errno));
+    if (!already_in(mntns, "/proc/self/ns/mnt")
+        && ZR(setns(mntns, CLONE_NEWNS), err, errlen, "join the node's container (mount namespace)"))
         return -1;
-    }
     close(userns);
     close(mntns);
-    if (cwd && *cwd && chdir(cwd) == -1) {
+    /* a working directory the container lacks: a warning, as for a single launch */
+    if (cwd && *cwd && HANDLED(chdir(cwd)) == -1) {
         fprintf(stderr, "shimrun: warning: cannot enter %s in the container (%s); using /\n", cwd, strerror(errno));
-        if (chdir("/") == -1) {
-            snprintf(err, errlen, "chdir / in the container: %s", strerror(errno));
+        if (ZR(chdir("/"), err, errlen, "chdir / in the container"))
             return -1;
-        }
     }
     /* Nothing exec'd from here on can gain privileges (setuid files are also nosuid). */
-    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1) {
-        snprintf(err, errlen, "set no_new_privs: %s", strerror(errno));
+    if (ZR(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), err, errlen, "set no_new_privs"))
         return -1;
-    }
     return shim_exec_search(argv, envp, err, errlen, code);
 }

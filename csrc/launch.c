@@ -22,7 +22,8 @@
 extern struct shim_result *shim_current_result;
 extern jmp_buf shim_unwind;
 
-int shim_die_with_parent(void) { return prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0); }
+/* For Python (cffi) in a helper's child: -1 with errno, which the caller reports. */
+int shim_die_with_parent(void) { return HANDLED(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0)); }
 
 static void setup_root(const struct shim_config *cfg, const char *root)
 {
@@ -39,8 +40,7 @@ static void setup_root(const struct shim_config *cfg, const char *root)
          * the old namespace's mount, which the kernel refuses to bind from). */
         Z(mount(cfg->image_fd >= 0 ? "." : cfg->image_path, root, NULL, MS_BIND | MS_REC, NULL),
           "bind directory image %s", cfg->image_path);
-        fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-        Z(fd, "open %s", root);
+        Z(fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "open %s", root);
         /* Read-only like a SIF, so missing mount points never modify the user's directory. */
         set_mount_attrs(fd, 0, 1, 0);
         close(fd);
@@ -74,12 +74,12 @@ static void exec_direct(const struct shim_config *cfg)
  * besides `data`, whose variables the DIRECT environment already holds? */
 static int other_scripts(const char *env_dir, const char *data)
 {
-    DIR *d = opendir(env_dir);
+    DIR *d = HANDLED(opendir(env_dir)); /* unreadable: let the shell see what it can */
     struct dirent *e;
     int found = 0;
 
     if (!d)
-        return 1; /* unreadable: let the shell see what it can */
+        return 1;
     while (!found && (e = readdir(d))) {
         size_t n = strlen(e->d_name);
         found = n > 3 && !strcmp(e->d_name + n - 3, ".sh") && strcmp(e->d_name, data)
@@ -93,8 +93,9 @@ int shim_wants_script(const struct shim_config *cfg)
 {
     struct stat st;
 
-    if (!cfg->action_script || !cfg->env_dir || stat(cfg->env_dir, &st) != 0 || !S_ISDIR(st.st_mode)
-        || access("/bin/sh", X_OK) != 0)
+    /* no env dir, or no shell to source it: the app is exec'd directly */
+    if (!cfg->action_script || !cfg->env_dir || HANDLED(stat(cfg->env_dir, &st)) != 0 || !S_ISDIR(st.st_mode)
+        || HANDLED(access("/bin/sh", X_OK)) != 0)
         return 0;
     return !cfg->env_data || other_scripts(cfg->env_dir, cfg->env_data);
 }
@@ -107,9 +108,7 @@ static void exec_app(const struct shim_config *cfg)
         const char **argv;
         while (cfg->argv[argc])
             argc++;
-        argv = calloc((size_t)argc + 5, sizeof *argv);
-        if (argv == NULL)
-            shim_fail(SHIM_E_LAUNCH, errno, "allocate argv");
+        ZP(argv = calloc((size_t)argc + 5, sizeof *argv), "allocate argv");
         argv[0] = "/bin/sh";
         argv[1] = "-c";
         argv[2] = cfg->action_script;
@@ -152,6 +151,16 @@ int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
     return 0;
 }
 
+/* Every kind of bind the record holds, dispatched here and nowhere else: a file system made for
+ * the launch (fresh.c) or a host path bound in (mounts.c). */
+static void apply_bind(int *root_fdp, const struct shim_bind *b)
+{
+    if (b->flags & SHIM_BIND_FRESH)
+        fresh_mount(root, root_fdp, b);
+    else
+        bind_into_root(root, root_fdp, b);
+}
+
 /* After prepare: binds, appended files, sealing, pivot_root: "/" is now the container's. */
 int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
 {
@@ -162,10 +171,9 @@ int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
         return res->code;
     for (i = 0; i < cfg->nstage_files; i++)
         write_stage_file(cfg->stage, &cfg->stage_files[i]);
-    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    Z(root_fd, "open container root %s", root);
+    Z(root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "open container root %s", root);
     for (i = 0; i < cfg->nbinds; i++)
-        bind_into_root(root, &root_fd, &cfg->binds[i]);
+        apply_bind(&root_fd, &cfg->binds[i]);
     for (i = 0; i < cfg->nlinks; i++)
         make_link(root_fd, &cfg->links[i]);
     for (i = 0; i < cfg->nappends; i++)
@@ -182,7 +190,7 @@ int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res)
     shim_begin(cfg, res);
     if (setjmp(shim_unwind))
         return res->code;
-    if (cfg->cwd && chdir(cfg->cwd) == -1) {
+    if (cfg->cwd && HANDLED(chdir(cfg->cwd)) == -1) { /* the user's message below, by --pwd and --strict */
         int err = errno;
         if (cfg->cwd_required)
             shim_fail(SHIM_E_LAUNCH, 0, "working directory %s: %s in the container (give --pwd a directory the "

@@ -66,26 +66,29 @@ void own_mount(int fd, const char *where)
     own_devs[n_own++] = st.st_dev;
 }
 
+/* All of p into fd (the file `path` on the staging tmpfs). */
+static void write_all(int fd, const char *p, size_t left, const char *path)
+{
+    while (left) {
+        ssize_t n = HANDLED(write(fd, p, left)); /* EINTR: again; 0: the tmpfs is full (ENOSPC) */
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            shim_fail_at(SHIM_AT, n < 0 ? errno : ENOSPC, "write %s", path);
+        p += n;
+        left -= (size_t)n;
+    }
+}
+
 /* Into the launch's private tmpfs (made by prepare), so only this launch's mounts can see it. */
 void write_stage_file(const char *stage, const struct shim_stage_file *f)
 {
     char path[PATH_MAX];
-    const char *p = f->data;
-    size_t left = f->len;
     int fd;
 
     snprintf(path, sizeof path, "%s/%s", stage, f->name);
-    fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644);
-    Z(fd, "create %s", path);
-    while (left) {
-        ssize_t n = write(fd, p, left);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            shim_fail(SHIM_E_LAUNCH, n < 0 ? errno : ENOSPC, "write %s", path);
-        p += n;
-        left -= (size_t)n;
-    }
+    Z(fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644), "create %s", path);
+    write_all(fd, f->data, f->len, path);
     Z(close(fd), "close %s", path);
 }
 
@@ -107,7 +110,8 @@ int open_in_root(int root_fd, const char *path, int flags)
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
     while (*path == '/')
         path++;
-    return (int)syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how);
+    /* the callers check: some expect a missing destination (ENOENT), and make it */
+    return (int)HANDLED(syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how));
 }
 
 int shim_resolve_in_root(const char *root, const char *path, char *out, int outlen)
@@ -116,15 +120,15 @@ int shim_resolve_in_root(const char *root, const char *path, char *out, int outl
     int root_fd, fd;
     ssize_t n;
 
-    root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (root_fd == -1)
+    /* for tests: -errno to the caller, which asserts on it */
+    if (HANDLED(root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
         return -errno;
     fd = open_in_root(root_fd, path, O_PATH);
     close(root_fd);
     if (fd == -1)
         return -errno;
     fd_path(fd, link, sizeof link);
-    n = readlink(link, out, (size_t)outlen - 1);
+    n = HANDLED(readlink(link, out, (size_t)outlen - 1)); /* -errno to the caller (above) */
     close(fd);
     if (n == -1)
         return -errno;
@@ -145,7 +149,9 @@ void set_mount_attrs(int fd, int recursive, int readonly, int keepdev)
 
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
-    if (syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr) == 0)
+    /* ENOSYS: an older kernel, handled below */
+    if (HANDLED(syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr,
+                        sizeof attr)) == 0)
         return;
     if (errno != ENOSYS)
         shim_fail(SHIM_E_LAUNCH, errno, "set nosuid%s%s on a bind mount", keepdev ? "" : ",nodev",
@@ -188,21 +194,18 @@ static void underlay(int dir_fd, const char *where)
         Z(stat(scratch, &sst), "stat %s", scratch);
         underlay_devs[n_underlays] = sst.st_dev;
     }
-    scratch_fd = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    Z(scratch_fd, "open %s", scratch);
-    list_fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    Z(list_fd, "open image directory %s", where);
-    d = fdopendir(list_fd);
-    if (d == NULL)
-        shim_fail(SHIM_E_LAUNCH, errno, "list image directory %s", where);
+    Z(scratch_fd = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC), "open %s", scratch);
+    Z(list_fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "open image directory %s", where);
+    ZP(d = fdopendir(list_fd), "list image directory %s", where);
     while ((errno = 0, e = readdir(d)) != NULL) {
         int s, t;
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
             continue;
         ZIMG(fstatat(list_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW), "stat %s/%s in the image", where, e->d_name);
         if (S_ISLNK(st.st_mode)) {
-            ssize_t n = readlinkat(list_fd, e->d_name, target, sizeof target - 1);
-            ZIMG(n, "readlink %s/%s in the image", where, e->d_name);
+            ssize_t n;
+            ZIMG(n = readlinkat(list_fd, e->d_name, target, sizeof target - 1), "readlink %s/%s in the image", where,
+                 e->d_name);
             target[n] = '\0';
             Z(symlinkat(target, scratch_fd, e->d_name), "recreate symlink %s/%s", where, e->d_name);
             continue;
@@ -225,7 +228,7 @@ static void underlay(int dir_fd, const char *where)
         close(t);
     }
     if (errno)
-        shim_fail_image(errno, "read image directory %s", where);
+        shim_fail_image(SHIM_AT, errno, "read image directory %s", where);
     closedir(d);
     close(scratch_fd);
     fd_path(dir_fd, dst, sizeof dst);
@@ -296,12 +299,12 @@ int ensure_target(const char *root, int *root_fdp, const char *path, int want_di
             if (!on_underlay(parent)) {
                 r = -1;
                 errno = EROFS;
-            } else if (last && !want_dir) {
-                r = openat(parent, comp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
+            } else if (last && !want_dir) { /* errno decides below: EEXIST, a read-only directory */
+                r = HANDLED(openat(parent, comp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644));
                 if (r >= 0)
                     r = close(r);
             } else
-                r = mkdirat(parent, comp, 0755);
+                r = HANDLED(mkdirat(parent, comp, 0755)); /* errno decides below */
             if (r == 0)
                 continue;
             if (errno == EEXIST) /* a symlink in the image pointing at nothing */
@@ -318,8 +321,8 @@ int ensure_target(const char *root, int *root_fdp, const char *path, int want_di
                 close(parent);
                 if (where[0] == '\0') { /* the root itself is now covered: reopen it */
                     close(root_fd);
-                    root_fd = *root_fdp = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC);
-                    Z(root_fd, "reopen container root %s", root);
+                    Z(root_fd = *root_fdp = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "reopen container root %s",
+                      root);
                 }
                 parent = open_in_root(root_fd, where, O_PATH);
                 Z(parent, "reopen %s after underlay", where);
@@ -339,9 +342,12 @@ static int attach_tree(int tree, int dst_fd, int recursive, int readonly, int ke
 
     memset(&attr, 0, sizeof attr);
     attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
-    if (syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr, sizeof attr))
+    /* -1 with errno to the caller: ENOSYS (an older kernel) takes the path by name */
+    if (HANDLED(syscall(SYS_mount_setattr, tree, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr,
+                        sizeof attr)))
         return -1;
-    return (int)syscall(SYS_move_mount, tree, "", dst_fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH);
+    return (int)HANDLED(syscall(SYS_move_mount, tree, "", dst_fd, "", /* to the caller, as above */
+                                MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH));
 }
 
 /* Kernels without open_tree/mount_setattr (before 5.12): bind by path, then set the attributes
@@ -362,8 +368,9 @@ static void attach_by_path(int root_fd, const char *src, const char *dst, int ds
 
 static int clone_tree(const char *src, int recursive)
 {
-    return (int)syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
-                        | (recursive ? AT_RECURSIVE : 0));
+    /* -1 with errno to the caller: ENOSYS (an older kernel) opens the source by name */
+    return (int)HANDLED(syscall(SYS_open_tree, AT_FDCWD, src, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC
+                                | (recursive ? AT_RECURSIVE : 0)));
 }
 
 void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
@@ -372,13 +379,10 @@ void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
     struct stat st, dst_st;
     int src_fd, dst_fd, tree;
 
-    if (b->flags & (SHIM_BIND_TMPFS | SHIM_BIND_DEVPTS | SHIM_BIND_PROC)) {
-        fresh_mount(root, root_fdp, b);
-        return;
-    }
     /* The source as a detached copy of its mount tree (open_tree), or, on kernels without it, by fd. */
     tree = clone_tree(b->src, 1);
-    src_fd = tree >= 0 || errno != ENOSYS ? tree : open(b->src, O_PATH | O_CLOEXEC);
+    /* errno decides below: an OPTIONAL source may be missing */
+    src_fd = tree >= 0 || errno != ENOSYS ? tree : HANDLED(open(b->src, O_PATH | O_CLOEXEC));
     if (src_fd == -1) {
         if (errno == ENOENT && (b->flags & SHIM_BIND_OPTIONAL))
             return;
@@ -435,27 +439,25 @@ void append_to_image_file(int root_fd, const struct shim_append *a, int n)
     int in_fd, out_fd, dst_fd, tree;
     ssize_t got, len;
 
+    /* nothing to extend (or a symlink/odd file in the image): leave it alone */
     in_fd = open_in_root(root_fd, a->path, O_RDONLY | O_NOFOLLOW);
-    if (in_fd == -1 || fstat(in_fd, &st) == -1 || !S_ISREG(st.st_mode) || st.st_size > MAX_APPEND_SOURCE) {
+    if (in_fd == -1 || HANDLED(fstat(in_fd, &st)) == -1 || !S_ISREG(st.st_mode) || st.st_size > MAX_APPEND_SOURCE) {
         if (in_fd >= 0)
             close(in_fd);
-        return; /* nothing to extend (or a symlink/odd file in the image): leave it alone */
+        return;
     }
-    buf = malloc((size_t)st.st_size + 1);
-    if (buf == NULL)
-        shim_fail(SHIM_E_LAUNCH, errno, "allocate a copy of %s", a->path);
+    ZP(buf = malloc((size_t)st.st_size + 1), "allocate a copy of %s", a->path);
     for (len = 0; len < st.st_size; len += got) {
-        got = read(in_fd, buf + len, (size_t)(st.st_size - len));
-        ZIMG(got, "read %s in the image", a->path);
+        ZIMG(got = read(in_fd, buf + len, (size_t)(st.st_size - len)), "read %s in the image", a->path);
         if (got == 0)
             break;
     }
     snprintf(copy, sizeof copy, "%s/append%d", stage_dir, n);
-    out_fd = open(copy, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
-    Z(out_fd, "create %s", copy);
-    if (write(out_fd, buf, (size_t)len) != len || (len > 0 && buf[len - 1] != '\n' && write(out_fd, "\n", 1) != 1)
-        || write(out_fd, a->text, strlen(a->text)) != (ssize_t)strlen(a->text))
-        shim_fail(SHIM_E_LAUNCH, errno, "write %s", copy);
+    Z(out_fd = open(copy, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644), "create %s", copy);
+    write_all(out_fd, buf, (size_t)len, copy);
+    if (len > 0 && buf[len - 1] != '\n')
+        write_all(out_fd, "\n", 1, copy);
+    write_all(out_fd, a->text, strlen(a->text), copy);
     free(buf);
     Z(close(out_fd), "close %s", copy);
     dst_fd = in_fd; /* the file just read is the one covered: it is not looked up again */

@@ -28,9 +28,9 @@ static int status_pipe[2] = {-1, -1};
 void shim_loopback_up(void)
 {
     struct ifreq ifr;
-    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    int s;
 
-    Z(s, "socket for the network namespace's lo");
+    Z(s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0), "socket for the network namespace's lo");
     memset(&ifr, 0, sizeof ifr);
     snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
     Z(ioctl(s, SIOCGIFFLAGS, &ifr), "read the flags of lo in the new network namespace");
@@ -84,14 +84,14 @@ int shim_forward_until_exit(pid_t child)
     for (;;) {
         siginfo_t info;
         int w;
-        while ((pid = waitpid(-1, &w, WNOHANG)) > 0)
+        while ((pid = HANDLED(waitpid(-1, &w, WNOHANG))) > 0) /* ECHILD: none left, below */
             if (pid == child)
                 return w;
         if (pid == -1 && errno == ECHILD)
             return status;
         sig = sigwaitinfo(&set, &info);
         if (sig > 0 && sig != SIGCHLD)
-            kill(child, sig);
+            BEST_EFFORT(kill(child, sig)); /* the child may be gone already: its status comes next */
     }
 }
 
@@ -103,8 +103,9 @@ void shim_end_as(int status)
         signal(sig, SIG_DFL);
         sigemptyset(&one);
         sigaddset(&one, sig);
-        sigprocmask(SIG_UNBLOCK, &one, NULL);
-        prctl(PR_SET_DUMPABLE, 0); /* no core file of ours for the app's crash */
+        /* Ending as the app did is all that is left: should these fail, the exit below says it. */
+        BEST_EFFORT(sigprocmask(SIG_UNBLOCK, &one, NULL));
+        BEST_EFFORT(prctl(PR_SET_DUMPABLE, 0)); /* no core file of ours for the app's crash */
         raise(sig);
         _exit(128 + sig);
     }
@@ -135,7 +136,8 @@ void shim_pidns_fork(void)
     status = shim_forward_until_exit(child);
     /* PID 1 passes on how the app ended; without a word from it (it failed before the app
      * started), its own status is the answer. */
-    while ((got = (int)read(status_pipe[0], &reported, sizeof reported)) == -1 && errno == EINTR)
+    /* EINTR: again; any other failure: no word, and PID 1's own status is the answer */
+    while ((got = (int)HANDLED(read(status_pipe[0], &reported, sizeof reported))) == -1 && errno == EINTR)
         ;
     shim_end_as(got == (int)sizeof reported ? reported : status);
 }
@@ -155,7 +157,8 @@ void shim_pidns_init(void)
         return;
     }
     status = shim_forward_until_exit(app);
-    while (write(status_pipe[1], &status, sizeof status) == -1 && errno == EINTR)
+    /* EINTR: again; a failure leaves the outer process with PID 1's own status, the same code */
+    while (HANDLED(write(status_pipe[1], &status, sizeof status)) == -1 && errno == EINTR)
         ;
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0));
 }

@@ -19,11 +19,10 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "gen/runtime.h"
 
 /* Slurm's variables the record names (those set), in this order. */
-static const char *const SLURM_IDS[] = {"SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID", "SLURM_LOCALID",
-                                        "SLURM_NODEID", "SLURMD_NODENAME", "SLURM_NTASKS", "SLURM_JOB_NODELIST",
-                                        "SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID", NULL};
+static const char *const SLURM_IDS[] = SHIM_SLURM_IDENTITY;
 
 struct prov_run {
     char path[SHIM_PROV_MAX][PATH_MAX];
@@ -42,9 +41,9 @@ static int writes_here(const struct shim_run *run)
 {
     const char *local;
 
-    if (!set(run->environ, "SLURM_STEP_ID") || run->listen_fd >= 0)
+    if (!set(run->environ, SHIM_SLURM_STEP_ID) || run->listen_fd >= 0)
         return 1;
-    local = shim_env_get(run->environ, "SLURM_LOCALID");
+    local = shim_env_get(run->environ, SHIM_SLURM_LOCALID);
     return !local || !strcmp(local, "0");
 }
 
@@ -75,13 +74,14 @@ static int target_path(const struct shim_rec *r, int i, const struct shim_run *r
     /* a --provenance DIR/ keeps its slash (the planner's): a missing one is named as a directory */
     const char *sep = *at && at[strlen(at) - 1] == '/' ? "" : "/";
 
-    if (r->prov[i].kind == SHIM_PROV_USER && !(stat(at, &st) == 0 && S_ISDIR(st.st_mode)))
+    /* what cannot be looked at is no directory: the file as given, and check_writable says more */
+    if (r->prov[i].kind == SHIM_PROV_USER && !(HANDLED(stat(at, &st)) == 0 && S_ISDIR(st.st_mode)))
         n = snprintf(out, len, "%s", at);
     else {
         shim_node_name(run->environ, node, sizeof node);
-        if (set(run->environ, "SLURM_JOB_ID") && set(run->environ, "SLURM_STEP_ID"))
+        if (set(run->environ, SHIM_SLURM_JOB_ID) && set(run->environ, SHIM_SLURM_STEP_ID))
             n = snprintf(out, len, "%s%s%s.%s.%s.json", at, sep,
-                         shim_env_get(run->environ, "SLURM_JOB_ID"), shim_env_get(run->environ, "SLURM_STEP_ID"),
+                         shim_env_get(run->environ, SHIM_SLURM_JOB_ID), shim_env_get(run->environ, SHIM_SLURM_STEP_ID),
                          node);
         else {
             gmtime_r(&p->start.tv_sec, &tm);
@@ -112,7 +112,7 @@ static int check_writable(const struct shim_rec *r, int i, const struct prov_run
         dir[1] = '\0';
     else
         *slash = '\0';
-    if (access(dir, W_OK | X_OK) == 0)
+    if (HANDLED(access(dir, W_OK | X_OK)) == 0) /* the user's or the site's words below, by errno */
         return 0;
     res->code = code;
     snprintf(res->message, sizeof res->message, "cannot write the provenance record in %s: %s (%s)", dir,
@@ -163,8 +163,9 @@ static void write_run(FILE *f, const struct shim_run *run, const struct prov_run
     char when[40], node[256], cwd[PATH_MAX];
     int i, any = 0;
 
-    clock_gettime(CLOCK_REALTIME, &end);
-    clock_gettime(CLOCK_MONOTONIC, &end_mono);
+    /* the app has ended: nothing is left to fail but this record, whose times then say 0 */
+    if (HANDLED(clock_gettime(CLOCK_REALTIME, &end)) == -1 || HANDLED(clock_gettime(CLOCK_MONOTONIC, &end_mono)) == -1)
+        end = p->start, end_mono = p->start_mono;
     fputs("\"run\":{\"argv\":[", f);
     for (i = 0; i < run->argc; i++) {
         if (i)
@@ -172,7 +173,7 @@ static void write_run(FILE *f, const struct shim_run *run, const struct prov_run
         json_string(f, run->argv[i]);
     }
     fputs("],\"cwd\":", f);
-    json_string(f, run->cwd ? run->cwd : getcwd(cwd, sizeof cwd) ? cwd : "");
+    json_string(f, run->cwd ? run->cwd : HANDLED(getcwd(cwd, sizeof cwd)) ? cwd : ""); /* none: "" */
     shim_node_name(run->environ, node, sizeof node);
     fputs(",\"node\":", f);
     json_string(f, node);
@@ -213,7 +214,7 @@ static void write_record(const struct shim_rec *r, const struct shim_run *run, c
     while (n && facts[n - 1] != '}')
         n--;
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
-    if (!(f = fopen(tmp, "wx"))) {
+    if (!HANDLED(f = fopen(tmp, "wx"))) { /* the app has run: a warning, its exit status stays */
         fprintf(stderr, "shimrun: warning: cannot write the provenance record %s: %s\n", tmp, strerror(errno));
         return;
     }
@@ -225,9 +226,9 @@ static void write_record(const struct shim_rec *r, const struct shim_run *run, c
      * the rename keeps readers from ever seeing half a record while the node is up. */
     ok = fflush(f) == 0;
     ok = fclose(f) == 0 && ok;
-    if (!ok || rename(tmp, path) == -1) {
+    if (!ok || HANDLED(rename(tmp, path)) == -1) { /* as above: a warning */
         fprintf(stderr, "shimrun: warning: cannot write the provenance record %s: %s\n", path, strerror(errno));
-        unlink(tmp);
+        BEST_EFFORT(unlink(tmp)); /* the warning named the record; a leftover is all that is left */
     }
 }
 
@@ -240,31 +241,34 @@ int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, 
 
     if (!r->nprov || !writes_here(run))
         return 0;
-    clock_gettime(CLOCK_REALTIME, &p.start);
-    clock_gettime(CLOCK_MONOTONIC, &p.start_mono);
+    if (ZR(clock_gettime(CLOCK_REALTIME, &p.start), res->message, sizeof res->message, "read the clock")
+        || ZR(clock_gettime(CLOCK_MONOTONIC, &p.start_mono), res->message, sizeof res->message, "read the clock"))
+        return res->code = SHIM_E_LAUNCH, -1;
     for (i = 0; i < r->nprov; i++)
         if (target_path(r, i, run, &p, res) || check_writable(r, i, &p, res))
             return -1;
     shim_forwarded_set(&set);
-    if (sigprocmask(SIG_BLOCK, &set, &old) == -1) {
-        res->code = SHIM_E_LAUNCH;
-        snprintf(res->message, sizeof res->message, "block signals for the provenance record: %s", strerror(errno));
-        return -1;
-    }
+    if (ZR(sigprocmask(SIG_BLOCK, &set, &old), res->message, sizeof res->message,
+           "block signals for the provenance record"))
+        return res->code = SHIM_E_LAUNCH, -1;
     fflush(NULL);
-    if ((child = fork()) == -1) {
+    if (ZR(child = fork(), res->message, sizeof res->message, "fork for the provenance record")) {
         res->code = SHIM_E_LAUNCH;
-        snprintf(res->message, sizeof res->message, "fork for the provenance record: %s", strerror(errno));
-        sigprocmask(SIG_SETMASK, &old, NULL);
+        /* restoring the mask we set a moment ago cannot fail; the fork's failure is the report */
+        BEST_EFFORT(sigprocmask(SIG_SETMASK, &old, NULL));
         return -1;
     }
     if (child == 0) {
         /* The app goes with shimrun (a SIGKILL'd job step), as it would without a record. */
-        if (sigprocmask(SIG_SETMASK, &old, NULL) == -1 || prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) == -1
-            || getppid() != parent) {
+        if (ZR(sigprocmask(SIG_SETMASK, &old, NULL), res->message, sizeof res->message,
+               "start the app under the provenance record")
+            || ZR(prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), res->message, sizeof res->message,
+                  "start the app under the provenance record"))
+            return res->code = SHIM_E_LAUNCH, -1;
+        if (getppid() != parent) {
             res->code = SHIM_E_LAUNCH;
             snprintf(res->message, sizeof res->message, "start the app under the provenance record: %s",
-                     strerror(errno ? errno : ESRCH));
+                     strerror(ESRCH));
             return -1;
         }
         return 0;

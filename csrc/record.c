@@ -11,10 +11,6 @@
 #include "rd.h"
 #include "gen/build.h"
 
-const char *shim_build_id(void) { return SHIM_BUILD_ID; }
-
-void shim_free(void *p) { free(p); }
-
 struct counts {
     int binds, appends, stage_files, ops, pass, notices, inputs, run_args, links;
 };
@@ -189,16 +185,17 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     p += magic;
     if (frame(p, end, &n, why, whylen))
         return -1;
-    mem = calloc(1, sizeof(struct shim_bind) * (size_t)(n.binds + 1) + sizeof(struct shim_append) * (size_t)(n.appends + 1)
-                        + sizeof(struct shim_stage_file) * (size_t)(n.stage_files + 1)
-                        + sizeof(struct shim_env_op) * (size_t)(n.ops + 1) + sizeof(struct shim_pass) * (size_t)(n.pass + 1)
-                        + sizeof(char *) * (size_t)(n.notices + 1) + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
-                        + 2 * sizeof(char *) * (size_t)(n.run_args + 1)
-                        + sizeof(struct shim_link) * (size_t)(n.links + 1));
-    if (!mem) {
-        snprintf(why, whylen, "out of memory");
+    if (ZRP(mem = calloc(1, sizeof(struct shim_bind) * (size_t)(n.binds + 1)
+                                + sizeof(struct shim_append) * (size_t)(n.appends + 1)
+                                + sizeof(struct shim_stage_file) * (size_t)(n.stage_files + 1)
+                                + sizeof(struct shim_env_op) * (size_t)(n.ops + 1)
+                                + sizeof(struct shim_pass) * (size_t)(n.pass + 1)
+                                + sizeof(char *) * (size_t)(n.notices + 1)
+                                + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
+                                + 2 * sizeof(char *) * (size_t)(n.run_args + 1)
+                                + sizeof(struct shim_link) * (size_t)(n.links + 1)),
+            why, whylen, "allocate the record's arrays"))
         return -1;
-    }
     r->mem = mem;
     r->cfg.binds = (struct shim_bind *)mem;
     mem += sizeof(struct shim_bind) * (size_t)(n.binds + 1);
@@ -302,7 +299,7 @@ char *shim_record_env(const char *data, size_t len, char *const *environ, int ta
         return NULL;
     for (i = 0; env[i]; i++)
         total += strlen(env[i]) + 1;
-    out = o = malloc(total + 1);
+    out = o = HANDLED(malloc(total + 1)); /* NULL to the caller, as for a malformed record (shim_core.h) */
     for (i = 0; out && env[i]; i++) {
         size_t n = strlen(env[i]) + 1;
         memcpy(o, env[i], n);

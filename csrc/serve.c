@@ -14,7 +14,10 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "gen/runtime.h"
 
+/* The holder has no one to tell (its output is /dev/null): a failure with one rank's connection
+ * drops that rank, which starts afresh (share.c); only the rank's request decides a refusal. */
 #define MAX_REQUEST (1 << 22)
 #define REQUEST_TIMEOUT_MS 10000
 
@@ -22,14 +25,14 @@
 static char *read_request(int fd, size_t *len)
 {
     size_t cap = 1 << 16, got = 0;
-    char *buf = malloc(cap);
+    char *buf = HANDLED(malloc(cap)); /* NULL: the rank is dropped (above) */
 
     while (buf) {
         struct pollfd p = {fd, POLLIN, 0};
         ssize_t n;
-        if (poll(&p, 1, REQUEST_TIMEOUT_MS) <= 0)
+        if (HANDLED(poll(&p, 1, REQUEST_TIMEOUT_MS)) <= 0) /* too slow, or failed: dropped (above) */
             break;
-        n = recv(fd, buf + got, cap - got - 1, 0);
+        n = HANDLED(recv(fd, buf + got, cap - got - 1, 0)); /* EINTR again, else dropped (above) */
         if (n == -1 && errno == EINTR)
             continue;
         if (n < 0)
@@ -41,7 +44,7 @@ static char *read_request(int fd, size_t *len)
         }
         got += (size_t)n;
         if (got + 1 >= cap) {
-            char *more = cap >= MAX_REQUEST ? NULL : realloc(buf, cap *= 2);
+            char *more = cap >= MAX_REQUEST ? NULL : HANDLED(realloc(buf, cap *= 2)); /* NULL: dropped */
             if (!more)
                 free(buf);
             buf = more;
@@ -56,7 +59,8 @@ static int peer_ok(int conn, pid_t *pid)
     struct ucred cred;
     socklen_t clen = sizeof cred;
     /* An abstract socket's name is not private: answer our own user only. */
-    if (getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &clen) || cred.uid != getuid())
+    /* a peer that cannot say who it is gets no answer */
+    if (HANDLED(getsockopt(conn, SOL_SOCKET, SO_PEERCRED, &cred, &clen)) || cred.uid != getuid())
         return 0;
     *pid = cred.pid;
     return 1;
@@ -65,7 +69,7 @@ static int peer_ok(int conn, pid_t *pid)
 static void refuse(int conn, int code, const char *message)
 {
     char head[32];
-    int n = snprintf(head, sizeof head, "ER%c%d", 0, code);
+    int n = snprintf(head, sizeof head, "%s%c%d", SHIM_SHARE_REPLY_ERROR, 0, code);
     if (shim_send_all(conn, head, (size_t)n + 1) == 0)
         shim_send_all(conn, message, strlen(message) + 1);
 }
@@ -81,7 +85,7 @@ static void put(struct out *o, const char *s)
 {
     size_t len = strlen(s) + 1;
     if (o->n + len > o->cap) {
-        char *more = realloc(o->p, o->cap = 2 * (o->n + len) + 4096);
+        char *more = HANDLED(realloc(o->p, o->cap = 2 * (o->n + len) + 4096)); /* NULL: refused as out of memory */
         if (!more) {
             o->oom = 1;
             return;
@@ -102,7 +106,7 @@ static void put_num(struct out *o, size_t n)
 static int is_dir(const char *path)
 {
     struct stat st;
-    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+    return HANDLED(stat(path, &st)) == 0 && S_ISDIR(st.st_mode); /* what cannot be looked at is not one */
 }
 
 /* Compose one rank's answer into o; 0, or an exit code with message (refused). */
@@ -114,16 +118,17 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
     int argc, i, image, script;
     size_t nenv = 0;
 
-    if (len < 9 || strcmp(req, "SHIMREQ1")) {
+    if (len < sizeof SHIM_SHARE_REQUEST || strcmp(req, SHIM_SHARE_REQUEST)) {
         snprintf(message, mlen, "malformed request to the node's container");
         return SHIM_E_LAUNCH;
     }
-    p += 9;
+    p += sizeof SHIM_SHARE_REQUEST;
     cwd = p;
     p += strlen(p) + 1;
     argc = p < end ? atoi(p) : -1;
     p += p < end ? strlen(p) + 1 : 0;
-    if (argc < 0 || argc > 1 << 16 || !(argv = calloc((size_t)argc + 2, sizeof *argv))) {
+    /* out of memory for a request: refused as malformed */
+    if (argc < 0 || argc > 1 << 16 || !HANDLED(argv = calloc((size_t)argc + 2, sizeof *argv))) {
         snprintf(message, mlen, "malformed request to the node's container");
         return SHIM_E_LAUNCH;
     }
@@ -132,7 +137,7 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
         argv[i] = p;
     for (f = p; f < end; f += strlen(f) + 1)
         nenv++;
-    env = calloc(nenv + 1, sizeof *env);
+    env = HANDLED(calloc(nenv + 1, sizeof *env)); /* NULL: refused below */
     for (nenv = 0; env && p < end; p += strlen(p) + 1)
         env[nenv++] = p;
     image = i == argc + 1 ? shim_image_index(argc + 1, argv) : -1;
@@ -161,7 +166,7 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
         size_t n = 0;
         int napp = 0;
         const char **app = shim_app_argv(r, argc + 1, argv, image, &napp);
-        put(o, "OK");
+        put(o, SHIM_SHARE_REPLY_OK);
         put(o, workdir);
         put_num(o, (size_t)napp + (script ? 4 : 0));
         if (script) {
@@ -214,7 +219,7 @@ static int reply_ok(int conn, const struct shim_serve *s, const struct out *o)
     c->cmsg_len = CMSG_LEN(sizeof fds);
     memcpy(CMSG_DATA(c), fds, sizeof fds);
     do
-        w = sendmsg(conn, &msg, MSG_NOSIGNAL);
+        w = HANDLED(sendmsg(conn, &msg, MSG_NOSIGNAL)); /* a rank gone: dropped (above) */
     while (w == -1 && errno == EINTR);
     if (w <= 0)
         return -1;
@@ -231,14 +236,15 @@ void shim_serve(const struct shim_serve *s)
         int timeout = nfds > 1 ? -1 : served ? s->linger_ms : SHIM_FIRST_MEMBER_MS, n;
         size_t i;
         if (nfds + 1 > cap) {
-            struct pollfd *more = realloc(fds, (cap = cap ? 2 * cap : 64) * sizeof *fds);
+            /* out of memory: the holder leaves; ranks that come later lead a container of their own */
+            struct pollfd *more = HANDLED(realloc(fds, (cap = cap ? 2 * cap : 64) * sizeof *fds));
             if (!more)
                 break;
             fds = more;
         }
         fds[0].fd = s->listen_fd;
         fds[0].events = POLLIN;
-        n = poll(fds, (nfds_t)nfds, timeout);
+        n = HANDLED(poll(fds, (nfds_t)nfds, timeout)); /* EINTR again; else the holder leaves (above) */
         if (n == -1 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -249,14 +255,15 @@ void shim_serve(const struct shim_serve *s)
                 fds[i--] = fds[--nfds];
             }
         if (fds[0].revents & POLLIN) {
-            int conn = accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC), pidfd, code;
+            int conn = HANDLED(accept4(s->listen_fd, NULL, NULL, SOCK_CLOEXEC)), pidfd, code; /* -1: dropped */
             pid_t pid;
             char message[1024], *req;
             size_t len;
             struct out o = {0};
             if (conn < 0)
                 continue;
-            if (!peer_ok(conn, &pid) || (pidfd = (int)syscall(SYS_pidfd_open, pid, 0)) < 0) {
+            /* a rank that cannot be watched (gone already) is dropped */
+            if (!peer_ok(conn, &pid) || (pidfd = (int)HANDLED(syscall(SYS_pidfd_open, pid, 0))) < 0) {
                 close(conn);
                 continue;
             }
@@ -301,9 +308,9 @@ void shim_refuse_all(int listen_fd, int code, const char *message, int expected,
         pid_t pid;
         size_t len;
         char *req;
-        if (poll(&p, 1, linger_ms) <= 0)
+        if (HANDLED(poll(&p, 1, linger_ms)) <= 0) /* none came, or cannot wait: leave (above) */
             break;
-        if ((conn = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC)) < 0)
+        if ((conn = HANDLED(accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC))) < 0) /* dropped (above) */
             continue;
         if (peer_ok(conn, &pid) && (req = read_request(conn, &len))) {
             refuse(conn, code, message);

@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "core.h"
+#include "gen/runtime.h"
 
 extern struct shim_result *shim_current_result;
 extern jmp_buf shim_unwind;
@@ -67,7 +68,7 @@ int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int 
     sigaddset(&set, SIGQUIT);
     sigaddset(&set, SIGUSR1);
     sigaddset(&set, SIGUSR2);
-    sigprocmask(SIG_BLOCK, &set, NULL);
+    Z(sigprocmask(SIG_BLOCK, &set, NULL), "block the step's signals in the holder");
     return 0;
 }
 
@@ -79,28 +80,25 @@ static int word(const char *s, const char *const *words)
     return 0;
 }
 
+/* What shapes the container besides the arguments: the runtime's settings, as in a record's key
+ * (argv.c), and the variables of SHIM_SHARE_SHAPING. */
 static int is_setting(const char *e)
 {
-    static const char *const prefixes[] = {"SHIMRUN", "APPTAINERENV_", "SINGULARITYENV_", "APPTAINER_",
-                                           "SINGULARITY_", "PATH=", "HOME=", NULL};
-    static const char *const handover[] = SHIM_HANDOVER_ENV;
+    static const char *const shaping[] = SHIM_SHARE_SHAPING;
     int i;
-    for (i = 0; handover[i]; i++)
-        if (!strncmp(e, handover[i], strlen(handover[i])) && e[strlen(handover[i])] == '=')
-            return 0;
-    for (i = 0; prefixes[i]; i++)
-        if (!strncmp(e, prefixes[i], strlen(prefixes[i])))
+    for (i = 0; shaping[i]; i++)
+        if (!strncmp(e, shaping[i], strlen(shaping[i])) && e[strlen(shaping[i])] == '=')
             return 1;
-    return 0;
+    return shim_is_key_setting(e);
 }
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
 int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t outlen)
 {
-    static const char *const off[] = {"0", "no", "off", "false", NULL}, *const on[] = {"1", "yes", "on", "true", NULL};
-    const char *share = shim_env_get(r->environ, "SHIMRUN_SHARE"), *job = shim_env_get(r->environ, "SLURM_JOB_ID");
-    const char *step = shim_env_get(r->environ, "SLURM_STEP_ID");
+    static const char *const off[] = SHIM_SHARE_OFF, *const on[] = SHIM_SHARE_ON;
+    const char *share = shim_env_get(r->environ, SHIM_VAR_SHARE), *job = shim_env_get(r->environ, SHIM_SLURM_JOB_ID);
+    const char *step = shim_env_get(r->environ, SHIM_SLURM_STEP_ID);
     char *const *env = r->environ;
     char node[256], scope[512], real[PATH_MAX], num[96], uid[32];
     struct shim_fnv h;
@@ -120,11 +118,12 @@ int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t
         snprintf(scope, sizeof scope, "tag-%s@%s", share, node);
     else
         return -1;
-    if (!realpath(r->argv[r->image], real) || stat(r->argv[r->image], &st) == -1)
+    /* an image that cannot be looked at shares nothing: the launch itself then says why */
+    if (!HANDLED(realpath(r->argv[r->image], real)) || HANDLED(stat(r->argv[r->image], &st)) == -1)
         return -1;
     snprintf(uid, sizeof uid, "%u", uid_of);
     shim_fnv_init(&h);
-    shim_fnv_add(&h, "shim-share-v1");
+    shim_fnv_add(&h, SHIM_SHARE_HASH_TAG);
     shim_fnv_add(&h, uid);
     shim_fnv_add(&h, scope);
     shim_fnv_add(&h, r->cwd);
@@ -138,7 +137,7 @@ int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t
     shim_fnv_add(&h, "--env--");
     for (i = 0; env[i]; i++)
         n++;
-    if (!(settings = calloc(n + 1, sizeof *settings)))
+    if (!HANDLED(settings = calloc(n + 1, sizeof *settings))) /* out of memory: a container of its own */
         return -1;
     for (i = 0, n = 0; env[i]; i++)
         if (is_setting(env[i]))
@@ -155,7 +154,7 @@ int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t
 int shim_send_all(int fd, const char *p, size_t n)
 {
     while (n) {
-        ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+        ssize_t w = HANDLED(send(fd, p, n, MSG_NOSIGNAL)); /* a peer gone: the caller starts afresh */
         if (w == -1 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -173,7 +172,7 @@ static int request(int fd, int argc, char *const *argv, const char *cwd, char *c
     int i;
 
     snprintf(num, sizeof num, "%d", argc - 1);
-    if (send_field(fd, "SHIMREQ1") || send_field(fd, cwd) || send_field(fd, num))
+    if (send_field(fd, SHIM_SHARE_REQUEST) || send_field(fd, cwd) || send_field(fd, num))
         return -1;
     for (i = 1; i < argc; i++)
         if (send_field(fd, argv[i]))
@@ -181,7 +180,7 @@ static int request(int fd, int argc, char *const *argv, const char *cwd, char *c
     for (i = 0; env[i]; i++)
         if (send_field(fd, env[i]))
             return -1;
-    return shutdown(fd, SHUT_WR);
+    return HANDLED(shutdown(fd, SHUT_WR)); /* a holder gone: the caller starts afresh */
 }
 
 /* The reply: the two namespace fds with the first bytes, then fields up to EOF. */
@@ -189,7 +188,7 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
 {
     char ctl[CMSG_SPACE(2 * sizeof(int))];
     size_t cap = 1 << 16, got = 0;
-    char *buf = malloc(cap);
+    char *buf = HANDLED(malloc(cap)); /* NULL: no reply, the caller starts afresh */
     int have_fds = 0;
 
     while (buf) {
@@ -201,7 +200,7 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
         msg.msg_iovlen = 1;
         msg.msg_control = ctl;
         msg.msg_controllen = sizeof ctl;
-        n = recvmsg(fd, &msg, MSG_CMSG_CLOEXEC);
+        n = HANDLED(recvmsg(fd, &msg, MSG_CMSG_CLOEXEC)); /* a holder gone: no reply, start afresh */
         if (n == -1 && errno == EINTR)
             continue;
         if (n <= 0)
@@ -214,7 +213,7 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
         }
         got += (size_t)n;
         if (got + 1 >= cap) {
-            char *more = realloc(buf, cap *= 2);
+            char *more = HANDLED(realloc(buf, cap *= 2)); /* NULL: no reply, the caller starts afresh */
             if (!more)
                 free(buf);
             buf = more;
@@ -224,7 +223,8 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
         return NULL;
     buf[got] = '\0';
     *len = got;
-    if (!have_fds && !(got >= 3 && !memcmp(buf, "ER", 3))) {
+    if (!have_fds && !(got >= sizeof SHIM_SHARE_REPLY_ERROR
+                       && !memcmp(buf, SHIM_SHARE_REPLY_ERROR, sizeof SHIM_SHARE_REPLY_ERROR))) {
         free(buf);
         return NULL;
     }
@@ -263,62 +263,73 @@ int shim_share_join_fd(int fd, int argc, char *const *argv, const char *cwd, cha
     close(fd);
     p = buf, end = buf + got;
     f = next_field(&p, end);
-    if (f && !strcmp(f, "ER")) {
+    if (f && !strcmp(f, SHIM_SHARE_REPLY_ERROR)) {
         const char *c = next_field(&p, end), *m = next_field(&p, end);
         return fail(res, c ? atoi(c) : SHIM_E_LAUNCH, m ? m : "the node's container refused this rank");
     }
-    if (!f || strcmp(f, "OK") || !(f = next_field(&p, end)))
+    if (!f || strcmp(f, SHIM_SHARE_REPLY_OK) || !(f = next_field(&p, end)))
         return -2;
     cwd = f;
     f = next_field(&p, end);
     n = f ? atoi(f) : 0;
-    xargv = calloc((size_t)(n > 0 ? n : 0) + 1, sizeof *xargv);
-    for (i = 0; xargv && i < n; i++)
+    if (ZRP(xargv = calloc((size_t)(n > 0 ? n : 0) + 1, sizeof *xargv), res->message, sizeof res->message,
+            "allocate the arguments the node's container sent"))
+        return res->code = SHIM_E_LAUNCH;
+    for (i = 0; i < n; i++)
         xargv[i] = next_field(&p, end);
     f = next_field(&p, end);
     n = f ? atoi(f) : 0;
-    xenv = calloc((size_t)(n > 0 ? n : 0) + 1, sizeof *xenv);
-    for (i = 0; xenv && i < n; i++)
+    if (ZRP(xenv = calloc((size_t)(n > 0 ? n : 0) + 1, sizeof *xenv), res->message, sizeof res->message,
+            "allocate the environment the node's container sent"))
+        return res->code = SHIM_E_LAUNCH;
+    for (i = 0; i < n; i++)
         xenv[i] = next_field(&p, end);
-    if (!xargv || !xenv || !xargv[0])
-        return fail(res, SHIM_E_LAUNCH, "malformed answer from the node's container (rerun with SHIMRUN_SHARE=0)");
+    if (!xargv[0])
+        return fail(res, SHIM_E_LAUNCH, "malformed answer from the node's container (rerun with " SHIM_VAR_SHARE "=0)");
     shim_join_exec(userns, mntns, cwd, xargv, xenv, err, sizeof err, &code);
     return fail(res, code, err);
 }
 
 /* Connect to the node's holder (>= 0); or, when there is none, become the leader: bind the
  * group's name and listen at once, so that every other rank of the step queues on it while the
- * holder sets the container up (*listen_fd, -1 returned). -1 with *listen_fd -1: no sharing. */
-static int connect_or_lead(const struct sockaddr_un *addr, socklen_t alen, int *listen_fd)
+ * holder sets the container up (*listen_fd, -1 returned). -1 with *listen_fd -1: no sharing
+ * (a socket that cannot be made or reached is no reason to fail the launch: it runs alone);
+ * -2: a failure reported in res. */
+static int connect_or_lead(const struct sockaddr_un *addr, socklen_t alen, int *listen_fd, struct shim_result *res)
 {
     int tries;
 
     *listen_fd = -1;
     for (tries = 0; tries < 2000; tries++) {
-        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0), lfd;
+        int fd = HANDLED(socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)), lfd; /* -1: no sharing (above) */
         if (fd == -1)
             return -1;
-        if (connect(fd, (const struct sockaddr *)addr, alen) == 0) {
+        if (HANDLED(connect(fd, (const struct sockaddr *)addr, alen)) == 0) { /* errno decides below */
             /* An abstract name is not private: talk only to our own user's holder (another
              * user's process squatting the name must not get our environment). */
             struct ucred cred;
             socklen_t clen = sizeof cred;
-            if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen) == 0 && cred.uid == getuid())
+            /* a peer that cannot say who it is counts as another user's */
+            if (HANDLED(getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen)) == 0 && cred.uid == getuid())
                 return fd;
             close(fd);
             fprintf(stderr, "shimrun: warning: the node's shared-container socket belongs to another user: "
                             "running this rank in a container of its own\n");
-            setenv("SHIMRUN_SHARE", "0", 1);
+            if (ZR(setenv(SHIM_VAR_SHARE, "0", 1), res->message, sizeof res->message, "set %s=0", SHIM_VAR_SHARE)) {
+                res->code = SHIM_E_LAUNCH;
+                return -2;
+            }
             return -1;
         }
         close(fd);
         if (errno != ECONNREFUSED && errno != ENOENT && errno != EAGAIN)
             return -1;
-        lfd = socket(AF_UNIX, SOCK_STREAM, 0); /* handed on to the planner when there is no record: no CLOEXEC */
+        /* handed on to the planner when there is no record: no CLOEXEC; -1: no sharing (above) */
+        lfd = HANDLED(socket(AF_UNIX, SOCK_STREAM, 0));
         if (lfd == -1)
             return -1;
-        if (bind(lfd, (const struct sockaddr *)addr, alen) == 0) {
-            if (listen(lfd, SOMAXCONN) == -1) {
+        if (HANDLED(bind(lfd, (const struct sockaddr *)addr, alen)) == 0) { /* EADDRINUSE: another leads */
+            if (HANDLED(listen(lfd, SOMAXCONN)) == -1) { /* no sharing (above) */
                 close(lfd);
                 return -1;
             }
@@ -348,7 +359,9 @@ int shim_share_elect(int argc, char *const *argv, int image, const char *cwd, in
     if (len < 0)
         return 0;
     while (time(NULL) < deadline) {
-        fd = connect_or_lead(&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len), listen_fd);
+        fd = connect_or_lead(&addr, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + len), listen_fd, res);
+        if (fd == -2)
+            return 1;
         if (fd < 0)
             return 0; /* we lead, or sharing is not possible here */
         rc = shim_share_join_fd(fd, argc, argv, cwd, environ, res);

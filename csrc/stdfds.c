@@ -7,21 +7,22 @@
 #include <fcntl.h>
 #include <unistd.h>
 
-#include "shim_core.h"
+#include "core.h"
 
 int shim_standard_fds(void)
 {
     int fd;
 
     for (fd = 0; fd <= 2; fd++) {
-        if (fcntl(fd, F_GETFD) != -1 || errno != EBADF)
+        /* -errno to the caller, which reports it (nothing to unwind to yet, nor a place to write to) */
+        if (HANDLED(fcntl(fd, F_GETFD)) != -1 || errno != EBADF) /* open: nothing to do */
             continue;
         /* The lowest free descriptor: this one, since those below it are open by now. */
-        int got = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        int got = HANDLED(open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY)); /* -errno, above */
         if (got == -1)
             return -errno;
         if (got != fd) {
-            int err = dup2(got, fd) == -1 ? errno : 0;
+            int err = HANDLED(dup2(got, fd)) == -1 ? errno : 0; /* -errno, above */
             close(got);
             if (err)
                 return -err;

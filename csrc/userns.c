@@ -11,12 +11,14 @@
 
 static void write_proc_file(const char *path, const char *text)
 {
-    int fd = open(path, O_WRONLY | O_CLOEXEC);
-    ssize_t len = (ssize_t)strlen(text);
+    ssize_t len = (ssize_t)strlen(text), n;
+    int fd;
 
-    Z(fd, "open %s", path);
-    if (write(fd, text, (size_t)len) != len)
-        shim_fail(SHIM_E_LAUNCH, errno, "write '%s' to %s", text, path);
+    Z(fd = open(path, O_WRONLY | O_CLOEXEC), "open %s", path);
+    /* a /proc control file takes the whole text in one write, or refuses it */
+    Z(n = write(fd, text, (size_t)len), "write '%s' to %s", text, path);
+    if (n != len)
+        shim_fail_at(SHIM_AT, EIO, "write '%s' to %s (%zd of %zd bytes taken)", text, path, n, len);
     Z(close(fd), "close %s", path);
 }
 
@@ -28,7 +30,7 @@ void enter_namespaces(int fakeroot, int namespaces)
     int more = (namespaces & SHIM_NS_IPC ? CLONE_NEWIPC : 0) | (namespaces & SHIM_NS_NET ? CLONE_NEWNET : 0)
                | (namespaces & SHIM_NS_PID ? CLONE_NEWPID : 0);
 
-    if (unshare(CLONE_NEWUSER | CLONE_NEWNS) == -1) {
+    if (HANDLED(unshare(CLONE_NEWUSER | CLONE_NEWNS)) == -1) { /* messages the admin can act on, by errno */
         int err = errno;
         if (err == EPERM || err == EACCES)
             shim_fail(SHIM_E_HOST, err,
@@ -52,8 +54,8 @@ void enter_namespaces(int fakeroot, int namespaces)
     Z(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "make mounts private (mount --make-rprivate /)");
     shim_debug("user+mount namespace entered, uid %u -> %u", (unsigned)uid, fakeroot ? 0u : (unsigned)uid);
     /* Owned by the new user namespace, so that we may set them up (lo, a new /proc). */
-    if (more && unshare(more) == -1)
-        shim_fail(SHIM_E_LAUNCH, errno, "unshare the%s%s%s namespace", namespaces & SHIM_NS_IPC ? " IPC" : "",
+    if (more && HANDLED(unshare(more)) == -1) /* the namespaces asked for, named */
+        shim_fail_at(SHIM_AT, errno, "unshare the%s%s%s namespace", namespaces & SHIM_NS_IPC ? " IPC" : "",
                   namespaces & SHIM_NS_NET ? " network" : "", namespaces & SHIM_NS_PID ? " PID" : "");
     if (namespaces & SHIM_NS_NET)
         shim_loopback_up();

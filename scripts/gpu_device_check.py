@@ -58,8 +58,8 @@ for ver in ("12.2.140", "13.0.48", "13.2.10"):
 # The cuda-driver example profile, planned against this node for the CUDA 12.2 image.
 from shim.host.gather import gather_host_view  # noqa: E402
 from shim.plan.compose import plan_for_image  # noqa: E402
+from shim.plan.profiles import load_profiles  # noqa: E402
 from shim.plan.request import PlanRequest  # noqa: E402
-from shim.site.profiles import load_profiles  # noqa: E402
 
 conf = os.path.join(work, "conf")
 os.makedirs(os.path.join(conf, "profiles"))

@@ -16,6 +16,7 @@ import os
 import sys
 from dataclasses import dataclass
 from functools import cache
+from types import ModuleType
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def cache_root() -> CacheRoot:
 
 
 @cache
-def _cache_root(_given: str, _xdg: str, _home: str, _uid: int, native) -> tuple[int, str, str]:
+def _cache_root(_given: str, _xdg: str, _home: str, _uid: int, native: ModuleType) -> tuple[int, str, str]:
     """Memoised per setting: the arguments that change the answer are the key."""
     return native.cache_root(create=True)
 

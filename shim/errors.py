@@ -1,25 +1,10 @@
 """Errors as values with an exit-code class, rendered as one line by the CLI; and the rule for text
 from outside in such a line (`shown`, `listed`, `one_line`: escaped and bounded).
 
-Exit codes (documented in README.md, "Exit codes"):
-  the app's own status      the app ran; shimrun exits with what the app returned (signal N -> 128+N)
-  64 USAGE                   bad command line or option value
-  65 IMAGE                   not a SIF, truncated or corrupt image, no primary partition, unsupported fs; an OCI
-                             blob, digest, layer or config value refused (mismatch, not the grammar, a cap)
-  67 REFUSED                 an injection was refused (or a warning) and --strict or the site makes it fatal
-  66 ARCH                    the image's architecture cannot run on this host
-  68 NO_SUCH_IMAGE           the source has no such image: unknown tag or repository (404), no tag in an archive
-  69 HOST                    the host lacks what shim needs (user namespaces, FUSE and no fallback)
-  70 INTERNAL                a bug in shim (an exception shim did not expect)
-  71 LAUNCH                  namespace / mount / pivot_root set-up failed
-  75 UNREACHABLE             the registry cannot be reached (not listening, DNS, TLS, a 5xx), broke off what
-                             it sent, or was too slow (the pull's deadlines): try again later
-  77 AUTH                    the registry refused the credentials (401/403), or asks for them where shim
-                             sends none (a redirect's host, a token service that is not https)
-  78 CONFIG                  the site configuration or a profile is invalid
-  79 UNTRUSTED               the image's signatures do not verify, or the site's image policy does not let it run
-  126 NOT_EXECUTABLE         the command exists in the image but cannot be executed
-  127 NOT_FOUND              the command is not found in the image
+Exit codes: `ExitCode` below is their one definition (shim/cgen.py writes them into
+csrc/gen/codes.h for the C side), `EXIT_LABELS` their names as `shimrun --help` lists them, and
+README.md's "Exit codes" table says when each is returned (tests/test_written_once.py holds the
+table to the enum). When the app ran, shimrun exits with the app's own status.
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ so the planner and the executor cannot disagree about any of them."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from shim.errors import ExitCode, ShimError
 
@@ -18,13 +20,13 @@ def _lib():
     return ffi, lib
 
 
-def _cvec(ffi, items: Sequence[str]):
+def _cvec(ffi: Any, items: Sequence[str]) -> tuple[Any, list[Any]]:
     """A NULL-terminated char*[] and the buffers it points to (kept alive with it)."""
     keep = [ffi.new("char[]", s.encode(*_ENC)) for s in items]
     return ffi.new("char *[]", keep + [ffi.NULL]), keep
 
 
-def _environ(ffi, environ: Mapping[str, str]):
+def _environ(ffi: Any, environ: Mapping[str, str]) -> tuple[Any, list[Any]]:
     return _cvec(ffi, [f"{k}={v}" for k, v in environ.items()])
 
 
@@ -128,7 +130,11 @@ def prepare(record: bytes, image_fd: int) -> None:
 
 
 def die_with_parent() -> None:
-    _lib()[1].shim_die_with_parent()
+    """Ask for SIGKILL when the parent dies (a helper's child, before exec); OSError if refused."""
+    ffi, lib = _lib()
+    if lib.shim_die_with_parent() == -1:
+        err = ffi.errno
+        raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
 
 
 def local_tasks(environ: Mapping[str, str]) -> int:

@@ -4,9 +4,12 @@ shim/cgen.py when the C code is built). Nothing here imports the rest of shim.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields, make_dataclass
 
 FLAG, VALUE, APPEND = "flag", "value", "append"
+# The words that turn a yes/no setting on (SHIMRUN_*, APPTAINER_*, NVIDIA_DISABLE_REQUIRE), compared
+# lower-case.
+TRUE_WORDS = ("1", "true", "yes", "on")
 RUN, IMAGE = "run", "image"   # only for a launch; for a launch and `check`
 
 
@@ -94,3 +97,36 @@ def launch_options() -> tuple[Option, ...]:
 def image_options() -> tuple[Option, ...]:
     """The options `check` takes too."""
     return tuple(o for o in OPTIONS if o.scope == IMAGE)
+
+
+def _field(opt: Option) -> tuple[str, type, object]:
+    if opt.kind == FLAG:
+        return opt.dest, bool, field(default=False)
+    if opt.kind == APPEND:
+        return opt.dest, tuple[str, ...], field(default=())
+    return opt.dest, str | None, field(default=None)
+
+
+# A launch's options as one typed, frozen value: a field per option of the table above (a flag is a
+# bool, a value str or None, a repeatable value a tuple), and what the command line names besides.
+# Planning (shim/pipeline) reads this, never argparse; shim/cli makes it (launch_values).
+LaunchOptions = make_dataclass(
+    "LaunchOptions",
+    [("image", str), ("command", tuple[str, ...], field(default=())),
+     ("runscript", bool, field(default=False)),  # `shimrun run`: the image's runscript, COMMAND its arguments
+     *(_field(o) for o in OPTIONS)],
+    frozen=True)
+LaunchOptions.__module__ = __name__
+LaunchOptions.__doc__ = "shimrun's launch options, IMAGE and COMMAND, typed (one field per entry of OPTIONS)."
+
+
+def launch_values(given: object) -> LaunchOptions:
+    """The typed options from any object with the options' attributes (argparse's namespace); an
+    option it lacks (`check` has only the image options) is not given."""
+    values = {}
+    for f in fields(LaunchOptions):
+        value = getattr(given, f.name, None)
+        if value is None:
+            continue
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return LaunchOptions(**values)

@@ -16,13 +16,16 @@ from pathlib import Path
 
 import pytest
 
+from shim.record.format import NO_RECORD_CACHE
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("SHIM_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "sif-golden"
 TEST_USER = os.environ.get("SHIM_TEST_USER", "shimtest")
 
-# OCI images and registries (tests/oci_fixtures.py).
-pytest_plugins = ["oci_fixtures"]
+# Fixtures of helper modules: OCI images and registries; directory images carrying their own
+# libraries; the signed SIFs' gpg homes. A test module never imports another test module.
+pytest_plugins = ["oci_fixtures", "library_images", "signed_sifs"]
 
 
 PREFIX = Path(os.environ.get("SHIM_PREFIX", "/opt/shim"))
@@ -102,9 +105,6 @@ def user_dir(world_dir: Path, user: User, request) -> Path:
     d.mkdir()
     os.chown(d, user.uid, user.gid)
     return d
-
-
-NO_RECORD_CACHE = "SHIMRUN_NO_RECORD_CACHE"
 
 
 class Runner:

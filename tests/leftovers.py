@@ -48,6 +48,6 @@ def wait_until(predicate, timeout: float = 5.0, step: float = 0.02) -> bool:
 
 def stage_dir_entries() -> list[str]:
     """The launch's staging mount point on the host must only ever hold its README."""
-    from shim.pipeline.launch import STAGE_DIR
+    from shim.pipeline.stage import STAGE_DIR
 
     return sorted(os.listdir(STAGE_DIR))

@@ -1,5 +1,5 @@
 """The site's image policy in tests: a configuration directory with [images] and keys, readable
-copies of images, a byte flipped in place, what a refusal looks like (one line, exit 79), a
+copies of images, a byte flipped in place, what a refusal looks like (one line, exit UNTRUSTED), a
 signing key made here, and the system configuration directory (the installed shim's, which every
 launch reads) written for a test and put back after."""
 
@@ -12,12 +12,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from conftest import GOLDEN, VENV_PYTHON
+from conftest import VENV_PYTHON
 
-KEYS = GOLDEN / "keys"
-SYLABS = GOLDEN / "sylabs-sif"
-PGP_SIGNER = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
-UNTRUSTED = 79
+from shim.errors import ExitCode
 
 
 def make_conf(where: Path, images: str, keys: tuple[Path, ...] = ()) -> Path:
@@ -49,7 +46,7 @@ def flip_byte(path: Path, offset: int, keep_mtime: bool = False) -> None:
 
 def refused(r: subprocess.CompletedProcess, rule: str) -> bool:
     lines = r.stderr.splitlines()
-    return (r.returncode == UNTRUSTED and len(lines) == 1 and f"images.{rule}:" in lines[0]
+    return (r.returncode == ExitCode.UNTRUSTED and len(lines) == 1 and f"images.{rule}:" in lines[0]
             and "mounted" not in r.stderr)
 
 

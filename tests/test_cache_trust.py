@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 from conftest import as_user
 
+from shim.errors import ExitCode
 from shim.image.sif import primary_partition, read_sif
+from shim.record.format import NO_RECORD_CACHE
 
 FORGED = {"code": "GPU-ABSENT", "severity": "error", "message": "forged by another user", "hint": "",
           "admin_hint": ""}
@@ -66,7 +68,7 @@ def test_a_squatted_private_directory_is_not_used(shim, busybox_sif, shared: Pat
     cmd = ["mkdir", "-m", "0777", private] if squat == "directory" else ["ln", "-s", theirs, private]
     assert as_user(other_user, cmd).returncode == 0
     r = shim.run([busybox_sif, "/bin/busybox", "true"], env={"SHIMRUN_NO_FUSE": "1", "SHIMRUN_CACHE": str(shared)})
-    assert r.returncode == 69 and "no private cache" in r.stderr and "SHIMRUN_CACHE" in r.stderr, r.stderr
+    assert r.returncode == ExitCode.HOST and "no private cache" in r.stderr and "SHIMRUN_CACHE" in r.stderr, r.stderr
     r = shim.run([busybox_sif, "/bin/busybox", "true"], env={"SHIMRUN_CACHE": str(shared)})
     assert r.returncode == 0 and "caching is off" in r.stderr
     assert os.listdir(theirs) == []
@@ -79,7 +81,7 @@ def test_planted_cache_entries_are_ignored(shim, busybox_sif, user_dir: Path, ot
     launch record would spare the second launch the hardware cache: records are off here;
     tests/test_records.py plants records.)"""
     cache = user_dir / "cache"
-    env = {"SHIMRUN_CACHE": str(cache), "SHIMRUN_NO_RECORD_CACHE": "1"}
+    env = {"SHIMRUN_CACHE": str(cache), NO_RECORD_CACHE: "1"}
     assert shim.run([busybox_sif, "/bin/busybox", "true"], env=env).returncode == 0
     (entry,) = (cache / "hw").glob("*.json")
     key = entry.stem

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from conftest import shimrun_path
 
-from shim.cli.main import INTERNAL_ERROR, SUBCOMMANDS, _parser
-from shim.errors import EXIT_LABELS, ExitCode
+from shim.cli.main import SUBCOMMANDS, _parser
+from shim.errors import EXIT_LABELS
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -84,12 +84,6 @@ def test_the_usage_names_every_subcommand() -> None:
     assert "{" + ",".join(SUBCOMMANDS) + "}" in usage.splitlines()[1]
     synopsis = README.split("## Using it", 1)[1].split("`IMAGE` is", 1)[0]
     assert {m for m in re.findall(r"^    shimrun (\w+)", synopsis, re.M)} == set(SUBCOMMANDS)
-
-
-def test_every_exit_code_is_in_the_readme_table() -> None:
-    rows = re.findall(r"^\| (\d+)(?: / (\d+))? \|", _section("### Exit codes"), re.M)
-    documented = {int(c) for row in rows for c in row if c}
-    assert documented == {int(c) for c in ExitCode} | {INTERNAL_ERROR}
 
 
 def test_each_verbs_options_are_the_readmes() -> None:

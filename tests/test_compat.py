@@ -15,9 +15,13 @@ from pathlib import Path
 import pytest
 from conftest import Runner, User, compat_bin_dir
 from leftovers import wait_until
+from signed_sifs import KEYS, SIFS
+from simulated_gpu import cuda_conf, gpu_host, plain_image
 
 from shim import __version__
 from shim.compat.options import ACCEPT, ACTION_OPTIONS, MAP, PASS, REFUSE
+from shim.errors import ExitCode
+from shim.record.format import NO_RECORD_CACHE
 
 STANDARD_DEV = {"fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty", "urandom",
                 "zero"}
@@ -40,7 +44,7 @@ def _ok(r: subprocess.CompletedProcess) -> str:
 
 def _refused(r: subprocess.CompletedProcess, *words: str) -> None:
     """Exit 64 and one line on stderr naming what was refused."""
-    assert r.returncode == 64, (r.returncode, r.stdout, r.stderr)
+    assert r.returncode == ExitCode.USAGE, (r.returncode, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     for word in words:
@@ -197,7 +201,7 @@ def test_every_apptainer_action_option(apptainer: Runner, busybox_sif: Path, wor
         elif name in ("--rocm", "--shell"):  # no ROCm profile yet; --shell belongs to `shell`
             _refused(r, name)
         elif name == "--nv":  # no GPU profile in this site configuration
-            assert r.returncode == 78 and "--nv" in r.stderr, r.stderr
+            assert r.returncode == ExitCode.CONFIG and "--nv" in r.stderr, r.stderr
         else:
             assert opt.action in (PASS, MAP, ACCEPT)
             assert r.returncode == 0, (argv, r.stderr)
@@ -240,15 +244,13 @@ def test_inspect_in_apptainer_shapes(apptainer: Runner, busybox_sif: Path, user_
 
 
 def test_verify_and_sign_with_apptainers_options(apptainer: Runner, user_dir: Path) -> None:
-    from conftest import GOLDEN
-
-    keys, sylabs = GOLDEN / "keys", GOLDEN / "sylabs-sif"
+    keys, sylabs = KEYS, SIFS
     r = apptainer.run(["verify", "--key", keys / "ed25519-public.pem", "-j", sylabs / "one-group-signed-dsse.sif"])
     assert r.returncode == 0 and json.loads(r.stdout)["ok"] is True, r.stderr
     r = apptainer.run(["verify", "--key", keys / "ed25519-public.pem", sylabs / "one-group.sif"])
-    assert r.returncode == 79 and "not verified" in r.stdout + r.stderr
+    assert r.returncode == ExitCode.UNTRUSTED and "not verified" in r.stdout + r.stderr
     r = apptainer.run(["verify", "--url", "https://keys.example", sylabs / "one-group-signed-pgp.sif"])
-    assert r.returncode == 64 and "--url" in r.stderr
+    assert r.returncode == ExitCode.USAGE and "--url" in r.stderr
 
 
 def test_pull_names_and_settings_like_apptainer(apptainer: Runner, registry, tools_layout, user_dir: Path,
@@ -275,7 +277,7 @@ def test_pull_names_and_settings_like_apptainer(apptainer: Runner, registry, too
 def test_bad_input_under_the_compat_name(apptainer: Runner, user_dir: Path) -> None:
     """One line and the exit code of its class; the compat layer's own lines carry its name."""
     r = apptainer.run(["exec", user_dir / "missing.sif", "true"])
-    assert r.returncode == 65 and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == ExitCode.IMAGE and r.stderr.count("\n") == 1, r.stderr
     r = apptainer.run(["frobnicate"])
     _refused(r, "frobnicate")
     assert r.stderr.startswith("apptainer: error:")
@@ -306,13 +308,11 @@ def _marked(mark: str) -> list[str]:
 def test_nv_requests_the_sites_gpu_profile(shim: Runner, world_dir: Path) -> None:
     """--nv plans exactly what --profile cuda-driver plans (a simulated GPU host: fake /proc,
     /dev and gcc-built driver stubs, tests/hostroot.py)."""
-    from test_inject_gpu_rdma import cuda_conf, gpu_host, plain_image
-
     base = world_dir / "nv"
     host, image, conf = gpu_host(base / "host"), plain_image(base / "image"), cuda_conf(base / "conf")
     (conf / "shim.toml").write_text("")
     subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
-    env = {"SHIMRUN_HOST_ROOT": str(host.root), "SHIMRUN_NO_RECORD_CACHE": "1"}
+    env = {"SHIMRUN_HOST_ROOT": str(host.root), NO_RECORD_CACHE: "1"}
 
     def planned(*opts: str) -> dict:
         r = shim.run(["--dry-run", "--json", "--conf", conf, *opts, image, "/opt/app/app"], env=env)

@@ -12,6 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from library_images import X86_64_LIBC6
 
 from shim.elf.facts import elf_facts
 from shim.elf.hwcaps import CpuFeatures, host_cpu_features, search_rules
@@ -102,7 +103,7 @@ def test_host_cache_agrees_with_ldconfig() -> None:
     assert len(cache.entries) == len(expected) > 100
     assert as_ldconfig_lines(cache) == expected  # every entry, in order
     assert cache.generator == generator
-    assert cache.lookup("libc.so.6", 0x0303) == "/lib/x86_64-linux-gnu/libc.so.6"
+    assert cache.lookup("libc.so.6", X86_64_LIBC6) == "/lib/x86_64-linux-gnu/libc.so.6"
     assert cache.lookup("libc.so.6", 0x0A03) is None  # an aarch64 ld.so would not take it
     assert cache.lookup("libnonexistent.so.9") is None
 
@@ -133,9 +134,9 @@ def test_generated_cache_layouts_agree_with_ldconfig(cache_root: Path, tmp_path:
     assert cache.generator == generator
     if layout == "new":
         v3, v2 = ["x86-64-v3", "x86-64-v2"], ["x86-64-v2"]
-        assert cache.lookup("libdep.so.1", 0x0303, v3) == "/opt/custom/glibc-hwcaps/x86-64-v3/libdep.so.1"
-        assert cache.lookup("libdep.so.1", 0x0303, v2) == "/opt/custom/glibc-hwcaps/x86-64-v2/libdep.so.1"
-        assert cache.lookup("libdep.so.1", 0x0303) == "/opt/custom/libdep.so.1"
+        assert cache.lookup("libdep.so.1", X86_64_LIBC6, v3) == "/opt/custom/glibc-hwcaps/x86-64-v3/libdep.so.1"
+        assert cache.lookup("libdep.so.1", X86_64_LIBC6, v2) == "/opt/custom/glibc-hwcaps/x86-64-v2/libdep.so.1"
+        assert cache.lookup("libdep.so.1", X86_64_LIBC6) == "/opt/custom/libdep.so.1"
 
 
 def test_corrupt_caches_never_raise() -> None:

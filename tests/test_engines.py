@@ -18,6 +18,8 @@ import oci
 import pytest
 from conftest import User, compat_bin_dir
 
+from shim.record.format import NO_RECORD_CACHE
+
 ENGINE_TIMEOUT = 600
 HOST_LINE = "a line from the host"
 EXPECTED = f"GREETING={oci.TOOLS_GREETING}\n{HOST_LINE}\nstep2-done\n"
@@ -49,8 +51,8 @@ def _run(user: User, argv: list[str], cwd: Path, extra: dict[str, str] | None = 
     env = {"HOME": user.home, "USER": user.name, "LOGNAME": user.name, "LANG": "C.UTF-8", "PATH": _path(),
            "APPTAINER_NO_HTTPS": "1",  # the test registry is plain HTTP (no engine passes --no-https)
            "APPTAINER_CACHEDIR": str(cwd / "apptainer-cache"), **(extra or {})}
-    if os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
-        env["SHIMRUN_NO_RECORD_CACHE"] = "1"
+    if os.environ.get(NO_RECORD_CACHE):
+        env[NO_RECORD_CACHE] = "1"
     ids = {"user": user.uid, "group": user.gid, "extra_groups": []} if os.getuid() == 0 else {}
     return subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=ENGINE_TIMEOUT,
                           stdin=subprocess.DEVNULL, check=False, **ids)

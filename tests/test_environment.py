@@ -10,14 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from shim.errors import ExitCode, UsageError
-from shim.launch.environment import (
+from shim.container.environment import (
     DEFAULT_PATH,
     HOSTVARS,
     EnvOptions,
     LaunchEnv,
     compose,
 )
+from shim.errors import ExitCode, UsageError
 
 HOME = "/home/alice"
 # Everything sh could misread: spaces, both quotes, $, backquote, backslash, newlines, glob, ;
@@ -247,7 +247,7 @@ def test_empty_env_dir(shell, tmp_path):
 def test_command_not_found(shell, tmp_path):
     env_dir = write_env_dir(tmp_path, **APPTAINER_LIKE)
     proc = run_action(shell, compose({}, opts(), env_dir=str(env_dir)), "no-such-tool", "arg")
-    assert proc.returncode == 127
+    assert proc.returncode == ExitCode.NOT_FOUND
     # the executor's words, with the PATH the image's scripts made
     assert re.fullmatch(r"shimrun: error: no-such-tool: command not found in the image \(PATH=/opt/conda/bin:"
                         r"[^)]*\)\n", proc.stderr.decode()), proc.stderr

@@ -26,12 +26,13 @@ import pytest
 from cbuild import build_c
 from hostroot import gpu_present
 
+from shim.errors import ExitCode
 from shim.host.gather import gather_host_view
 from shim.knowledge.abi import mpi_abi
 from shim.model import INJECT, SKIP
 from shim.plan.compose import plan_for_image
+from shim.plan.profiles import load_profiles
 from shim.plan.request import PlanRequest
-from shim.site.profiles import load_profiles
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "conf" / "profiles" / "examples"
@@ -310,7 +311,7 @@ def test_a_stand_in_lacking_symbols_the_app_imports_is_refused(world_dir: Path, 
     assert "MPI_Init," not in line and "from libmpich.so.12" in line, line
     assert "MPICH Version: 4.0.2" in r.stdout  # its own MPI, whole: nothing of the profile injected
     strict = shim.run(["--strict", "--conf", conf, rootfs, "/opt/app/hello"], env=env, cwd=user_dir)
-    assert strict.returncode == 67 and strict.stdout == ""
+    assert strict.returncode == ExitCode.REFUSED and strict.stdout == ""
 
 
 def test_a_library_provides_its_soname_whatever_its_file_is_called(world_dir: Path, wheels: Wheels,

@@ -17,23 +17,26 @@ import os
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import signed_sifs
 from conftest import GOLDEN
 from fuzzing import WORK, mutated, one_line, outcome
 from fuzzing import file_case as _file
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from signed_sifs import ALL_KEYS
 
 from shim.cli.main import INTERNAL_ERROR
 from shim.cli.main import main as shimrun
+from shim.container.binds import parse_bind
+from shim.container.environment import EnvOptions, compose
 from shim.elf.facts import dynamic_symbols, elf_facts
 from shim.elf.ldcache import parse_ld_cache
-from shim.errors import ShimError
+from shim.errors import ExitCode, ShimError
 from shim.image.sif import primary_partition, read_sif, sif_to_dict
 from shim.image.squashfs import read_superblock
-from shim.launch.binds import parse_bind
-from shim.launch.environment import EnvOptions, compose
+from shim.plan.profiles import lint_files
+from shim.record.format import NO_RECORD_CACHE
 from shim.site.config import load_site_config
-from shim.site.profiles import lint_files
 
 REPO = Path(__file__).resolve().parents[1]
 SIFS = sorted(p for p in GOLDEN.rglob("*.sif"))
@@ -58,17 +61,16 @@ def test_sif_reader(data: bytes) -> None:
 
 
 # The signed golden SIFs: the signature objects, the signed JSON and its digests are untrusted too.
-_SIGNED = [p.read_bytes() for p in sorted((GOLDEN / "sylabs-sif").glob("*-signed-*.sif")) if p.stat().st_size < 65536]
+_SIGNED = [p.read_bytes() for p in sorted(signed_sifs.SIFS.glob("*-signed-*.sif")) if p.stat().st_size < 65536]
 _SIGNED_FOCUS = 48 * 1024   # the descriptors and the signatures, which sit after the small partitions
 
 
 @settings(max_examples=int(settings().max_examples / 4) or 1)   # each PGP case runs gpg
 @given(mutated(_SIGNED, focus=_SIGNED_FOCUS), st.booleans())
 def test_signature_verification(data: bytes, legacy: bool) -> None:
-    from shim.verify import TrustedKeys, VerifyOptions, verify_image
+    from shim.verify import VerifyOptions, verify_image
 
-    keys = TrustedKeys(pgp_keyrings=(str(GOLDEN / "keys" / "pgp-public.asc"),),
-                       pem_keys=tuple(str(GOLDEN / "keys" / f"{k}-public.pem") for k in ("ed25519", "rsa", "ecdsa")))
+    keys = ALL_KEYS
     path = _file(data, "signed.sif")
     try:
         report = verify_image(str(path), keys, VerifyOptions(legacy_insecure=legacy))
@@ -224,7 +226,7 @@ def test_inspect_as_a_user_runs_it(data: bytes, as_json: bool) -> None:
     with redirect_stdout(io.StringIO()), redirect_stderr(io.StringIO()) as err:
         code = shimrun(["inspect", str(path), *(["--json"] if as_json else [])])
     assert code != INTERNAL_ERROR, err.getvalue()
-    assert code in (0, 65), err.getvalue()
+    assert code in (0, ExitCode.IMAGE), err.getvalue()
 
 
 def test_a_descriptor_time_no_calendar_holds_is_shown_as_a_number() -> None:
@@ -246,7 +248,7 @@ def _provenance_record() -> dict:
     image.write_bytes((GOLDEN / "apptainer" / "busybox_amd64.sif").read_bytes())
     r = subprocess.run([shimrun_path(), "--provenance", str(record), str(image), "true"], capture_output=True,
                        text=True, check=False, stdin=subprocess.DEVNULL,
-                       env={**os.environ, "SHIMRUN_NO_RECORD_CACHE": "1"})
+                       env={**os.environ, NO_RECORD_CACHE: "1"})
     assert r.returncode == 0, r.stderr
     doc = json.loads(record.read_text())
     image.unlink()
@@ -335,6 +337,6 @@ def test_apptainer_command_lines(words: list[str], prog: str) -> None:
         except apptainer.CompatError as e:
             assert one_line(str(e)), repr(str(e))
             return
-    assert code in (0, 64), code
+    assert code in (0, ExitCode.USAGE), code
     for argv in execed:
         assert argv and all(isinstance(w, str) for w in argv)

@@ -17,12 +17,14 @@ import json
 import lzma
 import shutil
 import signal
+import subprocess
 import tarfile
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import hostile
 import zstandard
+from error_line import one_error_line
 from fuzzing import WORK, mutated
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -112,7 +114,7 @@ def _config_seeds() -> list[bytes]:
 
 @given(mutated(_config_seeds(), focus=512))
 def test_image_config(data: bytes) -> None:
-    from shim.launch.environment import EnvOptions, env_rules
+    from shim.container.environment import EnvOptions, env_rules
     from shim.oci.config import apptainer_files, env_pairs, runscript_words, working_dir
     from shim.record.encode import env_fields
 
@@ -207,10 +209,9 @@ def test_build_from_a_layout_leaves_nothing_behind(config: bytes, tagged: bool) 
             code = shimrun(["build", str(out), f"oci:{case / 'layout'}"])
     finally:
         signal.signal(signal.SIGTERM, sigterm)
-    lines = err.getvalue().splitlines()
     assert code in DOCUMENTED | {0}, err.getvalue()
     if code:
-        assert len(lines) == 1 and lines[0].startswith("shimrun: error: "), err.getvalue()
+        one_error_line(subprocess.CompletedProcess([], code, "", err.getvalue()), ExitCode(code))
         assert not out.exists()
     leftover = [p.name for p in Path(case).iterdir() if p.name not in ("layout", "out.sif")]
     assert leftover == [], leftover

@@ -14,48 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import hostroot
 import pytest
-from cbuild import build_c
 
-from shim.elf.ldcache import CacheEntry
-from shim.elf.ldcache_write import write_ld_cache
-
-X86_64_LIBC6 = 0x0303
-
-
-@pytest.fixture(scope="module")
-def cuda_image(world_dir: Path) -> Path:
-    """A directory image built for CUDA 12.2: libcudart.so.12 (a stub with the real SONAME, at
-    its CUDA-toolkit file name) and CUDA_VERSION in its environment script, like NVIDIA's
-    OCI images converted to SIF; plus a shell to run things with."""
-    root = world_dir / "cuda-image"
-    if (root / "etc/ld.so.cache").exists():
-        return root
-    lib = root / "usr/local/cuda-12.2/targets/x86_64-linux/lib"
-    lib.mkdir(parents=True)
-    cudart = build_c("libcudart.so.12.2.140", "int cudaRuntimeGetVersion(int *v) { *v = 12020; return 0; }\n",
-                     ["-shared", "-fPIC", "-Wl,-soname,libcudart.so.12"])
-    shutil.copy2(cudart, lib / "libcudart.so.12.2.140")
-    (lib / "libcudart.so.12").symlink_to("libcudart.so.12.2.140")
-    (root / "bin").mkdir()
-    shutil.copy2("/bin/busybox", root / "bin/busybox")
-    for name in ("sh", "echo", "cat"):
-        (root / "bin" / name).symlink_to("busybox")
-    env = root / ".singularity.d/env"
-    env.mkdir(parents=True)
-    (env / "10-docker2singularity.sh").write_text(
-        "#!/bin/sh\nexport CUDA_VERSION=12.2.0\nexport NVIDIA_REQUIRE_CUDA=\"cuda>=12.2\"\n")
-    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
-        (root / d).mkdir(exist_ok=True)
-    (root / "etc/ld.so.cache").write_bytes(write_ld_cache([
-        CacheEntry(X86_64_LIBC6, "libcudart.so.12", "/usr/local/cuda-12.2/targets/x86_64-linux/lib/libcudart.so.12")]))
-    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    return root
+from shim.errors import ExitCode
 
 
 def codes(plan: dict) -> dict[str, dict]:
@@ -65,7 +30,7 @@ def codes(plan: dict) -> dict[str, dict]:
 def check(shim, image: Path, env: dict[str, str] | None = None, cache: Path | None = None) -> dict:
     extra = {"SHIMRUN_CACHE": str(cache)} if cache else {}
     r = shim.run(["check", "--json", image, "/bin/sh"], env={**extra, **(env or {})})
-    assert r.returncode in (0, 67), r.stderr
+    assert r.returncode in (0, ExitCode.REFUSED), r.stderr
     return json.loads(r.stdout)
 
 
@@ -88,7 +53,7 @@ def test_cuda_image_on_this_gpu_less_node(shim, cuda_image, user_dir):
     quiet = shim.run(["--quiet", cuda_image, "echo", "x"], env={"SHIMRUN_CACHE": str(user_dir / "c2")})
     assert quiet.stderr == "" and quiet.stdout == "x\n"
     strict = shim.run(["--strict", cuda_image, "echo", "x"], env={"SHIMRUN_CACHE": str(user_dir / "c2")})
-    assert strict.returncode == 67 and strict.stdout == ""
+    assert strict.returncode == ExitCode.REFUSED and strict.stdout == ""
 
 
 def test_hidden_by_cuda_visible_devices_is_its_own_cache_entry(shim, cuda_image, user_dir, world_dir):
@@ -121,7 +86,7 @@ def test_simulated_gpu_node_with_an_old_driver(shim, cuda_image, world_dir, user
     old = codes(check(shim, cuda_image, env, user_dir / "c"))["CUDA-DRIVER-TOO-OLD"]
     assert old["severity"] == "error" and "470.199.02" in old["message"] and "12.2" in old["message"]
     r = shim.run([cuda_image, "echo", "x"], env={**env, "SHIMRUN_CACHE": str(user_dir / "c")})
-    assert r.returncode == 67 and "error: CUDA-DRIVER-TOO-OLD" in r.stderr and r.stdout == ""
+    assert r.returncode == ExitCode.REFUSED and "error: CUDA-DRIVER-TOO-OLD" in r.stderr and r.stdout == ""
 
 
 def test_simulated_vgpu_node(shim, cuda_image, world_dir, user_dir):
@@ -154,7 +119,7 @@ def test_simulated_job_with_one_core_and_site_policy(shim, cuda_image, world_dir
     r = shim.run(["check", "--json", "--conf", conf, cuda_image], env={**env, "SHIMRUN_CACHE": str(user_dir / "c")})
     found = codes(json.loads(r.stdout))
     assert "CPU-STARVED" not in found and found["GPU-ABSENT"]["severity"] == "error"
-    assert r.returncode == 67
+    assert r.returncode == ExitCode.REFUSED
 
 
 # ---- foreign architectures: real emulation --------------------------------------------------------
@@ -173,12 +138,12 @@ def test_foreign_image_without_emulator_is_arch_mismatch(shim, golden_copy, arch
     if any(BINFMT.glob(f"qemu-{QEMU[arch][0]}*")):
         pytest.skip(f"an emulator for {arch} is registered on this machine")
     r = shim.run([golden_copy(f"apptainer/busybox_{arch}.sif"), "/bin/busybox", "echo", "hi"])
-    assert r.returncode == 66, r.stderr
+    assert r.returncode == ExitCode.ARCH, r.stderr
     (line,) = r.stderr.splitlines()
     assert "ARCH-MISMATCH" in line and arch in line and "amd64" in line and "no emulator" in line
     # `check` ends as the launch would: the same code
     r = shim.run(["check", golden_copy(f"apptainer/busybox_{arch}.sif"), "/bin/busybox"])
-    assert r.returncode == 66 and "error: ARCH-MISMATCH" in r.stdout + r.stderr, r.stdout + r.stderr
+    assert r.returncode == ExitCode.ARCH and "error: ARCH-MISMATCH" in r.stdout + r.stderr, r.stdout + r.stderr
 
 
 @pytest.fixture

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 from conftest import GOLDEN
 from oci import sif_rootfs
-from policy import KEYS, PGP_SIGNER, SYLABS, UNTRUSTED, flip_byte, make_conf, make_signing_key, readable_copy, refused
+from policy import flip_byte, make_conf, make_signing_key, readable_copy, refused
+from signed_sifs import FPR, KEYS, SIFS
 
+from shim.errors import ExitCode
 from shim.image.sif import read_sif
 
 
@@ -41,7 +43,7 @@ def test_a_signed_image_runs_and_a_tampered_copy_is_refused(shim, user_dir: Path
     part = next(d for d in read_sif(signed_busybox).descriptors if d.is_primary)
     flip_byte(signed_busybox, part.offset + 100, keep_mtime=True)  # mtime put back: the change time tells
     r = shim.run(["--conf", conf, "--debug", signed_busybox, "echo", "ran"])
-    assert r.returncode == UNTRUSTED and "ran" not in r.stdout, r.stderr
+    assert r.returncode == ExitCode.UNTRUSTED and "ran" not in r.stdout, r.stderr
     line = next(ln for ln in r.stderr.splitlines() if "images.allow_unsigned" in ln)
     assert f"object {part.id}" in line and "mounted" not in r.stderr and "namespace entered" not in r.stderr
 
@@ -49,31 +51,31 @@ def test_a_signed_image_runs_and_a_tampered_copy_is_refused(shim, user_dir: Path
 def test_the_golden_images_under_a_policy(shim, user_dir: Path):
     conf = make_conf(user_dir / "conf", "allow_unsigned = false", (KEYS / "pgp-public.asc",
                                                                    KEYS / "ed25519-public.pem"))
-    unsigned = readable_copy(SYLABS / "one-group.sif", user_dir / "unsigned.sif")
+    unsigned = readable_copy(SIFS / "one-group.sif", user_dir / "unsigned.sif")
     assert refused(shim.run(["--conf", conf, unsigned, "true"]), "allow_unsigned")
-    tampered = readable_copy(SYLABS / "one-group-signed-pgp.sif", user_dir / "tampered.sif")
+    tampered = readable_copy(SIFS / "one-group-signed-pgp.sif", user_dir / "tampered.sif")
     part = next(d for d in read_sif(tampered).descriptors if d.is_primary)
     flip_byte(tampered, part.offset + 10)
     r = shim.run(["--conf", conf, tampered, "true"])
     assert refused(r, "allow_unsigned") and f"object {part.id}" in r.stderr, r.stderr
     for good in ("one-group-signed-pgp.sif", "one-group-signed-dsse.sif", "two-groups-signed-pgp.sif"):
         # past the policy: what stops these test images is that they hold no program (and are 386)
-        r = shim.run(["check", "--conf", conf, readable_copy(SYLABS / good, user_dir / good)])
-        assert r.returncode != UNTRUSTED, (good, r.stderr)
+        r = shim.run(["check", "--conf", conf, readable_copy(SIFS / good, user_dir / good)])
+        assert r.returncode != ExitCode.UNTRUSTED, (good, r.stderr)
     # legacy signatures count only when the site says so: then the launch goes past the policy, to
     # the image's file system (this test image's partition is four bytes, not a squashfs: exit 65)
-    legacy = readable_copy(SYLABS / "one-group-signed-legacy-group.sif", user_dir / "legacy.sif")
+    legacy = readable_copy(SIFS / "one-group-signed-legacy-group.sif", user_dir / "legacy.sif")
     assert refused(shim.run(["--conf", conf, legacy, "true"]), "allow_unsigned")
     conf2 = make_conf(user_dir / "conf2", "allow_unsigned = false\nallow_legacy_signatures = true",
                       (KEYS / "pgp-public.asc",))
     r = shim.run(["--conf", conf2, legacy, "true"])
-    assert r.returncode == 65 and "is not squashfs" in r.stderr, r.stderr
+    assert r.returncode == ExitCode.IMAGE and "is not squashfs" in r.stderr, r.stderr
 
 
 def test_signers_restricts_the_trusted_keys(shim, user_dir: Path, signed_busybox: Path, signing_key):
-    conf = make_conf(user_dir / "conf", f'signers = ["{PGP_SIGNER}"]', (signing_key[1], KEYS / "pgp-public.asc"))
+    conf = make_conf(user_dir / "conf", f'signers = ["{FPR}"]', (signing_key[1], KEYS / "pgp-public.asc"))
     r = shim.run(["--conf", conf, signed_busybox, "true"])
-    assert refused(r, "signers") and PGP_SIGNER in r.stderr, r.stderr
+    assert refused(r, "signers") and FPR in r.stderr, r.stderr
 
 
 def test_a_users_own_key_is_not_trusted_by_the_site(shim, user_dir: Path, signed_busybox: Path, signing_key):
@@ -116,7 +118,7 @@ def test_paths_directories_and_architectures(shim, user_dir: Path, busybox_sif: 
 
 def test_check_refuses_as_a_launch_does(shim, user_dir: Path):
     conf = make_conf(user_dir / "conf", "allow_unsigned = false", (KEYS / "pgp-public.asc",))
-    unsigned = readable_copy(SYLABS / "one-group.sif", user_dir / "unsigned.sif")
+    unsigned = readable_copy(SIFS / "one-group.sif", user_dir / "unsigned.sif")
     assert refused(shim.run(["check", "--conf", conf, unsigned]), "allow_unsigned")
 
 
@@ -129,4 +131,4 @@ def test_check_refuses_as_a_launch_does(shim, user_dir: Path):
 def test_a_bad_policy_is_a_configuration_error(shim, user_dir: Path, busybox_sif: Path, images: str, says: str):
     conf = make_conf(user_dir / "conf", images)
     r = shim.run(["--conf", conf, busybox_sif, "true"])
-    assert r.returncode == 78 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+    assert r.returncode == ExitCode.CONFIG and says in r.stderr and r.stderr.count("\n") == 1, r.stderr

@@ -25,6 +25,7 @@ from dirimage import busybox_dir
 from policy import make_conf, make_signing_key
 
 from shim.errors import ExitCode
+from shim.record.format import NO_RECORD_CACHE
 
 LAUNCHES = 500
 
@@ -126,7 +127,7 @@ def test_a_signed_and_an_unsigned_sif_swapped_under_the_launch(shim, user_dir: P
         [r.stderr for r in refused if r.returncode != ExitCode.UNTRUSTED][:2]
     kinds = tally(results)
     assert ran and refused, kinds  # both files were met
-    if not os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
+    if not os.environ.get(NO_RECORD_CACHE):
         assert kinds["warm"] >= 20 and kinds["planned"] >= 20, kinds
 
 
@@ -196,7 +197,7 @@ def test_the_image_path_is_looked_up_once_per_launch(shim, user_dir: Path, busyb
         r = shim.sh(f"strace -f -qq -o {trace} -e trace=%file,%desc {shim.shimrun} --debug --conf {policy} {img} "
                     "/bin/busybox true")
         assert r.returncode == 0, r.stderr
-        if state == "warm" and os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
+        if state == "warm" and os.environ.get(NO_RECORD_CACHE):
             continue  # every launch is planned: the planned one was traced
         assert ("from the cache (no Python)" in r.stderr) == (state == "warm"), r.stderr
         naming = [ln for ln in trace.read_text().splitlines() if f'"{img}' in ln and "ENOENT" not in ln]

@@ -12,34 +12,38 @@ IBVERBS_PRIVATE_25 is refused (RDMA-PROVIDER-ABI); against a matching one it is 
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
 
 import pytest
-from cbuild import build_c, stub_dir
-from hostroot import SimulatedHost, build_cuda_stub, gpu_present, rdma_mlx5_ib
+from cbuild import build_c
+from hostroot import SimulatedHost, gpu_present, rdma_mlx5_ib
+from simulated_gpu import (
+    CUDA,
+    DRIVER,
+    EXAMPLES,
+    FLAGS,
+    TRIPLET,
+    cuda_conf,
+    cuda_runtime_image,
+    gpu_host,
+    make_image,
+    plain_image,
+    version_script,
+)
 
 from shim.elf.facts import elf_facts
-from shim.elf.layout import lib_arch
 from shim.elf.ldcache import CacheEntry, read_ld_cache
 from shim.elf.ldcache_write import write_ld_cache
 from shim.elf.loader import Loader
 from shim.host.gather import gather_host_view
-from shim.image.arch import host_arch
 from shim.model import INJECT, REFUSE, SKIP
 from shim.plan.compose import plan_for_image
 from shim.plan.job import INJECT_DIR
 from shim.plan.model import Plan
+from shim.plan.profiles import lint_files, load_profiles
 from shim.plan.request import PlanRequest
-from shim.site.profiles import lint_files, load_profiles
-
-EXAMPLES = Path(__file__).resolve().parents[1] / "conf" / "profiles" / "examples"
-ARCH = lib_arch(host_arch())
-TRIPLET = ARCH.triplet
-FLAGS = ARCH.cache_flags[0] if ARCH.cache_flags else 0x0303
-DRIVER = "535.104.05"
 
 
 @pytest.fixture(autouse=True)
@@ -48,45 +52,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SHIMRUN_CACHE", str(tmp_path / "cache"))
 
 
-# ------------------------------------------------------------------------------------------ images
-
-def _version_script(text: str) -> Path:
-    """A linker version script at a path fixed by its content (it is part of the build flags)."""
-    path = stub_dir() / f"ver-{hashlib.sha256(text.encode()).hexdigest()[:16]}.map"
-    if not path.exists():
-        tmp = path.with_suffix(f".{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    return path
-
-
-def _host_libc() -> tuple[str, str]:
-    """(this machine's loader, its libc.so.6): the images run on this machine's glibc."""
-    interp = elf_facts("/bin/sh").interp
-    libc = read_ld_cache("/etc/ld.so.cache").lookup("libc.so.6", ARCH.cache_flags or None)
-    assert interp and libc, "this machine's glibc not found"
-    return interp, os.path.realpath(libc)
-
-
-def make_image(root: Path, files: dict[str, Path], links: dict[str, str], cache: dict[str, str]) -> Path:
-    """A directory image: glibc, `files` (container path -> built file), `links` (container
-    path -> target), and an ld.so.cache with libc and `cache` (SONAME -> container path)."""
-    interp, libc = _host_libc()
-    libdir = f"/usr/lib/{TRIPLET}"
-    for path, built in {interp: Path(interp), f"{libdir}/libc.so.6": Path(libc), **files}.items():
-        dst = root / path.lstrip("/")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(built, dst)
-    for path, target in links.items():
-        dst = root / path.lstrip("/")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(target)
-    for d in ("etc", "proc", "sys", "dev", "tmp"):
-        (root / d).mkdir(exist_ok=True)
-    entries = [CacheEntry(FLAGS, k, v) for k, v in {"libc.so.6": f"{libdir}/libc.so.6", **cache}.items()]
-    (root / "etc/ld.so.cache").write_bytes(write_ld_cache(entries))
-    return root
-
+# ------------------------------------------------------------------------------------------ planning
 
 def plan(image: Path, host: SimulatedHost, conf: Path, requested: list[str] | None = None,
          app: str = "/opt/app/app", scratch: Path | None = None) -> Plan:
@@ -112,60 +78,7 @@ def problems(p: Plan) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ CUDA
-
-CUDART_SRC = "int cudaRuntimeGetVersion(int *v) { *v = 12040; return 0; }\n"
-CUDA_APP_SRC = "extern int cudaRuntimeGetVersion(int *);\nint main(void) { int v; return cudaRuntimeGetVersion(&v); }\n"
-PLAIN_APP_SRC = "int main(void) { return 0; }\n"
-CUDA = "/usr/local/cuda-12.4"
-
-
-def cuda_image(root: Path, compat: str | None = None) -> Path:
-    """An image like nvidia/cuda's: an app linking libcudart.so.12 (in /usr/local/cuda, in the
-    cache), no libcuda.so.1 anywhere; with `compat`, the forward-compat libraries of that driver
-    release in /usr/local/cuda-12.4/compat (not in the cache, as NVIDIA ships them)."""
-    cudart = build_c("libcudart.so.12", CUDART_SRC, ["-shared", "-fPIC", "-Wl,-soname,libcudart.so.12"])
-    app = build_c("cuda-app", CUDA_APP_SRC, [f"-L{cudart.parent}", "-l:libcudart.so.12"])
-    files = {f"{CUDA}/lib64/libcudart.so.12.4.127": cudart, "/opt/app/app": app}
-    links = {f"{CUDA}/lib64/libcudart.so.12": "libcudart.so.12.4.127"}
-    if compat:
-        files[f"{CUDA}/compat/libcuda.so.{compat}"] = build_cuda_stub(compat, 12040)
-        files[f"{CUDA}/compat/libnvidia-ptxjitcompiler.so.{compat}"] = ptxjit_stub(compat)
-        links[f"{CUDA}/compat/libcuda.so.1"] = f"libcuda.so.{compat}"
-        links[f"{CUDA}/compat/libnvidia-ptxjitcompiler.so.1"] = f"libnvidia-ptxjitcompiler.so.{compat}"
-    return make_image(root, files, links, {"libcudart.so.12": f"{CUDA}/lib64/libcudart.so.12"})
-
-
-def plain_image(root: Path) -> Path:
-    return make_image(root, {"/opt/app/app": build_c("plain-app", PLAIN_APP_SRC)}, {}, {})
-
-
-def ptxjit_stub(driver: str) -> Path:
-    return build_c(f"libnvidia-ptxjitcompiler.so.{driver}", "int __cuda_ptx_jit(void) { return 0; }\n",
-                   ["-shared", "-fPIC", "-Wl,-soname,libnvidia-ptxjitcompiler.so.1"])
-
-
-def gpu_host(root: Path, driver: str = DRIVER, model: str | None = "NVIDIA A100-SXM4-80GB") -> SimulatedHost:
-    """gpu_present with nvidia-smi, the PTX JIT library (one of the example's optional ones) and,
-    unless model is None, /proc/driver/nvidia/gpus/*/information naming the GPU."""
-    host = gpu_present(root, driver=driver)
-    host.write("usr/bin/nvidia-smi", "#!/bin/sh\n").chmod(0o755)
-    host._install_lib(ptxjit_stub(driver), "libnvidia-ptxjitcompiler.so.1")
-    if model:
-        host.write("proc/driver/nvidia/gpus/0000:07:00.0/information",
-                   f"Model: \t\t {model}\nIRQ:   \t\t 150\nBus Type: \t PCIe\n")
-    return host
-
-
-def cuda_conf(conf: Path, applies: str = "on-request", forward_compat: str = "auto") -> Path:
-    """The shipped example, as a site enables it (applies and cuda_forward_compat as given)."""
-    text = (EXAMPLES / "cuda-driver.toml").read_text()
-    assert 'applies = "on-request"' in text and 'cuda_forward_compat = "auto"' in text
-    text = text.replace('applies = "on-request"', f'applies = "{applies}"')
-    text = text.replace('cuda_forward_compat = "auto"', f'cuda_forward_compat = "{forward_compat}"')
-    (conf / "profiles").mkdir(parents=True)
-    (conf / "profiles" / "cuda-driver.toml").write_text(text)
-    return conf
-
+# (the images, the GPU host and the example profile: tests/simulated_gpu.py)
 
 def test_cuda_example_lints_on_a_gpu_host_without_optional_libraries(tmp_path: Path) -> None:
     host = gpu_present(tmp_path / "host")               # no PTX JIT, NVVM, debugger or cfg library
@@ -182,7 +95,7 @@ def test_libcuda_injected_where_the_image_has_none(tmp_path: Path, how: str) -> 
     if how == "requested by name":
         image, conf, requested = plain_image(tmp_path / "image"), cuda_conf(tmp_path / "conf"), ["cuda-driver"]
     else:
-        image, conf, requested = cuda_image(tmp_path / "image"), cuda_conf(tmp_path / "conf", "always"), []
+        image, conf, requested = cuda_runtime_image(tmp_path / "image"), cuda_conf(tmp_path / "conf", "always"), []
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     p = plan(image, host, conf, requested, scratch=scratch)
@@ -225,7 +138,8 @@ def test_driver_libraries_of_another_release_than_the_kernel_module_are_refused(
     host = gpu_host(tmp_path / "host").nvidia_module("550.54.14")   # updated, not rebooted
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    p = plan(cuda_image(tmp_path / "image"), host, cuda_conf(tmp_path / "conf"), ["cuda-driver"], scratch=scratch)
+    p = plan(cuda_runtime_image(tmp_path / "image"), host, cuda_conf(tmp_path / "conf"), ["cuda-driver"],
+             scratch=scratch)
     (diag,) = p.diagnostics
     assert diag.code == "CUDA-DRIVER-MISMATCH"
     assert diag.message.startswith(f"libcuda.so.{DRIVER} does not match the loaded kernel module 550.54.14")
@@ -242,12 +156,12 @@ def test_driver_libraries_compared_among_themselves_without_a_kernel_module(tmp_
     shutil.copy(link, link.parent / "libnvidia-ml.so.550.54.14")
     link.unlink()
     link.symlink_to("libnvidia-ml.so.550.54.14")
-    p = plan(cuda_image(tmp_path / "image"), host, cuda_conf(tmp_path / "conf"), ["cuda-driver"])
+    p = plan(cuda_runtime_image(tmp_path / "image"), host, cuda_conf(tmp_path / "conf"), ["cuda-driver"])
     assert problems(p) == [("CUDA-DRIVER-MISMATCH: libnvidia-ml.so.550.54.14 does not match "
                             f"libcuda.so.{DRIVER} (no loaded kernel module to compare with)")]
     os.unlink(link)
     link.symlink_to(f"libnvidia-ml.so.{DRIVER}")
-    assert problems(plan(cuda_image(tmp_path / "image2"), host, cuda_conf(tmp_path / "conf2"),
+    assert problems(plan(cuda_runtime_image(tmp_path / "image2"), host, cuda_conf(tmp_path / "conf2"),
                          ["cuda-driver"])) == []
 
 
@@ -255,7 +169,7 @@ def test_newer_forward_compat_libcuda_of_the_image_is_used_on_datacenter_gpus(tm
     host = gpu_host(tmp_path / "host")
     scratch = tmp_path / "scratch"
     scratch.mkdir()
-    p = plan(cuda_image(tmp_path / "image", compat="550.54.15"), host, cuda_conf(tmp_path / "conf"),
+    p = plan(cuda_runtime_image(tmp_path / "image", compat="550.54.15"), host, cuda_conf(tmp_path / "conf"),
              ["cuda-driver"], scratch=scratch)
     assert problems(p) == []
     cuda = decision(p, "libcuda.so.1")
@@ -280,7 +194,7 @@ def test_newer_forward_compat_libcuda_of_the_image_is_used_on_datacenter_gpus(tm
 def test_host_driver_kept_where_forward_compat_is_not_known_to_work(tmp_path: Path, model: str | None,
                                                                      setting: str, why: str) -> None:
     host = gpu_host(tmp_path / "host", model=model)
-    p = plan(cuda_image(tmp_path / "image", compat="550.54.15"), host, cuda_conf(tmp_path / "conf",
+    p = plan(cuda_runtime_image(tmp_path / "image", compat="550.54.15"), host, cuda_conf(tmp_path / "conf",
              forward_compat=setting), ["cuda-driver"])
     cuda = decision(p, "libcuda.so.1")
     assert cuda.decision == INJECT and cuda.container_path == f"{INJECT_DIR}/cuda-driver/libcuda.so.{DRIVER}"
@@ -290,7 +204,7 @@ def test_host_driver_kept_where_forward_compat_is_not_known_to_work(tmp_path: Pa
 
 def test_site_opt_in_uses_forward_compat_where_gpus_are_unknown(tmp_path: Path) -> None:
     host = gpu_host(tmp_path / "host", model=None)
-    p = plan(cuda_image(tmp_path / "image", compat="550.54.15"), host,
+    p = plan(cuda_runtime_image(tmp_path / "image", compat="550.54.15"), host,
              cuda_conf(tmp_path / "conf", forward_compat="always"), ["cuda-driver"])
     cuda = decision(p, "libcuda.so.1")
     assert cuda.decision == SKIP and 'cuda_forward_compat = "always"' in cuda.reason
@@ -298,7 +212,8 @@ def test_site_opt_in_uses_forward_compat_where_gpus_are_unknown(tmp_path: Path) 
 
 def test_older_forward_compat_libcuda_is_ignored(tmp_path: Path) -> None:
     host = gpu_host(tmp_path / "host")
-    p = plan(cuda_image(tmp_path / "image", compat="525.60.13"), host, cuda_conf(tmp_path / "conf"), ["cuda-driver"])
+    p = plan(cuda_runtime_image(tmp_path / "image", compat="525.60.13"), host, cuda_conf(tmp_path / "conf"),
+             ["cuda-driver"])
     cuda = decision(p, "libcuda.so.1")
     assert cuda.decision == INJECT and "forward-compat" not in cuda.reason
 
@@ -315,7 +230,7 @@ VERBS_APP_SRC = "extern int ibv_open_device(void);\nint main(void) { return ibv_
 def verbs_lib(private: int) -> Path:
     """A libibverbs.so.1 defining IBVERBS_1.0, IBVERBS_1.1 and IBVERBS_PRIVATE_<private>, as
     rdma-core's does (the private node holds what providers call, e.g. verbs_register_driver_34)."""
-    script = _version_script(
+    script = version_script(
         "IBVERBS_1.0 { global: ibv_get_device_list; local: *; };\n"
         "IBVERBS_1.1 { global: ibv_open_device; } IBVERBS_1.0;\n"
         f"IBVERBS_PRIVATE_{private} {{ global: verbs_register_driver_{private}; }};\n")

@@ -12,6 +12,8 @@ import images
 import pytest
 from slurm import local_slurm_fixture
 
+from shim.errors import ExitCode
+
 slurm1 = local_slurm_fixture(1)
 
 
@@ -55,7 +57,7 @@ def test_open_mpi_image_is_refused_and_still_runs(shim, site_conf, openmpi_sif):
     assert "MPICH ABI" in line and "Open MPI" in line
     assert "Open MPI v4" in r.stdout
     strict = shim.run(["--strict", "--profile", "site-mpich", "--conf", site_conf, openmpi_sif, "/opt/app/hello"])
-    assert strict.returncode == 67 and "Open MPI v4" not in strict.stdout
+    assert strict.returncode == ExitCode.REFUSED and "Open MPI v4" not in strict.stdout
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="the local Slurm needs root")

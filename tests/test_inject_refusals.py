@@ -6,29 +6,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import images
 import pytest
-from cbuild import build_c, stub_dir
 from leftovers import stage_dir_entries
+from library_images import foo_profile
+from siteconf import write_conf
 
-from shim.elf.ldcache import CacheEntry
-from shim.elf.ldcache_write import write_ld_cache
+from shim.errors import ExitCode
 
 HOST_MPICH = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")  # Debian 12's libmpich12 (glibc 2.36 build)
-X86_64_LIBC6 = 0x0303
-
-
-def write_conf(conf: Path, profiles: dict[str, str], shim_toml: str = "[launch]\nbinds = []\n") -> Path:
-    (conf / "profiles").mkdir(parents=True, exist_ok=True)
-    (conf / "shim.toml").write_text(shim_toml)
-    for name, text in profiles.items():
-        (conf / "profiles" / f"{name}.toml").write_text(text)
-    subprocess.run(["chmod", "-R", "a+rX", str(conf)], check=True)
-    return conf
 
 
 # ----------------------------------------------------------------------------- GLIBC too old
@@ -98,7 +87,7 @@ def test_newer_glibc_refusal_in_check_json_and_strict(shim, host_mpich_conf, bul
     dynsyms = subprocess.run(["objdump", "-T", str(HOST_MPICH)], capture_output=True, text=True, check=False)
     assert needed in dynsyms.stdout
     strict = shim.run(["--strict", "--conf", host_mpich_conf, bullseye_sif, "/opt/app/hello"])
-    assert strict.returncode == 67 and "MPICH Version" not in strict.stdout
+    assert strict.returncode == ExitCode.REFUSED and "MPICH Version" not in strict.stdout
     assert stage_dir_entries() == ["README"]
 
 
@@ -110,80 +99,12 @@ def test_site_policy_makes_refusals_fatal(shim, world_dir, bullseye_sif):
         f'[provides]\nlibraries = ["{HOST_MPICH}"]\n')},
         shim_toml='[launch]\nbinds = []\n[policy]\nrefusal = "error"\n')
     r = shim.run(["--conf", conf, bullseye_sif, "/opt/app/hello"])
-    assert r.returncode == 67, r.stderr
+    assert r.returncode == ExitCode.REFUSED, r.stderr
     assert "error: GLIBC-TOO-OLD" in r.stderr and "MPICH Version" not in r.stdout
 
 
 # ----------------------------------------------------------------------------- dependencies
-
-FOO_SRC = """
-#include <stdio.h>
-extern const char *dep_name(void);
-const char *foo_name(void) { return FOO_NAME; }
-void foo_hello(void) { printf("foo: %s\\n", FOO_NAME); USE_DEP }
-"""
-DEP_SRC = '#include <stdio.h>\nconst char *dep_name(void) { return "host dep"; }\n'
-APP_SRC = '#include <stdio.h>\nextern void foo_hello(void);\nint main(void) { foo_hello(); return 0; }\n'
-
-
-def foo_lib(out_dir: Path, name: str, dep: str | None) -> Path:
-    use = 'printf("dep: %s\\n", dep_name());' if dep else ""
-    flags = ["-shared", "-fPIC", "-Wl,-soname,libsitefoo.so.1", f'-DFOO_NAME="{name}"', f"-DUSE_DEP={use}"]
-    if dep:
-        flags += [f"-L{out_dir}", f"-l{dep}", f"-Wl,-rpath,{out_dir}"]
-    return build_c("libsitefoo.so.1", FOO_SRC, flags, out_dir=out_dir)
-
-
-@pytest.fixture(scope="module")
-def site_libs() -> dict[str, Path]:
-    """Host-side builds (a site's library dirs): libsitefoo needing libsitedep (present on the
-    host), and a second libsitefoo needing libnowhere (present nowhere: its build file is removed)."""
-    base = stub_dir() / "site-deps-v1"
-    good, broken = base / "good", base / "broken"
-    build_c("libsitedep.so.1", DEP_SRC, ["-shared", "-fPIC", "-Wl,-soname,libsitedep.so.1"], out_dir=good)
-    if not (good / "libsitedep.so").exists():
-        (good / "libsitedep.so").symlink_to("libsitedep.so.1")
-    foo = foo_lib(good, "host", "sitedep")
-    if not (broken / "libsitefoo.so.1").exists():
-        build_c("libnowhere.so.1", DEP_SRC, ["-shared", "-fPIC", "-Wl,-soname,libnowhere.so.1"], out_dir=broken)
-        (broken / "libnowhere.so").symlink_to("libnowhere.so.1")
-        foo_lib(broken, "host broken", "nowhere")
-        (broken / "libnowhere.so").unlink()
-        (broken / "libnowhere.so.1").unlink()
-    return {"good": foo, "broken": broken / "libsitefoo.so.1"}
-
-
-@pytest.fixture(scope="module")
-def foo_image(world_dir: Path) -> Path:
-    """A directory image: the host's glibc, its own libsitefoo.so.1 and an app using it, and an
-    ld.so.cache listing both (the way ldconfig would in a built image)."""
-    root = world_dir / "foo-image"
-    if (root / "etc/ld.so.cache").exists():  # built already (the fixture is shared with other modules)
-        return root
-    libdir = root / "usr/lib/x86_64-linux-gnu"
-    libdir.mkdir(parents=True, exist_ok=True)
-    (root / "lib64").mkdir(exist_ok=True)
-    shutil.copy2("/lib64/ld-linux-x86-64.so.2", root / "lib64/ld-linux-x86-64.so.2")
-    shutil.copy2("/lib/x86_64-linux-gnu/libc.so.6", libdir / "libc.so.6")
-    img_foo = build_c("libsitefoo.so.1", FOO_SRC, ["-shared", "-fPIC", "-Wl,-soname,libsitefoo.so.1",
-                                                   '-DFOO_NAME="image"', "-DUSE_DEP="])
-    shutil.copy2(img_foo, libdir / "libsitefoo.so.1")
-    app = build_c("foo-app", APP_SRC, [f"-L{img_foo.parent}", "-l:libsitefoo.so.1"])
-    (root / "opt/app").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(app, root / "opt/app/foo-app")
-    for d in ("etc", "proc", "sys", "dev", "tmp", "home"):
-        (root / d).mkdir(exist_ok=True)
-    (root / "etc/ld.so.cache").write_bytes(write_ld_cache([
-        CacheEntry(X86_64_LIBC6, "libc.so.6", "/usr/lib/x86_64-linux-gnu/libc.so.6"),
-        CacheEntry(X86_64_LIBC6, "libsitefoo.so.1", "/usr/lib/x86_64-linux-gnu/libsitefoo.so.1")]))
-    subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
-    return root
-
-
-def foo_profile(lib: Path) -> str:
-    return (f'[profile]\nkind = "other"\napplies = "when-used"\nreplaces = ["libsitefoo.so.1"]\n'
-            f'[provides]\nlibraries = ["{lib}"]\n')
-
+# (foo_image, site_libs, foo_profile: tests/library_images.py)
 
 def test_image_runs_its_own_library_without_profiles(shim, foo_image):
     r = shim.run(["--no-profiles", foo_image, "/opt/app/foo-app"])

@@ -18,6 +18,8 @@ from leftovers import (
     wait_until,
 )
 
+from shim.errors import ExitCode
+
 
 def test_echo_hello(shim, busybox_sif):
     r = shim.run([busybox_sif, "/bin/busybox", "echo", "hello"])
@@ -106,7 +108,7 @@ def test_bind_option_and_read_only(shim, busybox_sif, user_dir):
 
 def test_command_not_found_in_image(shim, busybox_sif):
     r = shim.run([busybox_sif, "no-such-program"])
-    assert r.returncode == 127
+    assert r.returncode == ExitCode.NOT_FOUND
     assert r.stderr.count("\n") == 1 and "no-such-program" in r.stderr and "not found" in r.stderr
 
 

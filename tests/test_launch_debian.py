@@ -8,6 +8,8 @@ from pathlib import Path
 import images
 import pytest
 
+from shim.errors import ExitCode
+
 
 @pytest.fixture(scope="module")
 def rootfs() -> Path:
@@ -60,7 +62,7 @@ def test_exit_codes_pass_through(shim, debian_images):
 
 def test_not_executable(shim, debian_images):
     r = shim.run([debian_images["sif"], "/etc/os-release"])
-    assert r.returncode == 126
+    assert r.returncode == ExitCode.NOT_EXECUTABLE
     assert r.stderr.count("\n") == 1
 
 

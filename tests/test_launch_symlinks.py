@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from shim.errors import ExitCode
+
 # name in the crafted image -> symlink target; every one of these points "outside" if followed
 # on the host, and must resolve to /etc inside the container.
 ESCAPES = {
@@ -85,5 +87,5 @@ def test_dangling_symlink_destination_is_refused(shim, crafted, user_dir):
     src.mkdir()
     os.chown(src, shim.user.uid, shim.user.gid)
     r = shim.run(["--bind", f"{src}:/dangling/sub", crafted, "/bin/busybox", "true"])
-    assert r.returncode == 71
+    assert r.returncode == ExitCode.LAUNCH
     assert "dangling symlink" in r.stderr and r.stderr.count("\n") == 1

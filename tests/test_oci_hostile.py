@@ -21,6 +21,7 @@ from pathlib import Path
 
 import oci
 import pytest
+from error_line import error_line_after_steps
 from hostile import (
     HOSTILE_CONFIGS,
     MT_CONFIG,
@@ -41,7 +42,7 @@ from hostile import (
     serve,
 )
 from hostile_server import challenge, chunked_cut, drip, endless, held, raw_response, redirect, reply, servers
-from oci_checks import leftovers, one_error_line
+from oci_checks import leftovers
 
 from shim.errors import ExitCode
 from shim.oci.digest import valid
@@ -146,7 +147,7 @@ def test_a_digest_that_is_a_path_is_refused_before_any_file_is_touched(shim, box
         _bad_digest(image, where, box)
         serve(a, image)
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.IMAGE, "is not a digest", "sha256:")
+    error_line_after_steps(r, ExitCode.IMAGE, "is not a digest", "sha256:")
     asked = [s.path.split("/blobs/", 1)[1] for s in a.log if "/blobs/" in s.path]
     assert all(valid(d) for d in asked), asked  # nothing was asked for by the bad digest
     box.untouched()
@@ -163,8 +164,8 @@ def test_an_index_entry_or_a_digest_header_that_is_not_a_digest_is_refused(shim,
                                                       headers={"Docker-Content-Digest": "sha256:../../x"})
         idx = pull(shim, box, f"docker://{a.host}/sci/app:idx")
         hdr = pull(shim, box, f"docker://{a.host}/sci/app:hdr")
-    one_error_line(idx, ExitCode.IMAGE, "manifests[0]", "is not a digest")
-    one_error_line(hdr, ExitCode.IMAGE, "Docker-Content-Digest", "is not a digest")
+    error_line_after_steps(idx, ExitCode.IMAGE, "manifests[0]", "is not a digest")
+    error_line_after_steps(hdr, ExitCode.IMAGE, "Docker-Content-Digest", "is not a digest")
     box.untouched()
 
 
@@ -191,7 +192,7 @@ def test_a_config_of_the_right_size_with_other_bytes_is_refused(shim, box, pinne
         a.routes[f"/v2/sci/app/blobs/{image.config.digest}"] = reply(evil)
         ref = f"docker://{a.host}/sci/app" + (f"@{digest}" if pinned else ":1")
         r = pull(shim, box, ref, *(["--deterministic"] if pinned else []))
-    one_error_line(r, ExitCode.IMAGE, image.config.digest[:19], "digest")
+    error_line_after_steps(r, ExitCode.IMAGE, image.config.digest[:19], "digest")
     box.untouched()
 
 
@@ -211,7 +212,7 @@ def test_credentials_never_follow_a_redirect_to_another_host(shim, box, user, gi
         d.routes["/token"] = reply(b'{"token": "stolen"}')
         opts = ["--authfile", str(authfile)] if given == "auth file" else []
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", *opts, **(CRED_ENV if given == "environment" else {}))
-    one_error_line(r, ExitCode.AUTH, a.host, c.host)
+    error_line_after_steps(r, ExitCode.AUTH, a.host, c.host)
     assert d.log == [] and c.authorizations() == []
     assert a.authorizations() and set(a.authorizations()) == {BASIC}
     assert [s.path for s in c.log] == ["/storage/config"]
@@ -230,7 +231,7 @@ def test_a_token_realm_that_is_not_http_is_never_opened(shim, box, user, realm):
         serve(a, small_image())
         a.gate = ("Bearer never", f'Bearer realm="{url}"')
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", **CRED_ENV)
-    one_error_line(r, ExitCode.AUTH, "token service", "https://")
+    error_line_after_steps(r, ExitCode.AUTH, "token service", "https://")
     assert a.authorizations() == []
     secret.unlink()
     box.untouched()
@@ -244,7 +245,8 @@ def test_a_redirect_to_another_scheme_or_in_a_loop_is_not_followed(shim, box, wh
         path = f"/v2/sci/app/blobs/{image.config.digest}"
         a.routes[path] = redirect(f"file://{box.victim}/canary" if where == "file" else a.url(path))
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.UNREACHABLE, a.host, "only http:// and https://" if where == "file" else "5 times")
+    error_line_after_steps(r, ExitCode.UNREACHABLE, a.host,
+                           "only http:// and https://" if where == "file" else "5 times")
     box.untouched()
 
 
@@ -262,7 +264,7 @@ def test_a_registry_over_tls_cannot_have_the_password_sent_in_clear(shim, box, t
         a.gate = ("Bearer t", f'Bearer realm="{d.url("/token")}",service="A"')
         d.routes["/token"] = reply(b'{"token": "t"}')
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", "--ca-file", str(tls.ca_file), **CRED_ENV)
-    one_error_line(r, ExitCode.AUTH, "token service", "not https://")
+    error_line_after_steps(r, ExitCode.AUTH, "token service", "not https://")
     assert d.log == []
     box.untouched()
 
@@ -274,7 +276,7 @@ def test_a_plain_http_realm_must_be_on_the_registrys_own_host(shim, box):
         a.gate = ("Bearer t", f'Bearer realm="{other}",service="A"')
         d.routes["/token"] = reply(b'{"token": "t"}')
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", **CRED_ENV)
-    one_error_line(r, ExitCode.AUTH, "token service", "own host")
+    error_line_after_steps(r, ExitCode.AUTH, "token service", "own host")
     assert d.log == []
     box.untouched()
 
@@ -288,7 +290,7 @@ def test_a_manifest_cut_short_is_a_network_error(shim, box, how):
         cut = held(body[:40], len(body)) if how.startswith("content") else chunked_cut(body[:40])
         a.routes["/v2/sci/app/manifests/1"] = cut
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.UNREACHABLE, a.host, "manifest")
+    error_line_after_steps(r, ExitCode.UNREACHABLE, a.host, "manifest")
     assert r.elapsed < 20
     box.untouched()
 
@@ -305,7 +307,7 @@ def test_a_server_dripping_bytes_is_stopped_by_the_minimum_rate(shim, box, part)
             raw = raw_response(image.manifest_bytes(), MT_MANIFEST)
             a.routes["/v2/sci/app/manifests/1"] = drip(raw, 0.3, 0 if part == "status line" else len(raw) - 100)
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", SHIMRUN_PULL_TIMEOUT="1")
-    one_error_line(r, ExitCode.UNREACHABLE, a.host, "too slow", "bytes/s")
+    error_line_after_steps(r, ExitCode.UNREACHABLE, a.host, "too slow", "bytes/s")
     assert r.elapsed < 15
     box.untouched()
 
@@ -323,7 +325,7 @@ def test_a_drip_fast_enough_for_the_rate_ends_at_the_deadline(shim, box, deadlin
         raw = raw_response(image.layers[0].data)
         a.routes[f"/v2/sci/app/blobs/{image.layers[0].digest}"] = drip(raw, 0.1)  # 10 bytes/s: above 1
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", **limits)
-    one_error_line(r, ExitCode.UNREACHABLE, a.host, deadline)
+    error_line_after_steps(r, ExitCode.UNREACHABLE, a.host, deadline)
     assert r.elapsed < 20
     box.untouched()
 
@@ -341,7 +343,7 @@ def test_fifteen_thousand_forged_platforms_give_one_short_line(shim, box):
         a.routes["/v2/sci/app/manifests/1"] = reply(json.dumps(index_doc(entries)).encode(),
                                                     content_type="application/vnd.oci.image.index.v1+json")
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    line = one_error_line(r, ExitCode.ARCH, "linux/x\\nshimrun: wrote", "\\x1b]0;owned", "more characters)",
+    line = error_line_after_steps(r, ExitCode.ARCH, "linux/x\\nshimrun: wrote", "\\x1b]0;owned", "more characters)",
                           "linux/p1,",
                           "and 14992 more")
     assert len(line) < 2000
@@ -353,7 +355,7 @@ def test_a_registry_error_message_is_escaped(shim, box):
         errors = {"errors": [{"code": "EVIL\n\x1b[31m", "message": FORGED}]}
         a.routes["/v2/sci/app/manifests/1"] = reply(json.dumps(errors).encode(), 500, content_type="application/json")
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.UNREACHABLE, "HTTP 500 EVIL\\n\\x1b[31m", "shimrun: wrote")
+    error_line_after_steps(r, ExitCode.UNREACHABLE, "HTTP 500 EVIL\\n\\x1b[31m", "shimrun: wrote")
     box.untouched()
 
 
@@ -362,7 +364,7 @@ def test_a_symlink_target_in_a_refusal_is_escaped(shim, box):
         members = [entry("lib", kind=tarfile.SYMTYPE, link=f"{FORGED}/etc"), entry("lib/x", b"x")]
         serve(a, Image.make([layer_tar(members)]))
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.IMAGE, "symlink", "\\x1b]0;owned")
+    error_line_after_steps(r, ExitCode.IMAGE, "symlink", "\\x1b]0;owned")
     box.untouched()
 
 
@@ -373,7 +375,7 @@ def test_zeros_after_the_tars_end_count_against_the_size_cap(shim, box):
     with servers("A") as (a,):
         serve(a, Image.make([tar]))
         capped = pull(shim, box, f"docker://{a.host}/sci/app:1", "--max-size", "1M")
-        one_error_line(capped, ExitCode.IMAGE, "layer 1", "decompresses past the size cap", "--max-size")
+        error_line_after_steps(capped, ExitCode.IMAGE, "layer 1", "decompresses past the size cap", "--max-size")
         assert capped.elapsed < 30
         box.untouched()
         whole = pull(shim, box, f"docker://{a.host}/sci/app:1")  # without the cap: a (dull) image
@@ -388,7 +390,7 @@ def test_a_layer_declaring_a_tebibyte_is_not_downloaded(shim, box, cap):
         serve(a, image)
         a.routes[f"/v2/sci/app/blobs/{image.layers[0].digest}"] = endless([0])
         r = pull(shim, box, f"docker://{a.host}/sci/app:1", *cap)
-    one_error_line(r, ExitCode.IMAGE, "declares 1099511627776 bytes", "size cap")
+    error_line_after_steps(r, ExitCode.IMAGE, "declares 1099511627776 bytes", "size cap")
     assert not any(image.layers[0].digest in s.path for s in a.log)
     box.untouched()
 
@@ -400,7 +402,7 @@ def test_a_blob_longer_than_it_declares_is_stopped(shim, box):
         serve(a, image)
         a.routes[f"/v2/sci/app/blobs/{image.layers[0].digest}"] = endless(sent)
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.IMAGE, image.layers[0].digest[:19])
+    error_line_after_steps(r, ExitCode.IMAGE, image.layers[0].digest[:19])
     assert r.elapsed < 20
     box.untouched()
 
@@ -413,7 +415,7 @@ def test_the_sites_entry_cap_stops_a_layer_of_many_files(shim, box, world_dir):
     with servers("A") as (a,):
         serve(a, Image.make([empty_files_tar(3000)]))
         capped = pull(shim, box, f"docker://{a.host}/sci/app:1", SHIMRUN_CONF=str(conf))
-        one_error_line(capped, ExitCode.IMAGE, "1000 entries", "max_entries")
+        error_line_after_steps(capped, ExitCode.IMAGE, "1000 entries", "max_entries")
         box.untouched()
         uncapped = pull(shim, box, f"docker://{a.host}/sci/app:1")
     assert uncapped.returncode == 0, uncapped.stderr
@@ -453,7 +455,7 @@ def test_config_values_a_launch_cannot_use_are_refused_at_pull(shim, box, field)
         image.config = Blob(hostile_config(field), MT_CONFIG)
         serve(a, image)
         r = pull(shim, box, f"docker://{a.host}/sci/app:1")
-    one_error_line(r, ExitCode.IMAGE, "config " + field.split(" ")[0])
+    error_line_after_steps(r, ExitCode.IMAGE, "config " + field.split(" ")[0])
     box.untouched()
 
 
@@ -468,4 +470,4 @@ def test_a_stored_config_with_a_nul_is_one_line_at_launch(shim, box):
     assert data.count(b'"A=12345678"') == 1
     sif.write_bytes(data.replace(b'"A=12345678"', b'"A=\\u0000xy"'))
     r = shim.run([sif, "/bin/echo", "hi"], cwd=box.work, env={"SHIMRUN_CACHE": str(box.cache)})
-    one_error_line(r, ExitCode.IMAGE, "config Env[1]", "NUL")
+    error_line_after_steps(r, ExitCode.IMAGE, "config Env[1]", "NUL")

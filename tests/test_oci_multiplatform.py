@@ -14,7 +14,8 @@ from pathlib import Path
 import hostile
 import oci
 import pytest
-from oci_checks import leftovers, one_error_line
+from error_line import error_line_after_steps
+from oci_checks import leftovers
 
 from shim.errors import ExitCode
 
@@ -72,7 +73,7 @@ def test_a_layout_listing_each_platform_is_one_image(shim, user_dir, tag):
 def test_a_layout_without_this_platform_names_those_it_has(shim, user_dir):
     layout = _flat_layout(user_dir / "layout", [("arm64", "v8"), ("s390x", ""), ("ppc64le", "")])
     r = _build(shim, user_dir, f"oci:{layout}")
-    one_error_line(r, ExitCode.ARCH, "linux/amd64", "linux/arm64/v8, linux/s390x, linux/ppc64le", "--arch")
+    error_line_after_steps(r, ExitCode.ARCH, "linux/amd64", "linux/arm64/v8, linux/s390x, linux/ppc64le", "--arch")
     assert not (user_dir / "out.sif").exists() and leftovers(user_dir) == []
 
 
@@ -80,7 +81,7 @@ def test_two_different_images_still_need_a_tag(shim, user_dir):
     a, b = _image("amd64", note=" a"), _image("amd64", note=" b")
     layout = hostile.write_layout(user_dir / "layout", [a, b], [hostile.tagged(a, "a"), hostile.tagged(b, "b")])
     r = _build(shim, user_dir, f"oci:{layout}")
-    one_error_line(r, ExitCode.USAGE, "holds 2 images (a, b)", ":TAG")
+    error_line_after_steps(r, ExitCode.USAGE, "holds 2 images (a, b)", ":TAG")
     assert _build(shim, user_dir, f"oci:{layout}:b").returncode == 0
     assert _platform_of(shim, user_dir) == "amd64 b"
 
@@ -101,5 +102,5 @@ def test_an_archive_written_by_skopeo_copy_all(shim, registry, multi_layout, use
         run = shim.run(["run", user_dir / "out.sif"], cwd=user_dir, env={"SHIMRUN_CACHE": str(user_dir / "cache")})
         assert "entry args: default-arg" in run.stdout, run.stderr
     else:
-        one_error_line(r, ExitCode.ARCH, "linux/amd64", "it has: linux/arm64/v8", "--arch")
+        error_line_after_steps(r, ExitCode.ARCH, "linux/amd64", "it has: linux/arm64/v8", "--arch")
     assert leftovers(user_dir) == []

@@ -19,9 +19,10 @@ import hostile
 import oci
 import pytest
 from dirimage import busybox_dir
+from error_line import error_line_after_steps
 from hostile import entry as _entry
 from hostile import layer_tar as _layer_tar
-from oci_checks import blobs, leftovers, one_error_line
+from oci_checks import blobs, leftovers
 
 from shim.errors import ExitCode
 
@@ -165,10 +166,10 @@ def test_tls_registry_with_basic_auth(shim, tls_registry, app_layout, user_dir):
     assert ok3.returncode == 0, ok3.stderr
     # Without the CA: one line naming the problem and the fix.
     untrusted = pull(shim, user_dir, "d.sif", ref, **creds)
-    one_error_line(untrusted, ExitCode.UNREACHABLE, "TLS", "--ca-file")
+    error_line_after_steps(untrusted, ExitCode.UNREACHABLE, "TLS", "--ca-file")
     wrong = pull(shim, user_dir, "--ca-file", str(tls_registry.ca_file), "e.sif", ref,
                  SHIMRUN_DOCKER_USERNAME=tls_registry.username, SHIMRUN_DOCKER_PASSWORD="wrong")
-    one_error_line(wrong, ExitCode.AUTH, "credentials")
+    error_line_after_steps(wrong, ExitCode.AUTH, "credentials")
     assert not (user_dir / "d.sif").exists() and not (user_dir / "e.sif").exists()
     assert leftovers(user_dir) == []
 
@@ -184,7 +185,7 @@ def test_index_takes_this_hosts_platform_or_says_which_it_has(shim, registry, mu
     assert arm.returncode == 0, arm.stderr
     assert "arm64" in json.dumps(json.loads(shim.run(["inspect", "--json", user_dir / "arm.sif"]).stdout))
     only = pull(shim, user_dir, "--no-https", f"docker://{registry.host}/sci/multi:arm64-only")
-    one_error_line(only, ExitCode.ARCH, "linux/arm64", "--arch")
+    error_line_after_steps(only, ExitCode.ARCH, "linux/arm64", "--arch")
     assert not (user_dir / "multi_arm64-only.sif").exists() and leftovers(user_dir) == []
 
 
@@ -223,7 +224,7 @@ def test_pull_keeps_an_existing_file_without_force(shim, app_layout, user_dir):
     default = f"{app_layout.path.name}_1.sif"  # as Apptainer names it: the last component, then the tag
     (user_dir / default).write_text("mine")
     r = pull(shim, user_dir, src)
-    one_error_line(r, ExitCode.USAGE, "already exists", "--force")
+    error_line_after_steps(r, ExitCode.USAGE, "already exists", "--force")
     assert (user_dir / default).read_text() == "mine"
     assert pull(shim, user_dir, "--force", src).returncode == 0
     assert (user_dir / default).stat().st_size > 4096
@@ -243,7 +244,7 @@ def test_a_blob_altered_in_the_registry_is_refused(shim, registry, app_layout, u
         r = pull(shim, user_dir, "--no-https", f"docker://{registry.host}/sci/damaged:1")
     finally:
         data.write_bytes(good)
-    one_error_line(r, ExitCode.IMAGE, layer[:19], "digest")
+    error_line_after_steps(r, ExitCode.IMAGE, layer[:19], "digest")
     assert not (user_dir / "damaged_1.sif").exists()
     assert layer.split(":")[1] not in blobs(user_dir)
     assert leftovers(user_dir) == []
@@ -252,14 +253,14 @@ def test_a_blob_altered_in_the_registry_is_refused(shim, registry, app_layout, u
 def test_registry_errors(shim, registry, app_layout, user_dir):
     registry.push(app_layout, "sci/app:1")
     missing = pull(shim, user_dir, "--no-https", f"docker://{registry.host}/sci/app:nope")
-    one_error_line(missing, ExitCode.NO_SUCH_IMAGE, "sci/app:nope", "404")
+    error_line_after_steps(missing, ExitCode.NO_SUCH_IMAGE, "sci/app:nope", "404")
     import socket
 
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     down = pull(shim, user_dir, "--no-https", f"docker://127.0.0.1:{port}/sci/app:1")
-    one_error_line(down, ExitCode.UNREACHABLE, f"127.0.0.1:{port}")
+    error_line_after_steps(down, ExitCode.UNREACHABLE, f"127.0.0.1:{port}")
     assert leftovers(user_dir) == [] and not list(user_dir.glob("*.sif"))
 
 
@@ -269,7 +270,7 @@ def test_a_truncated_archive_is_refused(shim, app_layout, user_dir):
     cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     os.chmod(cut, 0o644)
     r = shim.run(["build", user_dir / "cut.sif", f"oci-archive:{cut}"], cwd=user_dir, env=env_for(user_dir))
-    one_error_line(r, ExitCode.IMAGE, "cut.tar")
+    error_line_after_steps(r, ExitCode.IMAGE, "cut.tar")
     assert not (user_dir / "cut.sif").exists() and leftovers(user_dir) == []
 
 
@@ -291,24 +292,24 @@ def test_a_hostile_layer_is_refused_naming_layer_and_member(shim, user_dir, case
     members, why = HOSTILE[case]
     layout = _hostile_layout(user_dir / f"layout-{case}", members)
     r = shim.run(["build", user_dir / "h.sif", f"oci:{layout}:1"], cwd=user_dir, env=env_for(user_dir))
-    one_error_line(r, ExitCode.IMAGE, "layer 2", members[-1][0].name, why)
+    error_line_after_steps(r, ExitCode.IMAGE, "layer 2", members[-1][0].name, why)
     assert not (user_dir / "h.sif").exists() and leftovers(user_dir) == []
 
 
 def test_a_layer_past_the_size_cap_is_refused(shim, app_layout, user_dir):
     r = shim.run(["build", "--max-size", "100K", user_dir / "big.sif", f"oci:{app_layout.path}:1"], cwd=user_dir,
                  env=env_for(user_dir))
-    one_error_line(r, ExitCode.IMAGE, "size cap", "--max-size")
+    error_line_after_steps(r, ExitCode.IMAGE, "size cap", "--max-size")
     env = shim.run(["build", user_dir / "big.sif", f"oci:{app_layout.path}:1"], cwd=user_dir,
                    env=env_for(user_dir, SHIMRUN_PULL_MAX_SIZE="100K"))
-    one_error_line(env, ExitCode.IMAGE, "size cap")
+    error_line_after_steps(env, ExitCode.IMAGE, "size cap")
     assert not (user_dir / "big.sif").exists() and leftovers(user_dir) == []
 
 
 def test_source_syntax_errors_are_usage_errors(shim, user_dir):
     for bad in ("docker://UPPER/case", "docker://x:bad tag", "oci:", "docker://a@sha256:123"):
-        one_error_line(pull(shim, user_dir, bad), ExitCode.USAGE)
-    one_error_line(pull(shim, user_dir, "oci-archive:/nonexistent.tar"), ExitCode.USAGE, "/nonexistent.tar")
+        error_line_after_steps(pull(shim, user_dir, bad), ExitCode.USAGE)
+    error_line_after_steps(pull(shim, user_dir, "oci-archive:/nonexistent.tar"), ExitCode.USAGE, "/nonexistent.tar")
     shutil.rmtree(user_dir / "cache", ignore_errors=True)
     assert leftovers(user_dir) == []
 
@@ -396,13 +397,13 @@ def test_bearer_tokens_as_public_registries_hand_them_out(shim, token_registry, 
     anonymous = pull(shim, user_dir, "--no-https", "pub.sif", f"docker://{host}/public/app:1")
     assert anonymous.returncode == 0, anonymous.stderr + token_registry.log_tail()
     refused = pull(shim, user_dir, "--no-https", "priv.sif", f"docker://{host}/private/app:1")
-    one_error_line(refused, ExitCode.AUTH, "private/app", "SHIMRUN_DOCKER_USERNAME")
+    error_line_after_steps(refused, ExitCode.AUTH, "private/app", "SHIMRUN_DOCKER_USERNAME")
     creds = {"SHIMRUN_DOCKER_USERNAME": token_registry.username, "SHIMRUN_DOCKER_PASSWORD": token_registry.password}
     ok = pull(shim, user_dir, "--no-https", "priv.sif", f"docker://{host}/private/app:1", **creds)
     assert ok.returncode == 0, ok.stderr + token_registry.log_tail()
     wrong = pull(shim, user_dir, "--no-https", "w.sif", f"docker://{host}/private/app:1",
                  SHIMRUN_DOCKER_USERNAME=token_registry.username, SHIMRUN_DOCKER_PASSWORD="nope")
-    one_error_line(wrong, ExitCode.AUTH, "credentials")
+    error_line_after_steps(wrong, ExitCode.AUTH, "credentials")
     run = shim.run(["run", user_dir / "pub.sif"], cwd=user_dir, env=env_for(user_dir))
     assert "greeting: hello from the image" in run.stdout, run.stderr
     assert leftovers(user_dir) == [] and not (user_dir / "w.sif").exists()
@@ -414,5 +415,5 @@ def test_an_output_directory_the_user_cannot_write_is_one_line(shim, app_layout,
     for cache in ("cache", ""):  # with a blob cache, and without one (the temporary one goes beside OUT)
         r = shim.run(["build", out, f"oci:{app_layout.path}:1"], cwd=user_dir,
                      env={"SHIMRUN_CACHE": str(user_dir / cache) if cache else ""})
-        one_error_line(r, ExitCode.USAGE, str(world_dir), "Permission denied")
+        error_line_after_steps(r, ExitCode.USAGE, str(world_dir), "Permission denied")
     assert not out.exists()

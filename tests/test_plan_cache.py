@@ -12,13 +12,16 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_PYTHON
-from test_inject_refusals import foo_image, foo_profile, site_libs, write_conf  # noqa: F401 (fixtures)
+from library_images import foo_profile
+from siteconf import write_conf
+
+from shim.errors import ExitCode
 
 STATE = re.compile(r"plan cache (hit|miss|off)")
 
 
 @pytest.fixture
-def conf(world_dir: Path, site_libs: dict[str, Path], request) -> Path:  # noqa: F811
+def conf(world_dir: Path, site_libs: dict[str, Path], request) -> Path:
     return write_conf(world_dir / f"conf-{request.node.name}", {"site-foo": foo_profile(site_libs["good"])})
 
 
@@ -35,7 +38,7 @@ def check(shim, conf: Path, image: Path, cache: Path, *extra: str, python_opts: 
     return STATE.search(r.stderr).group(1), r
 
 
-def test_second_check_is_a_hit_without_pyelftools(shim, conf, foo_image, user_dir):  # noqa: F811
+def test_second_check_is_a_hit_without_pyelftools(shim, conf, foo_image, user_dir):
     cache = user_dir / "cache"
     state, cold = check(shim, conf, foo_image, cache, python_opts=("-X", "importtime"))
     assert state == "miss" and "elftools" in cold.stderr
@@ -45,7 +48,7 @@ def test_second_check_is_a_hit_without_pyelftools(shim, conf, foo_image, user_di
     assert check(shim, conf, foo_image, cache, "SHIMRUN_NO_PLAN_CACHE=1")[0] == "off"
 
 
-def test_changed_inputs_are_a_miss(shim, conf, foo_image, user_dir, site_libs):  # noqa: F811
+def test_changed_inputs_are_a_miss(shim, conf, foo_image, user_dir, site_libs):
     cache = user_dir / "cache"
     assert check(shim, conf, foo_image, cache)[0] == "miss"
     assert check(shim, conf, foo_image, cache)[0] == "hit"
@@ -57,7 +60,7 @@ def test_changed_inputs_are_a_miss(shim, conf, foo_image, user_dir, site_libs): 
     assert check(shim, conf, foo_image, cache)[0] == "miss"
 
 
-def test_a_torn_entry_is_a_miss_not_an_error(shim, conf, foo_image, user_dir):  # noqa: F811
+def test_a_torn_entry_is_a_miss_not_an_error(shim, conf, foo_image, user_dir):
     cache = user_dir / "cache"
     check(shim, conf, foo_image, cache)
     (entry,) = (cache / "plans").glob("*.json")
@@ -107,8 +110,8 @@ def test_64_ranks_storing_the_same_plan_at_once(tmp_path, monkeypatch):
     assert not [n for n in os.listdir(tmp_path / "plans") if n.endswith(".tmp")]
 
 
-def test_a_directory_image_whose_library_changed_gets_a_fresh_plan(shim, conf, foo_image, user_dir,  # noqa: F811
-                                                                   site_libs):  # noqa: F811
+def test_a_directory_image_whose_library_changed_gets_a_fresh_plan(shim, conf, foo_image, user_dir,
+                                                                   site_libs):
     """The plan records every path it read inside the image with its identity: replacing the
     image's libsitefoo.so.1 (same directory, same top-level mtime) is a miss, and the new plan
     sees the new file."""
@@ -143,7 +146,7 @@ def test_a_directory_images_hardware_check_follows_its_files(shim, user_dir):
     env = {"SHIMRUN_CACHE": str(user_dir / "cache")}
     for _ in range(2):  # cold, then from the cache
         r = shim.run([image, "/bin/busybox", "true"], env=env)
-        assert r.returncode == 67 and "GPU-ABSENT" in r.stderr and "gpu.cuda>=12.2" in r.stderr, r.stderr
+        assert r.returncode == ExitCode.REFUSED and "GPU-ABSENT" in r.stderr and "gpu.cuda>=12.2" in r.stderr, r.stderr
     (image / ".shim/requires").unlink()
     os.utime(image, (1, 1))
     r = shim.run([image, "/bin/busybox", "true"], env=env)

@@ -11,13 +11,16 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from library_images import X86_64_LIBC6
 
 from shim.cli import profiles_cmd
 from shim.elf.ldcache import CacheEntry
 from shim.elf.ldcache_write import write_ld_cache
 from shim.errors import ExitCode, ShimError, UsageError
+from shim.plan.profiles import lint_files, load_profiles
+from shim.plan.selection import select_profiles
 from shim.site.config import BUNDLED_CONF_DIR, ConfigError
-from shim.site.profiles import Problem, ProfileSet, lint_files, load_profiles
+from shim.site.profile_model import Problem, ProfileSet
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "conf" / "profiles" / "examples").glob("*.toml"))
 
@@ -53,7 +56,6 @@ def elf(path: Path) -> Path:
     return path
 
 
-X86_64_LIBC6 = 0x0303  # ld.so.cache flags of a native x86-64 library
 
 
 def host_cache(root: Path, sonames: dict[str, str]) -> None:
@@ -197,10 +199,10 @@ def test_missing_host_file_is_a_lint_error_but_only_unavailable_at_load(conf: Pa
     mp = ps.profiles[0]
     assert not mp.available
     assert mp.why_unavailable() == "provides.libraries[1]: /opt/mpich/lib/libmpicxx.so.12 does not exist on this host"
-    sel = ps.select([], False, {"libmpi.so.12"})
+    sel = select_profiles(ps, [], False, {"libmpi.so.12"})
     assert sel[0].applies is False and sel[0].why.startswith("unavailable on this host: provides.libraries[1]")
     with pytest.raises(ShimError) as e:                  # by name it is an error
-        ps.select(["mpich"], False, set())
+        select_profiles(ps, ["mpich"], False, set())
     assert e.value.code == ExitCode.HOST and "unavailable on this host" in str(e.value)
 
 
@@ -282,7 +284,7 @@ def test_conflicting_mpi_profiles(conf: Path, host: Path) -> None:
         load_profiles(conf, host_root=str(host))
     b.write_text(mpi("on-request", lib="/opt/mpich/lib/libmpi.so.12.1.1"))   # the fix: one of them on request
     ps = load_profiles(conf, host_root=str(host))
-    sel = {s.profile.name: s for s in ps.select(["b"], False, {"libmpi.so.12"})}
+    sel = {s.profile.name: s for s in select_profiles(ps, ["b"], False, {"libmpi.so.12"})}
     assert sel["b"].applies and not sel["a"].applies
     assert sel["a"].why.startswith("displaced by requested profile 'b'")
 
@@ -293,7 +295,7 @@ def test_conflict_with_unavailable_profile_is_not_an_error_at_load(conf: Path, h
     write(conf, "b", mpi("when-used", lib="/opt/other/libmpi.so.12"))
     ps = load_profiles(conf, host_root=str(host))
     assert [p.available for p in ps.profiles] == [True, False]
-    assert [s.applies for s in ps.select([], False, {"libmpi.so.12"})] == [True, False]
+    assert [s.applies for s in select_profiles(ps, [], False, {"libmpi.so.12"})] == [True, False]
 
 
 def test_explicit_conflicts(conf: Path, host: Path) -> None:
@@ -305,7 +307,7 @@ def test_explicit_conflicts(conf: Path, host: Path) -> None:
     a.write_text(profile("fabric", "on-request", 'conflicts = ["fabric"]'))
     b.write_text(profile("fabric", "on-request"))
     with pytest.raises(ConfigError, match="requested profiles 'fabric' and 'ucx' conflict"):
-        load_profiles(conf, host_root=str(host)).select(["fabric", "ucx"], False, set())
+        select_profiles(load_profiles(conf, host_root=str(host)), ["fabric", "ucx"], False, set())
 
 
 def test_glibc_is_never_injected(conf: Path, host: Path) -> None:
@@ -377,7 +379,7 @@ def test_select_rules(conf: Path, host: Path) -> None:
     ps = load_profiles(conf, host_root=str(host))
 
     def run(requested: list[str], no_profiles: bool, sonames: set[str]) -> dict[str, tuple[bool, str]]:
-        return {s.profile.name: (s.applies, s.why) for s in ps.select(requested, no_profiles, sonames)}
+        return {s.profile.name: (s.applies, s.why) for s in select_profiles(ps, requested, no_profiles, sonames)}
 
     assert run([], False, {"libmpi.so.12", "libc.so.6"}) == {
         "always": (True, "applies always"),
@@ -391,11 +393,11 @@ def test_select_rules(conf: Path, host: Path) -> None:
     assert off["gpu"][0] and not off["always"][0] and not off["mpich"][0]
     assert off["always"][1] == "--no-profiles: only profiles requested by name apply"
     with pytest.raises(ConfigError) as e:
-        ps.select(["cuda"], False, set())
+        select_profiles(ps, ["cuda"], False, set())
     assert e.value.code == ExitCode.CONFIG
     assert str(e.value) == "unknown profile 'cuda' requested (known profiles: always, gpu, mpich)"
     with pytest.raises(ConfigError, match="no profiles are configured"):
-        ProfileSet("/etc/shim/profiles").select(["cuda"], False, set())
+        select_profiles(ProfileSet("/etc/shim/profiles"), ["cuda"], False, set())
 
 
 # ------------------------------------------------------------------------------------------ CLI

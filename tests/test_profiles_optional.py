@@ -7,12 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from library_images import X86_64_LIBC6
 
 from shim.elf.ldcache import CacheEntry
 from shim.elf.ldcache_write import write_ld_cache
-from shim.site.profiles import Problem, lint_files, load_profiles
-
-X86_64_LIBC6 = 0x0303
+from shim.plan.profiles import lint_files, load_profiles
+from shim.site.profile_model import Problem
 
 
 def elf(path: Path) -> Path:

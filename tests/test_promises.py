@@ -18,6 +18,8 @@ import pytest
 from conftest import NO_RECORD_CACHE, compat_bin_dir
 from dirimage import BUSYBOX, Extras, busybox_dir
 
+from shim.errors import ExitCode
+
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
 
 
@@ -37,12 +39,12 @@ def test_quiet_hides_warnings_and_notices(shim, busybox_sif, user_dir: Path) -> 
 
 def test_pwd_must_exist_and_strict_makes_the_cwd_warning_fatal(shim, busybox_sif) -> None:
     r = shim.run(["--pwd", "/nonexist", busybox_sif, "/bin/busybox", "pwd"])
-    assert r.returncode == 71 and r.stdout == ""
+    assert r.returncode == ExitCode.LAUNCH and r.stdout == ""
     assert "working directory /nonexist: No such file or directory in the container (give --pwd" in r.stderr
     r = shim.run(["--pwd", "relative/dir", busybox_sif, "/bin/busybox", "pwd"])
-    assert r.returncode == 64 and "--pwd relative/dir: not an absolute path" in r.stderr
+    assert r.returncode == ExitCode.USAGE and "--pwd relative/dir: not an absolute path" in r.stderr
     r = shim.run(["--strict", busybox_sif, "/bin/busybox", "pwd"], cwd="/usr/share")
-    assert r.returncode == 71 and r.stdout == "" and "working directory /usr/share" in r.stderr
+    assert r.returncode == ExitCode.LAUNCH and r.stdout == "" and "working directory /usr/share" in r.stderr
     r = shim.run(["--pwd", "/etc", busybox_sif, "/bin/busybox", "pwd"])
     assert (r.returncode, r.stdout) == (0, "/etc\n")
 
@@ -54,12 +56,12 @@ def test_the_refusal_hint_names_strict_only_when_it_was_given(shim, user_dir: Pa
     r = shim.run([image, "/bin/busybox", "true"])
     assert r.returncode == 0 and "warning: GPU-ABSENT" in r.stderr, r.stderr
     r = shim.run(["--strict", image, "/bin/busybox", "true"])
-    assert r.returncode == 67 and "--strict makes every refusal and warning fatal" in r.stderr
+    assert r.returncode == ExitCode.REFUSED and "--strict makes every refusal and warning fatal" in r.stderr
     (image / ".shim").mkdir()
     (image / ".shim/requires").write_text("gpu.cuda>=12.2\n")
     subprocess.run(["chmod", "-R", "a+rX", str(image)], check=True)
     r = shim.run([image, "/bin/busybox", "true"])
-    assert r.returncode == 67 and "error: GPU-ABSENT" in r.stderr and "strict" not in r.stderr, r.stderr
+    assert r.returncode == ExitCode.REFUSED and "error: GPU-ABSENT" in r.stderr and "strict" not in r.stderr, r.stderr
 
 
 def test_a_shared_containers_warning_is_printed_once_per_node(shim, user_dir: Path) -> None:
@@ -70,7 +72,7 @@ def test_a_shared_containers_warning_is_printed_once_per_node(shim, user_dir: Pa
     line = "; ".join(f"{start} & p{i}=$!" for i in range(4)) + "; " + "; ".join(
         f"wait $p{i}; echo rc=$?" for i in range(4))  # one parent shell, as mpiexec is
     r = shim.sh(line, cwd=user_dir)
-    assert r.stdout.split().count("rc=67") == 4, (r.stdout, r.stderr)
+    assert r.stdout.split().count(f"rc={ExitCode.REFUSED:d}") == 4, (r.stdout, r.stderr)
     assert r.stderr.count("GPU-ABSENT") == 1, r.stderr
 
 
@@ -81,7 +83,7 @@ def test_a_shared_containers_warning_is_printed_once_per_node(shim, user_dir: Pa
 def test_unusable_bind_destinations_in_the_image_have_a_hint(shim, user_dir: Path, links, bind, words) -> None:
     image = busybox_dir(user_dir / "odd", Extras(links=links))
     r = shim.run([image, "/bin/busybox", "true"])
-    assert r.returncode == 71, r.stderr
+    assert r.returncode == ExitCode.LAUNCH, r.stderr
     (line,) = r.stderr.splitlines()
     assert words in line and "bind it elsewhere with --bind SRC:DST, or leave it out (--no-home" in line, line
 
@@ -192,10 +194,12 @@ def test_commands_that_cannot_start_read_the_same_whatever_the_image(shim, busyb
     or without (shim execs it), never a line of an internal script."""
     image = busybox_sif if env_scripts else busybox_dir(user_dir / "img", Extras(passwd="root:x:0:0::/:/bin/sh\n"))
     for command, code, line in (
-            ("/etc/passwd", 126, ("shimrun: error: /etc/passwd: found in the image but cannot be executed: "
-                                 "Permission denied")),
-            ("nosuchcmd", 127, r"shimrun: error: nosuchcmd: command not found in the image \(PATH=[^)]*/bin\)"),
-            ("/no/such", 127, r"shimrun: error: /no/such: command not found in the image \(PATH=[^)]*/bin\)")):
+            ("/etc/passwd", ExitCode.NOT_EXECUTABLE,
+             "shimrun: error: /etc/passwd: found in the image but cannot be executed: Permission denied"),
+            ("nosuchcmd", ExitCode.NOT_FOUND,
+             r"shimrun: error: nosuchcmd: command not found in the image \(PATH=[^)]*/bin\)"),
+            ("/no/such", ExitCode.NOT_FOUND,
+             r"shimrun: error: /no/such: command not found in the image \(PATH=[^)]*/bin\)")):
         r = shim.run([image, command])
         assert r.returncode == code and re.fullmatch(line + "\n", r.stderr), (command, r.stderr)
 

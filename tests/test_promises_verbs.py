@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from dirimage import BUSYBOX, busybox_dir
+from error_line import one_error_line
 from siteconf import conf_with
 
 from shim.errors import ExitCode
@@ -32,21 +33,14 @@ def profiles_of(r: subprocess.CompletedProcess) -> list[str]:
     return json.loads(r.stdout)["profiles"]
 
 
-def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    lines = r.stderr.splitlines()
-    assert r.returncode == code and len(lines) == 1 and lines[0].startswith("shimrun: error: "), r.stderr
-    assert all(w in lines[0] for w in words), (words, lines[0])
-    return lines[0]
-
-
 def test_checks_options_after_image_and_command_mean_what_they_mean_before(shim, busybox_sif, site) -> None:
     assert profiles_of(shim.run(["check", "--conf", site, "--json", busybox_sif])) == ["a-site"]
     assert profiles_of(shim.run(["check", busybox_sif, "--conf", site, "--json"])) == ["a-site"]
     assert profiles_of(shim.run(["check", busybox_sif, "--json", f"--conf={site}", "--no-profiles"])) == []
     assert profiles_of(shim.run(["check", busybox_sif, "/bin/busybox", "--conf", site, "--json"])) == ["a-site"]
-    one_line(shim.run(["check", busybox_sif, "--conf", site, "--profile", "nope"]), ExitCode.CONFIG, "'nope'")
+    one_error_line(shim.run(["check", busybox_sif, "--conf", site, "--profile", "nope"]), ExitCode.CONFIG, "'nope'")
     # After --, every word is COMMAND's: here a command the image does not have.
-    one_line(shim.run(["check", busybox_sif, "--", "--json"]), ExitCode.NOT_FOUND, "--json: command not found")
+    one_error_line(shim.run(["check", busybox_sif, "--", "--json"]), ExitCode.NOT_FOUND, "--json: command not found")
 
 
 def test_global_options_before_any_verb(shim, busybox_sif, site, user_dir: Path) -> None:
@@ -67,9 +61,9 @@ def test_global_options_before_any_verb(shim, busybox_sif, site, user_dir: Path)
 
 def test_check_says_when_the_launch_could_not_start_the_command(shim, busybox_sif, golden_copy) -> None:
     r = shim.run(["check", busybox_sif, "/no/such/cmd"])
-    one_line(r, ExitCode.NOT_FOUND, "/no/such/cmd: command not found in the image (PATH=")
+    one_error_line(r, ExitCode.NOT_FOUND, "/no/such/cmd: command not found in the image (PATH=")
     assert r.stdout.startswith("image: "), r.stdout  # the plan is still shown, before the line
-    one_line(shim.run(["check", busybox_sif, "/etc/passwd"]), ExitCode.NOT_EXECUTABLE,
+    one_error_line(shim.run(["check", busybox_sif, "/etc/passwd"]), ExitCode.NOT_EXECUTABLE,
              "/etc/passwd: found in the image but cannot be executed")
     assert shim.run(["check", busybox_sif, "sh"]).returncode == 0
     json_r = shim.run(["check", busybox_sif, "nosuchcmd", "--json"])
@@ -91,7 +85,7 @@ def test_inspect_says_what_an_image_without_sif_objects_is(shim, user_dir: Path)
     doc = json.loads(shim.run(["inspect", "--json", squash]).stdout)
     assert (doc["kind"], doc["squashfs"]["compression"]) == ("squashfs", "gzip")
     assert json.loads(shim.run(["inspect", "--json", image]).stdout)["kind"] == "dir"
-    one_line(shim.run(["inspect", "--sbom", image]), ExitCode.IMAGE, "only a SIF carries SBOM objects")
+    one_error_line(shim.run(["inspect", "--sbom", image]), ExitCode.IMAGE, "only a SIF carries SBOM objects")
 
 
 def test_inspect_of_an_apptainer_built_sif_does_not_invent_a_source(shim, busybox_sif) -> None:
@@ -111,7 +105,7 @@ def test_sign_an_image_the_user_cannot_write_is_exit_69(shim, busybox_sif, user_
     shutil.chown(image, shim.user.uid, shim.user.gid)
     image.chmod(0o444)
     before = hashlib.sha256(image.read_bytes()).hexdigest()
-    one_line(shim.run(["sign", "--key", key, image]), ExitCode.HOST, f"cannot open {image} for writing")
+    one_error_line(shim.run(["sign", "--key", key, image]), ExitCode.HOST, f"cannot open {image} for writing")
     assert hashlib.sha256(image.read_bytes()).hexdigest() == before
     image.chmod(0o644)
     assert shim.run(["sign", "--key", key, image]).returncode == 0
@@ -119,7 +113,7 @@ def test_sign_an_image_the_user_cannot_write_is_exit_69(shim, busybox_sif, user_
 
 def test_provenance_into_a_missing_directory_names_it(shim, busybox_sif, user_dir: Path) -> None:
     missing = user_dir / "records"
-    one_line(shim.run(["--provenance", f"{missing}/", busybox_sif, "true"]), ExitCode.USAGE,
+    one_error_line(shim.run(["--provenance", f"{missing}/", busybox_sif, "true"]), ExitCode.USAGE,
              f"cannot write the provenance record in {missing}: No such file or directory")
     missing.mkdir()
     shutil.chown(missing, shim.user.uid, shim.user.gid)

@@ -14,12 +14,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN
 from oci import sif_rootfs
+from signed_sifs import SIFS
 
+from shim.errors import ExitCode
 from shim.image.sif import read_sif
+from shim.record.format import NO_RECORD_CACHE
 
-SBOM = GOLDEN / "sylabs-sif" / "input" / "sbom.cdx.json"
+SBOM = SIFS / "input" / "sbom.cdx.json"
 
 
 def sha256_of(path: Path, offset: int = 0, size: int | None = None) -> str:
@@ -51,7 +53,7 @@ def test_a_run_leaves_a_record_with_its_exit_status(shim, user_dir: Path, busybo
         r = shim.run(["--provenance", record, busybox_sif, "sh", "-c", "echo out; exit 3"], cwd=user_dir)
         assert r.returncode == 3 and r.stdout == "out\n", r.stderr
         doc = json.loads(record.read_text())
-        if not os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
+        if not os.environ.get(NO_RECORD_CACHE):
             assert doc["run"]["record"] == expect_record
     assert doc["schema"] == "shim-provenance/1"
     run = doc["run"]
@@ -103,7 +105,7 @@ def test_a_directory_gets_one_record_per_run(shim, user_dir: Path, busybox_sif: 
 def test_an_unwritable_place_is_refused_before_the_app_starts(shim, user_dir: Path, busybox_sif: Path):
     marker = user_dir / "ran"
     r = shim.run(["--provenance", "/nonexistent/run.json", "--bind", user_dir, busybox_sif, "touch", marker])
-    assert r.returncode == 64 and not marker.exists()
+    assert r.returncode == ExitCode.USAGE and not marker.exists()
     assert r.stderr.count("\n") == 1 and "cannot write the provenance record in /nonexistent" in r.stderr
 
 
@@ -113,7 +115,7 @@ def test_the_site_directory_gets_every_run(shim, user_dir: Path, busybox_sif: Pa
     records = user_dir / "records"
     (conf / "shim.toml").write_text(f'[provenance]\ndir = "{records}"\n')
     r = shim.run(["--conf", conf, busybox_sif, "true"])
-    assert r.returncode == 78 and "[provenance] dir must exist" in r.stderr, r.stderr
+    assert r.returncode == ExitCode.CONFIG and "[provenance] dir must exist" in r.stderr, r.stderr
     records.mkdir()
     records.chmod(0o1777)  # as a site makes it: every user writes there
     assert shim.run(["--conf", conf, busybox_sif, "true"]).returncode == 0
@@ -125,7 +127,7 @@ def test_a_relative_site_directory_is_a_configuration_error(shim, user_dir: Path
     conf.mkdir()
     (conf / "shim.toml").write_text('[provenance]\ndir = "records"\n')
     r = shim.run(["--conf", conf, busybox_sif, "true"])
-    assert r.returncode == 78 and "provenance.dir = 'records' is not an absolute path" in r.stderr
+    assert r.returncode == ExitCode.CONFIG and "provenance.dir = 'records' is not an absolute path" in r.stderr
 
 
 def test_check_against_the_same_image_finds_no_difference(shim, user_dir: Path, busybox_sif: Path):
@@ -159,17 +161,17 @@ def test_check_against_what_is_not_a_record(shim, user_dir: Path, busybox_sif: P
     bad.write_text("{}")
     for target, says in ((bad, "is not a shim provenance record"), (user_dir / "none.json", "cannot read")):
         r = shim.run(["check", busybox_sif, "--against", target])
-        assert r.returncode == 64 and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
+        assert r.returncode == ExitCode.USAGE and says in r.stderr and r.stderr.count("\n") == 1, r.stderr
 
 
 def test_inspect_lists_and_prints_the_sbom(shim):
-    sif = GOLDEN / "sylabs-sif" / "one-object-sbom.sif"
+    sif = SIFS / "one-object-sbom.sif"
     r = shim.run(["inspect", sif])
     assert "SBOM: object 1, cyclonedx-json, 454 B" in r.stdout
     r = subprocess_bytes(shim, ["inspect", "--sbom", sif])
     assert r == SBOM.read_bytes()
-    r = shim.run(["inspect", "--sbom", GOLDEN / "sylabs-sif" / "one-group.sif"])
-    assert r.returncode == 64 and "has no SBOM object" in r.stderr
+    r = shim.run(["inspect", "--sbom", SIFS / "one-group.sif"])
+    assert r.returncode == ExitCode.USAGE and "has no SBOM object" in r.stderr
 
 
 def subprocess_bytes(shim, args) -> bytes:
@@ -192,4 +194,4 @@ def test_build_refuses_an_sbom_of_unknown_format(shim, user_dir: Path, busybox_s
     junk = user_dir / "notes.txt"
     junk.write_text("not an SBOM\n")
     r = shim.run(["build", "--sbom", junk, user_dir / "o.sif", user_dir])
-    assert r.returncode == 64 and "cannot tell the format" in r.stderr and not (user_dir / "o.sif").exists()
+    assert r.returncode == ExitCode.USAGE and "cannot tell the format" in r.stderr and not (user_dir / "o.sif").exists()

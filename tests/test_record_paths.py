@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 from dirimage import BUSYBOX, Extras, busybox_dir
-from test_inject_refusals import write_conf
+from siteconf import conf_with
+
+from shim.record.format import NO_RECORD_CACHE
 
 SHOW = ("/bin/busybox env | /bin/busybox sort; echo ---; /bin/busybox cut -d' ' -f5 /proc/self/mountinfo "
         "| /bin/busybox sort; echo ---; /bin/busybox id; /bin/busybox pwd")
@@ -27,9 +29,8 @@ def images(world_dir: Path, busybox_sif: Path) -> dict[str, Path]:
         busybox_dir(root / "plain")
         busybox_dir(root / "scripts", Extras(env="export IMGVAR=fromimage\nexport PATH=/opt/x:$PATH\n",
                                              env_name="90-environment.sh"))
-        write_conf(root / "conf", {"site": '[profile]\nkind = "other"\napplies = "always"\n[provides]\n[env]\n'
-                                           'prepend = { PATH = "/site/bin" }\nset = { SITE = "yes" }\n'
-                                           'unset = ["HOSTVAR"]\n'})
+        conf_with(root / "conf", {"site": 'prepend = { PATH = "/site/bin" }\nset = { SITE = "yes" }\n'
+                                  'unset = ["HOSTVAR"]\n'})
         subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
     return {"sif": busybox_sif, "dir": root / "plain", "scripts": root / "scripts", "conf": root / "conf"}
 
@@ -64,8 +65,8 @@ def test_planned_stored_and_cached_launches_agree(shim, images, case: str, user_
     cwd.mkdir()
     if case == "missing-cwd":  # the caller's directory, under /usr: not bound, and not in the image
         cwd = Path("/usr/share/doc")
-    cache = {"SHIMRUN_CACHE": str(user_dir / "cache"), "SHIMRUN_NO_RECORD_CACHE": ""}  # on, in either pass
-    planned = _launch(shim, images, case, cwd, {**cache, "SHIMRUN_NO_RECORD_CACHE": "1"})
+    cache = {"SHIMRUN_CACHE": str(user_dir / "cache"), NO_RECORD_CACHE: ""}  # on, in either pass
+    planned = _launch(shim, images, case, cwd, {**cache, NO_RECORD_CACHE: "1"})
     stored = _launch(shim, images, case, cwd, cache)
     cached = _launch(shim, images, case, cwd, cache)
     assert (user_dir / "cache" / "records").is_dir() and os.listdir(user_dir / "cache" / "records")

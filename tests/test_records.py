@@ -15,14 +15,17 @@ from pathlib import Path
 import hostroot
 import pytest
 from dirimage import BUSYBOX, busybox_dir
-from test_hardware_e2e import cuda_image  # noqa: F401 (fixture)
-from test_inject_refusals import foo_image, foo_profile, site_libs, write_conf  # noqa: F401 (fixtures)
+from library_images import foo_profile
+from siteconf import write_conf
+
+from shim.errors import ExitCode
+from shim.record.format import NO_RECORD_CACHE
 
 WARM = "launch record from the cache"
 COLD = "no launch record to run"
 
 pytestmark = [pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed"),
-              pytest.mark.skipif(bool(os.environ.get("SHIMRUN_NO_RECORD_CACHE")),
+              pytest.mark.skipif(bool(os.environ.get(NO_RECORD_CACHE)),
                                  reason="SHIMRUN_NO_RECORD_CACHE: no launch runs from a record")]
 
 
@@ -73,7 +76,7 @@ def test_the_second_launch_runs_from_the_record_and_says_the_same(launcher, busy
     # Other arguments of the same command: the same record; another command: another one.
     assert launcher.state([busybox_sif, "/bin/busybox", "true", "more", "args"]) == "warm"
     assert launcher.state([busybox_sif, "/bin/busybox", "false", "x"], ok=(1,)) == "warm"
-    assert launcher.state([busybox_sif, "/bin/true"], ok=(0, 127)) == "cold"
+    assert launcher.state([busybox_sif, "/bin/true"], ok=(0, ExitCode.NOT_FOUND)) == "cold"
 
 
 def test_a_warm_launch_starts_no_python(shim, launcher, busybox_sif, user_dir):
@@ -128,7 +131,7 @@ def test_site_configuration_and_profiles(launcher, busybox_sif, user_dir):
     assert r.stdout == "A=\n" and COLD in r.stderr, r.stderr
 
 
-def test_a_host_library_replaced(launcher, foo_image, site_libs, user_dir):  # noqa: F811
+def test_a_host_library_replaced(launcher, foo_image, site_libs, user_dir):
     lib = user_dir / "site" / "libsitefoo.so.1"
     lib.parent.mkdir()
     shutil.copy(site_libs["good"], lib)
@@ -144,7 +147,7 @@ def test_a_host_library_replaced(launcher, foo_image, site_libs, user_dir):  # n
     assert str(lib) in launcher.why(args) and launcher.state(args) == "warm"
 
 
-def test_the_host_ld_so_cache_and_the_nvidia_driver_of_a_simulated_node(launcher, cuda_image, user_dir):  # noqa: F811
+def test_the_host_ld_so_cache_and_the_nvidia_driver_of_a_simulated_node(launcher, cuda_image, user_dir):
     root = user_dir / "node"
     hostroot.gpu_present(root, driver="535.104.05", cuda=12020)
     _world_readable(root)
@@ -159,7 +162,7 @@ def test_the_host_ld_so_cache_and_the_nvidia_driver_of_a_simulated_node(launcher
     shutil.rmtree(root)
     hostroot.gpu_present(root, driver="470.199.02", cuda=11040)
     _world_readable(root)
-    r = launcher.run(args, env, ok=(0, 67))
+    r = launcher.run(args, env, ok=(0, ExitCode.REFUSED))
     assert COLD in r.stderr and "CUDA-DRIVER-TOO-OLD" in r.stderr, r.stderr
 
 
@@ -183,7 +186,8 @@ def test_relevant_environment_variables(launcher, busybox_sif, user_dir):
     assert launcher.state(args, {"SHIMRUN_BIND": str(bound)}) == "warm"
     bound.rmdir()  # the bind's source is gone: planned again, which says so
     r = launcher.shim.run(args, cwd=user_dir, env={"SHIMRUN_CACHE": str(launcher.cache), "SHIMRUN_BIND": str(bound)})
-    assert r.returncode == 64 and f"bind source {bound}" in r.stderr and "does not exist" in r.stderr, r.stderr
+    assert r.returncode == ExitCode.USAGE, r.stderr
+    assert f"bind source {bound}" in r.stderr and "does not exist" in r.stderr, r.stderr
 
 
 def test_the_environment_is_each_launchs_own(launcher, busybox_sif):

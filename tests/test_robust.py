@@ -17,18 +17,12 @@ from pathlib import Path
 import images
 import pytest
 from dirimage import BUSYBOX, Extras, busybox_dir
+from error_line import one_error_line
 from leftovers import user_processes, wait_until
 
+from shim.errors import ExitCode
+
 pytestmark = pytest.mark.skipif(not BUSYBOX.exists(), reason="busybox-static is not installed")
-
-
-def one_line(r: subprocess.CompletedProcess, code: int, *words: str) -> str:
-    """The run failed with `code` and said so in one line holding `words`."""
-    assert r.returncode == code, (r.returncode, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("shimrun: error: ") and "Traceback" not in r.stderr, r.stderr
-    assert all(w in lines[0] for w in words), lines[0]
-    return lines[0]
 
 
 # ------------------------------------------------------------------ 1. closed standard descriptors
@@ -78,7 +72,7 @@ def test_a_non_file_image_is_refused_at_once(shim, user_dir: Path, subcommand: l
     start = time.monotonic()
     r = shim.run(args, timeout=20)
     assert time.monotonic() - start < 10
-    one_line(r, 65, f"{path} is {word}, not an image")
+    one_error_line(r, ExitCode.IMAGE, f"{path} is {word}, not an image")
 
 
 # ------------------------------------------------------------------ 4. no internal errors
@@ -92,7 +86,8 @@ def test_broken_site_configuration_is_one_line(shim, busybox_sif, user_dir: Path
     conf.mkdir()
     (conf / "shim.toml").write_text(text)
     subprocess.run(["chmod", "-R", "a+rX", str(conf)], check=True)
-    one_line(shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"]), 78, str(conf / "shim.toml"), words)
+    one_error_line(shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"]), ExitCode.CONFIG,
+                   str(conf / "shim.toml"), words)
 
 
 def test_deeply_nested_profiles_are_one_line(shim, busybox_sif, user_dir: Path) -> None:
@@ -102,9 +97,11 @@ def test_deeply_nested_profiles_are_one_line(shim, busybox_sif, user_dir: Path) 
     deep = conf / "profiles" / "deep.toml"
     deep.write_text("a = " + "[" * 1000 + "]" * 1000 + "\n")
     subprocess.run(["chmod", "-R", "a+rX", str(conf)], check=True)
-    one_line(shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"]), 78, "nested too deeply")
+    one_error_line(shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"]), ExitCode.CONFIG,
+                   "nested too deeply")
     r = shim.run(["profiles", "lint", deep])
-    assert r.returncode == 78 and "nested too deeply" in r.stdout + r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == ExitCode.CONFIG, r.stderr
+    assert "nested too deeply" in r.stdout + r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.parametrize("cache", ["file", "unwritable"])
@@ -115,7 +112,7 @@ def test_extraction_without_a_usable_cache_is_one_line(shim, busybox_sif, user_d
     else:
         path.mkdir(mode=0o500)
     r = shim.run([busybox_sif, "/bin/busybox", "true"], env={"SHIMRUN_NO_FUSE": "1", "SHIMRUN_CACHE": str(path)})
-    line = one_line(r, 69, str(path))
+    line = one_error_line(r, ExitCode.HOST, str(path))
     assert "SHIMRUN_CACHE" in line
 
 
@@ -125,8 +122,8 @@ def test_a_conf_dir_the_user_cannot_enter_is_one_line(shim, busybox_sif, user_di
     (conf / "shim.toml").write_text("")
     conf.chmod(0o700)  # root's: the test user cannot enter it
     try:
-        one_line(shim.run([busybox_sif, "/bin/busybox", "true"], env={"SHIMRUN_CONF": str(conf)}), 78,
-                 f"cannot enter configuration directory {conf}")
+        one_error_line(shim.run([busybox_sif, "/bin/busybox", "true"], env={"SHIMRUN_CONF": str(conf)}),
+                       ExitCode.CONFIG, f"cannot enter configuration directory {conf}")
     finally:
         shutil.rmtree(conf)
 
@@ -135,7 +132,7 @@ def test_a_deleted_working_directory_is_one_line(shim, busybox_sif, user_dir: Pa
     gone = user_dir / "gone"
     r = shim.sh(f"mkdir {gone} && cd {gone} && rmdir {gone} && exec {shim.shimrun} {busybox_sif} /bin/busybox true",
                 cwd=user_dir)
-    one_line(r, 64, "the current directory cannot be read")
+    one_error_line(r, ExitCode.USAGE, "the current directory cannot be read")
 
 
 # ------------------------------------------------------------------ 5. odd but legal layouts
@@ -148,7 +145,8 @@ def test_home_linked_to_the_root_is_resolved_inside_it(shim, user_dir: Path) -> 
 
 
 def test_binding_onto_the_root_is_refused(shim, busybox_sif) -> None:
-    one_line(shim.run(["--bind", "/tmp:/", busybox_sif, "/bin/busybox", "true"]), 64, "cover the container's root")
+    one_error_line(shim.run(["--bind", "/tmp:/", busybox_sif, "/bin/busybox", "true"]), ExitCode.USAGE,
+             "cover the container's root")
 
 
 def test_a_corrupt_squashfs_is_an_image_error(shim, user_dir: Path) -> None:
@@ -167,7 +165,7 @@ def test_a_corrupt_squashfs_is_an_image_error(shim, user_dir: Path) -> None:
     bad.write_bytes(bytes(data))
     subprocess.run(["chmod", "a+r", str(good), str(bad)], check=True)
     assert shim.run([good, "/bin/busybox", "true"]).returncode == 0
-    one_line(shim.run([bad, "/bin/busybox", "true"]), 65, "the image is corrupt", "/etc/passwd",
+    one_error_line(shim.run([bad, "/bin/busybox", "true"]), ExitCode.IMAGE, "the image is corrupt", "/etc/passwd",
              "Input/output error")
 
 

@@ -19,6 +19,8 @@ from conftest import compat_bin_dir
 from leftovers import wait_until
 from slurm import local_slurm_fixture
 
+from shim.record.format import NO_RECORD_CACHE
+
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="a local Slurm needs root")
 
 slurm3 = local_slurm_fixture(3)
@@ -149,7 +151,7 @@ def test_scancel_reaches_every_rank_and_nothing_remains(shim, slurm3, user, busy
 def test_a_warm_step_runs_no_python_on_the_node(shim, slurm3, user, busybox_sif):
     """The step's second run finds the launch record: no Python process at any time on the node;
     the container's holder is the native front-end (one per node), besides squashfuse and the apps."""
-    if os.environ.get("SHIMRUN_NO_RECORD_CACHE"):
+    if os.environ.get(NO_RECORD_CACHE):
         pytest.skip("SHIMRUN_NO_RECORD_CACHE: every launch is planned")
     args = ["-N", "1", "-n", "4", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", "sleep 1"]
     r = slurm3.srun(args, user=user, env=env_for(shim, slurm3, "warm-step"), timeout=120)

@@ -8,17 +8,15 @@ import struct
 from pathlib import Path
 
 import pytest
+from conftest import GOLDEN
+from signed_sifs import SIFS
 
 from shim.errors import ExitCode, ImageError
 from shim.image.sif import primary_partition, read_sif
 from shim.image.squashfs import read_superblock
 
-if os.environ.get("SHIM_SHARED"):
-    GOLDEN = Path(os.environ["SHIM_SHARED"]) / "sif-golden"
-else:
-    GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "sif-golden"
-ONE_GROUP = GOLDEN / "sylabs-sif" / "one-group.sif"  # 1: FS Raw/System, 2: FS Squashfs/PrimSys
-TWO_GROUPS = GOLDEN / "sylabs-sif" / "two-groups.sif"  # ... 3: FS Ext3/System, group 2
+ONE_GROUP = SIFS / "one-group.sif"  # 1: FS Raw/System, 2: FS Squashfs/PrimSys
+TWO_GROUPS = SIFS / "two-groups.sif"  # ... 3: FS Ext3/System, group 2
 INT64_MAX = 2**63 - 1
 TABLE = 4096
 SLOT = 585
@@ -184,7 +182,7 @@ def test_squashfs_bytes_used_beyond_partition() -> None:
 
 
 def test_squashfs_bad_version_and_compression(tmp_path: Path) -> None:
-    sb = bytearray((GOLDEN / "sylabs-sif" / "input" / "root.squashfs").read_bytes())
+    sb = bytearray((SIFS / "input" / "root.squashfs").read_bytes())
     p = tmp_path / "v3.sqfs"
     struct.pack_into("<HH", sb, 28, 3, 1)
     p.write_bytes(sb)

@@ -7,7 +7,6 @@ import argparse
 import calendar
 import hashlib
 import json
-import os
 import shutil
 import struct
 import subprocess
@@ -16,16 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import signed_sifs
+from conftest import GOLDEN
 
 from shim.cli import inspect_cmd
 from shim.errors import ImageError
 from shim.image.sif import SifImage, primary_partition, read_sif, sif_to_dict
 from shim.image.squashfs import read_superblock
 
-if os.environ.get("SHIM_SHARED"):
-    GOLDEN = Path(os.environ["SHIM_SHARED"]) / "sif-golden"
-else:
-    GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "sif-golden"
 EXPECTED = json.loads((Path(__file__).parent / "data" / "sif_golden_expected.json").read_text())
 SIFS = sorted(p.relative_to(GOLDEN).as_posix() for p in GOLDEN.rglob("*.sif"))
 Z_TIME = -62135596800
@@ -262,7 +259,7 @@ def test_signed_header_digest(rel: str) -> None:
 def test_inspect_human_output(capsys: pytest.CaptureFixture[str]) -> None:
     parser = argparse.ArgumentParser(prog="shimrun")
     inspect_cmd.register(parser.add_subparsers(dest="subcommand", required=True))
-    args = parser.parse_args(["inspect", str(GOLDEN / "sylabs-sif/two-groups-signed-pgp.sif")])
+    args = parser.parse_args(["inspect", str(signed_sifs.SIFS / "two-groups-signed-pgp.sif")])
     assert args.func(args) == 0
     rule = "-" * 78
     assert capsys.readouterr().out == f"""\

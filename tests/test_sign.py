@@ -21,17 +21,7 @@ import pytest
 from conftest import GOLDEN, shimrun_path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from test_verify import (
-    ALL_KEYS,
-    ED25519_ID,
-    KEYS,
-    SIFS,
-    copy,
-    nothing_left_behind,  # noqa: F401 (autouse: no gpg home or agent of verify's is left)
-    one_line_error,
-    shimrun,
-    signature,
-)
+from signed_sifs import ALL_KEYS, ED25519_ID, KEYS, SIFS, copy, one_line_error, shimrun, signature
 
 from shim.errors import ExitCode
 from shim.image import sif
@@ -39,6 +29,7 @@ from shim.verify import TrustedKeys, VerifyOptions, verify_image
 from shim.verify.keys import keyid_of
 
 needs_squashfs_tools = pytest.mark.skipif(not shutil.which("mksquashfs"), reason="squashfs-tools not installed")
+pytestmark = pytest.mark.usefixtures("nothing_left_behind")  # no gpg home or agent left behind
 UID = "Shim Signer <signer@example.org>"
 
 

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 from conftest import User
-from policy import SYLABS, make_conf, make_signing_key, readable_copy, refused, system_conf
+from policy import make_conf, make_signing_key, readable_copy, refused, system_conf
+from signed_sifs import SIFS
 
 from shim.errors import ExitCode
 
@@ -136,7 +137,7 @@ def test_golden_unsigned_image_refused_through_the_compat_command(shim, user_dir
     """apptainer exec reads the same system directory."""
     from conftest import compat_bin_dir
 
-    img = readable_copy(SYLABS / "one-group.sif", user_dir / "golden-unsigned.sif")
+    img = readable_copy(SIFS / "one-group.sif", user_dir / "golden-unsigned.sif")
     with system_conf("allow_unsigned = false", (keypair[1],)):
         r = shim.run([img, "true"])
         assert refused(r, "allow_unsigned"), r.stderr

@@ -11,15 +11,26 @@ import os
 import shutil
 import statistics
 import struct
-import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import GOLDEN, shimrun_path
+from conftest import GOLDEN
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from signed_sifs import (
+    ALL_KEYS,
+    ED25519_ID,
+    FPR,
+    PEMS,
+    PGP_RING,
+    RSA_ID,
+    SIFS,
+    copy,
+    one_line_error,
+    shimrun,
+    signature,
+)
 
 from shim.errors import ExitCode, ShimError
 from shim.image import sif
@@ -28,14 +39,7 @@ from shim.verify import TrustedKeys, VerifyOptions, key_files, trusted_keys, ver
 from shim.verify import integrity as integrity_mod
 from shim.verify.sign import PemSigner, sign_image
 
-SIFS = GOLDEN / "sylabs-sif"
-KEYS = GOLDEN / "keys"
-FPR = "12045C8C0B1004D058DE4BEDA20C27EE7FF7BA84"
-ED25519_ID = "SHA256:x6l8ZblpSSXGaPMCzySedWg88BwIFcz8jlPb6el0mFs"
-RSA_ID = "SHA256:BhCwr7qZulYcOMSl2Jt2DuYHxHNnN6th4NdMqR/PGa4"
-PGP_RING = str(KEYS / "pgp-public.asc")
-PEMS = tuple(str(KEYS / f"{n}-public.pem") for n in ("ed25519", "rsa", "ecdsa"))
-ALL_KEYS = TrustedKeys(pgp_keyrings=(PGP_RING,), pem_keys=PEMS)
+pytestmark = pytest.mark.usefixtures("nothing_left_behind")
 LEGACY = VerifyOptions(legacy_insecure=True)
 TABLE, SLOT = 4096, 585
 
@@ -55,53 +59,14 @@ SIGNED = {
 UNSIGNED = [SIFS / "one-group.sif", SIFS / "two-groups.sif", GOLDEN / "apptainer" / "legacy-one-group.sif"]
 
 
-def shimrun(*args: object, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([shimrun_path(), *map(str, args)], capture_output=True, text=True, env=env, check=False)
-
-
-def copy(tmp_path: Path, name: str, src: Path = SIFS) -> Path:
-    out = tmp_path / name
-    shutil.copyfile(src / name, out)
-    return out
-
-
 def flip(path: Path, offset: int) -> None:
     data = bytearray(path.read_bytes())
     data[offset] ^= 0x01
     path.write_bytes(bytes(data))
 
 
-def signature(path: Path, n: int = 0) -> sif.SifDescriptor:
-    return [d for d in sif.read_sif(path).descriptors if d.data_type == sif.DATA_SIGNATURE][n]
-
-
 def slot_offset(d: sif.SifDescriptor) -> int:
     return TABLE + d.slot * SLOT
-
-
-def gpg_daemons(where: Path) -> list[str]:
-    """gpg-agent / dirmngr processes of a throwaway verify home under `where` (never one)."""
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if str(where) in cmd and ("gpg-agent" in cmd or "dirmngr" in cmd):
-            out.append(cmd)
-    return out
-
-
-@pytest.fixture(autouse=True)
-def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Each test's gpg homes go to a TMPDIR of its own (shimrun inherits it), which must be empty
-    afterwards, with no agent of theirs running."""
-    private = tmp_path_factory.mktemp("tmpdir")
-    monkeypatch.setenv("TMPDIR", str(private))
-    monkeypatch.setattr(tempfile, "tempdir", str(private))
-    yield
-    assert sorted(os.listdir(private)) == []
-    assert gpg_daemons(private) == []
 
 
 def public_pem(tmp_path: Path, name: str = "other.pem") -> Path:
@@ -358,13 +323,6 @@ def test_modern_signatures_count_with_legacy_insecure_too() -> None:
 
 
 # ---- bad input: one line, exit code, nothing left behind ----------------------------------
-
-def one_line_error(p: subprocess.CompletedProcess, code: int) -> str:
-    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
-    assert p.stdout == "" and p.stderr.count("\n") == 1 and p.stderr.startswith("shimrun: error: "), p.stderr
-    assert "Traceback" not in p.stderr
-    return p.stderr
-
 
 def test_bad_input(tmp_path: Path) -> None:
     good = SIFS / "one-group-signed-pgp.sif"

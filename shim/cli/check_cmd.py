@@ -30,7 +30,7 @@ def check_options() -> tuple[Option, ...]:
     return OWN_OPTIONS + image_options()
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     from shim.cli.run_cmd import _add
 
     p = subparsers.add_parser("check", help="show what would be injected and why, without running",
@@ -74,8 +74,9 @@ def read_record(path: str) -> dict:
 
 def against(args: argparse.Namespace) -> int:
     from shim.cli.main import launch_arguments
-    from shim.cli.run_cmd import current_directory, fill_defaults
-    from shim.pipeline.launch import plan_launch
+    from shim.cli.run_cmd import current_directory
+    from shim.options import launch_values
+    from shim.pipeline.planner import plan_launch
     from shim.pipeline.request import LaunchRequest
     from shim.provenance.compare import differences
 
@@ -84,9 +85,8 @@ def against(args: argparse.Namespace) -> int:
     replay = launch_arguments(argv)
     replay.image, replay.provenance = args.image, None
     replay.conf = args.conf or replay.conf  # check's own --conf: the configuration to replay with
-    fill_defaults(replay)
-    request = LaunchRequest(args=replay, argv=tuple(argv), cwd=current_directory(), environ=dict(os.environ),
-                            dry_run=True, facts_only=True)
+    request = LaunchRequest(options=launch_values(replay), argv=tuple(argv), cwd=current_directory(),
+                            environ=dict(os.environ), dry_run=True, facts_only=True)
     facts = plan_launch(request).facts or {}
     found = differences(recorded, facts)
     material = [d for d in found if d.material]

@@ -34,8 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
+    from shim.plan.profiles import load_profiles
     from shim.site.config import BUNDLED_CONF_DIR, SYSTEM_CONF_DIR, find_conf_dir
-    from shim.site.profiles import load_profiles
 
     conf_dir = find_conf_dir(args.conf)
     profiles = load_profiles(conf_dir)
@@ -65,7 +65,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def lint_main(args: argparse.Namespace) -> int:
-    from shim.site.profiles import lint_files
+    from shim.plan.profiles import lint_files
 
     if not os.path.isdir(args.host_root):
         raise UsageError(f"--host-root {args.host_root} is not a directory", "give the directory to look under")

@@ -8,13 +8,19 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-from shim.errors import UsageError
-from shim.options import APPEND, FLAG, image_options, launch_options
+from shim.errors import ExitCode, UsageError
+from shim.options import APPEND, FLAG, Option, image_options, launch_options
 from shim.record.format import HANDOVER_ENV
 
+if TYPE_CHECKING:
+    from shim.pipeline.planner import DryPlan
+    from shim.record.model import LaunchRecord
 
-def _add(p: argparse.ArgumentParser, options) -> None:
+
+def _add(p: argparse.ArgumentParser, options: Iterable[Option]) -> None:
     """argparse arguments from shim/options.py's table (the native front-end's table too)."""
     for opt in options:
         kw: dict = {"dest": opt.dest, "help": opt.help}
@@ -78,14 +84,7 @@ def _handover() -> tuple[int | None, str, int | None]:
     return listen, flags, image_fd
 
 
-def fill_defaults(args: argparse.Namespace) -> None:
-    """`check` has only the image options: the others as not given."""
-    for opt in launch_options():
-        if not hasattr(args, opt.dest):
-            setattr(args, opt.dest, [] if opt.kind == APPEND else False if opt.kind == FLAG else None)
-
-
-def _own_init(record, argv: list[str]) -> bool:
+def _own_init(record: LaunchRecord, argv: list[str]) -> bool:
     """Does the launch keep an init of its own (a PID namespace), to be run by the native front-end?
     (Only with a command line the front-end reads: it finds the image in it.)"""
     from shim import native
@@ -94,20 +93,45 @@ def _own_init(record, argv: list[str]) -> bool:
     return bool(record.namespaces & NS["PID"]) and native.image_index(["shimrun", *argv]) > 0
 
 
+def dry_run_result(dry: DryPlan, as_json: bool, strict: bool) -> int:
+    """A dry run's plan printed; the exit status the launch would have before its app runs (an
+    image of another architecture: 66, as the launch; a refusal: 67), else the command's (126, 127)."""
+    from shim.diagnose.cpu import ARCH_MISMATCH
+    from shim.model import ERROR
+    from shim.report.render import print_plan
+
+    plan = dry.plan
+    print_plan(plan, as_json)
+    if any(d.code == ARCH_MISMATCH and d.severity == ERROR for d in plan.diagnostics):
+        return int(ExitCode.ARCH)
+    if plan.has_errors() or (strict and plan.refusals()):
+        return int(ExitCode.REFUSED)
+    if dry.command_problem is not None:
+        sys.stdout.flush()  # the plan, then the line saying why the launch would stop
+        print(f"shimrun: error: {dry.command_problem[1]}", file=sys.stderr)
+        return dry.command_problem[0]
+    return 0
+
+
 def run(args: argparse.Namespace, dry_run: bool, as_json: bool) -> int:
     from shim.cachefiles import set_quiet
-    from shim.pipeline.launch import plan_launch, store
+    from shim.options import launch_values
+    from shim.pipeline.planner import plan_launch, store
     from shim.pipeline.request import LaunchRequest
 
-    fill_defaults(args)
     set_quiet(args.quiet)
     listen_fd, flags, image_fd = _handover()
     argv = getattr(args, "argv", None) or sys.argv[1:]
-    request = LaunchRequest(args=args, argv=tuple(argv), cwd=current_directory(), environ=dict(os.environ),
-                            dry_run=dry_run, as_json=as_json, listen_fd=listen_fd, frontend=flags, image_fd=image_fd)
+    request = LaunchRequest(options=launch_values(args), argv=tuple(argv), cwd=current_directory(),
+                            environ=dict(os.environ), dry_run=dry_run, as_json=as_json, listen_fd=listen_fd,
+                            frontend=flags, image_fd=image_fd)
     planned = plan_launch(request)
+    for line in planned.said:
+        print(line, file=sys.stderr)
+    if planned.dry is not None:
+        return dry_run_result(planned.dry, as_json, request.options.strict)
     if planned.record is None:
-        return planned.exit_code
+        return 0
     from shim.launch.execute import run_record
     from shim.record.encode import encode
 

@@ -19,11 +19,10 @@ from shim.compat.options import (
     MAP,
     PULL_OPTIONS,
     REFUSE,
-    TRUE_WORDS,
     CompatOption,
 )
 from shim.errors import escaped
-from shim.options import GLOBAL_OPTIONS
+from shim.options import GLOBAL_OPTIONS, TRUE_WORDS
 
 # The Apptainer release whose command line shim follows: engines gate features on it (cwltool:
 # `run` and --no-eval from 1.1, --mount from "3.9"; Snakemake needs >= 1.0), and 1.3.6 is the

@@ -129,4 +129,3 @@ PULL_OPTIONS: tuple[CompatOption, ...] = (
     _refuse("--update", "-u", why="definition files are not supported"),
     _refuse("--bind", "-B", value=True, why="definition files are not supported"),
 )
-TRUE_WORDS = ("1", "true", "yes", "on")

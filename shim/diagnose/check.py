@@ -20,6 +20,7 @@ import os
 from collections.abc import Mapping
 
 from shim.elf.rootpath import changed, recording
+from shim.image.open import ImageRef
 from shim.model import Diagnostic
 from shim.record.format import JOB_VARIABLES
 
@@ -47,7 +48,7 @@ def _cache_path(key: str) -> str | None:
     return cache_path("hw", f"{key}.json")
 
 
-def check_key(image, app: str | None, environ: Mapping[str, str], root: str) -> str:
+def check_key(image: ImageRef, app: str | None, environ: Mapping[str, str], root: str) -> str:
     """`image`: the opened image (shim.image.open.ImageRef): keyed by the identity of the file
     that was opened, never by what its path names now."""
     from shim import __version__

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from shim.model import ERROR, INFO, WARNING
 
-TRUE_WORDS = ("1", "true", "yes", "on")
-
 
 def raised(severity: str, declared: bool) -> str:
     """A requirement the image declares explicitly (shim.requires) and the node does not meet

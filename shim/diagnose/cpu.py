@@ -10,6 +10,8 @@ from shim.expect.model import ImageExpectations
 from shim.host.model import HostFacts
 from shim.model import ERROR, INFO, WARNING, Diagnostic
 
+ARCH_MISMATCH = "ARCH-MISMATCH"   # an image of another architecture, no emulator: the launch exits 66
+
 # Host architectures that run another one natively (the kernel's compat layer).
 _NATIVE_ALSO = {"amd64": ("386",)}
 _LEVEL_FEATURES = {2: "SSE4.2/POPCNT", 3: "AVX2/FMA/BMI2", 4: "AVX-512"}
@@ -38,7 +40,7 @@ def arch_diagnostics(host: HostFacts, image_arch: str) -> list[Diagnostic]:
             if "F" not in e.flags else "")]
     disabled = f" ({emus[0].name} is registered but disabled)" if emus else ""
     return [Diagnostic(
-        "ARCH-MISMATCH", ERROR,
+        ARCH_MISMATCH, ERROR,
         f"the image is {image_arch}, this node is {host_arch}, and no emulator for {image_arch} is enabled{disabled}",
         f"use an image built for {host_arch}",
         f"to run {image_arch} images slowly, register qemu-user-static for it in binfmt_misc with the F flag")]

@@ -1,4 +1,4 @@
-"""CUDA versions against NVIDIA drivers: NVIDIA's driver table (data/cuda_drivers.json, from the
+"""CUDA versions against NVIDIA drivers: NVIDIA's driver table (shim/knowledge/cuda_drivers.json, from the
 CUDA Toolkit Release Notes) and an evaluator of NVIDIA_REQUIRE_CUDA that explains every term.
 
 NVIDIA_REQUIRE_* follows libnvidia-container's DSL (src/dsl.c, cli/configure.c): terms separated
@@ -12,11 +12,10 @@ compare without case and only with = and !=. An empty requirement is satisfied.
 from __future__ import annotations
 
 import functools
-import json
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
+from shim.knowledge.tables import table
 from shim.knowledge.version import Version, cmp_version, parse_version, version_text
 
 
@@ -85,9 +84,8 @@ def _table_from(data: dict[str, Any]) -> DriverTable:
 
 @functools.cache
 def driver_table() -> DriverTable:
-    """The table shipped in shim/diagnose/data/cuda_drivers.json (read once)."""
-    text = resources.files("shim.diagnose").joinpath("data/cuda_drivers.json").read_text()
-    return _table_from(json.loads(text))
+    """The table shipped in shim/knowledge/cuda_drivers.json (read once)."""
+    return _table_from(table("cuda_drivers"))
 
 
 # ---- NVIDIA_REQUIRE_* ----

@@ -8,12 +8,13 @@ import posixpath
 import re
 from collections.abc import Mapping
 
-from shim.diagnose.common import TRUE_WORDS, raised
+from shim.diagnose.common import raised
 from shim.diagnose.cuda import cmp_version, cuda_from_nvml, cuda_str, driver_table, evaluate_require, parse_version
 from shim.expect.model import ImageExpectations
 from shim.host.model import GpuFacts, HostFacts
 from shim.knowledge.gpus import supports_forward_compat
 from shim.model import ERROR, INFO, WARNING, Diagnostic
+from shim.options import TRUE_WORDS
 
 Version = tuple[int, ...]
 _HIDDEN = ("", "-1", "nodevfiles")  # NoDevFiles: Slurm's value for a job given no GPU

@@ -13,7 +13,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from shim.diagnose.cpu import arch_diagnostics, cpu_diagnostics, isa_diagnostics, virtualization_diagnostics
+from shim.diagnose.cpu import (
+    ARCH_MISMATCH,
+    arch_diagnostics,
+    cpu_diagnostics,
+    isa_diagnostics,
+    virtualization_diagnostics,
+)
 from shim.diagnose.gpu import gpu_diagnostics
 from shim.diagnose.rdma import rdma_diagnostics
 from shim.expect.model import ImageExpectations
@@ -29,7 +35,7 @@ def hardware_diagnostics(expect: ImageExpectations, host: HostFacts, image_arch:
     out = list(expect.diagnostics)
     arch = arch_diagnostics(host, image_arch)
     out += arch
-    if not any(d.code == "ARCH-MISMATCH" for d in arch):
+    if not any(d.code == ARCH_MISMATCH for d in arch):
         out += isa_diagnostics(expect, host, image_arch)
     out += gpu_diagnostics(expect, host, environ)
     out += rdma_diagnostics(expect, host)

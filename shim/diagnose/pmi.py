@@ -11,11 +11,16 @@ MPICH's own simple PMI client speaks PMI-1 and PMI-2, which srun --mpi=pmi2 serv
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from shim.knowledge.abi import mpi_abi, mpi_probes
+from shim.knowledge.abi import PmiClient, mpi_abi, mpi_probes, pmi_client
 from shim.model import WARNING, Diagnostic
 
+if TYPE_CHECKING:
+    from shim.expect.libs import LibFinder
+
 CODE = "MPI-PMI-MISMATCH"
+PMIX, PMI2 = "pmix", "pmi2"   # as abi.json's "pmi" speaks: what a step offers and an MPI's client speaks
 
 
 def _offered(environ: Mapping[str, str]) -> str:
@@ -23,11 +28,11 @@ def _offered(environ: Mapping[str, str]) -> str:
     if not environ.get("SLURM_STEP_ID"):
         return ""
     if any(k.startswith("PMIX_SERVER_URI") for k in environ) or environ.get("PMIX_RANK"):
-        return "pmix"
+        return PMIX
     if environ.get("PMI_FD") or environ.get("PMI_RANK"):
-        return "pmi2"
+        return PMI2
     kind = environ.get("SLURM_MPI_TYPE", "none").lower()
-    return "pmix" if kind.startswith("pmix") else kind
+    return PMIX if kind.startswith(PMIX) else kind
 
 
 def pmi_diagnostics(root: str, environ: Mapping[str, str], arch: str | None = None) -> list[Diagnostic]:
@@ -41,10 +46,12 @@ def pmi_diagnostics(root: str, environ: Mapping[str, str], arch: str | None = No
     finder = LibFinder(RootPaths(root), arch)
     found = next(((name, lib) for name in mpi_probes() if (lib := finder.find(name))), None)
     abi = mpi_abi(found[0]) if found else None
-    if found is None or abi is None or abi.family not in ("mpich", "openmpi"):
+    client = pmi_client(abi.family) if abi else None
+    if found is None or abi is None or client is None:
         return []
-    mpich, ompi = abi.family == "mpich", abi.family == "openmpi"
-    family = f"{abi.label} MPI" if mpich else abi.label
+    # MPICH's own client speaks PMI-1/2 (PMIx only with libpmix); Open MPI's speaks PMIx.
+    speaks_pmi2, speaks_pmix = client.speaks == PMI2, client.speaks == PMIX
+    family = f"{abi.label} MPI" if speaks_pmi2 else abi.label
     lib = found[1].path
     has_pmix = finder.find("libpmix.so.2") is not None
     if offered == "none" and ntasks > 1:
@@ -52,15 +59,15 @@ def pmi_diagnostics(root: str, environ: Mapping[str, str], arch: str | None = No
             CODE, WARNING,
             f"this step has {ntasks} tasks but no process manager interface (srun --mpi=none); the image's "
             f"{family} ({lib}) will start every rank as rank 0 of a 1-rank world",
-            "run srun --mpi=pmi2" + (" or --mpi=pmix" if has_pmix or ompi else ""),
+            "run srun --mpi=pmi2" + (" or --mpi=pmix" if has_pmix or speaks_pmix else ""),
             "set MpiDefault=pmi2 (or pmix) in slurm.conf")]
-    if offered == "pmix" and not has_pmix and mpich:
+    if offered == PMIX and not has_pmix and speaks_pmi2:
         return [Diagnostic(
             CODE, WARNING,
             f"this step offers PMIx (srun --mpi=pmix) but the image's {family} ({lib}) has no PMIx client "
             "(no libpmix.so.2): MPI_Init will fail or every rank will be rank 0",
             "run srun --mpi=pmi2", "")]
-    if offered == "pmi2" and ompi and not _ompi_has_slurm_pmi(finder):
+    if offered == PMI2 and speaks_pmix and not _has_slurm_pmi(finder, client):
         return [Diagnostic(
             CODE, WARNING,
             f"this step offers PMI-2 (srun --mpi=pmi2) but the image's Open MPI ({lib}) only speaks PMIx "
@@ -69,10 +76,11 @@ def pmi_diagnostics(root: str, environ: Mapping[str, str], arch: str | None = No
     return []
 
 
-def _ompi_has_slurm_pmi(finder) -> bool:
+def _has_slurm_pmi(finder: LibFinder, client: PmiClient) -> bool:
+    """Does the image's PMIx-speaking MPI have the components that speak Slurm's PMI-1/2?"""
     for d in finder.dirs:
-        for sub in ("openmpi", "openmpi/lib/openmpi"):
+        for sub in client.slurm_pmi_dirs:
             names = finder.listdir(f"{d}/{sub}")
-            if any(n.startswith(("mca_pmix_s1", "mca_pmix_s2")) for n in names):
+            if any(n.startswith(client.slurm_pmi_components) for n in names):
                 return True
     return False

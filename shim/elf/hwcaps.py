@@ -1,5 +1,5 @@
 """Which subdirectories glibc's ld.so searches, and what $PLATFORM is, for one root's glibc on
-one CPU. The rules are data (data/glibc_search.json); this module only evaluates them.
+one CPU. The rules are data (shim/knowledge/glibc_search.json); this module only evaluates them.
 
 ld.so tries, in every directory of a search list, first the glibc-hwcaps subdirectories the CPU
 supports (glibc >= 2.33, best first), then the legacy hwcap subdirectories (glibc < 2.37), then
@@ -16,14 +16,13 @@ legacy hwcap bits of non-x86 architectures, and ld.so.cache entries of legacy su
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from shim.elf.isa import isa_level_of_flags
+from shim.knowledge.tables import table, table_path
 
-DATA = Path(__file__).resolve().parent / "data" / "glibc_search.json"
+DATA = table_path("glibc_search")
 Release = tuple[int, ...]
 
 
@@ -52,7 +51,7 @@ def _release(text: str) -> Release:
 
 @cache
 def _data() -> dict:
-    return json.loads(DATA.read_text())
+    return table("glibc_search")
 
 
 def _applies(rule: dict, glibc: Release | None, cpu: CpuFeatures | None) -> bool:

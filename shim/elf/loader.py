@@ -35,7 +35,7 @@ from shim.elf.facts import ElfFacts, elf_facts
 from shim.elf.glibc import libc_release
 from shim.elf.hwcaps import CpuFeatures, SearchRules, search_rules
 from shim.elf.layout import LibArch, lib_arch
-from shim.elf.ldcache import LdCache, read_ld_cache
+from shim.elf.ldcache import CACHE_FILE, LdCache, read_ld_cache
 from shim.elf.rootpath import RootPaths
 from shim.errors import ImageError, ShimError
 
@@ -101,8 +101,8 @@ class Loader:
     def ld_cache(self) -> LdCache:
         """ROOT's /etc/ld.so.cache (read once)."""
         if self._ld_cache is None:
-            host = self.paths.regular_file("/etc/ld.so.cache")
-            self._ld_cache = read_ld_cache(host) if host else LdCache(problem="no /etc/ld.so.cache")
+            host = self.paths.regular_file(CACHE_FILE)
+            self._ld_cache = read_ld_cache(host) if host else LdCache(problem=f"no {CACHE_FILE}")
         return self._ld_cache
 
     def host_path(self, path: str) -> str | None:

@@ -4,7 +4,7 @@ Only assignments are understood: `export NAME=value`, `NAME="value"`, and the fo
 writes for Docker ENV (10-docker2singularity.sh): `export NAME="${NAME:-"value"}"`, whose default
 is the image's value. $NAME / ${NAME} / ${NAME:-default} are expanded from what the scripts set
 before (unknown names expand to nothing, as in a clean environment). Nothing is executed: these
-are facts for diagnostics, not the environment the app gets (shim.launch.environment does that).
+are facts for diagnostics, not the environment the app gets (shim.container.environment does that).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 
 from shim.elf.layout import lib_arch
-from shim.elf.ldcache import LdCache, read_ld_cache
+from shim.elf.ldcache import CACHE_FILE, LdCache, read_ld_cache
 from shim.elf.rootpath import RootPaths
 from shim.expect.model import LibFound
 
@@ -45,8 +45,8 @@ class LibFinder:
         self.paths = paths
         la = lib_arch(arch)
         self._flags = la.cache_flags or None
-        host = paths.regular_file("/etc/ld.so.cache")
-        self.cache: LdCache = read_ld_cache(host) if host else LdCache(problem="no /etc/ld.so.cache")
+        host = paths.regular_file(CACHE_FILE)
+        self.cache: LdCache = read_ld_cache(host) if host else LdCache(problem=f"no {CACHE_FILE}")
         self._listings: dict[str, list[str]] = {}
         self.ld_library_path = tuple(d for d in re.split(r"[:;]", ld_library_path) if d.startswith("/"))
         defaults = (f"/lib/{la.triplet}", f"/usr/lib/{la.triplet}") if la.triplet else ()

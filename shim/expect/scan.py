@@ -23,10 +23,10 @@ from shim.expect.model import CompatLib, ImageExpectations, LibFound, Requiremen
 from shim.expect.requires import FILES, LABEL, parse_requires
 from shim.knowledge.rdma import provider_of
 from shim.model import Diagnostic
+from shim.options import TRUE_WORDS
 
 LABELS_FILE = "/.singularity.d/labels.json"
 _MAX_SMALL_FILE = 1 << 20
-_TRUE = ("1", "true", "yes", "on")
 
 _COMPAT_DIRS = ("/usr/local/cuda*/compat", "/usr/local/cuda*/compat/lib", "/usr/local/cuda*/compat/lib.real")
 _STUBS = ("/usr/local/cuda*/lib64/stubs/libcuda.so", "/usr/local/cuda*/targets/*/lib/stubs/libcuda.so")
@@ -232,7 +232,7 @@ def scan_image(root: str, app: str | None = None, labels: Mapping[str, str] | No
         cuda_version=env.get("CUDA_VERSION") or None,
         cuda_version_label=all_labels.get("com.nvidia.cuda.version") or None,
         nvidia_require={k: v for k, v in env.items() if k.startswith("NVIDIA_REQUIRE_") and v.strip()},
-        nvidia_disable_require=env.get("NVIDIA_DISABLE_REQUIRE", "").strip().lower() in _TRUE,
+        nvidia_disable_require=env.get("NVIDIA_DISABLE_REQUIRE", "").strip().lower() in TRUE_WORDS,
         nccl=finder.find("libnccl.so.2"),
         cuda_stubs=tuple(_unique_files(paths, finder.glob(_STUBS))),
         cuda_stub_in_path=_stub_in_path(finder),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from shim.host.paths import BINFMT_DIR, DEV_DIR, GPU_INFO, PROC_VERSION, SYSFS_CLASS
+from shim.host.paths import BINFMT_DIR, DEV_DIR, GPU_INFO, GPU_INFO_FILES, PROC_VERSION, SYSFS_CLASS
 from shim.record.model import CpusInput, Input
 from shim.record.snapshot import content_input, file_input, glob_input
 
@@ -39,7 +39,7 @@ def host_inputs(root: str = "/") -> list[Input]:
     # information, a port's state, a qemu emulator's entry (it can be switched on and off: echo 0 >
     # .../qemu-aarch64). A pattern below another is checked only when that one matched something:
     # anything appearing there changes the one above first.
-    globs = ((f"/{GPU_INFO}/*/information", "information", None), ("/dev/nvidia*", "", None),
+    globs = ((GPU_INFO_FILES, "information", None), ("/dev/nvidia*", "", None),
              ("/dev/nvidia-caps/*", "", "/dev/nvidia*"), (f"/{BINFMT_DIR}/*", "qemu-", None),
              (f"/{SYSFS_CLASS}/*", "", None), (f"/{SYSFS_CLASS}/*/ports/*/state", "state", f"/{SYSFS_CLASS}/*"),
              (f"/{DEV_DIR}/*", "", f"/{SYSFS_CLASS}/*"))

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from shim.elf.layout import lib_arch
-from shim.elf.ldcache import read_ld_cache
+from shim.elf.ldcache import CACHE_FILE, read_ld_cache
 from shim.elf.rootpath import RootPaths
 from shim.host.model import GpuDevice, GpuFacts
 from shim.host.paths import GPU_INFO, PROC_VERSION
@@ -95,7 +95,7 @@ def find_nvml(host_root: str = "/", environ: Mapping[str, str] = os.environ) -> 
     root, so loading it never leaves the root): via its /etc/ld.so.cache, then the usual
     library directories."""
     paths = RootPaths(host_root)
-    cache_file = paths.regular_file("/etc/ld.so.cache")
+    cache_file = paths.regular_file(CACHE_FILE)
     if cache_file:
         arch = lib_arch(host_arch())
         in_cache = read_ld_cache(cache_file).lookup(NVML_SONAME, arch.cache_flags or None)

@@ -7,6 +7,7 @@ import os
 BINFMT_DIR = "proc/sys/fs/binfmt_misc"
 PROC_VERSION = "proc/driver/nvidia/version"
 GPU_INFO = "proc/driver/nvidia/gpus"
+GPU_INFO_FILES = f"/{GPU_INFO}/*/information"   # one per GPU the kernel module lists
 SYSFS_CLASS = "sys/class/infiniband"
 DEV_DIR = "dev/infiniband"
 

@@ -468,7 +468,7 @@ def sif_labels(img: SifImage) -> dict[str, Any]:
     return labels
 
 
-def sbom_objects(img) -> list[dict]:
+def sbom_objects(img: SifImage) -> list[dict]:
     """The SBOM objects of a SIF (read by `inspect` too)."""
     return [{"id": d.id, "format": d.sbom_format, "size": d.size, "name": d.name}
             for d in img.descriptors if d.data_type == DATA_SBOM]

@@ -115,7 +115,7 @@ def write_sif(out: str | os.PathLike[str], squashfs: str | os.PathLike[str], arc
     t = sif.ZERO_TIME if deterministic else int(time.time())
     image_id = bytes(16) if deterministic else uuid.uuid4().bytes
     try:
-        _write(out, squashfs, code, objects, launch_script, partition_name, t, image_id)
+        _write(out, squashfs, code, objects, _Stamp(launch_script, partition_name, t, image_id))
     except OSError as e:
         if e.filename == squashfs:
             raise ImageError(f"cannot read squashfs {squashfs}: {e.strerror}") from None
@@ -130,8 +130,17 @@ _USER_ERRNOS = (errno.ENOENT, errno.ENOTDIR, errno.EACCES, errno.EPERM, errno.ER
                 errno.EISDIR)
 
 
-def _write(out: str, squashfs: str, code: str, extra: tuple[SifObject, ...], launch_script: bytes,  # noqa: PLR0913
-           partition_name: str, t: int, image_id: bytes) -> None:
+@dataclass(frozen=True)
+class _Stamp:
+    """What the header says of the file besides its objects."""
+    launch_script: bytes
+    partition_name: str
+    t: int                      # every timestamp
+    image_id: bytes
+
+
+def _write(out: str, squashfs: str, code: str, extra: tuple[SifObject, ...], stamp: _Stamp) -> None:
+    launch_script, partition_name, t, image_id = stamp.launch_script, stamp.partition_name, stamp.t, stamp.image_id
     with open(squashfs, "rb") as sq:
         sq_size = os.fstat(sq.fileno()).st_size
         read_superblock(sq, 0, sq_size)

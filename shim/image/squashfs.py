@@ -70,6 +70,8 @@ def parse_superblock(raw: bytes, offset: int, limit_size: int, name: str = "imag
     if not (4096 <= block_size <= 1 << 20) or block_size != 1 << block_log:
         raise ImageError(f"{where} is not squashfs (block size {block_size}, log {block_log})",
                          hint)
+    if bytes_used < SUPERBLOCK_SIZE:  # not even its own superblock: nothing a mount could read
+        raise ImageError(f"{where} is not squashfs (it claims {bytes_used} bytes in all)", hint)
     if bytes_used > limit_size:
         raise ImageError(f"{where}: squashfs claims {bytes_used} bytes but the partition holds "
                          f"{limit_size}", "the image was cut short: copy or rebuild it")

@@ -3,18 +3,18 @@ libraries goes by (roles), so that a host library stands in only for its own rol
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "abi.json"
+from shim.knowledge.tables import table, table_path
+
+DATA = table_path("abi")
 MAIN_ROLE = "c"
 
 
 @dataclass(frozen=True)
 class MpiAbi:
-    family: str   # mpich | openmpi | mpi-abi
+    family: str   # one of mpi_families()
     major: str    # "12", "40", ...
     label: str    # for messages
     role: str     # c | cxx | fortran | ...: which library of the ABI this name is
@@ -28,7 +28,7 @@ class MpiAbi:
 
 @cache
 def _data() -> dict:
-    return json.loads(DATA.read_text())
+    return table("abi")
 
 
 @cache
@@ -40,6 +40,28 @@ def _by_name() -> dict[str, tuple[MpiAbi, tuple[str, ...]]]:
             for name in names:
                 out[name] = (MpiAbi(abi["family"], abi["major"], abi["label"], role), tuple(names))
     return out
+
+
+def mpi_families() -> tuple[str, ...]:
+    """The MPI ABI families, in the file's order: the values of a profile's abi."""
+    return tuple(dict.fromkeys(abi["family"] for abi in _data()["mpi_abis"]))
+
+
+@dataclass(frozen=True)
+class PmiClient:
+    """The process-management interface an MPI family's own client speaks (abi.json "pmi")."""
+    speaks: str                                  # pmi2 (PMI-1 and PMI-2; PMIx only with libpmix) | pmix
+    slurm_pmi_dirs: tuple[str, ...] = ()         # pmix: where its Slurm PMI-1/2 components live
+    slurm_pmi_components: tuple[str, ...] = ()   # pmix: their name prefixes
+
+
+def pmi_client(family: str) -> PmiClient | None:
+    """None: a family whose PMI shim does not check."""
+    found = _data()["pmi"].get(family)
+    if found is None:
+        return None
+    return PmiClient(found["speaks"], tuple(found.get("slurm_pmi_dirs", ())),
+                     tuple(found.get("slurm_pmi_components", ())))
 
 
 def is_glibc(soname: str) -> bool:

@@ -4,18 +4,17 @@ and where a newcomer finds the module that emits a code."""
 from __future__ import annotations
 
 import difflib
-import json
 from functools import cache
-from pathlib import Path
 
+from shim.knowledge.tables import table, table_path
 from shim.model import ERROR, INFO, WARNING
 
-DATA = Path(__file__).resolve().parent / "codes.json"
+DATA = table_path("codes")
 
 
 @cache
 def registry() -> dict[str, dict[str, str]]:
-    return dict(json.loads(DATA.read_text())["codes"])
+    return dict(table("codes")["codes"])
 
 
 def is_known(code: str) -> bool:

@@ -3,17 +3,17 @@ provider ABI."""
 
 from __future__ import annotations
 
-import json
 import re
 from functools import cache
-from pathlib import Path
 
-DATA = Path(__file__).resolve().parent / "rdma.json"
+from shim.knowledge.tables import table, table_path
+
+DATA = table_path("rdma")
 
 
 @cache
 def _data() -> dict:
-    return json.loads(DATA.read_text())
+    return table("rdma")
 
 
 def verbs_library() -> str:

@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from shim.errors import ExitCode, ShimError
 from shim.record.format import HANDOVER_ENV
+from shim.record.runtime_env import SHARE_VARIABLE, SLURM, share_off
 
 
 def frontend_path() -> str:
@@ -65,10 +66,10 @@ def run_record(record: bytes, argv: Sequence[str], environ: Mapping[str, str], l
 def _may_share(environ: Mapping[str, str]) -> bool:
     """Might this launch belong to a node's shared container? (Then, with Python started directly,
     the front-end holds the election.)"""
-    share = environ.get("SHIMRUN_SHARE", "").lower()
-    if share in ("0", "no", "off", "false"):
+    share = environ.get(SHARE_VARIABLE, "")
+    if share_off(share):
         return False
-    return bool(share) or bool(environ.get("SLURM_JOB_ID") and environ.get("SLURM_STEP_ID"))
+    return bool(share) or bool(environ.get(SLURM["JOB_ID"]) and environ.get(SLURM["STEP_ID"]))
 
 
 def _run_here(record: bytes, argv: Sequence[str], environ: Mapping[str, str], image_fd: int) -> ShimError:

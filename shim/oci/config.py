@@ -5,7 +5,7 @@
     Labels             -> /.singularity.d/labels.json (with the source and the manifest digest)
 
 The launch does not need a shell for any of it: `shimrun run` execs the Entrypoint and Cmd words
-itself, and the Env is applied as data (shim.launch.environment), so images without /bin/sh
+itself, and the Env is applied as data (shim.container.environment), so images without /bin/sh
 (distroless, scratch) keep their environment.
 """
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import IO
+from typing import IO, TYPE_CHECKING
 
 from shim.errors import ImageError
 from shim.image import arch as archmod
@@ -23,6 +23,9 @@ from shim.oci.model import INDEX_TYPES, MANIFEST_TYPES, MAX_JSON, Descriptor, La
 from shim.oci.progress import Progress
 from shim.oci.reference import Source
 from shim.oci.transport import Limits
+
+if TYPE_CHECKING:
+    from shim.oci.blobs import BlobCache
 
 DEFAULT_MAX_SIZE = "256G"
 
@@ -69,7 +72,8 @@ def resolve(source: Source, opts: PullOptions, progress: Progress, near: str) ->
         yield _from_registry(source, opts, arch, cache, progress)
 
 
-def _from_registry(source: Source, opts: PullOptions, arch: str, cache, progress: Progress) -> ResolvedImage:
+def _from_registry(source: Source, opts: PullOptions, arch: str, cache: BlobCache,
+                   progress: Progress) -> ResolvedImage:
     from shim.oci.manifest import config_and_layers, resolve_manifest
     from shim.oci.registry import Registry
 
@@ -116,7 +120,7 @@ def _check_declared(layers: tuple[Layer, ...], cap: int, where: str) -> None:
                              "nothing was downloaded", SIZE_HINT)
 
 
-def _cached(cache):
+def _cached(cache: BlobCache) -> Callable[[Descriptor], contextlib.AbstractContextManager[IO[bytes]]]:
     from shim.oci.verify import VerifyingReader
 
     @contextlib.contextmanager

@@ -32,6 +32,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from shim.errors import ExitCode, ShimError, UsageError, shown
 
@@ -178,7 +179,8 @@ def _cut(s: socket.socket) -> None:
 
 
 def _watched(watch: Watch):
-    def create(address, timeout=socket.getdefaulttimeout(), source_address=None, **kw):  # noqa: B008
+    def create(address: tuple[str, int], timeout: float | None = socket.getdefaulttimeout(),  # noqa: B008
+               source_address: tuple[str, int] | None = None, **kw: Any) -> socket.socket:
         sock = socket.create_connection(address, timeout, source_address, **kw)
         watch.attach(sock)
         return sock
@@ -202,7 +204,7 @@ class _HTTP(urllib.request.HTTPHandler):
         super().__init__()
         self.watch = watch
 
-    def http_open(self, req):
+    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(functools.partial(_Connection, watch=self.watch), req)
 
 
@@ -211,7 +213,7 @@ class _HTTPS(urllib.request.HTTPSHandler):
         super().__init__(context=context)
         self.watch = watch
 
-    def https_open(self, req):
+    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
         return self.do_open(functools.partial(_TLSConnection, watch=self.watch), req, context=self._context)
 
 

@@ -5,12 +5,17 @@ invalidation tests (tests/test_records.py) change each kind and expect a fresh p
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from shim.host.paths import on_host
 from shim.record.format import CHECK, IDENTITY
 from shim.record.model import FileInput, Input
 from shim.record.snapshot import file_input, glob_input, identity_input
+
+if TYPE_CHECKING:
+    from shim.site.profile_model import ProfileSet
 
 FOLLOW = CHECK["FOLLOW"]
 PRESENCE = CHECK["EXISTS"] | CHECK["TYPE"] | FOLLOW          # there, and still a file / a directory
@@ -30,7 +35,7 @@ class InputSet:
             self._seen.add(key)
             self.items.append(item)
 
-    def extend(self, items) -> None:
+    def extend(self, items: Iterable[Input]) -> None:
         for i in items:
             self.add(i)
 
@@ -48,7 +53,7 @@ def read_log_inputs(base: str, reads: dict) -> list[Input]:
     return [identity_input(os.path.join(base, rel) if rel else base, ident) for rel, ident in reads.items()]
 
 
-def profile_inputs(conf_dir: str, profiles, host_root: str) -> list[Input]:
+def profile_inputs(conf_dir: str, profiles: ProfileSet | None, host_root: str) -> list[Input]:
     """The profile files, what is in the directory, and the host files each profile named (and,
     for a glob, what it matches)."""
     found: list[Input] = [glob_input(os.path.join(conf_dir, "profiles", "*.toml"))]

@@ -1,15 +1,16 @@
-"""What a launch is asked to do: the command line, parsed, and where it was given."""
+"""What a launch is asked to do: the command line's typed options, and where it was given."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Mapping
 from dataclasses import dataclass
+
+from shim.options import LaunchOptions
 
 
 @dataclass(frozen=True)
 class LaunchRequest:
-    args: argparse.Namespace      # shimrun's options, IMAGE and COMMAND (shim/options.py)
+    options: LaunchOptions        # shimrun's options, IMAGE and COMMAND (shim/options.py), typed
     argv: tuple[str, ...]         # shimrun's arguments as given (argv[1:])
     cwd: str
     environ: Mapping[str, str]    # the job's environment, the front-end's hand-over removed
@@ -21,5 +22,5 @@ class LaunchRequest:
     image_fd: int | None = None   # IMAGE as the native front-end opened it (SHIMRUN_IMAGE_FD)
 
     @property
-    def command(self) -> list[str]:
-        return list(getattr(self.args, "command", None) or [])
+    def command(self) -> tuple[str, ...]:
+        return self.options.command

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from shim import __version__
 from shim.cachefiles import cache_path, file_identity, read_trusted, write_atomic
+from shim.elf.ldcache import CACHE_FILE
 from shim.elf.rootpath import changed
 from shim.plan.model import Plan
 from shim.plan.request import PlanRequest
@@ -58,7 +59,7 @@ def plan_key(request: PlanRequest) -> str:
         "image": [os.path.realpath(request.image), file_identity(request.image)],
         "profiles": sorted(files.items()), "requested": list(request.requested), "no_profiles": request.no_profiles,
         "command": list(request.command[:1]), "path": request.path, "refusal": request.refusal_severity,
-        "host": request.host.key(), "host_ld_cache": file_identity(os.path.join(host_root, "etc/ld.so.cache")),
+        "host": request.host.key(), "host_ld_cache": file_identity(os.path.join(host_root, CACHE_FILE.lstrip("/"))),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]
 

@@ -17,7 +17,8 @@ from shim.plan.core import plan_profile
 from shim.plan.model import Plan
 from shim.plan.placement import cache_file
 from shim.plan.request import PlanRequest
-from shim.site.profiles import Profile
+from shim.plan.selection import select_profiles
+from shim.site.profile_model import Profile
 
 
 def plan_for_image(request: PlanRequest, use_cache: bool = True, stats: dict | None = None) -> CachedPlan:
@@ -50,7 +51,7 @@ def compute_plan(request: PlanRequest) -> CachedPlan:
         profiles = request.profiles.profiles
         image_names = ctx.container_sonames({n for p in profiles for n in p.stands_in_for})
         repoint: dict[str, str] = {}
-        for sel in request.profiles.select(list(request.requested), request.no_profiles, image_names):
+        for sel in select_profiles(request.profiles, list(request.requested), request.no_profiles, image_names):
             if sel.applies:
                 _add_profile(plan, repoint, ctx, sel.profile)
         ld_cache = cache_file(ctx, repoint) if repoint else None

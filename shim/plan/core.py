@@ -14,13 +14,13 @@ from __future__ import annotations
 from shim.knowledge.abi import aliases
 from shim.model import SKIP
 from shim.plan.context import PlanContext
-from shim.plan.job import ProfileJob, Work
+from shim.plan.job import OfferedLib, ProfileJob, Work
 from shim.plan.model import BindSpec
 from shim.plan.offered import offered_libraries, usable
 from shim.plan.placement import inject_at
 from shim.plan.rules import rule_for
 from shim.plan.symbols import check_symbols
-from shim.site.profiles import Profile
+from shim.site.profile_model import Profile
 
 
 def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) -> Work:
@@ -58,7 +58,7 @@ def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) ->
     return job.work
 
 
-def _already_injected(job: ProfileJob, lib) -> bool:
+def _already_injected(job: ProfileJob, lib: OfferedLib) -> bool:
     """Put beside another library as its dependency already: one decision per library."""
     real = job.ctx.host_real(lib.host_path)
     return any(job.ctx.host_real(h) == real for h in job.work.injected.values())

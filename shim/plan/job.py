@@ -10,7 +10,7 @@ from shim.elf.facts import ElfFacts
 from shim.model import INJECT, REFUSE, SKIP, WARNING, Decision, Diagnostic
 from shim.plan.context import PlanContext
 from shim.plan.model import BindSpec
-from shim.site.profiles import Profile
+from shim.site.profile_model import Profile
 
 INJECT_DIR = "/.shim/inject"  # injected host libraries: one directory per profile
 

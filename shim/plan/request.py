@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 from shim.host.model import HostView
 from shim.model import WARNING
-from shim.site.profiles import ProfileSet
+from shim.site.profile_model import ProfileSet
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,12 @@ planner and the C executor share (docs/launch-record.md describes each field). s
 writes csrc/gen/record.h from it; shim/record/encode.py writes records with it.
 
 A record is MAGIC, then fields: u16 tag, u32 length, payload; integers little-endian, strings
-NUL-terminated (the NUL is part of the payload). Nothing here imports the rest of shim."""
+NUL-terminated (the NUL is part of the payload). Nothing here imports the rest of shim but its sibling
+runtime_env.py (the runtime's own names)."""
 
 from __future__ import annotations
+
+from shim.record.runtime_env import SETTINGS_PREFIXES
 
 MAGIC = b"SHIMREC1"
 MAX_RECORD = 64 << 20        # bytes: a record larger than this is not read
@@ -101,7 +104,7 @@ PROV = {"USER": 1, "SITE": 2, "MAX": 2}
 
 # Variables that are the runtime's own settings: part of a record's key (and so never inputs),
 # except those that carry one launch's hand-over between the front-end and the planner.
-KEY_ENV_PREFIXES = ("SHIMRUN", "APPTAINER", "SINGULARITY")
+KEY_ENV_PREFIXES = SETTINGS_PREFIXES  # shim/record/runtime_env.py
 HANDOVER_ENV = {"LISTEN_FD": "SHIMRUN_LISTEN_FD",   # the group socket a leading rank bound
                 "RECORD_FD": "SHIMRUN_RECORD_FD",   # the planner's record, for the executor
                 "FRONTEND": "SHIMRUN_FRONTEND",     # the front-end ran (and elected); its flags

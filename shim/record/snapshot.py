@@ -4,7 +4,7 @@ stat, a file's content, what a pattern matches, an environment variable)."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 
 from shim.record.format import CHECK, ENV_HOW, IDENTITY, MAX_CONTENT
 from shim.record.model import ContentInput, EnvInput, FileInput, GlobInput
@@ -19,7 +19,7 @@ def file_input(path: str, check: int = IDENTITY) -> FileInput:
     return FileInput(path, check, st.st_mode, st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def identity_input(path: str, ident) -> FileInput:
+def identity_input(path: str, ident: Sequence[int]) -> FileInput:
     """A path with the identity the planner saw ((dev, ino, mode, size, mtime_ns) of lstat, or
     None: absent; shim.elf.rootpath.identity)."""
     if ident is None:

@@ -15,6 +15,18 @@ from pathlib import Path
 
 from shim.errors import ExitCode, ShimError
 from shim.knowledge.codes import ACTIONS, closest, is_known
+from shim.site.schema import (
+    NOT_A_TABLE,
+    OUTSIDE_TABLE,
+    UNKNOWN_KEY,
+    UNKNOWN_TABLE,
+    Field,
+    Finding,
+    Schema,
+    UnreadableToml,
+    findings,
+    read_toml,
+)
 
 CONFIG_NAME = "shim.toml"
 
@@ -35,10 +47,14 @@ _PKG = Path(__file__).resolve().parent.parent
 BUNDLED_CONF_DIR = next((d for d in (_PKG / "conf", _PKG.parent / "conf") if (d / "shim.toml").is_file()),
                         _PKG / "conf")
 
-_KNOWN = {"launch": {"binds": list}, "policy": {"refusal": str, "codes": dict},
-          "images": {"paths": list, "signers": list, "allow_unsigned": bool, "allow_directories": bool,
-                     "allow_foreign_arch": bool, "allow_legacy_signatures": bool, "allow_writable": bool},
-          "provenance": {"dir": str}, "pull": {"max_entries": int}}
+# shim.toml's schema (conf/shim.toml explains each key).
+_STRINGS, _BOOL = Field("strings"), Field("boolean")
+SCHEMA: Schema = {
+    "launch": {"binds": _STRINGS}, "policy": {"refusal": Field("string"), "codes": Field("string-table")},
+    "images": {"paths": _STRINGS, "signers": _STRINGS, "allow_unsigned": _BOOL, "allow_directories": _BOOL,
+               "allow_foreign_arch": _BOOL, "allow_legacy_signatures": _BOOL, "allow_writable": _BOOL},
+    "provenance": {"dir": Field("string")}, "pull": {"max_entries": Field("integer")},
+}
 REFUSAL_ACTIONS = ("warn", "error")
 
 
@@ -141,32 +157,9 @@ def load_site_config(option: str | None = None) -> SiteConfig:
 
 
 def _read_config(path: Path) -> SiteConfig:
-    import tomllib
-
-    try:
-        data = tomllib.loads(path.read_text())
-    except OSError as e:
-        raise ConfigError(f"cannot read {path}: {e.strerror}", "check its permissions") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path} is not UTF-8 text", "save it as UTF-8") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: {e}", "fix the TOML syntax") from None
-    except RecursionError:
-        raise ConfigError(f"{path}: arrays or tables nested too deeply", "fix the TOML: shim.toml needs "
-                          "two levels") from None
-    for table, value in data.items():
-        if table not in _KNOWN:
-            raise ConfigError(f"{path}: unknown table [{table}]", f"known tables: {', '.join(sorted(_KNOWN))}")
-        if not isinstance(value, dict):
-            raise ConfigError(f"{path}: {table} must be a table, not a {type(value).__name__}",
-                              f"write it as [{table}] with its keys below (see conf/shim.toml)")
-        for key, item in value.items():
-            want = _KNOWN[table].get(key)
-            if want is None:
-                raise ConfigError(f"{path}: unknown key {table}.{key}",
-                                  f"known keys in [{table}]: {', '.join(sorted(_KNOWN[table]))}")
-            if not isinstance(item, want):
-                raise ConfigError(f"{path}: {table}.{key} must be a {want.__name__}", "see conf/shim.toml")
+    data = _read_toml(path)
+    if found := findings(data, SCHEMA):
+        raise ConfigError(*_worded(path, found[0]))   # shim.toml stops at its first problem
     binds = data.get("launch", {}).get("binds", [])
     if not all(isinstance(b, str) for b in binds):
         raise ConfigError(f"{path}: launch.binds must be a list of strings", 'e.g. binds = ["/scratch"]')
@@ -191,6 +184,33 @@ def _read_config(path: Path) -> SiteConfig:
                           "e.g. max_entries = 2000000")
     return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())), _image_policy(path, data),
                       _provenance_dir(path, data), max_entries)
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        return read_toml(path)
+    except UnreadableToml as e:
+        message, hint = {
+            "read": (f"cannot read {path}: {e.detail}", "check its permissions"),
+            "utf8": (f"{path} is not UTF-8 text", "save it as UTF-8"),
+            "nesting": (f"{path}: arrays or tables nested too deeply", "fix the TOML: shim.toml needs two levels"),
+            "syntax": (f"{path}: {e.detail}", "fix the TOML syntax"),
+        }[e.reason]
+        raise ConfigError(message, hint) from None
+
+
+def _worded(path: Path, found: Finding) -> tuple[str, str]:
+    """(message, hint) for what the schema found in shim.toml."""
+    table = found.table
+    if found.what in (UNKNOWN_TABLE, OUTSIDE_TABLE):
+        return f"{path}: unknown table [{table}]", f"known tables: {', '.join(sorted(SCHEMA))}"
+    if found.what == NOT_A_TABLE:
+        return (f"{path}: {table} must be a table, not a {type(found.value).__name__}",
+                f"write it as [{table}] with its keys below (see conf/shim.toml)")
+    if found.what == UNKNOWN_KEY:
+        known = ", ".join(sorted(SCHEMA[table]))
+        return f"{path}: unknown key {table}.{found.key}", f"known keys in [{table}]: {known}"
+    return f"{path}: {table}.{found.key} must be a {SCHEMA[table][found.key].python_name}", "see conf/shim.toml"
 
 
 def _strings(path: Path, table: str, key: str, values: list, example: str) -> tuple[str, ...]:

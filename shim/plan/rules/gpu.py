@@ -16,12 +16,11 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from shim.host.paths import GPU_INFO_FILES
 from shim.knowledge.gpus import driver_release, supports_forward_compat
 from shim.knowledge.version import cmp_version, parse_version
 from shim.plan.job import OfferedLib, ProfileJob
 from shim.plan.rules.base import Rule
-
-GPU_INFO = "/proc/driver/nvidia/gpus/*/information"
 
 
 @dataclass
@@ -116,7 +115,7 @@ def _forward_compat(job: ProfileJob, driver: str | None) -> None:
         unsupported = sorted({m for m in models if not supports_forward_compat(m)})
         if not models:
             state.host_note = (f"; {what} is newer than this node's driver {driver}, but whether the GPUs support "
-                               f"forward compatibility cannot be told (no {GPU_INFO}): the host driver is used "
+                               f"forward compatibility cannot be told (no {GPU_INFO_FILES}): the host driver is used "
                                "(cuda_forward_compat = \"always\" if they do)")
             return
         if unsupported:

@@ -24,7 +24,7 @@ class AnalysisJob:
     image_path: str
     image_arch: str
     image_dir: str                # a directory image's path ("" for a SIF)
-    profiles: object              # shim.site.profiles.ProfileSet | None
+    profiles: object              # shim.site.profile_model.ProfileSet | None
     requested: tuple[str, ...]
     no_profiles: bool
     command: tuple[str, ...]

@@ -6,12 +6,12 @@ executor mounts what the record lists; it knows no container layout of its own).
 
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 
+from shim.container.binds import KEEPDEV, OPTIONAL, RO, SYSTEM_BINDS, Bind
 from shim.errors import UsageError
-from shim.launch.binds import KEEPDEV, OPTIONAL, RO, SYSTEM_BINDS, Bind
+from shim.options import LaunchOptions
 from shim.record.format import BIND, NS
 
 TMPFS, DEVPTS, PROC = BIND["TMPFS"], BIND["DEVPTS"], BIND["PROC"]
@@ -53,31 +53,31 @@ class Isolation:
         return "home" not in self.no_mount and (self.home is not None or not self.contain)
 
 
-def isolation(args: argparse.Namespace, cwd: str) -> Isolation:
-    containall = getattr(args, "containall", False)
-    contain = containall or getattr(args, "contain", False)
-    network = getattr(args, "network", None)
+def isolation(args: LaunchOptions, cwd: str) -> Isolation:
+    containall = args.containall
+    contain = containall or args.contain
+    network = args.network
     if network is not None and network != "none":
         raise UsageError(f"--network {network}: an unprivileged container can only have no network",
                          "use --net --network none (only lo), or leave both out for the host's network")
-    if getattr(args, "rocm", False):
+    if args.rocm:
         raise UsageError("--rocm: shim has no ROCm driver profile yet",
                          "leave --rocm out; a site can bind the ROCm libraries with an injection profile")
-    namespaces = ((NS["IPC"] if containall or getattr(args, "ipc", False) else 0)
-                  | (NS["PID"] if containall or getattr(args, "pid", False) else 0)
-                  | (NS["NET"] if getattr(args, "net", False) or network == "none" else 0))
+    namespaces = ((NS["IPC"] if containall or args.ipc else 0)
+                  | (NS["PID"] if containall or args.pid else 0)
+                  | (NS["NET"] if args.net or network == "none" else 0))
     no_mount: set[str] = set()
-    for item in getattr(args, "no_mount", None) or []:
+    for item in args.no_mount:
         for name in filter(None, (n.strip() for n in item.split(","))):
             if name not in NO_MOUNT_NAMES and not name.startswith("/"):
                 raise UsageError(f"--no-mount {name}: not a mount shim makes",
                                  f"use one of {', '.join(NO_MOUNT_NAMES)} or a site bind's destination path")
             no_mount.add(name)
-    if getattr(args, "no_home", False):
+    if args.no_home:
         no_mount.add("home")
     return Isolation(namespaces=namespaces, contain=contain, cleanenv=containall or args.cleanenv,
-                     writable=getattr(args, "writable_tmpfs", False), no_mount=frozenset(no_mount),
-                     home=_home_spec(getattr(args, "home", None), cwd))
+                     writable=args.writable_tmpfs, no_mount=frozenset(no_mount),
+                     home=_home_spec(args.home, cwd))
 
 
 def _home_spec(spec: str | None, cwd: str) -> tuple[str, str] | None:

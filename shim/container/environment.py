@@ -42,7 +42,7 @@ value of each variable the scripts left unset, then applies the profiles' edits,
 and HOME.
 
 Differences from Apptainer: override values are taken literally (Apptainer evaluates them in
-double quotes unless --no-eval), and so are --env-file values (shim.launch.contain.read_env_file:
+double quotes unless --no-eval), and so are --env-file values (shim.container.contain.read_env_file:
 one pair of surrounding quotes removed, nothing evaluated); the image's 99-runtimevars.sh is
 skipped (Apptainer replaces it too; the PATH edits it would apply are done by the script); PS1 and
 the /.singularity.d/libs additions to LD_LIBRARY_PATH are not reproduced; with dash as /bin/sh,
@@ -62,12 +62,10 @@ from shim.errors import EXEC_NOT_EXECUTABLE, EXEC_NOT_FOUND, UsageError
 from shim.model import EnvEdit
 from shim.record.format import ENV_OP, ENV_PASS, ENV_TARGET
 from shim.record.model import EnvOp, EnvRules
+from shim.record.runtime_env import BLOCKED_PREFIXES, OVERRIDE_PREFIXES, RUNTIMES
 
 HOSTVARS = "SHIMRUN_HOSTVARS"  # private: names of the host variables, for the action script
 
-# Lowest precedence first, so that later prefixes win.
-_OVERRIDE_PREFIXES = ("SINGULARITYENV_", "APPTAINERENV_", "SHIMRUNENV_")
-_BLOCKED_PREFIXES = ("SHIMRUN_", "SHIMRUNENV_", "APPTAINER_", "APPTAINERENV_", "SINGULARITY_", "SINGULARITYENV_")
 _BLOCKED = frozenset({"HOME", "PATH", "PS1", "PROMPT_COMMAND", "LD_LIBRARY_PATH", "LD_PRELOAD", "LD_AUDIT", "IFS"})
 _ALWAYS_PREFIXES = ("SLURM_", "PMI_", "PMIX_")
 _CLEANENV_KEEP = frozenset({"TERM", "http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
@@ -111,7 +109,7 @@ def _check_override(name: str, source: str) -> None:
 
 def _overrides(host_env: Mapping[str, str], pairs: tuple[str, ...]) -> dict[str, str]:
     found: dict[str, str] = {}
-    for prefix in _OVERRIDE_PREFIXES:
+    for prefix in OVERRIDE_PREFIXES:
         for key, value in host_env.items():
             name = key[len(prefix):]
             # A stray malformed variable in a batch job's environment must not stop the job;
@@ -132,7 +130,7 @@ def _overrides(host_env: Mapping[str, str], pairs: tuple[str, ...]) -> dict[str,
 def _passes(name: str, cleanenv: bool) -> bool:
     if name.startswith(_ALWAYS_PREFIXES):
         return True
-    if name in _BLOCKED or name.startswith(_BLOCKED_PREFIXES):
+    if name in _BLOCKED or name.startswith(BLOCKED_PREFIXES):
         return False
     return not cleanenv or name in _CLEANENV_KEEP
 
@@ -211,7 +209,7 @@ HOST_T, DIRECT_T, BASE_T = ENV_TARGET["HOST"], ENV_TARGET["DIRECT"], ENV_TARGET[
 def _pass_rules(cleanenv: bool) -> tuple[tuple[int, str], ...]:
     rules = [(ENV_PASS["ALWAYS_PREFIX"], p) for p in _ALWAYS_PREFIXES]
     rules += [(ENV_PASS["BLOCKED"], n) for n in sorted(_BLOCKED)]
-    rules += [(ENV_PASS["BLOCKED_PREFIX"], p) for p in _BLOCKED_PREFIXES]
+    rules += [(ENV_PASS["BLOCKED_PREFIX"], p) for p in BLOCKED_PREFIXES]
     rules += [(ENV_PASS["CLEANENV_KEEP"], n) for n in sorted(_CLEANENV_KEEP)]
     rules += [(ENV_PASS["SHELL_OWNED"], n) for n in sorted(_SHELL_OWNED)]
     if cleanenv:
@@ -226,7 +224,7 @@ def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.s
     overrides = _overrides(settings, opts.env_pairs)
     defaults = {"HOME": opts.home}
     if opts.image_path:
-        for runtime in ("SHIMRUN", "APPTAINER", "SINGULARITY"):
+        for runtime in RUNTIMES:
             defaults[f"{runtime}_CONTAINER"] = opts.image_path
             defaults[f"{runtime}_NAME"] = os.path.basename(opts.image_path)
     defaults.update(opts.extra)

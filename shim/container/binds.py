@@ -1,4 +1,4 @@
-"""The binds every container gets, and parsing of user bind specs (--bind, SHIMRUN_BIND).
+"""The binds every container gets, and user bind specs (--bind, SHIMRUN_BIND) as Binds.
 
 Default binds are a table (data), like Charliecloud's: source, destination, flags.
 """
@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from shim.errors import UsageError
 from shim.record.format import BIND
+from shim.site.binds import GRAMMAR, MODE, RELATIVE_DESTINATION, ROOT, BindSpecError, parse_bind_spec
 
 # The flags the C core takes (one definition: shim/record/format.py).
 RO, OPTIONAL, KEEPDEV, IFDST = BIND["RO"], BIND["OPTIONAL"], BIND["KEEPDEV"], BIND["IFDST"]
@@ -45,26 +46,29 @@ _SYSTEM_DIRS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/l
 
 
 def parse_bind(spec: str, where: str, cwd: str, optional: bool = False) -> Bind | None:
-    """SRC[:DST[:ro|rw]] -> Bind. `where` names the origin (option or variable) for errors.
-    An optional bind (site defaults) whose source is missing on this node gives None."""
-    parts = spec.split(":")
-    if not parts[0] or len(parts) > 3:
-        raise UsageError(f"bad bind '{spec}' in {where}", "use SRC[:DST[:ro|rw]], e.g. /scratch:/data:ro")
-    src = os.path.normpath(os.path.join(cwd, parts[0]))
-    dst = parts[1] if len(parts) > 1 and parts[1] else src
-    mode = parts[2] if len(parts) > 2 else "rw"
-    if not dst.startswith("/"):
-        raise UsageError(f"bind destination '{dst}' in {where} is not an absolute path", "write it as /path")
-    if mode not in ("ro", "rw"):
-        raise UsageError(f"bad bind mode '{mode}' in {where}", "use ro or rw")
-    if os.path.normpath(dst) == "/":
-        raise UsageError(f"bind '{spec}' in {where} would cover the container's root with a host directory",
-                         "bind it to a directory inside the container, e.g. /tmp:/data")
-    if not os.path.exists(src):
+    """SRC[:DST[:ro|rw]] (shim/site/binds.py) -> Bind, a relative SRC taken relative to cwd.
+    `where` names the origin (option or variable) for errors. An optional bind (site defaults)
+    whose source is missing on this node gives None."""
+    try:
+        parsed = parse_bind_spec(spec, cwd)
+    except BindSpecError as e:
+        raise UsageError(*_worded(e, spec, where)) from None
+    if not os.path.exists(parsed.src):
         if optional:
             return None
-        raise UsageError(f"bind source {src} (from {where}) does not exist", "create it or fix the path")
-    return Bind(src, os.path.normpath(dst), RO if mode == "ro" else 0)
+        raise UsageError(f"bind source {parsed.src} (from {where}) does not exist", "create it or fix the path")
+    return Bind(parsed.src, parsed.dst, RO if parsed.read_only else 0)
+
+
+def _worded(e: BindSpecError, spec: str, where: str) -> tuple[str, str]:
+    if e.reason == RELATIVE_DESTINATION:
+        return f"bind destination '{e.part}' in {where} is not an absolute path", "write it as /path"
+    if e.reason == MODE:
+        return f"bad bind mode '{e.part}' in {where}", "use ro or rw"
+    if e.reason == ROOT:
+        return (f"bind '{spec}' in {where} would cover the container's root with a host directory",
+                "bind it to a directory inside the container, e.g. /tmp:/data")
+    return f"bad bind '{spec}' in {where}", f"use {GRAMMAR}, e.g. /scratch:/data:ro"
 
 
 def parse_bind_list(value: str, where: str, cwd: str) -> list[Bind]:

@@ -1,0 +1,41 @@
+"""Step 5 of planning: the hardware check's key and its cached answer, and whether the image must
+be looked at (profiles that apply, an unknown hardware verdict, a dry run)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from shim.diagnose.check import cached, check_key, job_inputs
+from shim.host.fingerprint import host_inputs
+from shim.image.open import ImageRef
+from shim.record.model import Input
+
+if TYPE_CHECKING:
+    from shim.site.profile_model import ProfileSet
+
+
+@dataclass(frozen=True)
+class HardwareCheck:
+    key: str | None                 # None: the check is off (SHIMRUN_NO_HW_CHECK)
+    known: tuple | None             # its cached answer (diagnostics, reads), or None: run it
+    inputs: tuple[Input, ...]
+
+
+def hardware_check(image: ImageRef, app: str | None, environ: Mapping[str, str], host_root: str,
+                   with_profiles: bool) -> HardwareCheck:
+    key = None if environ.get("SHIMRUN_NO_HW_CHECK") else check_key(image, app, environ, host_root)
+    known = cached(key, image.via if image.kind == "dir" else "") if key else None
+    inputs: list[Input] = list(job_inputs(environ)) if key else []
+    if key or with_profiles:
+        inputs += host_inputs(host_root)
+    return HardwareCheck(key, known, tuple(inputs))
+
+
+def wants_analysis(dry_run: bool, hw: HardwareCheck, requested: tuple[str, ...], profiles: ProfileSet | None,
+                   no_profiles: bool) -> bool:
+    """The image is looked at for a dry run, an unknown hardware verdict, or a profile that applies."""
+    return bool(dry_run or (hw.key and hw.known is None) or requested or (
+        profiles is not None and not no_profiles
+        and any(p.available and p.applies != "on-request" for p in profiles.profiles)))
