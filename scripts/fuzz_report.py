@@ -12,7 +12,7 @@ def main(log_path: str, rc: str, seconds: str, seed: str) -> None:
     with open(log_path, errors="replace") as f:
         text = f.read()
     rows, total, failing = [], 0, 0
-    sections = re.findall(r"^tests/test_fuzz\.py::(\w+):\n(.*?)(?=^tests/test_fuzz\.py::|\Z)", text, re.M | re.S)
+    sections = re.findall(r"^tests/test_fuzz\w*\.py::(\w+):\n(.*?)(?=^tests/test_fuzz\w*\.py::|\Z)", text, re.M | re.S)
     for name, body in sections:
         passing = sum(int(n) for n in re.findall(r"(\d+) passing", body))
         fails = sum(int(n) for n in re.findall(r"(\d+) failing", body))
@@ -23,7 +23,7 @@ def main(log_path: str, rc: str, seconds: str, seed: str) -> None:
         failing += fails
     tracebacks = text.count("Traceback")
     summary = re.findall(r"^=*\s*(\d+ (?:passed|failed).*?)\s*=*$", text, re.M)
-    print("# Fuzzing (hypothesis, tests/test_fuzz.py, profile \"fuzz\")\n")
+    print("# Fuzzing (hypothesis, tests/test_fuzz.py and tests/test_fuzz_oci.py, profile \"fuzz\")\n")
     print(f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}")
     print(f"- host: {platform.node()}, python {platform.python_version()}")
     print(f"- pytest exit status: {rc}; wall time: {seconds} s; seed {seed} (FUZZ_SEED={seed} repeats it)")
