@@ -4,7 +4,8 @@ shim/cgen.py when the C code is built). Nothing here imports the rest of shim.""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields, make_dataclass
+from dataclasses import dataclass
+from typing import NamedTuple
 
 FLAG, VALUE, APPEND = "flag", "value", "append"
 # The words that turn a yes/no setting on (SHIMRUN_*, APPTAINER_*, NVIDIA_DISABLE_REQUIRE), compared
@@ -101,22 +102,21 @@ def image_options() -> tuple[Option, ...]:
 
 def _field(opt: Option) -> tuple[str, type, object]:
     if opt.kind == FLAG:
-        return opt.dest, bool, field(default=False)
+        return opt.dest, bool, False
     if opt.kind == APPEND:
-        return opt.dest, tuple[str, ...], field(default=())
-    return opt.dest, str | None, field(default=None)
+        return opt.dest, tuple[str, ...], ()
+    return opt.dest, str | None, None
 
 
-# A launch's options as one typed, frozen value: a field per option of the table above (a flag is a
-# bool, a value str or None, a repeatable value a tuple), and what the command line names besides.
-# Planning (shim/pipeline) reads this, never argparse; shim/cli makes it (launch_values).
-LaunchOptions = make_dataclass(
-    "LaunchOptions",
-    [("image", str), ("command", tuple[str, ...], field(default=())),
-     ("runscript", bool, field(default=False)),  # `shimrun run`: the image's runscript, COMMAND its arguments
-     *(_field(o) for o in OPTIONS)],
-    frozen=True)
-LaunchOptions.__module__ = __name__
+# A launch's options as one typed, immutable value: a field per option of the table above (a flag is
+# a bool, a value str or None, a repeatable value a tuple), and what the command line names besides.
+# Planning (shim/pipeline) reads this, never argparse; shim/cli makes it (launch_values). A NamedTuple:
+# a planned launch pays for making it at start-up (a 36-field frozen dataclass costs ~1.3 ms, this ~0.1).
+_FIELDS = (("image", str, ""), ("command", tuple[str, ...], ()),
+           ("runscript", bool, False),  # `shimrun run`: the image's runscript, COMMAND its arguments
+           *(_field(o) for o in OPTIONS))
+LaunchOptions = NamedTuple("LaunchOptions", [(name, kind) for name, kind, _ in _FIELDS])
+LaunchOptions.__new__.__defaults__ = tuple(default for _, _, default in _FIELDS)
 LaunchOptions.__doc__ = "shimrun's launch options, IMAGE and COMMAND, typed (one field per entry of OPTIONS)."
 
 
@@ -124,9 +124,9 @@ def launch_values(given: object) -> LaunchOptions:
     """The typed options from any object with the options' attributes (argparse's namespace); an
     option it lacks (`check` has only the image options) is not given."""
     values = {}
-    for f in fields(LaunchOptions):
-        value = getattr(given, f.name, None)
+    for name in LaunchOptions._fields:
+        value = getattr(given, name, None)
         if value is None:
             continue
-        values[f.name] = tuple(value) if isinstance(value, list) else value
+        values[name] = tuple(value) if isinstance(value, list) else value
     return LaunchOptions(**values)

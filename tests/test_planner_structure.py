@@ -5,7 +5,6 @@ hub class, and every import inside a function says why it is there."""
 from __future__ import annotations
 
 import ast
-import dataclasses
 from pathlib import Path
 
 import pytest
@@ -22,16 +21,15 @@ def _tree(path: Path) -> ast.Module:
     return ast.parse(path.read_text())
 
 
-def test_launch_options_are_the_option_table_typed_and_frozen() -> None:
-    names = {f.name for f in dataclasses.fields(LaunchOptions)}
-    assert names == {o.dest for o in OPTIONS} | {"image", "command", "runscript"}
+def test_launch_options_are_the_option_table_typed_and_immutable() -> None:
+    assert set(LaunchOptions._fields) == {o.dest for o in OPTIONS} | {"image", "command", "runscript"}
+    assert all(LaunchOptions.__annotations__[name] for name in LaunchOptions._fields)
     opts = launch_values(type("Given", (), {"image": "x.sif", "bind": ["/a"], "quiet": True})())
     assert (opts.image, opts.bind, opts.quiet, opts.env, opts.pwd) == ("x.sif", ("/a",), True, (), None)
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(AttributeError):
         opts.profile = ("cuda",)  # type: ignore[misc]
-    field = {f.name: f for f in dataclasses.fields(LaunchRequest)}["options"]
-    assert field.type == "LaunchOptions"
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    assert "LaunchOptions" in str(LaunchRequest.__annotations__["options"])
+    with pytest.raises(AttributeError):
         LaunchRequest(opts, (), "/", {}).cwd = "/tmp"  # type: ignore[misc]
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from shim.container.environment import EnvOptions, env_rules
 from shim.errors import ExitCode, ShimError
-from shim.pipeline.look_step import Found
+from shim.pipeline.hardware_step import Found
 from shim.pipeline.stage import STAGED_LD_CACHE
 from shim.plan.model import Plan
 from shim.record.model import LaunchRecord

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import pwd
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shim import native
 from shim.container.binds import parse_bind, parse_bind_list, plan_binds
@@ -26,8 +26,7 @@ from shim.record.snapshot import file_input, glob_input
 from shim.site.config import SiteConfig
 
 
-@dataclass(frozen=True)
-class ContainerRequest:
+class ContainerRequest(NamedTuple):
     options: LaunchOptions
     cwd: str
     environ: Mapping[str, str]      # the job's environment as given (the environment rules read it)
@@ -35,8 +34,7 @@ class ContainerRequest:
     site: SiteConfig
 
 
-@dataclass(frozen=True)
-class Container:
+class Container(NamedTuple):
     record: LaunchRecord            # everything but what the look at the image adds (no key yet)
     env_options: EnvOptions         # for the environment rules again, with the plan's edits
     command: tuple[str, ...]        # the app as this launch runs it (`shimrun run`: the runscript's)
@@ -44,8 +42,7 @@ class Container:
     said: tuple[str, ...]           # lines for the user's terminal now (the record keeps them as notices)
 
 
-@dataclass(frozen=True)
-class Runscript:
+class Runscript(NamedTuple):
     words: tuple[tuple[str, ...], tuple[str, ...]] | None   # (fixed, default) words; None: not `run`
     workdir: str
     command: tuple[str, ...]

@@ -4,20 +4,21 @@ be looked at (profiles that apply, an unknown hardware verdict, a dry run)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
-from shim.diagnose.check import cached, check_key, job_inputs
+from shim.diagnose.check import apply_site_policy, cached, check_key, job_inputs
 from shim.host.fingerprint import host_inputs
 from shim.image.open import ImageRef
-from shim.record.model import Input
+from shim.pipeline.inputs import read_log_inputs
+from shim.pipeline.site_step import SiteStep
+from shim.plan.model import Plan
+from shim.record.model import Input, LaunchRecord, RecordBind
 
 if TYPE_CHECKING:
     from shim.site.profile_model import ProfileSet
 
 
-@dataclass(frozen=True)
-class HardwareCheck:
+class HardwareCheck(NamedTuple):
     key: str | None                 # None: the check is off (SHIMRUN_NO_HW_CHECK)
     known: tuple | None             # its cached answer (diagnostics, reads), or None: run it
     inputs: tuple[Input, ...]
@@ -39,3 +40,31 @@ def wants_analysis(dry_run: bool, hw: HardwareCheck, requested: tuple[str, ...],
     return bool(dry_run or (hw.key and hw.known is None) or requested or (
         profiles is not None and not no_profiles
         and any(p.available and p.applies != "on-request" for p in profiles.profiles)))
+
+
+class Found(NamedTuple):
+    """What planning found: the plan, and what the launch adds for it."""
+    plan: Plan
+    ld_cache: bytes | None = None
+    binds: tuple[RecordBind, ...] = ()
+    inputs: tuple[Input, ...] = ()
+
+
+def found_cached(image: ImageRef, hw: HardwareCheck, policy: dict) -> Found:
+    """Not looked at: the hardware check's cached answer (or none), under the site's policy."""
+    found, reads = hw.known or ([], {})
+    inputs = tuple(read_log_inputs(image.path, reads)) if image.kind == "dir" else ()
+    return Found(Plan(image=image.path, diagnostics=apply_site_policy(found, policy)), inputs=inputs)
+
+
+class LookRequest(NamedTuple):
+    image: ImageRef
+    site: SiteStep
+    base: LaunchRecord              # the container's record (what the child mounts, and its PATH)
+    hardware: HardwareCheck
+    command: tuple[str, ...]
+    no_profiles: bool
+    host_root: str
+    environ: dict
+    debug: bool
+    dry_run: bool

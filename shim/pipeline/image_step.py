@@ -4,7 +4,7 @@ launch checks of it; then whether it can run on this node at all."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shim.diagnose.preflight import check_arch
 from shim.image.open import ImageRef, check_squashfs, locate_image
@@ -12,8 +12,7 @@ from shim.pipeline.inputs import image_inputs
 from shim.record.model import Input
 
 
-@dataclass(frozen=True)
-class OpenedImage:
+class OpenedImage(NamedTuple):
     image: ImageRef                 # everything after this step reads image.opened, never the path
     inputs: tuple[Input, ...]       # the image's identity, as the executor checks it again
 

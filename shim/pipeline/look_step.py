@@ -4,49 +4,22 @@ the injection plan and hardware diagnostics, what it read, and the binds its pla
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from shim import native
 from shim.container.binds import KEEPDEV, RO
 from shim.container.environment import DEFAULT_PATH
-from shim.diagnose.check import apply_site_policy
 from shim.elf.ldcache import CACHE_FILE
 from shim.host.paths import on_host
-from shim.image.open import ImageRef
 from shim.launch.analysis import Analysis, AnalysisJob
 from shim.model import ERROR, WARNING
-from shim.pipeline.hardware_step import HardwareCheck
+from shim.pipeline.hardware_step import Found, LookRequest
 from shim.pipeline.inputs import read_log_inputs
-from shim.pipeline.site_step import SiteStep
 from shim.pipeline.stage import STAGE_DIR, STAGED_LD_CACHE
-from shim.plan.model import Plan
 from shim.record.encode import DIRECT, encode
 from shim.record.format import CHECK, IDENTITY
-from shim.record.model import Input, LaunchRecord, RecordBind
+from shim.record.model import RecordBind
 from shim.record.snapshot import file_input
-
-
-@dataclass(frozen=True)
-class LookRequest:
-    image: ImageRef
-    site: SiteStep
-    base: LaunchRecord              # the container's record (what the child mounts, and its PATH)
-    hardware: HardwareCheck
-    command: tuple[str, ...]
-    no_profiles: bool
-    host_root: str
-    environ: dict
-    debug: bool
-    dry_run: bool
-
-
-@dataclass(frozen=True)
-class Found:
-    """What planning found: the plan, and what the launch adds for it."""
-    plan: Plan
-    ld_cache: bytes | None = None
-    binds: tuple[RecordBind, ...] = ()
-    inputs: tuple[Input, ...] = ()
 
 
 def analysis_job(req: LookRequest) -> AnalysisJob:
@@ -78,10 +51,3 @@ def found_in(req: LookRequest, analysis: Analysis) -> Found:
     if analysis.ld_cache:
         binds.append(RecordBind(os.path.join(STAGE_DIR, STAGED_LD_CACHE), CACHE_FILE, RO))
     return Found(analysis.plan, analysis.ld_cache, tuple(binds), tuple(inputs))
-
-
-def found_cached(image: ImageRef, hw: HardwareCheck, policy: dict) -> Found:
-    """Not looked at: the hardware check's cached answer (or none), under the site's policy."""
-    found, reads = hw.known or ([], {})
-    inputs = tuple(read_log_inputs(image.path, reads)) if image.kind == "dir" else ()
-    return Found(Plan(image=image.path, diagnostics=apply_site_policy(found, policy)), inputs=inputs)

@@ -12,21 +12,18 @@ the record's diagnostics and notices (the executor prints them)."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from dataclasses import replace
+from typing import TYPE_CHECKING, NamedTuple
 
 from shim import native
 from shim.cachefiles import cache_path, write_atomic
 from shim.diagnose.check import JOB_VARIABLES, apply_site_policy, host_root
-from shim.launch.analysis import analyse
 from shim.pipeline.assemble import assembled
 from shim.pipeline.container_step import ContainerRequest, container
-from shim.pipeline.hardware_step import hardware_check, wants_analysis
+from shim.pipeline.hardware_step import Found, LookRequest, found_cached, hardware_check, wants_analysis
 from shim.pipeline.image_step import check_runnable, open_image
 from shim.pipeline.inputs import InputSet
-from shim.pipeline.look_step import Found, LookRequest, analysis_job, found_cached, found_in
 from shim.pipeline.policy_step import judge, refusal_record
-from shim.pipeline.provenance_step import FactsRequest, facts, targets
 from shim.pipeline.request import LaunchRequest
 from shim.pipeline.site_step import SiteRequest, SiteStep, read_site
 from shim.plan.model import Plan
@@ -36,19 +33,18 @@ from shim.record.snapshot import RecordingEnv
 from shim.verify.shared import shared_digests
 
 if TYPE_CHECKING:
+    from shim.pipeline.provenance_step import FactsRequest
     from shim.site.image_policy import PolicyVerdict
 
 
-@dataclass(frozen=True)
-class DryPlan:
+class DryPlan(NamedTuple):
     """A dry run's plan, and the problem the launch would stop at before its app runs (exit code,
     message), for shim/cli to print."""
     plan: Plan
     command_problem: tuple[int, str] | None
 
 
-@dataclass(frozen=True)
-class Planned:
+class Planned(NamedTuple):
     """A record to run, or (dry run) the plan to print, or (facts_only) the provenance facts."""
     record: LaunchRecord | None = None
     key: str = ""                   # "" : not stored (a command line the front-end does not launch)
@@ -92,7 +88,7 @@ def _plan_launch(req: LaunchRequest) -> Planned:
         record = refusal_record(image, verdict.error(opts.image), key, tuple(inputs.items))
         return Planned(record, key, image_fd=image.opened.fd)
     check_runnable(image, env, req.dry_run)
-    to = () if req.dry_run else targets(opts.provenance, req.cwd, site.site)
+    to = () if req.dry_run else _targets(req, site)
     made = container(ContainerRequest(opts, req.cwd, req.environ, env, site.site), image)
     inputs.extend(made.inputs)
     hw = hardware_check(image, made.command[0] if made.command else None, req.environ, root,
@@ -108,7 +104,9 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     key = record_key(req.argv, req.cwd, req.environ)
     record = replace(assembled(made.record, found, (req.environ, made.env_options), opts.strict), key=key)
     if to:
-        from shim.provenance.facts import facts_json  # only with a provenance record
+        # Only with a provenance record: the facts' modules cost a launch without one ~2 ms to import.
+        from shim.pipeline.provenance_step import facts
+        from shim.provenance.facts import facts_json
 
         known = facts(_facts_request(req, look, verdict, site), found.plan)
         inputs.extend(known.inputs)
@@ -116,8 +114,18 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     return Planned(replace(record, inputs=tuple(inputs.items)), key, image.opened.fd, made.said)
 
 
+def _targets(req: LaunchRequest, site: SiteStep) -> tuple[tuple[int, str], ...]:
+    if not req.options.provenance and not site.site.provenance_dirs:
+        return ()
+    from shim.pipeline.provenance_step import targets  # only with a provenance record (see below)
+
+    return targets(req.options.provenance, req.cwd, site.site)
+
+
 def _facts_request(req: LaunchRequest, look: LookRequest, verdict: PolicyVerdict | None,
                    site: SiteStep) -> FactsRequest:
+    from shim.pipeline.provenance_step import FactsRequest  # only with a provenance record
+
     return FactsRequest(look.image, req.options.image, look.command, site.site, site.conf_dir, verdict,
                         look.host_root, req.environ)
 
@@ -128,9 +136,16 @@ def _found(req: LaunchRequest, look: LookRequest, site: SiteStep, verdict: Polic
     policy = site.site.policy()
     if not wants_analysis(req.dry_run, look.hardware, site.requested, site.profiles, look.no_profiles):
         return found_cached(look.image, look.hardware, policy)
+    # Only when the image is looked at: the look's modules (its child process, the record's encoder,
+    # pickle, the loader cache) cost a launch whose verdict is cached ~4 ms to import.
+    from shim.launch.analysis import analyse
+    from shim.pipeline.look_step import analysis_job, found_in
+
     analysis = analyse(analysis_job(look))
     plan = replace(analysis.plan, diagnostics=apply_site_policy(analysis.plan.diagnostics, policy))
     if req.facts_only:
+        from shim.pipeline.provenance_step import facts  # only for `check --against`
+
         return Planned(facts=facts(_facts_request(req, look, verdict, site), plan).facts)
     if req.dry_run:
         return Planned(dry=DryPlan(plan, analysis.command_problem))

@@ -4,8 +4,7 @@ a refused image gets a record that only refuses."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from shim import native
 from shim.errors import ShimError
@@ -19,8 +18,7 @@ if TYPE_CHECKING:
     from shim.site.image_policy import PolicyVerdict
 
 
-@dataclass(frozen=True)
-class Judgement:
+class Judgement(NamedTuple):
     verdict: PolicyVerdict | None   # None: the site has no image policy
     inputs: tuple[Input, ...]       # what the verdict rests on (keys, the policy's files)
 

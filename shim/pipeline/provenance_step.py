@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from shim.errors import ShimError
 from shim.image.open import ImageRef, image_kind
@@ -20,8 +19,7 @@ if TYPE_CHECKING:
     from shim.site.image_policy import PolicyVerdict
 
 
-@dataclass(frozen=True)
-class FactsRequest:
+class FactsRequest(NamedTuple):
     image: ImageRef
     given: str                      # the image as the command line named it
     command: tuple[str, ...]        # the app as planned
@@ -32,8 +30,7 @@ class FactsRequest:
     environ: Mapping[str, str]
 
 
-@dataclass(frozen=True)
-class Facts:
+class Facts(NamedTuple):
     facts: dict
     inputs: tuple[Input, ...]       # the keys a signature check without a policy read
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from shim.options import LaunchOptions
 
 
-@dataclass(frozen=True)
-class LaunchRequest:
+class LaunchRequest(NamedTuple):
     options: LaunchOptions        # shimrun's options, IMAGE and COMMAND (shim/options.py), typed
     argv: tuple[str, ...]         # shimrun's arguments as given (argv[1:])
     cwd: str

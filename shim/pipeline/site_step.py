@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from shim.pipeline.inputs import profile_inputs
 from shim.record.format import CHECK, IDENTITY
@@ -19,8 +18,7 @@ if TYPE_CHECKING:
     from shim.site.profile_model import ProfileSet
 
 
-@dataclass(frozen=True)
-class SiteRequest:
+class SiteRequest(NamedTuple):
     conf: str | None                # --conf (None: SHIMRUN_CONF, else the system directory)
     requested: tuple[str, ...]      # --profile NAME...
     nv: bool                        # --nv: every GPU driver profile, as if requested
@@ -28,8 +26,7 @@ class SiteRequest:
     env: Mapping[str, str]          # the job's environment (a recording view: what profiles read is an input)
 
 
-@dataclass(frozen=True)
-class SiteStep:
+class SiteStep(NamedTuple):
     site: SiteConfig
     conf_dir: Path
     profiles: ProfileSet | None     # None: the site has no profile files
