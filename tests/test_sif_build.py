@@ -10,6 +10,7 @@ import stat
 import struct
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -171,7 +172,7 @@ def test_build_directory_layout(rootfs: Path, tmp_path: Path) -> None:
     assert h.launch_script == "#!/usr/bin/env run-singularity\n"
     assert (h.version, h.arch, h.arch_code) == ("01", archmod.host_arch(),
                                                 archmod.arch_to_sif_code(archmod.host_arch()))
-    assert h.id is not None and h.id.version == 4
+    assert h.id is not None and uuid.UUID(h.id).version == 4
     assert before <= h.created_at == h.modified_at <= int(time.time())
     assert (h.descriptors_total, h.descriptors_free) == (48, 47)
     assert (h.descriptors_offset, h.descriptors_size, h.data_offset) == (4096, 28080, 32176)

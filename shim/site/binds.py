@@ -12,7 +12,7 @@ user bind is an error, a missing profile bind makes the profile unavailable) and
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from typing import NamedTuple
 
 GRAMMAR = "SRC[:DST[:ro|rw]]"
 MODES = ("ro", "rw")
@@ -22,8 +22,7 @@ SHAPE, RELATIVE_SOURCE, RELATIVE_DESTINATION, MODE, ROOT = (
     "shape", "relative source", "relative destination", "mode", "root")
 
 
-@dataclass(frozen=True)
-class BindSpec:
+class BindSpec(NamedTuple):
     src: str          # absolute, normalized
     dst: str          # absolute, normalized
     read_only: bool

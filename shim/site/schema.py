@@ -9,13 +9,11 @@ What it finds are values (Finding, UnreadableToml); each file's loader words the
 
 from __future__ import annotations
 
-import difflib
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 # TOML type -> (the Python type tomllib reads it as, words for messages). "strings": an array
 # of strings; "string-table": a table of string values (their items are checked by item_problems).
@@ -25,8 +23,7 @@ TYPES: dict[str, tuple[type, str]] = {
 }
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(NamedTuple):
     type: str           # a key of TYPES
     example: str = ""   # a line for the fix, e.g. 'kind = "mpi"'
 
@@ -49,8 +46,7 @@ UNKNOWN_TABLE, OUTSIDE_TABLE, NOT_A_TABLE, UNKNOWN_KEY, WRONG_TYPE = (
     "unknown table", "outside any table", "not a table", "unknown key", "wrong type")
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(NamedTuple):
     what: str            # one of the five above
     table: str
     key: str = ""        # UNKNOWN_KEY, WRONG_TYPE
@@ -166,6 +162,8 @@ def table(data: Mapping[str, Any], name: str) -> dict[str, Any]:
 
 def closest(word: str, known: Iterable[str]) -> list[str]:
     """The known word a typo most likely meant: difflib's pick, else one it abbreviates (env)."""
+    import difflib  # only for an error's hint: ~0.5 ms of every launch's start-up otherwise
+
     known = list(known)
     return (difflib.get_close_matches(word, known, n=1)
             or [k for k in known if len(k) >= 3 and word.lower().startswith(k)][:1])
