@@ -23,6 +23,7 @@ from shim.pipeline.stage import STAGE_DIR
 from shim.record.format import CHECK, IDENTITY, IMAGE_SOURCE, IMG
 from shim.record.model import Image, Input, LaunchRecord, RecordBind
 from shim.record.snapshot import file_input, glob_input
+from shim.site.binds import BindSpecError, parse_bind_spec
 from shim.site.config import SiteConfig
 
 
@@ -56,7 +57,16 @@ def _home(environ: Mapping[str, str]) -> str:
 
 
 def _site_bind_sources(specs: tuple[str, ...], cwd: str) -> list[str]:
-    return [os.path.normpath(os.path.join(cwd, s.split(":")[0])) for s in specs if s.split(":")[0]]
+    """The sources of the site's binds, by the one bind grammar: an optional one missing now makes
+    a later launch plan again when it appears. (A spec the grammar refuses stops the launch before
+    this, unless --no-mount bind-paths leaves the site's binds out: then it shapes nothing.)"""
+    out = []
+    for spec in specs:
+        try:
+            out.append(parse_bind_spec(spec, cwd).src)
+        except BindSpecError:
+            continue
+    return out
 
 
 def _binds(req: ContainerRequest, home: str | None, iso: Isolation) -> tuple[list[RecordBind], list[Input]]:

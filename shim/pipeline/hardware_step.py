@@ -1,5 +1,6 @@
 """Step 5 of planning: the hardware check's key and its cached answer, and whether the image must
-be looked at (profiles that apply, an unknown hardware verdict, a dry run)."""
+be looked at (profiles that apply, an unknown hardware verdict, a dry run): what a look would be
+asked (LookRequest, run by look_step), or what planning found without one (found_cached)."""
 
 from __future__ import annotations
 
