@@ -90,6 +90,7 @@ struct shim_image_file {
 
 struct shim_rec {
     const char *version, *key;
+    const char *root_lock;    /* ROOT_LOCK: an unpacked root's lock file (NULL: none) */
     struct shim_image_file image_file;
     struct shim_config cfg;   /* all but argv and the environments, which each launch composes */
     const char *command;
@@ -147,6 +148,10 @@ int shim_image_matches(const struct shim_rec *r, int fd, int strict, char *why, 
 /* The descriptor the launch mounts (cfg->image_fd): `fd` when the record's root is the opened
  * image itself, -1 when it is a copy (IMAGE_PATH) or the record names no IMAGE_FILE. */
 int shim_image_root_fd(const struct shim_rec *r, int fd);
+
+/* rootlock.c: the record's ROOT_LOCK taken LOCK_SH on a high descriptor the app inherits (and
+ * stamped as last used); 0 (also without one), or an exit code with res set (the root is gone). */
+int shim_root_lock(const struct shim_rec *r, struct shim_result *res);
 
 /* common.c: helpers that call nothing else of the core. */
 const char *shim_env_get(char *const *environ, const char *name);

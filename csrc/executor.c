@@ -208,6 +208,8 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
     }
     if ((cfg.image_fd = image_root(r, run, res)) == -2)
         return res->code;
+    if (shim_root_lock(r, res))
+        return res->code;
     if (shim_provenance_begin(r, run, res))
         return res->code;
     if (run->listen_fd >= 0)

@@ -80,6 +80,7 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         f->present = 1;
         return rd_done(&d) && (f->source == SHIM_IMAGE_SOURCE_OPENED || f->source == SHIM_IMAGE_SOURCE_COPY);
     }
+    case SHIM_R_ROOT_LOCK: r->root_lock = rd_str(&d); return rd_done(&d) && r->root_lock[0] == '/';
     case SHIM_R_IMAGE_OFFSET: c->offset = (long long)rd_int(&d, 8); return rd_done(&d) && c->offset >= 0;
     case SHIM_R_SQUASHFUSE: c->squashfuse = rd_str(&d); return rd_done(&d);
     case SHIM_R_STAGE: c->stage = rd_str(&d); return rd_done(&d);

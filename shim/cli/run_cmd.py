@@ -101,7 +101,7 @@ def dry_run_result(dry: DryPlan, as_json: bool, strict: bool) -> int:
     from shim.report.render import print_plan
 
     plan = dry.plan
-    print_plan(plan, as_json)
+    print_plan(plan, as_json, served=dry.served)
     if any(d.code == ARCH_MISMATCH and d.severity == ERROR for d in plan.diagnostics):
         return int(ExitCode.ARCH)
     if plan.has_errors() or (strict and plan.refusals()):

@@ -35,6 +35,8 @@ TAGS: dict[str, tuple[int, str]] = {
     "IMAGE_FILE": (28, ("u32 IMAGE_SOURCE_*, u32 mode, u64 dev, u64 ino, u64 size, i64 mtime_ns, i64 ctime_ns: the "
                         "image the command line names, as the planner opened and judged it (the executor opens "
                         "IMAGE once and runs the record only on that very file)")),
+    "ROOT_LOCK": (29, ("string: the unpacked root's lock file (DIR/DIGEST.lock): the executor flock(LOCK_SH)s it "
+                       "for the app's lifetime, so a clean-up leaves the root alone, and stamps it as last used")),
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
