@@ -108,7 +108,8 @@ def serve_image(image: ImageRef, req: ServeRequest) -> Served:
                         "file system, or make squashfuse usable (README, \"Installing on a cluster\")")
     if req.dry_run and facts.fuse_problem is None and not facts.unpacked:
         return Served(decision, _mounted(image), ())  # the look at the image reads it mounted
-    got = unpacked_root(image, decision.where, cap, req.quiet)
+    why = f"FUSE unusable ({facts.fuse_problem}); " if facts.fuse_problem is not None else ""
+    got = unpacked_root(image, decision.where, cap, req.quiet, why)
     notices: tuple[str, ...] = ()
     if facts.fuse_problem is not None and not req.quiet:
         line = f"shimrun: FUSE unusable ({facts.fuse_problem}); using the copy of this image unpacked in {got.path}"

@@ -212,12 +212,13 @@ def _private_target(parent: str, name: str, mountinfo: str) -> Target:
 def local_target(local_dir: str, cache: str | None, cache_problem: str, mountinfo: str) -> Target:
     """Where unpacked roots go (see the module's docstring): in the site's local_dir, a private
     shim-UID/rootfs; else the user's cache's rootfs; either on a network file system (or the cache
-    unusable): /tmp/shim-UID/rootfs. Each private directory is checked before anything is made in it."""
+    not private): /tmp/shim-UID/rootfs; no private cache at all: none. Each private directory is
+    checked before anything is made in it."""
     uid = os.geteuid()
     if local_dir:
         first = _private_target(local_dir, f"shim-{uid}", mountinfo)
-    elif cache is None:
-        first = Target("", problem=f"no private cache ({cache_problem})")
+    elif cache is None:  # not a place to fall back from: someone squats it (shim/cachefiles.py)
+        return Target("", problem=f"no private cache ({cache_problem})")
     else:
         first = _target_at("", os.path.join(cache, "rootfs"), mountinfo)
     if first.path:

@@ -281,10 +281,10 @@ def _publish(image: ImageRef, where: str, digest: str, cap: int) -> float:
     return took
 
 
-def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False) -> Unpacked:
+def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False, why: str = "") -> Unpacked:
     """The image's partition unpacked in `where` (made now if need be, one unpack however many
     launches ask at once), held LOCK_SH by this process until it execs. Prints one line when it
-    unpacks (unless quiet); a reuse is silent."""
+    unpacks (unless quiet; `why` begins it when there was no other way); a reuse is silent."""
     digest = partition_digest(image)
     final = os.path.join(where, digest)
     lock = f"{final}.lock"
@@ -315,6 +315,6 @@ def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False) ->
     if took is not None:
         clean_to_cap(where, cap)  # the actual size now known; this root is held, so it stays
         if not quiet:
-            print(f"shimrun: unpacked {image.path} ({image.size / 2**20:.0f} MiB) to {final} in {took:.1f} s; later "
-                  "launches reuse it", file=sys.stderr)
+            print(f"shimrun: {why}unpacked {image.path} ({image.size / 2**20:.0f} MiB) to {final} in {took:.1f} s; "
+                  "later launches reuse it", file=sys.stderr)
     return Unpacked(final, lock, took is not None)
