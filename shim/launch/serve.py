@@ -224,7 +224,7 @@ def local_target(local_dir: str, cache: str | None, cache_problem: str, mountinf
     if first.path:
         return first
     second = _private_target("/tmp", f"shim-{uid}", mountinfo)
-    if second.path:
+    if second.path or second.problem == first.problem:
         return second
     return Target("", problem=f"{first.problem}; {second.problem}")
 
