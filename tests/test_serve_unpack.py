@@ -270,3 +270,19 @@ def test_an_image_the_policy_refuses_is_never_unpacked(shim, busybox_sif, user_d
         assert UNPACKED not in r.stderr
     assert _roots(user_dir) == []
     assert not (user_dir / "cache" / "rootfs").exists() or not os.listdir(user_dir / "cache" / "rootfs")
+
+
+@pytest.mark.parametrize(("line", "said"), [
+    ('mode = "copy"', "serve.mode = 'copy' is not one of auto, unpack, kept, mount"),
+    ('local_dir = "scratch"', "serve.local_dir = 'scratch' is not an absolute path"),
+    ('unpack_cap = "lots"', "serve.unpack_cap = 'lots' is not a size"),
+    ('unpack_cap = "150%"', "serve.unpack_cap = '150%' is not a size"),
+    ("kept_idle = -1", "serve.kept_idle = -1 is not a number of seconds"),
+    ("kept_idle = 1.5", "serve.kept_idle must be a int"),
+    ("stage = 1", "serve.stage must be a bool"),
+    ("unpack = true", "unknown key serve.unpack")])
+def test_a_bad_serve_setting_is_one_line(shim, busybox_sif, user_dir, line, said):
+    conf = _conf(user_dir, line)
+    r = shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"], env=_env(user_dir))
+    assert r.returncode == ExitCode.CONFIG and said in r.stderr, r.stderr
+    assert r.stderr.count("\n") <= 2 and "Traceback" not in r.stderr and _roots(user_dir) == []
