@@ -154,7 +154,9 @@ def test_a_warm_step_runs_no_python_on_the_node(shim, slurm3, user, busybox_sif)
     the container's holder is the native front-end (one per node), besides squashfuse and the apps."""
     if os.environ.get(NO_RECORD_CACHE):
         pytest.skip("SHIMRUN_NO_RECORD_CACHE: every launch is planned")
-    args = ["-N", "1", "-n", "4", "--mpi=none", shim.shimrun, "--serve", "mount", busybox_sif, "sh", "-c", "sleep 1"]
+    # -w n1: both steps on one node (a record is the node's: another node plans its own)
+    args = ["-N", "1", "-n", "4", "-w", "n1", "--mpi=none", shim.shimrun, "--serve", "mount", busybox_sif, "sh", "-c",
+            "sleep 1"]
     r = slurm3.srun(args, user=user, env=env_for(shim, slurm3, "warm-step"), timeout=120)
     assert r.returncode == 0, r.stderr + slurm3.logs()
     proc = subprocess.Popen(["srun", *map(str, args)], env=env_for(shim, slurm3, "warm-step"), cwd="/tmp", text=True,
