@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from shim.cachefiles import cache_path, cache_root, read_trusted, untrusted, write_atomic
 from shim.errors import ExitCode, ShimError
 from shim.image.open import ImageRef
+from shim.launch.kept import wants_kept
 
 FUSE_DEVICE = "/dev/fuse"
 SQUASHFUSE_NAMES = ("squashfuse_ll", "squashfuse")
@@ -21,7 +22,8 @@ SQUASHFUSE_NAMES = ("squashfuse_ll", "squashfuse")
 
 @dataclass(frozen=True)
 class RootfsSource:
-    kind: str               # "squashfs" (mounted by the C core with `squashfuse`) or "dir"
+    kind: str               # "squashfs" (mounted by the C core with `squashfuse`), "kept" (the same,
+                            # joined from the user's kept mount: shim/launch/kept.py) or "dir"
     path: str
     offset: int = 0
     squashfuse: str = ""
@@ -166,6 +168,8 @@ def choose_rootfs(image: ImageRef, quiet: bool = False) -> tuple[RootfsSource, t
     problem = fuse_problem()
     if problem is None:
         exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
-        return RootfsSource("squashfs", image.path, image.offset, exe), ()
+        # the hook a serving choice (--serve, the site's [serve]) replaces: SHIMRUN_SERVE=kept
+        kind = "kept" if wants_kept(os.environ) else "squashfs"
+        return RootfsSource(kind, image.path, image.offset, exe), ()
     final = extracted_rootfs(image, problem, quiet)
     return RootfsSource("dir", final), (() if quiet else (_reuse_line(problem, final),))

@@ -16,6 +16,7 @@ from shim.container.environment import EnvOptions, env_rules
 from shim.container.identity import identity_appends
 from shim.errors import UsageError
 from shim.image.open import ImageRef
+from shim.launch.kept import kept_idle
 from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
 from shim.options import LaunchOptions
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE
@@ -94,7 +95,7 @@ def _root(image: ImageRef, quiet: bool) -> tuple[Image, int, tuple[str, ...], li
     rootfs, notices = choose_rootfs(image, quiet)
     source = IMAGE_SOURCE["OPENED"] if rootfs.path == image.path else IMAGE_SOURCE["COPY"]
     inputs = []
-    if rootfs.kind == "squashfs":
+    if rootfs.kind in ("squashfs", "kept"):
         inputs.append(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
     elif image.kind != "dir":  # extracted: the copy, while it is there; and a killed extraction's
         # leftover (another image's) makes the next launch a planned one, which removes it
@@ -102,7 +103,7 @@ def _root(image: ImageRef, quiet: bool) -> tuple[Image, int, tuple[str, ...], li
         inputs.append(glob_input(os.path.join(os.path.dirname(rootfs.path), "*.partial.*")))
     if image.kind != "dir":
         inputs.append(file_input(FUSE_DEVICE, FUSE_DEVICE_CHECK))
-    kind = IMG["SQUASHFS"] if rootfs.kind == "squashfs" else IMG["DIR"]
+    kind = IMG[rootfs.kind.upper()]
     return Image(kind, rootfs.path, rootfs.offset, rootfs.squashfuse), source, notices, inputs
 
 
@@ -164,6 +165,7 @@ def container(req: ContainerRequest, image: ImageRef) -> Container:
     binds, inputs = _binds(req, home, iso)
     root, source, notices, root_inputs = _root(image, opts.quiet)
     inputs += root_inputs
+    idle = kept_idle(req.environ) if root.kind == IMG["KEPT"] else 0
     appends = identity_appends(home or "/", opts.fakeroot)
     inputs += [file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends]
     run = _runscript(image, opts)
@@ -182,5 +184,5 @@ def container(req: ContainerRequest, image: ImageRef) -> Container:
                           fakeroot=opts.fakeroot, cwd=pwd_in or "", cwd_required=bool(opts.pwd) or opts.strict,
                           quiet=opts.quiet, debug=opts.debug, notices=tuple(notices) + said,
                           runscript=run.words, links=dev_links(iso), namespaces=iso.namespaces,
-                          writable=iso.writable, image_file=image.opened.identity(source))
+                          writable=iso.writable, image_file=image.opened.identity(source), kept_idle=idle)
     return Container(record, env_opts, run.command, tuple(inputs), () if opts.quiet else said)

@@ -121,3 +121,4 @@ class LaunchRecord:
     provenance: tuple[tuple[int, str], ...] = ()       # (format.PROV kind, path): where the run's record goes
     provenance_facts: str = ""                          # the planner's part of it, one JSON object
     image_file: ImageFile | None = None                 # the opened image (None: a record that names none)
+    kept_idle: int = 0                                  # IMG KEPT: seconds its holder stays without an app
