@@ -200,14 +200,13 @@ static void serve(struct holder *s)
         int timeout = -1, n, i;
         if (s->napps == 0) {
             long long left = s->empty_since + s->idle_ms - now_ms();
-            if (left <= 0)
-                return;
-            timeout = left > 1 << 30 ? 1 << 30 : (int)left;
+            timeout = left <= 0 ? 0 : left > 1 << 30 ? 1 << 30 : (int)left;
         }
+        /* A launch already waiting is taken even when the idle time is up (0: at once) */
         n = HANDLED(poll(s->fds, (nfds_t)(3 + s->napps), timeout)); /* EINTR: again; else the holder leaves */
         if (n == -1 && errno == EINTR)
             continue;
-        if (n < 0)
+        if (n < 0 || (n == 0 && s->napps == 0 && timeout == 0))
             return;
         if (s->fds[1].revents || s->fds[2].revents) /* squashfuse, or the job step, is gone */
             return;
