@@ -273,7 +273,7 @@ def report(tally: Tally, seed: int, seconds: float) -> str:
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; seed {seed}; {seconds:.0f} s", "",
         "| target | SIGKILLs | already gone when the kill came |", "|---|---:|---:|", *rows,
         f"| **all** | **{sum(tally.kills.values())}** | {sum(tally.missed.values())} |", "",
-        (f"Left behind after the kills: {left}. Launches right after (FUSE and extraction) that failed: "
+        (f"Left behind after the kills: {left}. Launches right after (FUSE, extraction, kept mount) that failed: "
          f"{tally.next_launch_failed}."), ""])
 
 
