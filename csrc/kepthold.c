@@ -44,7 +44,7 @@ static void detach(const struct shim_kept_hold *h)
     sigset_t none;
 
     ZX(setsid(), "start the kept mount's holder in a session of its own");
-    ZX(prctl(PR_SET_NAME, "shimrun-kept", 0, 0, 0), "name the kept mount's holder");
+    ZX(prctl(PR_SET_NAME, SHIM_KEPT_SOCKET, 0, 0, 0), "name the kept mount's holder"); /* as its socket */
     ZX(chdir("/"), "leave the launch's working directory"); /* it must not keep a file system busy */
     ZX(fd = open("/dev/null", O_RDWR | O_CLOEXEC), "open /dev/null for the kept mount's holder");
     for (i = 0; i < 3; i++)

@@ -18,7 +18,7 @@ staging directory must hold only its README, no partial extraction of a dead pro
 after the next launch, no shimrun socket (a shared container's, a kept mount's) may stay bound,
 and a launch right after (per-launch mount, extraction, kept mount) must work.
 
-    python3 scripts/kill_stress.py [KILLS] [--seed N] [--report benchmarks/results/kill_stress.md]
+    /opt/shim/venv/bin/python scripts/kill_stress.py [KILLS] [--seed N] [--report benchmarks/results/kill_stress.md]
 
 Run as root (the launches run as the user SHIM_TEST_USER, default shimtest), after
 scripts/install.sh. The suite runs a few kills of each target (tests/test_kill_stress.py).
@@ -42,8 +42,10 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from shim.record.runtime_env import KEPT_SOCKET
+
 TARGETS = ("frontend", "squashfuse", "extract", "holder", "rank", "kept-holder", "kept-squashfuse", "kept-launch")
-KEPT_HOLDER = "shimrun-kept"  # csrc/kepthold.c names its process so
+KEPT_HOLDER = KEPT_SOCKET  # csrc/kepthold.c names its process as its socket
 KEPT_ENV = {"SHIMRUN_SERVE": "kept", "SHIMRUN_KEPT_IDLE": "1"}
 SHIMRUN = os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/usr/local/bin/shimrun"
 
@@ -97,7 +99,7 @@ def _fuse_mounts() -> int:
 def _shim_sockets(uid: int) -> int:
     """The node's shared-container and kept-mount sockets of `uid` (another user's, of a concurrent
     run, do not count)."""
-    names = (f"@shimrun/{uid}/", f"@shimrun-kept/{uid}/")
+    names = (f"@shimrun/{uid}/", f"@{KEPT_SOCKET}/{uid}/")
     return sum(1 for line in Path("/proc/net/unix").read_text().splitlines() if any(n in line for n in names))
 
 

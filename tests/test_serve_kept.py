@@ -25,14 +25,15 @@ from error_line import one_error_line
 from leftovers import host_fuse_mounts, wait_until
 from slurm import local_slurm_fixture
 
-from shim.errors import ExitCode
+from shim.errors import ExitCode, UsageError
+from shim.launch.kept import kept_idle
 from shim.record.format import NO_RECORD_CACHE
 from shim.record.runtime_env import KEPT_SOCKET
 
 KEPT = {"SHIMRUN_SERVE": "kept"}
 JOINED = re.compile(r"kept mount of \S+: joined holder pid (\d+) \(squashfuse pid (\d+)\)")
 STARTING = re.compile(r"kept mount of \S+: no holder at @(\S+): starting one")
-HOLDER = "shimrun-kept"
+HOLDER = KEPT_SOCKET  # the holder's process is named as its socket
 
 slurm1 = local_slurm_fixture(1)
 
@@ -92,8 +93,10 @@ def test_second_launch_joins_the_first_ones_mount(shim, user, busybox_sif):
     assert STARTING.search(first.stderr), first.stderr
     holder, fuse = joined(first)
     assert holders(user.uid) == [holder]
-    # the holder outlives the launch, in a session of its own (a Ctrl-C of a launch does not reach it)
+    # the holder outlives the launch, in a session of its own (a Ctrl-C of a launch does not reach it),
+    # and is the native front-end's fork, never a copy of Python (also when the launch was planned)
     assert os.getsid(holder) == holder
+    assert os.readlink(f"/proc/{holder}/exe").endswith("/libexec/shimrun")
     second = kept_run(shim, busybox_sif, "stat -c %d /")
     assert second.returncode == 0, second.stderr
     assert joined(second) == (holder, fuse)
@@ -257,6 +260,12 @@ def test_holder_ends_with_the_slurm_job(shim, slurm1, user, busybox_sif, user_di
     assert r.returncode == 0, r.stderr
     assert JOINED.search(r.stderr), r.stderr
     assert wait_until(lambda: nothing_kept(user.uid), timeout=15), holders(user.uid)
+    # a step with several tasks on the node shares one container, which mounts the image itself
+    r = slurm1.srun(["-n", "2", shim.shimrun, "--debug", busybox_sif, "stat", "-c", "%d", "/"], user=user, env=env,
+                    timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert len(set(r.stdout.split())) == 1 and not JOINED.search(r.stderr), r.stderr
+    assert nothing_kept(user.uid)
 
 
 def test_kept_name_is_the_users_and_the_images(shim, user, busybox_sif):
@@ -265,3 +274,15 @@ def test_kept_name_is_the_users_and_the_images(shim, user, busybox_sif):
     prefix, uid, node, job, digest = name.split("/")
     assert (prefix, uid, node, job) == (KEPT_SOCKET, str(user.uid), socket.gethostname()[:24], "-")
     assert re.fullmatch(r"[0-9a-f]{32}", digest)
+
+
+@pytest.mark.parametrize(("value", "want"), [(None, 600), ("", 600), ("0", 0), (" 5 ", 5), ("604800", 604800)])
+def test_idle_values(value, want):
+    assert kept_idle({} if value is None else {"SHIMRUN_KEPT_IDLE": value}) == want
+    assert kept_idle({}, site_default=60) == 60
+
+
+@pytest.mark.parametrize("value", ["-1", "1e3", "604801", "10m", "\u0663", "0x10"])
+def test_bad_idle_values(value):
+    with pytest.raises(UsageError, match="SHIMRUN_KEPT_IDLE"):
+        kept_idle({"SHIMRUN_KEPT_IDLE": value})
