@@ -28,7 +28,7 @@ from slurm import local_slurm_fixture
 from shim.errors import ExitCode, UsageError
 from shim.launch.kept import kept_idle
 from shim.record.format import NO_RECORD_CACHE
-from shim.record.runtime_env import KEPT_SOCKET
+from shim.record.runtime_env import KEPT_REQUEST, KEPT_SOCKET
 
 KEPT = {"SHIMRUN_SERVE": "kept"}
 JOINED = re.compile(r"kept mount of \S+: joined holder pid (\d+) \(squashfuse pid (\d+)\)")
@@ -236,6 +236,34 @@ def test_another_users_socket_is_refused(shim, user, other_user, busybox_sif, ho
         squatter.kill()
         squatter.wait()
     assert as_user(other_user, ["true"]).returncode == 0
+
+
+INTRUDER = """
+import array, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(b"\\0" + sys.argv[1].encode())
+data, anc = b"", []
+try:  # the holder may hang up before the request is written: that is the answer too
+    s.sendall(sys.argv[2].encode() + b"\\0" + b"600\\0")
+    s.shutdown(socket.SHUT_WR)
+    data, anc, _, _ = s.recvmsg(4096, socket.CMSG_SPACE(2 * array.array("i").itemsize))
+except (BrokenPipeError, ConnectionResetError):
+    pass
+print(repr(data), len(anc), flush=True)
+"""
+
+
+def test_another_user_gets_nothing_from_a_holder(shim, user, other_user, busybox_sif):
+    """The other way round: another user who connects to this user's holder and asks as a launch
+    would gets no namespace and not a byte; the holder serves its user on."""
+    r = kept_run(shim, busybox_sif, "true", env={"SHIMRUN_KEPT_IDLE": "30"})
+    name = STARTING.search(r.stderr).group(1)
+    holder = joined(r)[0]
+    got = as_user(other_user, [sys.executable, "-c", INTRUDER, name, KEPT_REQUEST], cwd="/", timeout=30)
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "b'' 0\n"
+    again = kept_run(shim, busybox_sif, "true")
+    assert again.returncode == 0 and joined(again)[0] == holder, again.stderr
 
 
 def test_holder_ends_with_the_slurm_job(shim, slurm1, user, busybox_sif, user_dir):
