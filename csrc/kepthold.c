@@ -176,14 +176,19 @@ struct holder {
 static void take(struct holder *s)
 {
     int conn = HANDLED(accept4(s->fds[0].fd, NULL, NULL, SOCK_CLOEXEC)), pidfd = -1; /* -1: dropped */
-    long long idle;
+    long long idle = -1;
     pid_t pid;
 
     if (conn < 0)
         return;
+    if ((pid = own_user(conn)) > 0 && (idle = read_request(conn)) >= 0 && s->napps >= MAX_APPS) {
+        reply_error(conn, "it serves as many launches as it can watch");
+        close(conn);
+        return;
+    }
     /* a launch that cannot be watched (gone already) is dropped */
-    if ((pid = own_user(conn)) > 0 && (idle = read_request(conn)) >= 0 && s->napps < MAX_APPS
-        && (pidfd = (int)HANDLED(syscall(SYS_pidfd_open, pid, 0))) >= 0 && reply_ok(conn, s->ns, s->fuse) == 0) {
+    if (pid > 0 && idle >= 0 && (pidfd = (int)HANDLED(syscall(SYS_pidfd_open, pid, 0))) >= 0
+        && reply_ok(conn, s->ns, s->fuse) == 0) {
         s->fds[3 + s->napps].fd = pidfd;
         s->fds[3 + s->napps].events = POLLIN;
         s->fds[3 + s->napps++].revents = 0;
