@@ -155,7 +155,7 @@ static int start_holder(const struct shim_config *cfg, const struct sockaddr_un 
 static int ask(int fd, const struct shim_config *cfg, int *userns, int *mntns)
 {
     char req[64], buf[512], ctl[CMSG_SPACE(2 * sizeof(int))];
-    struct ucred cred;
+    struct ucred cred = {0, (uid_t)-1, (gid_t)-1}; /* unknown until the kernel says */
     socklen_t clen = sizeof cred;
     size_t got = 0;
     int n, have = 0;
@@ -165,7 +165,7 @@ static int ask(int fd, const struct shim_config *cfg, int *userns, int *mntns)
         if (!cfg->quiet)
             fprintf(stderr, "shimrun: warning: the kept mount's socket for %s belongs to another user (uid %d): "
                     "mounting the image for this launch only (that user can slow launches down, never enter "
-                    "them)\n", cfg->image_path, clen == sizeof cred ? (int)cred.uid : -1);
+                    "them)\n", cfg->image_path, (int)cred.uid);
         return -1;
     }
     n = snprintf(req, sizeof req, "%s%c%u", SHIM_KEPT_REQUEST, 0, cfg->kept_idle) + 1;
