@@ -248,6 +248,8 @@ int shim_record_prepare(const char *data, size_t len, int image_fd, struct shim_
         return res->code = SHIM_E_IMAGE;
     }
     r.cfg.image_fd = shim_image_root_fd(&r, image_fd);
+    if (r.cfg.image_kind == SHIM_IMG_KEPT) /* the planner's look, from Python: no holder forked from it */
+        r.cfg.image_kind = SHIM_IMG_SQUASHFS;
     code = shim_prepare(&r.cfg, res);
     shim_rec_free(&r);
     return code;

@@ -16,6 +16,7 @@ from shim.errors import ExitCode, ShimError
 from shim.image.open import ImageRef
 from shim.launch.serve import (
     DIR,
+    KEPT,
     UNPACK,
     ServeDecision,
     ServeFacts,
@@ -36,7 +37,8 @@ SQUASHFUSE_NAMES = ("squashfuse_ll", "squashfuse")
 
 @dataclass(frozen=True)
 class RootfsSource:
-    kind: str               # "squashfs" (mounted by the C core with `squashfuse`) or "dir"
+    kind: str               # "squashfs" (mounted by the C core with `squashfuse`), "kept" (the same,
+                            # joined from the user's kept mount: shim/launch/kept.py) or "dir"
     path: str
     offset: int = 0
     squashfuse: str = ""
@@ -88,9 +90,10 @@ def _facts(image: ImageRef, req: ServeRequest) -> tuple[ServeFacts, int]:
     return ServeFacts("squashfs", asked, by, used, inodes, fuse_problem(req.environ), target, cap, unpacked), cap
 
 
-def _mounted(image: ImageRef) -> RootfsSource:
+def _mounted(image: ImageRef, kind: str = "squashfs") -> RootfsSource:
+    """A squashfuse mount: for this launch ("squashfs"), or the user's kept one on the node ("kept")."""
     exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
-    return RootfsSource("squashfs", image.path, image.offset, exe)
+    return RootfsSource(kind, image.path, image.offset, exe)
 
 
 def serve_image(image: ImageRef, req: ServeRequest) -> Served:
@@ -101,7 +104,7 @@ def serve_image(image: ImageRef, req: ServeRequest) -> Served:
     if decision.mode == DIR:
         return Served(decision, RootfsSource("dir", image.path), ())
     if decision.mode != UNPACK:
-        return Served(decision, _mounted(image), ())
+        return Served(decision, _mounted(image, "kept" if decision.mode == KEPT else "squashfs"), ())
     if not decision.where:  # FUSE unusable and no local directory: nothing can open the image
         raise ShimError(ExitCode.HOST, f"{decision.reason}, and there is no local directory to unpack the image "
                         f"into: {facts.target.problem}", "set SHIMRUN_CACHE to a directory of your own on a local "

@@ -3,8 +3,8 @@
 Modes (README, "Serving an image: unpack, kept, mount"):
 - unpack: a node-local copy of the squashfs, unpacked once (shim/launch/unpack.py), reused at
   directory speed by every later launch of the same partition (keyed by its sha256);
-- kept: a squashfuse mount kept across launches (issue #24 item 3; until it lands, a launch
-  decided "kept" is mounted per launch: the decision keeps its name, so it says what is meant);
+- kept: the user's squashfuse mount of the image kept on the node across launches by a native
+  holder (csrc/kepthold.c; README "Kept mounts"), each launch joining it with binds of its own;
 - mount: a squashfuse mount per launch (shim's way before the node-local cache);
 - dir: a directory image, served as it is.
 
@@ -88,7 +88,7 @@ def decide_serve(f: ServeFacts) -> ServeDecision:
     if f.asked == MOUNT:
         return ServeDecision(MOUNT, f"asked by {f.asked_by}")
     if f.asked == KEPT:
-        return ServeDecision(KEPT, f"asked by {f.asked_by}; mounted for this launch")
+        return ServeDecision(KEPT, f"asked by {f.asked_by}")
     if not t.path:
         return ServeDecision(MOUNT, f"no local directory to unpack into: {t.problem}")
     if f.asked == UNPACK:
@@ -97,11 +97,10 @@ def decide_serve(f: ServeFacts) -> ServeDecision:
         return ServeDecision(UNPACK, "unpacked here already", t.path)
     need = unpack_estimate(f.bytes_used, f.inodes)
     if need > f.cap:
-        return ServeDecision(KEPT, f"its copy (~{mib(need)}) is larger than the cap ({mib(f.cap)}); mounted for "
-                             "this launch")
+        return ServeDecision(KEPT, f"its copy (~{mib(need)}) is larger than the cap ({mib(f.cap)})")
     if need > t.free // 2:
         return ServeDecision(KEPT, f"its copy (~{mib(need)}) is more than half the free space of {t.path} "
-                             f"({mib(t.free)} free); mounted for this launch")
+                             f"({mib(t.free)} free)")
     return ServeDecision(UNPACK, f"its copy (~{mib(need)}) fits under the cap ({mib(f.cap)}) and half the free "
                          f"space ({mib(t.free)} free)", t.path)
 

@@ -16,6 +16,7 @@ from shim.container.environment import EnvOptions, env_rules
 from shim.container.identity import identity_appends
 from shim.errors import UsageError
 from shim.image.open import ImageRef
+from shim.launch.kept import kept_idle
 from shim.launch.rootfs import FUSE_DEVICE, Served, ServeRequest, serve_image
 from shim.launch.serve import ServeDecision
 from shim.options import LaunchOptions
@@ -106,7 +107,7 @@ def _root(req: ContainerRequest, image: ImageRef) -> Root:
     rootfs = served.source
     source = IMAGE_SOURCE["OPENED"] if rootfs.path == image.path else IMAGE_SOURCE["COPY"]
     inputs = []
-    if rootfs.kind == "squashfs":
+    if rootfs.kind in ("squashfs", "kept"):
         inputs.append(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
     elif image.kind != "dir":  # unpacked: the copy, while it is there (`cache clean` removes it); and
         # a killed unpack's leftover makes the next launch a planned one, which removes it
@@ -114,7 +115,7 @@ def _root(req: ContainerRequest, image: ImageRef) -> Root:
         inputs.append(glob_input(os.path.join(os.path.dirname(rootfs.path), "*.partial.*")))
     if image.kind != "dir":
         inputs.append(file_input(FUSE_DEVICE, FUSE_DEVICE_CHECK))
-    kind = IMG["SQUASHFS"] if rootfs.kind == "squashfs" else IMG["DIR"]
+    kind = IMG[rootfs.kind.upper()]
     return Root(Image(kind, rootfs.path, rootfs.offset, rootfs.squashfuse), source, served, inputs)
 
 
@@ -176,6 +177,8 @@ def container(req: ContainerRequest, image: ImageRef) -> Container:
     binds, inputs = _binds(req, home, iso)
     root = _root(req, image)
     inputs += root.inputs
+    kept = root.image.kind == IMG["KEPT"]
+    idle = kept_idle(req.environ, req.site.serve.kept_idle) if kept else 0
     appends = identity_appends(home or "/", opts.fakeroot)
     inputs += [file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends]
     run = _runscript(image, opts)
@@ -197,7 +200,7 @@ def container(req: ContainerRequest, image: ImageRef) -> Container:
                           quiet=opts.quiet, debug=opts.debug, notices=tuple(notices) + said,
                           runscript=run.words, links=dev_links(iso), namespaces=iso.namespaces,
                           writable=iso.writable, image_file=image.opened.identity(root.source),
-                          root_lock=root.served.lock)
+                          root_lock=root.served.lock, kept_idle=idle)
     told = notices[len(root.served.notices):] + said
     return Container(record, env_opts, run.command, tuple(inputs), () if opts.quiet else told,
                      root.served.decision)
