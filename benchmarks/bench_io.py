@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import io_ways
-from common import bench_account, git_revision, load_note, shimrun_path, target_cell, write_results
+from common import RESULTS, bench_account, git_revision, load_note, shimrun_path, target_cell, write_results
 from io_ways import KERNEL, Run, Way, run_as
 
 
@@ -208,6 +208,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--serve-modes", default=os.environ.get("SHIM_BENCH_SERVE", SERVE_DEFAULT))
     p.add_argument("--workloads", default=",".join(WORKLOADS))
     p.add_argument("--output", default="io", help="results/NAME.md (default io)")
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="where NAME.md goes (default benchmarks/results)")
     args = p.parse_args(argv)
     if args.quick:
         args.runs = 1
@@ -265,7 +266,8 @@ def main(argv: list[str]) -> None:
     sections += [(f"{wl.what}", workload_table(wl, ways, cells, outputs)) for wl in workloads]
     sections += [("The first launch's unpack", unpack_rows), ("Targets", targets(workloads, cells, by_name)),
                  ("Notes", notes)]
-    out = write_results(args.output, "What the app reads: cold and warm, each way of serving the image", sections)
+    out = write_results(args.output, "What the app reads: cold and warm, each way of serving the image", sections,
+                        args.results_dir)
     print(out.read_text())
 
 
