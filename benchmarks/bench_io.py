@@ -9,7 +9,7 @@ run. Also: the first launch's unpack (`--serve unpack` with an empty cache) agai
 
 Usage (as root, after scripts/install.sh; the workloads run as the ordinary user):
     /opt/shim/venv/bin/python benchmarks/bench_io.py [--runs N | --quick] [--image scipy|base]
-        [--serve-modes mount,unpack,kept] [--workloads import,tar,tar2,small]
+        [--serve-modes mount,unpack,kept] [--workloads import,tar,tar2,small] [--nodes [--ranks 64]]
 $SHIMRUN: the build to measure. SHIM_BENCH_SERVE: the serve modes (as --serve-modes).
 The scipy image (tests/images.py DEBIAN_SCIPY, ~1 GB unpacked) is built on first use (minutes).
 """
@@ -207,6 +207,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--image", choices=("scipy", "base"), default="scipy")
     p.add_argument("--serve-modes", default=os.environ.get("SHIM_BENCH_SERVE", SERVE_DEFAULT))
     p.add_argument("--workloads", default=",".join(WORKLOADS))
+    p.add_argument("--nodes", action="store_true", help="also the per-node reads under the local Slurm (io_nodes.py)")
+    p.add_argument("--ranks", type=int, default=64, help="with --nodes: ranks per step (default 64)")
     p.add_argument("--output", default="io", help="results/NAME.md (default io)")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where NAME.md goes (default benchmarks/results)")
     args = p.parse_args(argv)
@@ -242,6 +244,12 @@ def main(argv: list[str]) -> None:
     by_name = {w.name: w for w in ways}
     unpack_rows = unpack_timing(shimrun, sif, offset, user, by_name.get(f"shimrun --serve unpack IMG{sif.suffix}"))
     load_after = load_note()
+    node_sections = []
+    if args.nodes:
+        import io_nodes
+
+        node_sections = io_nodes.measure_nodes(shimrun, sif, [m for m in args.serve_modes.split(",") if m],
+                                               args.ranks, 10, io_nodes.DEFAULT_APP[args.image], user)
     size = sif.stat().st_size
     notes = [
         (f"Image: tests/images.py `{'DEBIAN_SCIPY' if args.image == 'scipy' else 'DEBIAN_BASE'}` ({rootfs}), "
@@ -265,7 +273,7 @@ def main(argv: list[str]) -> None:
     sections = [("Summary: ms (ratio to the kernel's squashfs, same run)", summary_table(workloads, ways, cells))]
     sections += [(f"{wl.what}", workload_table(wl, ways, cells, outputs)) for wl in workloads]
     sections += [("The first launch's unpack", unpack_rows), ("Targets", targets(workloads, cells, by_name)),
-                 ("Notes", notes)]
+                 *node_sections, ("Notes", notes)]
     out = write_results(args.output, "What the app reads: cold and warm, each way of serving the image", sections,
                         args.results_dir)
     print(out.read_text())
