@@ -191,7 +191,7 @@ def targets(workloads: list[Workload], cells: dict, ways: dict[str, Way]) -> lis
                            if today and base and not today.failure else "—")
             cell = cells.get((way.name, wl.name)) if way and way.available else None
             if cell is None or cell.failure or base is None:
-                now, result = "—", "not measured (" + (way.why if way and way.why else "no row") + ")"
+                now, result = "—", "not measured: " + (way.why if way and way.why else "no row")
             else:
                 value = ms(getattr(cell, state)) / ms(getattr(base, state))
                 now, result = f"{value:.2f}×", target_cell(value, limit)
