@@ -139,14 +139,16 @@ def run_job(cluster, user, way: Way, steps: int, ranks: int, app: str, work: Pat
     launch = " ".join(shlex.quote(w) for w in (*way.prefix, "sh", "-c", app))
     # Each node's own cache: the emulated nodes share this machine's disk.
     task = f"SHIMRUN_CACHE={shlex.quote(str(caches))}/$SLURMD_NODENAME exec {launch}"
-    step = f"srun -N {NODES} -n {ranks} --mpi=none sh -c {shlex.quote(task)}"
+    # Cyclic: the ranks spread evenly (22/21/21 of 64); by block, one node would take nearly all.
+    step = f"srun -N {NODES} -n {ranks} -m cyclic --mpi=none sh -c {shlex.quote(task)}"
     script = f"for i in $(seq {steps}); do {step} || exit $?; done"
+    tasks_per_node = -(-ranks // NODES)
     env = cluster.env(user.env(way.env))
     pids = {node: cluster._procs[f"slurmd.{node}"].pid for node in cluster.node_names}
     with traced(pids, work) as files:
         start = time.monotonic()
-        r = cluster.run(["salloc", "-N", str(NODES), "-n", str(ranks), "sh", "-c", script], user=user, env=env,
-                        timeout=1800)
+        r = cluster.run(["salloc", "-N", str(NODES), f"--ntasks-per-node={tasks_per_node}", "sh", "-c", script],
+                        user=user, env=env, timeout=1800)
         took = time.monotonic() - start
         io_ways.wait_no_processes(user.uid, timeout=60)  # a kept mount's holder ends with the job
     last = " / ".join(r.stderr.strip().splitlines()[-4:])[:400].replace("|", "/")
@@ -190,7 +192,8 @@ def sections(results: dict[tuple[str, int], JobResult], ways: list[Way], image_s
                                  fmt_bytes(mean[3] * k)]) for k in PROJECT]
             proj.append(f"| {way.name} | {job} | {mean[0]:.1f} / {mean[1]:.1f} / {mean[2]:.1f} / "
                         f"{fmt_bytes(mean[3])} | " + " | ".join(cells) + " |")
-    notes = [f"App of every rank: `{app}`; steps `srun -N {NODES} -n {ranks} --mpi=none` inside one `salloc` job.",
+    notes = [(f"App of every rank: `{app}`; steps `srun -N {NODES} -n {ranks} -m cyclic --mpi=none` inside one "
+              f"`salloc -N {NODES} --ntasks-per-node={-(-ranks // NODES)}` job: the ranks spread evenly."),
              ("Counted: the calls of every process below each node's slurmd (`strace -f -y -p`) whose path argument "
              "or descriptor is the image file: what that node's client of the shared file system is asked. Reads "
              "that the node's page cache answers are counted too (a Lustre/GPFS client would answer some locally "
