@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import io_ways
-from common import bench_account, git_revision, load_note, shimrun_path, write_results
+from common import RESULTS, bench_account, git_revision, load_note, shimrun_path, write_results
 from io_ways import Way
 
 NODES = 3
@@ -246,6 +246,7 @@ def main(argv: list[str]) -> None:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--serve-modes", default=os.environ.get("SHIM_BENCH_SERVE", "mount,unpack,kept"))
     p.add_argument("--app", default="")
+    p.add_argument("--results-dir", type=Path, default=RESULTS, help="where io_nodes.md goes")
     args = p.parse_args(argv)
     if os.getuid() != 0:
         raise SystemExit("io_nodes.py: run as root (the local Slurm and strace of its daemons need it)")
@@ -258,7 +259,7 @@ def main(argv: list[str]) -> None:
                          args.app or DEFAULT_APP[args.image], user)
     secs[-1][1].append(f"Image: {sif} ({fmt_bytes(sif.stat().st_size)}). Load: before {before}; after "
                        f"{load_note()}. shimrun `{shimrun_path()}` (git {git_revision()}).")
-    out = write_results("io_nodes", "What each node asks of the image's file under Slurm", secs)
+    out = write_results("io_nodes", "What each node asks of the image's file under Slurm", secs, args.results_dir)
     print(out.read_text())
 
 
