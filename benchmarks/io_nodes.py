@@ -57,14 +57,15 @@ class Counts(NamedTuple):
     reads: int = 0
     bytes: int = 0
     maps: int = 0
+    back: int = 0       # positioned reads before the end of the previous one on that descriptor: not sequential
 
     def __add__(self, other: object) -> Counts:  # type: ignore[override]
         assert isinstance(other, Counts)
         return Counts(*(a + b for a, b in zip(self, other, strict=True)))
 
 
-def calls(text: str) -> Iterator[tuple[str, str, str]]:
-    """(syscall, arguments, result) of each finished call in `strace -f` output, joining the halves
+def calls(text: str) -> Iterator[tuple[str, str, str, str]]:
+    """(pid, syscall, arguments, result) of each finished call in `strace -f` output, joining the halves
     of a call another process interrupted (`<unfinished ...>` / `<... NAME resumed>`)."""
     pending: dict[str, str] = {}
     for raw in text.splitlines():
@@ -78,14 +79,15 @@ def calls(text: str) -> Iterator[tuple[str, str, str]]:
                 continue
             line = f"{m.group(1)} {head}{m.group(3)}"
         if m := LINE.match(line):
-            yield m.group(2), m.group(3), m.group(4)
+            yield m.group(1), m.group(2), m.group(3), m.group(4)
 
 
 def count(text: str, image: str) -> Counts:
     """What the calls in `text` asked of the file `image` (a path argument or a descriptor on it)."""
     needles = (f'"{image}"', f"<{image}>")
     c = Counts()
-    for name, args, result in calls(text):
+    ends: dict[tuple[str, str], int] = {}   # (pid, fd) -> where its last positioned read ended
+    for pid, name, args, result in calls(text):
         if not any(n in args for n in needles) and not (name in OPENS and f"<{image}>" in result):
             continue
         got = int(result) if result.lstrip("-").isdigit() else 0
@@ -95,6 +97,11 @@ def count(text: str, image: str) -> Counts:
             c = c._replace(stats=c.stats + 1)
         elif name in READS:
             c = c._replace(reads=c.reads + 1, bytes=c.bytes + max(0, got))
+            if name in ("pread64", "preadv", "preadv2") and (offset := args.rpartition(",")[2].strip()).isdigit():
+                key = (pid, args.partition("<")[0])
+                if int(offset) < ends.get(key, 0):
+                    c = c._replace(back=c.back + 1)
+                ends[key] = int(offset) + max(0, got)
         elif name in MAPS:
             c = c._replace(maps=c.maps + 1)
     return c
@@ -168,25 +175,25 @@ def fmt_bytes(n: float) -> str:
 
 def sections(results: dict[tuple[str, int], JobResult], ways: list[Way], image_size: int, ranks: int,
              app: str) -> list[tuple[str, list[str]]]:
-    rows = ["| way | job | node | opens | stats | read calls | bytes read | × the image | mmaps | job wall (s) |",
-            "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [("| way | job | node | opens | stats | read calls | bytes read | × the image | backward reads | mmaps "
+            "| job wall (s) |"), "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     proj = ["| way | job | per node (mean): opens / stats / reads / bytes | "
             + " | ".join(f"projection, {n:,} nodes: opens / stats / reads / bytes" for n in PROJECT) + " |",
             "|---|---|---|" + "---|" * len(PROJECT)]
     for way in ways:
         if not way.available:
-            rows.append(f"| {way.name} | | {way.why} | | | | | | | |")
+            rows.append(f"| {way.name} | | {way.why} | | | | | | | | |")
             continue
         for (name, steps), res in results.items():
             if name != way.name:
                 continue
             job = f"{steps} step{'s' if steps > 1 else ''} × {ranks} ranks"
             if res.failure:
-                rows.append(f"| {way.name} | {job} | {res.failure} | | | | | | | |")
+                rows.append(f"| {way.name} | {job} | {res.failure} | | | | | | | | |")
                 continue
             for node, c in res.per_node.items():
                 rows.append(f"| {way.name} | {job} | {node} | {c.opens} | {c.stats} | {c.reads} | {fmt_bytes(c.bytes)} "
-                            f"| {c.bytes / image_size:.2f} | {c.maps} | {res.seconds:.1f} |")
+                            f"| {c.bytes / image_size:.2f} | {c.back} | {c.maps} | {res.seconds:.1f} |")
             n = len(res.per_node)
             total = sum(res.per_node.values(), Counts())
             mean = [v / n for v in total]
@@ -199,7 +206,8 @@ def sections(results: dict[tuple[str, int], JobResult], ways: list[Way], image_s
              ("Counted: the calls of every process below each node's slurmd (`strace -f -y -p`) whose path argument "
              "or descriptor is the image file: what that node's client of the shared file system is asked. Reads "
              "that the node's page cache answers are counted too (a Lustre/GPFS client would answer some locally "
-             "as well); `× the image`: bytes read / the SIF's size."),
+             "as well); `× the image`: bytes read / the SIF's size; `backward reads`: positioned reads (pread64) "
+             "starting before the end of the previous one on the same descriptor (0: read once, in order)."),
              ("Each node starts every job with an empty node-local cache (SHIMRUN_CACHE of its own): no record, no "
              "unpacked copy. A per-launch mount keeps nothing between steps; the projection assumes every node "
              "behaves as these three on average."),

@@ -64,7 +64,9 @@ STRACE = """\
 
 def test_per_node_counts_only_the_image_file():
     c = io_nodes.count(STRACE, "/img/a.sif")
-    assert c == io_nodes.Counts(opens=1, stats=3, reads=2, bytes=5096, maps=1)
+    assert c == io_nodes.Counts(opens=1, stats=3, reads=2, bytes=5096, maps=1, back=0)
+    again = STRACE + "102 pread64(3</img/a.sif>, \"\"..., 512, 100) = 512\n"
+    assert io_nodes.count(again, "/img/a.sif").back == 1   # read again from before where it had got to
 
 
 def test_root_kind_of_a_container():
