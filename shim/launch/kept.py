@@ -10,7 +10,7 @@ mount); nothing here touches a namespace or a mount. Rules:
 - each launch tells the holder its idle time: the latest launch's value wins.
 
 Non-goal: choosing between the ways of serving an image (`--serve`, the site's `[serve]` table):
-that choice calls `wants_kept` as one of its answers.
+shim/launch/serve.py decides.
 """
 
 from __future__ import annotations
@@ -19,16 +19,9 @@ from collections.abc import Mapping
 
 from shim.errors import UsageError
 
-SERVE_VARIABLE = "SHIMRUN_SERVE"
-KEPT = "kept"
 IDLE_VARIABLE = "SHIMRUN_KEPT_IDLE"
 DEFAULT_IDLE = 600           # seconds: ten minutes after its last app, a kept mount goes
 MAX_IDLE = 7 * 24 * 3600     # a week; longer is a daemon, not a cache
-
-
-def wants_kept(environ: Mapping[str, str]) -> bool:
-    """Does this launch ask to be served by a kept mount?"""
-    return environ.get(SERVE_VARIABLE, "").strip().lower() == KEPT
 
 
 def kept_idle(environ: Mapping[str, str], site_default: int = DEFAULT_IDLE) -> int:
