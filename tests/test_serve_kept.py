@@ -69,12 +69,18 @@ def nothing_kept(uid: int) -> bool:
 
 @pytest.fixture(autouse=True)
 def no_holder_left(user):
-    """Each test starts and ends without a holder of the test user (killed by pid at the end)."""
+    """Each test starts and ends without a holder of the test user (killed by pid: another file's
+    test may have left one to its idle time)."""
+    _kill_holders(user.uid)
     yield
-    for pid in holders(user.uid):
+    _kill_holders(user.uid)
+
+
+def _kill_holders(uid: int) -> None:
+    for pid in holders(uid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    assert wait_until(lambda: nothing_kept(user.uid), timeout=10)
+    assert wait_until(lambda: nothing_kept(uid), timeout=10)
 
 
 def joined(r: subprocess.CompletedProcess) -> tuple[int, int]:

@@ -123,7 +123,9 @@ def test_auto_keeps_a_mount_when_the_copy_would_exceed_the_cap(shim, busybox_sif
     conf = _conf(user_dir, 'unpack_cap = "1M"')
     r = shim.run(["check", "--conf", conf, busybox_sif], env=_env(user_dir))
     assert "served: kept (its copy (~" in r.stdout and "larger than the cap (1 MiB)" in r.stdout, r.stdout
-    run = shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"], env=_env(user_dir))
+    # kept, so a holder serves it: told to leave as soon as its app has ended (nothing stays behind)
+    run = shim.run(["--conf", conf, busybox_sif, "/bin/busybox", "true"], env={**_env(user_dir),
+                                                                                "SHIMRUN_KEPT_IDLE": "0"})
     assert (run.returncode, run.stderr) == (0, "") and _roots(user_dir) == []
 
 
