@@ -131,7 +131,7 @@ def _unsquashfs(image: ImageRef, dest: str) -> None:
     exe = shutil.which("unsquashfs")
     if exe is None:
         raise ShimError(ExitCode.HOST, "unsquashfs is not installed, so the image cannot be unpacked",
-                        "install squashfs-tools (apt-get install squashfs-tools), or --serve mount")
+                        "install squashfs-tools (apt-get install squashfs-tools), or squashfuse and --serve mount")
     # -no-xattrs: an unprivileged user cannot write security.* xattrs (unsquashfs would fail);
     # the regex (matched against top-level names) skips dev: device nodes cannot be made, and
     # the host's /dev is bound there. -p: every CPU this process may use (the decompression is
@@ -250,6 +250,23 @@ def _remove_partials(where: str, digest: str) -> None:
             remove_tree(os.path.join(where, name))
 
 
+def remove_orphans(where: str) -> None:
+    """Partials of any image whose lock no one holds (a killed unpack or removal of another image):
+    every planned launch that serves from `where` removes them, so a leftover never lingers (its
+    records list `*.partial.*`: the leftover makes the next launch plan, which removes it)."""
+    for name in os.listdir(where):
+        digest, sep, _pid = name.partition(".partial.")
+        if not sep or not _DIGEST.fullmatch(digest):
+            continue
+        fd = _open_lock(os.path.join(where, f"{digest}.lock"), fcntl.LOCK_EX, wait=False)
+        if fd is None:
+            continue  # being unpacked or removed right now
+        try:
+            remove_tree(os.path.join(where, name))
+        finally:
+            os.close(fd)
+
+
 def _publish(image: ImageRef, where: str, digest: str, cap: int) -> float:
     """Unpack into DIGEST.partial.PID and rename it into place (the caller holds the lock
     LOCK_EX); the seconds it took."""
@@ -308,6 +325,7 @@ def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False, wh
                 break
             os.close(fd)
         os.utime(fd)  # last used
+        remove_orphans(where)
     except OSError as e:
         raise ShimError(ExitCode.HOST, f"cannot unpack {image.path} in {where}: {e.strerror}",
                         "check the free space and permissions there, or --serve mount") from None
