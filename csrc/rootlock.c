@@ -1,5 +1,6 @@
-/* An unpacked root held in use for the app's lifetime (the record's ROOT_LOCK; the Python side,
- * which unpacks and cleans up, is shim/launch/unpack.py).
+/* An unpacked root, or a staged copy of the image that is mounted, held in use for the app's
+ * lifetime (the record's ROOT_LOCK; the Python side, which unpacks, stages and cleans up, is
+ * shim/launch/unpack.py and shim/launch/staging.py).
  *
  * A clean-up removes a root only when it can take its lock file LOCK_EX without waiting. So the
  * launch takes it LOCK_SH and keeps the descriptor open, high (SHIM_ROOT_LOCK_FD and up, out of
@@ -36,7 +37,8 @@ int shim_root_lock(const struct shim_rec *r, struct shim_result *res)
     }
     /* removed while this launch waited for the lock: the name is gone or another file's now */
     if (HANDLED(stat(r->root_lock, &named)) == -1 || named.st_ino != held.st_ino || named.st_dev != held.st_dev
-        || HANDLED(stat(r->cfg.image_path, &root)) == -1 || !S_ISDIR(root.st_mode)) {
+        || HANDLED(stat(r->cfg.image_path, &root)) == -1
+        || (r->cfg.image_kind == SHIM_IMG_DIR ? !S_ISDIR(root.st_mode) : !S_ISREG(root.st_mode))) {
         close(fd);
         goto removed;
     }
@@ -51,7 +53,7 @@ int shim_root_lock(const struct shim_rec *r, struct shim_result *res)
     return 0;
 removed:
     res->code = SHIM_E_LAUNCH;
-    snprintf(res->message, sizeof res->message, "the unpacked copy of the image (%s) was removed while it was "
+    snprintf(res->message, sizeof res->message, "the node-local copy of the image (%s) was removed while it was "
              "launched (shimrun cache clean?): run again", r->cfg.image_path);
     return res->code;
 }

@@ -281,7 +281,8 @@ def test_an_image_the_policy_refuses_is_never_unpacked(shim, busybox_sif, user_d
     ('unpack_cap = "150%"', "serve.unpack_cap = '150%' is not a size"),
     ("kept_idle = -1", "serve.kept_idle = -1 is not a number of seconds"),
     ("kept_idle = 1.5", "serve.kept_idle must be a int"),
-    ("stage = 1", "serve.stage must be a bool"),
+    ("stage = 1", "serve.stage must be a string"),
+    ('stage = "yes"', "serve.stage = 'yes' is not one of auto, always, never"),
     ("unpack = true", "unknown key serve.unpack")])
 def test_a_bad_serve_setting_is_one_line(shim, busybox_sif, user_dir, line, said):
     conf = _conf(user_dir, line)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -24,11 +24,14 @@ from shim.launch.serve import (
     asked_mode,
     cap_bytes,
     decide_serve,
+    fs_type_at,
+    is_network_fs,
     local_target,
     read_mountinfo,
     squashfs_size,
 )
-from shim.launch.unpack import known_digest, unpacked_root
+from shim.launch.staging import Staged, drop_staged, stage_mode, staged_copy, staged_dir, staging_reason
+from shim.launch.unpack import Stage, known_digest, unpacked_root
 from shim.site.serve_config import ServeSettings
 
 FUSE_DEVICE = "/dev/fuse"
@@ -72,13 +75,13 @@ class ServeRequest(NamedTuple):
     dry_run: bool = False       # decide and say, unpack nothing (unless FUSE leaves no other way to look)
 
 
-def _facts(image: ImageRef, req: ServeRequest) -> tuple[ServeFacts, int]:
+def _facts(image: ImageRef, req: ServeRequest, mountinfo: str) -> tuple[ServeFacts, int]:
     """What the choice is made over, and the cap in bytes."""
     asked, by = asked_mode(req.option, req.environ, req.settings.mode)
     if image.kind == "dir":
         return ServeFacts("dir", asked, by, 0, 0, None, Target(""), 0, False), 0
     root = cache_root()
-    target = local_target(req.settings.local_dir, root.path, root.problem, read_mountinfo())
+    target = local_target(req.settings.local_dir, root.path, root.problem, mountinfo)
     cap = cap_bytes(req.settings.unpack_cap, target)
     fd = image.opened.fd if image.opened is not None else -1
     try:
@@ -99,12 +102,24 @@ def _mounted(image: ImageRef, kind: str = "squashfs") -> RootfsSource:
 def serve_image(image: ImageRef, req: ServeRequest) -> Served:
     """How the image is served (shim/launch/serve.py decides), its root made ready: a copy
     unpacked (or found) in the node-local directory, or a squashfuse mount for the C core."""
-    facts, cap = _facts(image, req)
+    mountinfo = read_mountinfo()
+    facts, cap = _facts(image, req, mountinfo)
     decision = decide_serve(facts)
     if decision.mode == DIR:
         return Served(decision, RootfsSource("dir", image.path), ())
+    stage_why = _stage_reason(image, req, mountinfo)
+    if stage_why and not facts.target.path:
+        decision = decision._replace(stage=f"not staged ({stage_why}): no local directory: {facts.target.problem}")
+        stage_why = ""
+    elif stage_why:
+        decision = decision._replace(stage=f"staged to {staged_dir(facts.target.path)} ({stage_why})")
     if decision.mode != UNPACK:
-        return Served(decision, _mounted(image, "kept" if decision.mode == KEPT else "squashfs"), ())
+        kind = "kept" if decision.mode == KEPT else "squashfs"
+        if not stage_why or req.dry_run:
+            return Served(decision, _mounted(image, kind), ())
+        staged = staged_copy(image, staged_dir(facts.target.path), cap)
+        _say_staged(image, staged, req.quiet)
+        return Served(decision, RootfsSource(kind, staged.path, 0, _mounted(image).squashfuse), (), staged.lock)
     if not decision.where:  # FUSE unusable and no local directory: nothing can open the image
         raise ShimError(ExitCode.HOST, f"{decision.reason}, and there is no local directory to unpack the image "
                         f"into: {facts.target.problem}", "set SHIMRUN_CACHE to a directory of your own on a local "
@@ -112,7 +127,8 @@ def serve_image(image: ImageRef, req: ServeRequest) -> Served:
     if req.dry_run and facts.fuse_problem is None and not facts.unpacked:
         return Served(decision, _mounted(image), ())  # the look at the image reads it mounted
     why = f"FUSE unusable ({facts.fuse_problem}); " if facts.fuse_problem is not None else ""
-    got = unpacked_root(image, decision.where, cap, req.quiet, why)
+    stage = _stager(image, staged_dir(facts.target.path), req.quiet) if stage_why else None
+    got = unpacked_root(image, decision.where, cap, (req.quiet, why), stage)
     notices: tuple[str, ...] = ()
     if facts.fuse_problem is not None and not req.quiet:
         line = f"shimrun: FUSE unusable ({facts.fuse_problem}); using the copy of this image unpacked in {got.path}"
@@ -120,3 +136,28 @@ def serve_image(image: ImageRef, req: ServeRequest) -> Served:
         if not got.made:
             print(notices[0], file=sys.stderr)
     return Served(decision, RootfsSource("dir", got.path), notices, got.lock)
+
+
+def _stage_reason(image: ImageRef, req: ServeRequest, mountinfo: str) -> str:
+    """Why this launch copies its image to the node first ("" : it does not)."""
+    mode, by = stage_mode(req.environ, req.settings.stage)
+    if mode == "never" or image.opened is None:
+        return ""
+    fs = fs_type_at(os.path.realpath(image.opened.path), mountinfo) if mode == "auto" else ""
+    return staging_reason(mode, by, fs, is_network_fs(fs))
+
+
+def _say_staged(image: ImageRef, staged: Staged, quiet: bool) -> None:
+    if staged.seconds and not quiet:
+        print(f"shimrun: staged {image.path} ({image.size / 2**20:.0f} MiB) to {staged.path} in "
+              f"{staged.seconds:.1f} s; later launches on this node use it", file=sys.stderr)
+
+
+def _stager(image: ImageRef, directory: str, quiet: bool) -> Stage:
+    """The unpack's staging: the copy made (one read of the image, in order), then dropped once
+    it is unpacked."""
+    def stage() -> tuple[str, ImageRef, Callable[[], None]]:
+        staged = staged_copy(image, directory)
+        _say_staged(image, staged, quiet)
+        return staged.digest, staged.source(image), lambda: drop_staged(staged)
+    return stage

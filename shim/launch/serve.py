@@ -62,12 +62,14 @@ class ServeDecision(NamedTuple):
     mode: str               # unpack | kept | mount | dir
     reason: str
     where: str = ""         # unpack: the directory of unpacked roots; else the image
+    stage: str = ""         # staging (shim/launch/staging.py): where the image is copied and why, "" none
 
     def line(self) -> str:
-        return f"served: {self.mode} ({self.reason})" + (f": {self.where}" if self.where else "")
+        return (f"served: {self.mode} ({self.reason})" + (f": {self.where}" if self.where else "")
+                + (f"; {self.stage}" if self.stage else ""))
 
     def as_dict(self) -> dict[str, str]:
-        return {"mode": self.mode, "reason": self.reason, "where": self.where}
+        return {"mode": self.mode, "reason": self.reason, "where": self.where, "stage": self.stage}
 
 
 def mib(n: int) -> str:

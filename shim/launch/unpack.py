@@ -27,7 +27,8 @@ import shutil
 import stat
 import sys
 import time
-from typing import NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
 
 from shim.cachefiles import cache_path, read_trusted, untrusted, write_atomic
 from shim.errors import ExitCode, ShimError
@@ -44,6 +45,16 @@ class Root(NamedTuple):
     size: int               # bytes on disk
     last_used: float        # the lock file's mtime
     in_use: bool
+
+
+class _Staged(NamedTuple):
+    """A copy this launch staged before it knew whether it would unpack it."""
+    digest: str
+    source: ImageRef
+    drop: Callable[[], None]
+
+    def __call__(self) -> tuple[str, ImageRef, Callable[[], None]]:
+        return self.digest, self.source, self.drop
 
 
 class Unpacked(NamedTuple):
@@ -67,6 +78,12 @@ def known_digest(image: ImageRef) -> str | None:
         return json.loads(raw)["sha256"] if raw is not None else None
     except (ValueError, KeyError, TypeError):
         return None
+
+
+def remember_digest(image: ImageRef, digest: str) -> None:
+    """Memoise the partition's sha256 for this very file (its identity, change time included)."""
+    ident, memo = _memo(image)
+    write_atomic(memo, json.dumps({"sha256": digest, "identity": ident}).encode())
 
 
 def partition_digest(image: ImageRef) -> str:
@@ -106,7 +123,7 @@ def remove_tree(path: str) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
-def _open_lock(path: str, mode: int, wait: bool = True) -> int | None:
+def open_lock(path: str, mode: int, wait: bool = True) -> int | None:
     """The lock file `path`, flock(mode)ed, and still the file of that name (retried once it was
     replaced); None when `wait` is False and someone holds it."""
     while True:
@@ -195,7 +212,7 @@ def roots(where: str) -> list[Root]:
             used = os.stat(lock).st_mtime
         except OSError:
             used = 0.0
-        fd = _open_lock(lock, fcntl.LOCK_EX, wait=False) if os.path.exists(lock) else None
+        fd = open_lock(lock, fcntl.LOCK_EX, wait=False) if os.path.exists(lock) else None
         in_use = os.path.exists(lock) and fd is None
         if fd is not None:
             os.close(fd)
@@ -208,7 +225,7 @@ def remove_root(where: str, digest: str) -> bool:
     """Remove one root unless it is in use (someone holds its lock); True when it is gone."""
     path = os.path.join(where, digest)
     lock = f"{path}.lock"
-    fd = _open_lock(lock, fcntl.LOCK_EX, wait=False)
+    fd = open_lock(lock, fcntl.LOCK_EX, wait=False)
     if fd is None:
         return False
     try:
@@ -258,7 +275,7 @@ def remove_orphans(where: str) -> None:
         digest, sep, _pid = name.partition(".partial.")
         if not sep or not _DIGEST.fullmatch(digest):
             continue
-        fd = _open_lock(os.path.join(where, f"{digest}.lock"), fcntl.LOCK_EX, wait=False)
+        fd = open_lock(os.path.join(where, f"{digest}.lock"), fcntl.LOCK_EX, wait=False)
         if fd is None:
             continue  # being unpacked or removed right now
         try:
@@ -267,9 +284,15 @@ def remove_orphans(where: str) -> None:
             os.close(fd)
 
 
-def _publish(image: ImageRef, where: str, digest: str, cap: int) -> float:
+class Stage(Protocol):
+    """Staging (shim/launch/staging.py) as the unpack uses it: the partition copied to the node
+    (or found there), as (its sha256, the copy to unpack from, how to drop the copy once unpacked)."""
+    def __call__(self) -> tuple[str, ImageRef, Callable[[], None]]: ...
+
+
+def _publish(image: ImageRef, where: str, digest: str, cap: int, stage: Stage | None) -> float:
     """Unpack into DIGEST.partial.PID and rename it into place (the caller holds the lock
-    LOCK_EX); the seconds it took."""
+    LOCK_EX); the seconds it took. With `stage`, from the node-local copy of the image."""
     final = os.path.join(where, digest)
     _remove_partials(where, digest)
     from shim.image.squashfs import SUPERBLOCK_SIZE, parse_superblock
@@ -284,13 +307,19 @@ def _publish(image: ImageRef, where: str, digest: str, cap: int) -> float:
     clean_to_cap(where, cap, reserve)
     partial = f"{final}.partial.{os.getpid()}"
     start = time.monotonic()
+    drop: Callable[[], None] = _nothing
     try:
-        _unsquashfs(image, partial)
+        source = image
+        if stage is not None:
+            _digest, source, drop = stage()  # a copy made now hashes to `digest`, or stage() stops the launch
+        _unsquashfs(source, partial)
         os.makedirs(os.path.join(partial, "dev"), exist_ok=True)
         os.rename(partial, final)
     except BaseException:
         remove_tree(partial)
         raise
+    finally:
+        drop()
     took = time.monotonic() - start
     meta = {"image": image.path, "squashfs_bytes": image.size, "size": disk_usage(final), "seconds": round(took, 3),
             "unpacked": int(time.time())}
@@ -298,11 +327,24 @@ def _publish(image: ImageRef, where: str, digest: str, cap: int) -> float:
     return took
 
 
-def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False, why: str = "") -> Unpacked:
+def _nothing() -> None:
+    return None
+
+
+def unpacked_root(image: ImageRef, where: str, cap: int, say: tuple[bool, str] = (False, ""),
+                  stage: Stage | None = None) -> Unpacked:
     """The image's partition unpacked in `where` (made now if need be, one unpack however many
     launches ask at once), held LOCK_SH by this process until it execs. Prints one line when it
-    unpacks (unless quiet; `why` begins it when there was no other way); a reuse is silent."""
-    digest = partition_digest(image)
+    unpacks (unless say[0], quiet; say[1] begins it when there was no other way); a reuse is
+    silent. `stage`: unpack from a node-local copy, made (and hashed) in one read of the image."""
+    quiet, why = say
+    digest = known_digest(image)
+    staged_now: _Staged | None = None
+    if digest is None and stage is not None:
+        digest, source, drop = stage()  # the copy's hash names the root: the image is read once
+        staged_now = _Staged(digest, source, drop)
+    elif digest is None:
+        digest = partition_digest(image)
     final = os.path.join(where, digest)
     lock = f"{final}.lock"
     problem = untrusted(final, leaf_is_file=False) or untrusted(where, leaf_is_file=False)
@@ -312,13 +354,14 @@ def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False, wh
     took = None
     try:
         while True:
-            fd = _open_lock(lock, fcntl.LOCK_SH)
+            fd = open_lock(lock, fcntl.LOCK_SH)
             if os.path.isdir(final):
                 break
             os.close(fd)
-            fd = _open_lock(lock, fcntl.LOCK_EX)  # one unpack: whoever gets it first; the others look again
+            fd = open_lock(lock, fcntl.LOCK_EX)  # one unpack: whoever gets it first; the others look again
             if not os.path.isdir(final):
-                took = _publish(image, where, digest, cap)
+                took = _publish(image, where, digest, cap, staged_now or stage)
+                staged_now = None  # unpacked, and dropped by _publish
             # not atomic (flock(2)): a removal may come in between, so look again
             fcntl.flock(fd, fcntl.LOCK_SH)
             if os.path.isdir(final) and os.path.exists(lock) and os.fstat(fd).st_ino == os.stat(lock).st_ino:
@@ -329,6 +372,9 @@ def unpacked_root(image: ImageRef, where: str, cap: int, quiet: bool = False, wh
     except OSError as e:
         raise ShimError(ExitCode.HOST, f"cannot unpack {image.path} in {where}: {e.strerror}",
                         "check the free space and permissions there, or --serve mount") from None
+    finally:
+        if staged_now is not None and took is None:  # another launch unpacked it meanwhile
+            staged_now.drop()
     _held.append(fd)
     if took is not None:
         clean_to_cap(where, cap)  # the actual size now known; this root is held, so it stays

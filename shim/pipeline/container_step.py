@@ -109,6 +109,8 @@ def _root(req: ContainerRequest, image: ImageRef) -> Root:
     inputs = []
     if rootfs.kind in ("squashfs", "kept"):
         inputs.append(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
+        if rootfs.path != image.path:  # a staged copy: while it is there (a clean-up makes the next launch plan)
+            inputs.append(file_input(rootfs.path, IDENTITY))
     elif image.kind != "dir":  # unpacked: the copy, while it is there (`cache clean` removes it); and
         # a killed unpack's leftover makes the next launch a planned one, which removes it
         inputs.append(file_input(rootfs.path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"]))

@@ -45,7 +45,8 @@ def print_plan(plan: Plan, as_json: bool, out: TextIO = sys.stdout, served: dict
     print(f"image: {plan.image}", file=out)
     if served:
         where = f": {served['where']}" if served["where"] else ""
-        print(f"served: {served['mode']} ({served['reason']}){where}", file=out)
+        staged = f"; {served['stage']}" if served.get("stage") else ""
+        print(f"served: {served['mode']} ({served['reason']}){where}{staged}", file=out)
     print(f"profiles: {', '.join(plan.profiles) or '(none)'}", file=out)
     if plan.decisions:
         print("", file=out)

@@ -57,7 +57,7 @@ SCHEMA: Schema = {
     "provenance": {"dir": Field("string")}, "pull": {"max_entries": Field("integer")},
     "serve": {"mode": Field("string", 'mode = "auto"'), "local_dir": Field("string", 'local_dir = "/local"'),
               "unpack_cap": Field("size", 'unpack_cap = "20G"'), "kept_idle": Field("integer", "kept_idle = 600"),
-              "stage": _BOOL},
+              "stage": Field("string", 'stage = "auto"')},
 }
 REFUSAL_ACTIONS = ("warn", "error")
 

@@ -8,7 +8,8 @@ sets it (a launch's --serve / SHIMRUN_SERVE chooses the mode for one run).
 - unpack_cap: how much the unpacked roots may take together: bytes (an integer), a size ("20G"),
   or a share of the file system holding them ("50%", the default); least recently used roots go.
 - kept_idle: seconds a kept mount stays up with no launch using it (default 600).
-- stage: reserved (issue #24 item 4: copying the image to the node once per job).
+- stage: "auto" (copy the image to the node first when it lies on a network file system),
+  "always", "never" (shim/launch/staging.py).
 
 Non-goal: deciding anything (shim/launch/serve.py does, over these settings and the node's facts).
 """
@@ -21,6 +22,7 @@ from typing import Any, NamedTuple
 
 from shim.errors import ExitCode, ShimError
 
+STAGE_MODES = ("auto", "always", "never")
 MODES = ("auto", "unpack", "kept", "mount")
 DEFAULT_CAP = "50%"
 DEFAULT_KEPT_IDLE = 600
@@ -32,7 +34,7 @@ class ServeSettings(NamedTuple):
     local_dir: str = ""             # "": the user's cache (see the module's docstring)
     unpack_cap: str = DEFAULT_CAP   # as written: "50%", "20G", "1073741824"
     kept_idle: int = DEFAULT_KEPT_IDLE
-    stage: bool = False
+    stage: str = "auto"
 
 
 class Cap(NamedTuple):
@@ -74,5 +76,7 @@ def serve_settings(path: Path, data: dict) -> ServeSettings:
     idle = section.get("kept_idle", DEFAULT_KEPT_IDLE)
     if isinstance(idle, bool) or idle < 0:
         raise _fail(path, "kept_idle", idle, "is not a number of seconds", "kept_idle = 600")
-    return ServeSettings(mode, local_dir.rstrip("/") or ("/" if local_dir else ""), str(cap), idle,
-                         bool(section.get("stage", False)))
+    stage = section.get("stage", "auto")
+    if stage not in STAGE_MODES:
+        raise _fail(path, "stage", stage, f"is not one of {', '.join(STAGE_MODES)}", 'stage = "auto"')
+    return ServeSettings(mode, local_dir.rstrip("/") or ("/" if local_dir else ""), str(cap), idle, stage)
