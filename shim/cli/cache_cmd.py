@@ -63,12 +63,15 @@ def _list(args: argparse.Namespace, cache, blobs, cap: int, dirs: list[str]) -> 
     from shim.launch.unpack import roots
 
     found = [(where, r) for where in dirs for r in roots(where)]
+    staged = _staged(dirs)
     total = sum(b.size for b in blobs)
     if args.json:
         print(json.dumps({"directory": cache.dir, "cap": cap, "total": total,
                           "blobs": [{"digest": b.digest, "size": b.size, "last_used": int(b.used)} for b in blobs],
                           "unpacked": [{"digest": r.digest, "image": r.image, "size": r.size, "path": r.path,
-                                        "last_used": int(r.last_used), "in_use": r.in_use} for _, r in found]},
+                                        "last_used": int(r.last_used), "in_use": r.in_use} for _, r in found],
+                          "staged": [{"digest": c[0], "size": c[1], "path": os.path.join(d, c[0] + ".sqfs"),
+                                      "last_used": int(c[2]), "in_use": c[3]} for d, c in staged]},
                          indent=2))
         return 0
     for b in blobs:
@@ -77,7 +80,24 @@ def _list(args: argparse.Namespace, cache, blobs, cap: int, dirs: list[str]) -> 
     for _, r in found:
         print(f"{r.digest}  {r.size:>12}  {_when(r.last_used)}  {'in use' if r.in_use else 'unused'}  {r.image}")
     print(f"{len(found)} unpacked images, {sum(r.size for _, r in found)} bytes in {', '.join(dirs) or '(none)'}")
+    for d, (digest, size, used, in_use) in staged:
+        print(f"{digest}  {size:>12}  {_when(used)}  {'in use' if in_use else 'unused'}  "
+              f"{os.path.join(d, digest + '.sqfs')}")
+    print(f"{len(staged)} staged images, {sum(c[1] for _, c in staged)} bytes")
     return 0
+
+
+def _staged(dirs: list[str]) -> list[tuple[str, tuple[str, int, float, bool]]]:
+    """(directory, copy) of the images staged beside each unpack directory (shim/launch/staging.py),
+    least recently used first."""
+    from shim.launch.staging import staged_copies
+
+    found = []
+    for where in dirs:
+        sdir = os.path.join(os.path.dirname(where), "staged")
+        if _private(sdir):
+            found += [(sdir, c) for c in staged_copies(sdir)]
+    return sorted(found, key=lambda dc: dc[1][2])
 
 
 def _clean(args: argparse.Namespace, cache, blobs, dirs: list[str]) -> int:
@@ -99,6 +119,14 @@ def _clean(args: argparse.Namespace, cache, blobs, dirs: list[str]) -> int:
     print(f"removed {len(gone)} unpacked images, {sum(r.size for r in gone)} bytes"
           + (f"; kept {busy} in use" if busy else "") + (f"; kept the {args.keep_recent} most recently used"
                                                          if args.keep_recent else ""))
+    from shim.launch.staging import remove_staged
+
+    staged = _staged(dirs)
+    doomed_copies = staged[:max(len(staged) - args.keep_recent, 0)]
+    gone_copies = [c for d, c in doomed_copies if not c[3] and remove_staged(d, c[0])]
+    busy_copies = len(doomed_copies) - len(gone_copies)
+    print(f"removed {len(gone_copies)} staged images, {sum(c[1] for c in gone_copies)} bytes"
+          + (f"; kept {busy_copies} in use" if busy_copies else ""))
     return 0
 
 
