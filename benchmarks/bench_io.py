@@ -253,7 +253,9 @@ def main(argv: list[str]) -> None:
     if args.nodes:
         import io_nodes
 
-        node_sections = io_nodes.measure_nodes(shimrun, sif, [m for m in args.serve_modes.split(",") if m],
+        modes = [m for m in args.serve_modes.split(",") if m]
+        modes += [f"{m}+stage" for m in ("mount", "unpack") if m in modes]  # with and without staging
+        node_sections = io_nodes.measure_nodes(shimrun, sif, modes,
                                                args.ranks, 10, io_nodes.DEFAULT_APP[args.image], user)
     size = sif.stat().st_size
     notes = [

@@ -12,7 +12,7 @@ The emulated nodes share this machine's disk: each gets a node-local cache of it
 
 Usage (as root, after scripts/install.sh):
     /opt/shim/venv/bin/python benchmarks/io_nodes.py [--image scipy|base] [--ranks 64] [--steps 10]
-        [--serve-modes mount,unpack,kept] [--app "python3 -c 'import numpy'"]
+        [--serve-modes mount,unpack,kept,mount+stage,unpack+stage] [--app "python3 -c 'import numpy'"]
 Writes results/io_nodes.md; `bench_io.py --nodes` puts the same sections into results/io.md.
 """
 
@@ -254,7 +254,8 @@ def main(argv: list[str]) -> None:
     p.add_argument("--image", choices=("scipy", "base"), default="scipy")
     p.add_argument("--ranks", type=int, default=64)
     p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--serve-modes", default=os.environ.get("SHIM_BENCH_SERVE", "mount,unpack,kept"))
+    p.add_argument("--serve-modes",
+                   default=os.environ.get("SHIM_BENCH_SERVE", "mount,unpack,kept,mount+stage,unpack+stage"))
     p.add_argument("--app", default="")
     p.add_argument("--results-dir", type=Path, default=RESULTS, help="where io_nodes.md goes")
     args = p.parse_args(argv)

@@ -45,6 +45,12 @@ SERVE_MODES: dict[str, ServeMode] = {m.name: m for m in (
     ServeMode("unpack", "dir", None, "the node-local unpacked copy (unpacked once, then a directory)"),
     ServeMode("kept", "fuse", True, "a kept squashfuse mount joined by each launch",
               (("SHIMRUN_KEPT_IDLE", str(KEPT_IDLE)),)),
+    # MODE+stage: the same, from the image's copy staged to the node first (SHIMRUN_STAGE=always:
+    # what `auto` does for an image on a network file system)
+    ServeMode("unpack+stage", "dir", None, "unpacked from a copy staged to the node in one read",
+              (("SHIMRUN_STAGE", "always"),)),
+    ServeMode("mount+stage", "fuse", False, "a per-launch mount of the copy staged to the node",
+              (("SHIMRUN_STAGE", "always"),)),
 )}
 
 
@@ -134,10 +140,11 @@ def serve_way(shimrun: str, mode: ServeMode, image: Path, user: BenchUser, how: 
     "default" (neither: a build before --serve, whose only way is the per-launch mount). The probe
     also warms the mode up (an unpack happens here: the timed cold runs find the copy made)."""
     name = f"shimrun --serve {mode.name} IMG{image.suffix}"
-    prefix = (shimrun, "--serve", mode.name, str(image)) if how == "option" else (shimrun, str(image))
+    serve = mode.name.split("+")[0]  # MODE+stage: --serve MODE, staged by its environment
+    prefix = (shimrun, "--serve", serve, str(image)) if how == "option" else (shimrun, str(image))
     env = {**extra_env, **dict(mode.env)}
     if how == "env":
-        env["SHIMRUN_SERVE"] = mode.name
+        env["SHIMRUN_SERVE"] = serve
     probe = run_as(user, [*prefix, "cat", "/proc/self/mountinfo"], env)
     if probe.rc != 0:
         last = (probe.stderr.strip().splitlines() or [""])[-1][:160]
