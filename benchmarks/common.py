@@ -185,9 +185,10 @@ def table(samples: list[Sample], baseline: str, unit: float = 1e3, unit_name: st
     return rows
 
 
-def write_results(name: str, title: str, sections: list[tuple[str, list[str]]]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.md"
+def write_results(name: str, title: str, sections: list[tuple[str, list[str]]], results: Path = RESULTS) -> Path:
+    """results/NAME.md (`results`: another directory, e.g. a test's)."""
+    results.mkdir(parents=True, exist_ok=True)
+    out = results / f"{name}.md"
     lines = [f"# {title}", "", *[f"- {f}" for f in machine_facts()], ""]
     for heading, body in sections:
         lines += [f"## {heading}", "", *body, ""]

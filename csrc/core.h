@@ -61,6 +61,7 @@ struct shim_config {
     int writable;             /* the root gets a tmpfs overlay (--writable-tmpfs) */
     const struct shim_link *links;
     int nlinks;
+    unsigned kept_idle;       /* SHIM_IMG_KEPT: seconds the holder stays once none of its apps is left */
 };
 
 /* ---- the record, parsed (record.c): pointers into the caller's buffer ---- */
@@ -90,6 +91,7 @@ struct shim_image_file {
 
 struct shim_rec {
     const char *version, *key;
+    const char *root_lock;    /* ROOT_LOCK: an unpacked root's lock file (NULL: none) */
     struct shim_image_file image_file;
     struct shim_config cfg;   /* all but argv and the environments, which each launch composes */
     const char *command;
@@ -147,6 +149,10 @@ int shim_image_matches(const struct shim_rec *r, int fd, int strict, char *why, 
 /* The descriptor the launch mounts (cfg->image_fd): `fd` when the record's root is the opened
  * image itself, -1 when it is a copy (IMAGE_PATH) or the record names no IMAGE_FILE. */
 int shim_image_root_fd(const struct shim_rec *r, int fd);
+
+/* rootlock.c: the record's ROOT_LOCK taken LOCK_SH on a high descriptor the app inherits (and
+ * stamped as last used); 0 (also without one), or an exit code with res set (the root is gone). */
+int shim_root_lock(const struct shim_rec *r, struct shim_result *res);
 
 /* common.c: helpers that call nothing else of the core. */
 const char *shim_env_get(char *const *environ, const char *name);
@@ -264,8 +270,27 @@ void shim_begin(const struct shim_config *cfg, struct shim_result *res);
 int shim_setup_root(const struct shim_config *cfg, struct shim_result *res);
 int shim_enter_and_exec(const struct shim_config *cfg, struct shim_result *res);
 
-/* userns.c */
+/* userns.c: enter_namespaces = a new user + mount namespace with the id map, then
+ * enter_more_namespaces (the NS_* ones besides, owned by the user namespace we are in). */
 void enter_namespaces(int fakeroot, int namespaces);
+void enter_more_namespaces(int namespaces);
+
+/* kept.c: a launch's side of a kept mount (README "Kept mounts"). 1: this process is in the
+ * holder's user namespace and in a private copy of its mount namespace, *kept_fd an O_PATH
+ * descriptor of the kept squashfuse mount; 0: it is where it was (no holder to be had, or
+ * another user's at the name): the caller mounts the image itself. Fails (unwinds) only after
+ * entering, when there is no way back. */
+int shim_kept_enter(const struct shim_config *cfg, int *kept_fd);
+#define SHIM_KEPT_DIR "kept" /* STAGE/kept: the kept mount, in the holder's own staging tmpfs */
+
+/* kepthold.c: the holder (a grandchild of the launch that started it, in a session of its own).
+ * Never returns. */
+struct shim_kept_hold {
+    const struct shim_config *cfg;
+    int listen_fd;            /* bound and listening: the launches' socket */
+    int stepd_fd;             /* >= 0: a pidfd of the job step's slurmstepd: leave when it is gone */
+};
+void shim_kept_hold(const struct shim_kept_hold *h) __attribute__((noreturn));
 
 /* nsinit.c */
 void shim_loopback_up(void);
@@ -284,8 +309,8 @@ void shim_end_as(int status) __attribute__((noreturn));
  * once. -1 with res set: the record cannot be written there (nothing was started). */
 int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res);
 
-/* fuse.c */
-void mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);
+/* fuse.c: squashfuse's pid (our child, which dies with us) */
+pid_t mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);
 
 /* mounts.c */
 int open_in_root(int root_fd, const char *path, int flags);

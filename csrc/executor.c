@@ -208,6 +208,8 @@ int shim_execute(const struct shim_rec *r, const struct shim_run *run, struct sh
     }
     if ((cfg.image_fd = image_root(r, run, res)) == -2)
         return res->code;
+    if (shim_root_lock(r, res))
+        return res->code;
     if (shim_provenance_begin(r, run, res))
         return res->code;
     if (run->listen_fd >= 0)
@@ -246,6 +248,8 @@ int shim_record_prepare(const char *data, size_t len, int image_fd, struct shim_
         return res->code = SHIM_E_IMAGE;
     }
     r.cfg.image_fd = shim_image_root_fd(&r, image_fd);
+    if (r.cfg.image_kind == SHIM_IMG_KEPT) /* the planner's look, from Python: no holder forked from it */
+        r.cfg.image_kind = SHIM_IMG_SQUASHFS;
     code = shim_prepare(&r.cfg, res);
     shim_rec_free(&r);
     return code;

@@ -49,7 +49,7 @@ static void read_log(int fd, char *buf, size_t len)
         *nl = (nl[1] == '\0') ? '\0' : ' ';
 }
 
-void mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target)
+pid_t mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target)
 {
     char logpath[4096], opts[64], src[64], log[512];
     struct stat before, now;
@@ -126,4 +126,5 @@ void mount_squashfs(const struct shim_config *cfg, const char *stage, const char
         close(child_fd);
     shim_debug("squashfuse (pid %d) mounted %s at offset %lld after ~%ld us", (int)child, cfg->image_path,
                cfg->offset, waited_us);
+    return child;
 }

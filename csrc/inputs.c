@@ -18,12 +18,17 @@
 
 /* The opened image (image.c): its own path, and for a directory every path below it, are
  * looked at through its descriptor, so a directory swapped in under the name since is not what
- * is checked. */
+ * is checked. A record whose root is a copy of the image (an unpacked SIF: IMAGE_PATH is the
+ * copy) still names the image file among its inputs, by the identity IMAGE_FILE holds: that input
+ * is the opened file's fstat (copy_fd), never a second look at the name, which may have been
+ * swapped since the front-end opened it. */
 struct opened {
     int fd;
     const char *path;
     size_t len;
     int dir;
+    int copy_fd;              /* the opened image file of a COPY record (-1: none) */
+    uint64_t dev, ino;        /* its identity as the record's IMAGE_FILE names it */
 };
 
 /* -1 with errno to the caller: a missing input is an answer (ENOENT: "gone"), and any failure
@@ -53,7 +58,10 @@ static int file_holds(struct rd *d, const struct opened *img, char *why, size_t 
 
     if (d->bad || d->p != d->end)
         return 0;
-    rc = stat_input(img, path, (check & SHIM_CHECK_FOLLOW) != 0, &st);
+    if (img->copy_fd >= 0 && mode && S_ISREG(mode) && dev == img->dev && ino == img->ino)
+        rc = HANDLED(fstat(img->copy_fd, &st)); /* as stat_input: a failure is a change */
+    else
+        rc = stat_input(img, path, (check & SHIM_CHECK_FOLLOW) != 0, &st);
     if (mode == 0) {
         if (rc == 0 || (errno != ENOENT && errno != ENOTDIR)) {
             snprintf(why, whylen, "%s appeared", path);
@@ -204,7 +212,8 @@ static int cpus_holds(struct rd *d, char *why, size_t whylen)
 
 int shim_inputs_hold(const struct shim_rec *r, char *const *environ, int image_fd, char *why, size_t whylen)
 {
-    struct opened img = {shim_image_root_fd(r, image_fd), r->cfg.image_path, 0, S_ISDIR(r->image_file.mode)};
+    struct opened img = {shim_image_root_fd(r, image_fd), r->cfg.image_path, 0, S_ISDIR(r->image_file.mode),
+                         -1, r->image_file.dev, r->image_file.ino};
     char *buf = NULL;
     int i, ok = 1;
 
@@ -212,6 +221,8 @@ int shim_inputs_hold(const struct shim_rec *r, char *const *environ, int image_f
         img.len = strlen(img.path);
     else
         img.fd = -1;
+    if (r->image_file.present && r->image_file.source == SHIM_IMAGE_SOURCE_COPY && image_fd >= 0)
+        img.copy_fd = image_fd;
 
     for (i = 0; i < r->ninputs && ok; i++) {
         const struct shim_field *f = &r->inputs[i];

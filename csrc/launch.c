@@ -28,7 +28,7 @@ int shim_die_with_parent(void) { return HANDLED(prctl(PR_SET_PDEATHSIG, SIGKILL,
 static void setup_root(const struct shim_config *cfg, const char *root)
 {
     Z(mkdir(root, 0755), "mkdir %s", root);
-    if (cfg->image_kind == SHIM_IMG_SQUASHFS) {
+    if (cfg->image_kind != SHIM_IMG_DIR) { /* a kept mount not joined: mounted for this launch */
         mount_squashfs(cfg, cfg->stage, root);
         if (cfg->writable)
             overlay_root(cfg->stage, root);
@@ -47,6 +47,19 @@ static void setup_root(const struct shim_config *cfg, const char *root)
         if (cfg->writable)
             overlay_root(cfg->stage, root);
     }
+}
+
+/* The kept mount (kept.c), bound at `root` in this launch's own copy of the holder's namespace. */
+static void setup_kept_root(const struct shim_config *cfg, const char *root, int kept_fd)
+{
+    char src[64];
+
+    Z(mkdir(root, 0755), "mkdir %s", root);
+    fd_path(kept_fd, src, sizeof src);
+    Z(mount(src, root, NULL, MS_BIND, NULL), "bind the kept mount of %s", cfg->image_path);
+    close(kept_fd);
+    if (cfg->writable)
+        overlay_root(cfg->stage, root);
 }
 
 /* Make `root` the new "/" and drop the host's tree from our view. */
@@ -134,7 +147,7 @@ void shim_begin(const struct shim_config *cfg, struct shim_result *res)
 
 int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
 {
-    int r;
+    int r, kept_fd;
 
     shim_begin(cfg, res);
     if (setjmp(shim_unwind))
@@ -145,6 +158,12 @@ int shim_prepare(const struct shim_config *cfg, struct shim_result *res)
     set_stage(cfg->stage);
     if (cfg->image_kind == SHIM_IMG_DIR && cfg->image_fd >= 0) /* see setup_root */
         Z(fchdir(cfg->image_fd), "enter the opened directory image %s", cfg->image_path);
+    if (cfg->image_kind == SHIM_IMG_KEPT && shim_kept_enter(cfg, &kept_fd)) {
+        enter_more_namespaces(cfg->namespaces);
+        make_private_tmpfs(cfg->stage, "the container's staging area");
+        setup_kept_root(cfg, root, kept_fd);
+        return 0;
+    }
     enter_namespaces(cfg->fakeroot, cfg->namespaces);
     make_private_tmpfs(cfg->stage, "the container's staging area");
     setup_root(cfg, root);

@@ -66,7 +66,9 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         return 1;
     case SHIM_R_IMAGE_KIND:
         c->image_kind = (int)rd_int(&d, 4);
-        return rd_done(&d) && (c->image_kind == SHIM_IMG_SQUASHFS || c->image_kind == SHIM_IMG_DIR);
+        return rd_done(&d) && (c->image_kind == SHIM_IMG_SQUASHFS || c->image_kind == SHIM_IMG_DIR
+                               || c->image_kind == SHIM_IMG_KEPT);
+    case SHIM_R_KEPT_IDLE: c->kept_idle = (unsigned)rd_int(&d, 4); return rd_done(&d);
     case SHIM_R_IMAGE_PATH: c->image_path = rd_str(&d); return rd_done(&d);
     case SHIM_R_IMAGE_FILE: {
         struct shim_image_file *f = &r->image_file;
@@ -80,6 +82,7 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         f->present = 1;
         return rd_done(&d) && (f->source == SHIM_IMAGE_SOURCE_OPENED || f->source == SHIM_IMAGE_SOURCE_COPY);
     }
+    case SHIM_R_ROOT_LOCK: r->root_lock = rd_str(&d); return rd_done(&d) && r->root_lock[0] == '/';
     case SHIM_R_IMAGE_OFFSET: c->offset = (long long)rd_int(&d, 8); return rd_done(&d) && c->offset >= 0;
     case SHIM_R_SQUASHFUSE: c->squashfuse = rd_str(&d); return rd_done(&d);
     case SHIM_R_STAGE: c->stage = rd_str(&d); return rd_done(&d);
@@ -242,7 +245,7 @@ int shim_rec_complete(const struct shim_rec *r, char *why, size_t whylen)
     if (r->refuse)
         return 1;
     if (!r->cfg.image_kind || !r->cfg.image_path || !r->cfg.stage || (!r->command && !r->runscript)
-        || (r->cfg.image_kind == SHIM_IMG_SQUASHFS && !r->cfg.squashfuse)) {
+        || (r->cfg.image_kind != SHIM_IMG_DIR && !r->cfg.squashfuse)) {
         snprintf(why, whylen, "an incomplete record");
         return 0;
     }

@@ -46,10 +46,14 @@ extern char **environ;
  * image mount, binds, pivot_root. It keeps fds of its user and mount namespaces to hand to the
  * ranks, and ignores the signals scancel and srun send to the step's tasks: it leaves when the
  * apps are gone (Slurm's final SIGKILL of the step also ends it, and squashfuse with it). */
-int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int *userns, int *mntns)
+int shim_hold_setup(const struct shim_config *shared, struct shim_result *res, int *userns, int *mntns)
 {
+    struct shim_config own = *shared, *cfg = &own;
     sigset_t set;
 
+    /* A shared container mounts the image itself: kept mounts stay out of shared steps (README). */
+    if (own.image_kind == SHIM_IMG_KEPT)
+        own.image_kind = SHIM_IMG_SQUASHFS;
     if (shim_prepare(cfg, res))
         return res->code;
     shim_begin(cfg, res);

@@ -27,8 +27,6 @@ void enter_namespaces(int fakeroot, int namespaces)
     uid_t uid = getuid();
     gid_t gid = getgid();
     char map[64];
-    int more = (namespaces & SHIM_NS_IPC ? CLONE_NEWIPC : 0) | (namespaces & SHIM_NS_NET ? CLONE_NEWNET : 0)
-               | (namespaces & SHIM_NS_PID ? CLONE_NEWPID : 0);
 
     if (HANDLED(unshare(CLONE_NEWUSER | CLONE_NEWNS)) == -1) { /* messages the admin can act on, by errno */
         int err = errno;
@@ -53,7 +51,15 @@ void enter_namespaces(int fakeroot, int namespaces)
     /* Nothing we mount from here on may propagate back to the host. */
     Z(mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL), "make mounts private (mount --make-rprivate /)");
     shim_debug("user+mount namespace entered, uid %u -> %u", (unsigned)uid, fakeroot ? 0u : (unsigned)uid);
-    /* Owned by the new user namespace, so that we may set them up (lo, a new /proc). */
+    enter_more_namespaces(namespaces);
+}
+
+void enter_more_namespaces(int namespaces)
+{
+    int more = (namespaces & SHIM_NS_IPC ? CLONE_NEWIPC : 0) | (namespaces & SHIM_NS_NET ? CLONE_NEWNET : 0)
+               | (namespaces & SHIM_NS_PID ? CLONE_NEWPID : 0);
+
+    /* Owned by the user namespace we are in, so that we may set them up (lo, a new /proc). */
     if (more && HANDLED(unshare(more)) == -1) /* the namespaces asked for, named */
         shim_fail_at(SHIM_AT, errno, "unshare the%s%s%s namespace", namespaces & SHIM_NS_IPC ? " IPC" : "",
                   namespaces & SHIM_NS_NET ? " network" : "", namespaces & SHIM_NS_PID ? " PID" : "");

@@ -7,13 +7,18 @@ Targets (each a real process of a real launch, run as an ordinary user):
   squashfuse the squashfuse_ll serving a single launch;
   extract   the shimrun process while it extracts the image (SHIMRUN_NO_FUSE=1);
   holder    the process holding a shared container (SHIMRUN_SHARE=1, three ranks);
-  rank      one joining rank of a shared container.
-After each kill: every process of the launch must be gone within 10 s (counted, then killed),
-no FUSE mount may remain, the staging directory must hold only its README, no partial
-extraction of a dead process may remain after the next launch, no shimrun socket may stay bound,
-and a launch right after must work.
+  rank      one joining rank of a shared container;
+  kept-holder, kept-squashfuse, kept-launch
+            with a kept mount (SHIMRUN_SERVE=kept, SHIMRUN_KEPT_IDLE=1; two launches, the second
+            joining the first's mount at a random moment): its holder, the squashfuse it holds,
+            or one of the launches.
+After each kill: every process of the launch must be gone within 10 s (counted, then killed; a
+kept mount's holder within its idle second after its last app), no FUSE mount may remain, the
+staging directory must hold only its README, no partial extraction of a dead process may remain
+after the next launch, no shimrun socket (a shared container's, a kept mount's) may stay bound,
+and a launch right after (per-launch mount, extraction, kept mount) must work.
 
-    python3 scripts/kill_stress.py [KILLS] [--seed N] [--report benchmarks/results/kill_stress.md]
+    /opt/shim/venv/bin/python scripts/kill_stress.py [KILLS] [--seed N] [--report benchmarks/results/kill_stress.md]
 
 Run as root (the launches run as the user SHIM_TEST_USER, default shimtest), after
 scripts/install.sh. The suite runs a few kills of each target (tests/test_kill_stress.py).
@@ -37,7 +42,11 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-TARGETS = ("frontend", "squashfuse", "extract", "holder", "rank")
+from shim.record.runtime_env import KEPT_SOCKET
+
+TARGETS = ("frontend", "squashfuse", "extract", "holder", "rank", "kept-holder", "kept-squashfuse", "kept-launch")
+KEPT_HOLDER = KEPT_SOCKET  # csrc/kepthold.c names its process as its socket
+KEPT_ENV = {"SHIMRUN_SERVE": "kept", "SHIMRUN_KEPT_IDLE": "1"}
 SHIMRUN = os.environ.get("SHIMRUN") or shutil.which("shimrun") or "/usr/local/bin/shimrun"
 
 
@@ -88,8 +97,10 @@ def _fuse_mounts() -> int:
 
 
 def _shim_sockets(uid: int) -> int:
-    """The node's shared-container sockets of `uid` (another user's, of a concurrent run, do not count)."""
-    return sum(1 for line in Path("/proc/net/unix").read_text().splitlines() if f"@shimrun/{uid}/" in line)
+    """The node's shared-container and kept-mount sockets of `uid` (another user's, of a concurrent
+    run, do not count)."""
+    names = (f"@shimrun/{uid}/", f"@{KEPT_SOCKET}/{uid}/")
+    return sum(1 for line in Path("/proc/net/unix").read_text().splitlines() if any(n in line for n in names))
 
 
 def _stage_dir() -> Path:
@@ -150,6 +161,8 @@ class Stress:
                 time.sleep(self.rng.uniform(0, 0.5))
                 pid = p.pid
             self._kill(target, pid)
+        elif target.startswith("kept-"):
+            procs = self._kept(target, app)
         else:
             share = {"SHIMRUN_SHARE": f"stress{self.rng.randrange(1 << 30)}"}
             procs = [self._start([str(self.image), *app], **share) for _ in range(3)]
@@ -169,6 +182,26 @@ class Stress:
                 p.kill()
                 p.wait()
         self._check()
+
+    def _kept(self, target: str, app: list[str]) -> list[subprocess.Popen]:
+        """Two launches of a kept mount, the second at a random moment of the first; one kill."""
+        procs = [self._start([str(self.image), *app], **KEPT_ENV)]
+        time.sleep(self.rng.uniform(0, 0.3))
+        procs.append(self._start([str(self.image), *app], **KEPT_ENV))
+        if target == "kept-launch":
+            time.sleep(self.rng.uniform(0, 0.4))
+            self._kill(target, self.rng.choice(procs).pid)
+            return procs
+        holder = self._wait_for(lambda: next((q for q, comm in _procs(self.who.uid).items() if comm == KEPT_HOLDER),
+                                             None), 5)
+        if target == "kept-squashfuse" and holder:
+            pid = self._wait_for(lambda: next((c for c in _children(holder) if self._comm(c) == "squashfuse_ll"),
+                                              None), 5)
+        else:
+            pid = holder
+        time.sleep(self.rng.uniform(0, 0.3))
+        self._kill(target, pid)
+        return procs
 
     def _comm(self, pid: int) -> str:
         try:
@@ -194,7 +227,7 @@ class Stress:
             self.tally.leftovers["stage entries"] += 1
 
     def next_launch(self) -> None:
-        for extra in ({}, {"SHIMRUN_NO_FUSE": "1"}):
+        for extra in ({}, {"SHIMRUN_NO_FUSE": "1"}, {**KEPT_ENV, "SHIMRUN_KEPT_IDLE": "0"}):
             r = subprocess.run([SHIMRUN, str(self.image), "/bin/busybox", "true"], check=False, cwd=self.work,
                                env=self._env(**extra), capture_output=True, text=True, user=self.who.uid,
                                group=self.who.gid, extra_groups=[], timeout=60)
@@ -242,7 +275,7 @@ def report(tally: Tally, seed: int, seconds: float) -> str:
         f"- date: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())}; seed {seed}; {seconds:.0f} s", "",
         "| target | SIGKILLs | already gone when the kill came |", "|---|---:|---:|", *rows,
         f"| **all** | **{sum(tally.kills.values())}** | {sum(tally.missed.values())} |", "",
-        (f"Left behind after the kills: {left}. Launches right after (FUSE and extraction) that failed: "
+        (f"Left behind after the kills: {left}. Launches right after (FUSE, extraction, kept mount) that failed: "
          f"{tally.next_launch_failed}."), ""])
 
 

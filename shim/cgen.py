@@ -95,7 +95,10 @@ def runtime_h() -> str:
              f"#define SHIM_SHARE_REPLY_OK {_c_string(rt.SHARE_REPLY_OK)}",
              f"#define SHIM_SHARE_REPLY_ERROR {_c_string(rt.SHARE_REPLY_ERROR)}",
              f"#define SHIM_SHARE_HASH_TAG {_c_string(rt.SHARE_HASH_TAG)}",
-             f"#define SHIM_RECORD_KEY_TAG {_c_string(rt.RECORD_KEY_TAG)}"]
+             f"#define SHIM_RECORD_KEY_TAG {_c_string(rt.RECORD_KEY_TAG)}",
+             f"#define SHIM_KEPT_SOCKET {_c_string(rt.KEPT_SOCKET)}",
+             f"#define SHIM_KEPT_REQUEST {_c_string(rt.KEPT_REQUEST)}",
+             f"#define SHIM_KEPT_HASH_TAG {_c_string(rt.KEPT_HASH_TAG)}"]
     lines += [f"#define SHIM_SLURM_{key} {_c_string(name)}" for key, name in rt.SLURM.items()]
     lines.append(f"#define SHIM_SLURM_IDENTITY {_c_list(rt.SLURM_IDENTITY)}")
     return "\n".join([*lines, "#endif", ""])

@@ -72,6 +72,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--strict",), "strict", FLAG, "a refused injection or a warning is fatal", scope=IMAGE),
     Option(("--quiet",), "quiet", FLAG, "print errors only (no warnings, no notices)", scope=IMAGE),
     Option(("--debug",), "debug", FLAG, "show each set-up step (and tracebacks)", scope=IMAGE),
+    Option(("--serve",), "serve", VALUE, "how a SIF's files are served: auto (default: unpack when it fits, else "
+           "kept), unpack (a node-local copy, made once and reused), kept (a mount kept across launches), mount "
+           "(a squashfuse mount per launch); also SHIMRUN_SERVE", "MODE", scope=IMAGE),
 )
 
 

@@ -163,7 +163,17 @@ DEBIAN_BULLSEYE = Recipe(
     customize=_mpi_hooks("mpicc.mpich", ("libmpich-dev", "gcc", "libc6-dev")),
 )
 
-RECIPES: dict[str, Recipe] = {r.name: r for r in (DEBIAN_BASE, DEBIAN_MPICH, DEBIAN_OPENMPI, DEBIAN_BULLSEYE)}
+# A scientific-Python userland (~1 GB unpacked): what benchmarks/bench_io.py measures an app reading
+# (an import of numpy/scipy/pandas opens and maps thousands of files; tar reads all of /usr).
+DEBIAN_SCIPY = Recipe(
+    name="debian-scipy",
+    suite="bookworm",
+    variant="apt",
+    packages=("python3-numpy", "python3-scipy", "python3-pandas"),
+)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in (DEBIAN_BASE, DEBIAN_MPICH, DEBIAN_OPENMPI, DEBIAN_BULLSEYE,
+                                                  DEBIAN_SCIPY)}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -220,6 +220,10 @@ def _text(value, prefix: str, version: str = ""):
     return value
 
 
+BUNDLED_CONF = "/shim/conf/shim.toml"  # the packaged default configuration (normalised() says why)
+SERVED_LINE = "shimrun: served: "      # --debug's line saying how the image is served (normalised())
+
+
 def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
     """The record's fields as lines, less what is per-build:
     - VERSION: the build that wrote it (by design: a record of another build is never run), and
@@ -228,24 +232,32 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
     - the install prefix in any string or file content: each build runs from its own install
       (its staging directory, its packaged default configuration);
     - an INPUT_FILE under the prefix: its device, inode and times are those of the install's own
-      copy of the file (its check, mode, size and path still compared)."""
+      copy of the file (its check, mode, size and path still compared); the bundled shim.toml's
+      size too: it documents, commented out, the tables added since the reference ([serve]);
+    - the "served" line (how the image is served, #24), new since the reference: a NOTICE of
+      --debug (and, in _outputs, check's line and its JSON member)."""
     version = next((values[0] for name, values in record if name == "VERSION"), "")
     lines = []
     for name, raw in record:
-        if name in ("VERSION", "KEY"):
+        if name in ("VERSION", "KEY") or (name == "NOTICE" and str(raw[0]).startswith(SERVED_LINE)):
             continue
         values = tuple(_text(v, prefix, version) for v in raw)
         if name == "INPUT_FILE" and values[-1].startswith(PREFIX + "/"):
-            values = (values[0], values[1], 0, 0, values[4], 0, 0, values[-1])
+            size = 0 if values[-1].endswith(BUNDLED_CONF) else values[4]
+            values = (values[0], values[1], 0, 0, size, 0, 0, values[-1])
         lines.append(f"{name} {values!r}")
     return lines
 
 
 def _outputs(o: Outcome, prefix: str) -> dict:
-    out: object = _text(o.stdout, prefix)
+    text = "".join(ln for ln in _text(o.stdout, prefix).splitlines(True) if not ln.startswith(SERVED_LINE[9:]))
+    out: object = text
     with contextlib.suppress(ValueError):  # check --json: compared as data, a difference shown by key
-        out = json.loads(out)
-    return {"exit": o.returncode, "stdout": out, "stderr": _text(o.stderr, prefix).splitlines()}
+        out = json.loads(text)
+        if isinstance(out, dict):
+            out.pop("served", None)
+    stderr = [ln for ln in _text(o.stderr, prefix).splitlines() if not ln.startswith(SERVED_LINE)]
+    return {"exit": o.returncode, "stdout": out, "stderr": stderr}
 
 
 def differences(ref: Outcome, new: Outcome, prefixes: tuple[str, str], outputs: bool) -> str:

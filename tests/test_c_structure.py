@@ -171,7 +171,8 @@ def _c_literal(text: str) -> str:
 
 
 C_FACTS = sorted({*runtime_env.SLURM.values(), runtime_env.SHARE_VARIABLE, runtime_env.SHARE_REQUEST,
-                  runtime_env.SHARE_HASH_TAG, runtime_env.RECORD_KEY_TAG,
+                  runtime_env.SHARE_HASH_TAG, runtime_env.RECORD_KEY_TAG, runtime_env.KEPT_SOCKET,
+                  runtime_env.KEPT_REQUEST, runtime_env.KEPT_HASH_TAG,
                   *runtime_env.BLOCKED_PREFIXES, *runtime_env.SETTINGS_PREFIXES})
 C_REPLY_TAGS = (runtime_env.SHARE_REPLY_OK, runtime_env.SHARE_REPLY_ERROR)
 _PY_PREFIXES = {*runtime_env.SETTINGS_PREFIXES, *runtime_env.BLOCKED_PREFIXES, *runtime_env.OVERRIDE_PREFIXES}

@@ -305,7 +305,9 @@ def launch(build: refbuild.Build, case: Case, user: User, values: dict[str, str]
     values = {**values, "out": str(run_dir / "out")}
     exe = build.shimrun if case.tool == "shimrun" else build.compat_bin / case.tool
     runner = refbuild.RecordingRunner(user, str(exe))
-    env = {"SHIMRUN_CACHE": str(run_dir / "cache"), "HOSTVAR": "host",
+    # SHIMRUN_SERVE=mount: the image served as the reference serves it (a per-launch mount; the
+    # reference ignores the setting, and both builds hash it into the record's key alike)
+    env = {"SHIMRUN_CACHE": str(run_dir / "cache"), "HOSTVAR": "host", "SHIMRUN_SERVE": "mount",
            **{k: v.format(**values) for k, v in case.env}}
     r = runner.run([w.format(**values) for w in shlex.split(case.line)], cwd=run_dir, env=env, timeout=120)
     records = tuple(tuple(refbuild.decode(p.read_bytes())) for p in sorted((run_dir / "cache").glob("records/*.rec")))

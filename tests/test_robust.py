@@ -164,9 +164,14 @@ def test_a_corrupt_squashfs_is_an_image_error(shim, user_dir: Path) -> None:
     bad = user_dir / "bad.sqfs"
     bad.write_bytes(bytes(data))
     subprocess.run(["chmod", "a+r", str(good), str(bad)], check=True)
-    assert shim.run([good, "/bin/busybox", "true"]).returncode == 0
-    one_error_line(shim.run([bad, "/bin/busybox", "true"]), ExitCode.IMAGE, "the image is corrupt", "/etc/passwd",
-             "Input/output error")
+    assert shim.run(["--serve", "mount", good, "/bin/busybox", "true"]).returncode == 0
+    one_error_line(shim.run(["--serve", "mount", bad, "/bin/busybox", "true"]), ExitCode.IMAGE, "the image is corrupt",
+                   "/etc/passwd", "Input/output error")
+    # unpacked instead: unsquashfs cannot read the block either, and nothing of the copy is left
+    cache = user_dir / "cache"
+    one_error_line(shim.run(["--serve", "unpack", bad, "/bin/busybox", "true"], env={"SHIMRUN_CACHE": str(cache)}),
+                   ExitCode.IMAGE, f"unpacking {bad} with unsquashfs failed")
+    assert not [p for p in (cache / "rootfs").iterdir() if p.is_dir()]
 
 
 def test_a_relative_home_does_not_put_the_cache_in_the_working_directory(shim, user_dir: Path, busybox_sif) -> None:

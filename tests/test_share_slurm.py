@@ -111,9 +111,10 @@ def test_two_nodes_eight_ranks_two_containers(shim, slurm3, user, busybox_sif, t
 def test_64_ranks_on_one_node_mount_the_image_once(shim, slurm3, user, busybox_sif):
     # Rank 0 stays a little longer, so the sampling below sees the whole step.
     script = f'{REPORT}; sleep 2'
-    proc = subprocess.Popen(["srun", "-N", "1", "-n", "64", "--mpi=none", shim.shimrun, str(busybox_sif),
-                             "sh", "-c", script], env=env_for(shim, slurm3, "sixty-four"), cwd="/tmp", text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user.uid, group=user.gid,
+    # --serve mount: what is counted is the per-launch squashfuse (an unpacked root has none)
+    proc = subprocess.Popen(["srun", "-N", "1", "-n", "64", "--mpi=none", shim.shimrun, "--serve", "mount",
+                             str(busybox_sif), "sh", "-c", script], env=env_for(shim, slurm3, "sixty-four"), cwd="/tmp",
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, user=user.uid, group=user.gid,
                             extra_groups=[])
     counts = []
     deadline = time.monotonic() + 90
@@ -153,7 +154,9 @@ def test_a_warm_step_runs_no_python_on_the_node(shim, slurm3, user, busybox_sif)
     the container's holder is the native front-end (one per node), besides squashfuse and the apps."""
     if os.environ.get(NO_RECORD_CACHE):
         pytest.skip("SHIMRUN_NO_RECORD_CACHE: every launch is planned")
-    args = ["-N", "1", "-n", "4", "--mpi=none", shim.shimrun, busybox_sif, "sh", "-c", "sleep 1"]
+    # -w n1: both steps on one node (a record is the node's: another node plans its own)
+    args = ["-N", "1", "-n", "4", "-w", "n1", "--mpi=none", shim.shimrun, "--serve", "mount", busybox_sif, "sh", "-c",
+            "sleep 1"]
     r = slurm3.srun(args, user=user, env=env_for(shim, slurm3, "warm-step"), timeout=120)
     assert r.returncode == 0, r.stderr + slurm3.logs()
     proc = subprocess.Popen(["srun", *map(str, args)], env=env_for(shim, slurm3, "warm-step"), cwd="/tmp", text=True,

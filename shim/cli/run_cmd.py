@@ -85,12 +85,14 @@ def _handover() -> tuple[int | None, str, int | None]:
 
 
 def _own_init(record: LaunchRecord, argv: list[str]) -> bool:
-    """Does the launch keep an init of its own (a PID namespace), to be run by the native front-end?
-    (Only with a command line the front-end reads: it finds the image in it.)"""
+    """Does the launch keep a process of its own (a PID namespace's init; a kept mount's holder),
+    to be run by the native front-end? (Only with a command line the front-end reads: it finds
+    the image in it.)"""
     from shim import native
-    from shim.record.format import NS
+    from shim.record.format import IMG, NS
 
-    return bool(record.namespaces & NS["PID"]) and native.image_index(["shimrun", *argv]) > 0
+    keeps = bool(record.namespaces & NS["PID"]) or record.image.kind == IMG["KEPT"]
+    return keeps and native.image_index(["shimrun", *argv]) > 0
 
 
 def dry_run_result(dry: DryPlan, as_json: bool, strict: bool) -> int:
@@ -101,7 +103,7 @@ def dry_run_result(dry: DryPlan, as_json: bool, strict: bool) -> int:
     from shim.report.render import print_plan
 
     plan = dry.plan
-    print_plan(plan, as_json)
+    print_plan(plan, as_json, served=dry.served)
     if any(d.code == ARCH_MISMATCH and d.severity == ERROR for d in plan.diagnostics):
         return int(ExitCode.ARCH)
     if plan.has_errors() or (strict and plan.refusals()):

@@ -1,19 +1,38 @@
-"""How the container's root filesystem is provided: a squashfuse mount, or (FUSE unusable) a
-copy extracted once with unsquashfs into a per-user cache keyed by the partition's digest."""
+"""How the container's root filesystem is provided: a squashfuse mount (per launch, or kept), or a
+node-local copy unpacked once (shim/launch/unpack.py) into a private local directory, keyed by the
+partition's digest; which one, shim/launch/serve.py decides."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import sys
-import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from shim.cachefiles import cache_path, cache_root, read_trusted, untrusted, write_atomic
+from shim.cachefiles import cache_root
 from shim.errors import ExitCode, ShimError
 from shim.image.open import ImageRef
+from shim.launch.serve import (
+    DIR,
+    KEPT,
+    UNPACK,
+    ServeDecision,
+    ServeFacts,
+    Target,
+    asked_mode,
+    cap_bytes,
+    decide_serve,
+    fs_type_at,
+    is_network_fs,
+    local_target,
+    read_mountinfo,
+    squashfs_size,
+)
+from shim.launch.staging import Staged, drop_staged, stage_mode, staged_copy, staged_dir, staging_reason
+from shim.launch.unpack import Stage, known_digest, unpacked_root
+from shim.site.serve_config import ServeSettings
 
 FUSE_DEVICE = "/dev/fuse"
 SQUASHFUSE_NAMES = ("squashfuse_ll", "squashfuse")
@@ -21,13 +40,14 @@ SQUASHFUSE_NAMES = ("squashfuse_ll", "squashfuse")
 
 @dataclass(frozen=True)
 class RootfsSource:
-    kind: str               # "squashfs" (mounted by the C core with `squashfuse`) or "dir"
+    kind: str               # "squashfs" (mounted by the C core with `squashfuse`), "kept" (the same,
+                            # joined from the user's kept mount: shim/launch/kept.py) or "dir"
     path: str
     offset: int = 0
     squashfuse: str = ""
 
 
-def fuse_problem(env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+def fuse_problem(env: Mapping[str, str] = os.environ) -> str | None:
     """Why an unprivileged squashfuse mount cannot work here, or None if it can."""
     if env.get("SHIMRUN_NO_FUSE"):
         return "SHIMRUN_NO_FUSE is set"
@@ -40,132 +60,104 @@ def fuse_problem(env: dict[str, str] | os._Environ[str] = os.environ) -> str | N
     return None
 
 
-def _extraction_dir(reason: str) -> str:
-    """CACHE/rootfs, made if missing; ShimError (69) when there is no private place for it."""
-    root = cache_root()
-    if root.path is None:
-        raise ShimError(ExitCode.HOST, f"FUSE is unusable ({reason}) and there is no private cache to extract the "
-                        f"image into: {root.problem}", "set SHIMRUN_CACHE to a directory of your own, or make "
-                        "squashfuse usable (README, \"Installing on a cluster\")")
-    rootfs_dir = os.path.join(root.path, "rootfs")
-    try:
-        os.makedirs(rootfs_dir, mode=0o700, exist_ok=True)
-    except OSError as e:
-        raise ShimError(ExitCode.HOST, f"FUSE is unusable ({reason}) and the image cannot be extracted: cannot "
-                        f"create {rootfs_dir}: {e.strerror}",
-                        "set SHIMRUN_CACHE to a directory you can write") from None
-    problem = untrusted(rootfs_dir, leaf_is_file=False)
-    if problem:
-        raise ShimError(ExitCode.HOST, f"FUSE is unusable ({reason}) and the extraction directory is not private: "
-                        f"{problem}", "set SHIMRUN_CACHE to a directory of your own (mode 0700)")
-    return rootfs_dir
+class Served(NamedTuple):
+    decision: ServeDecision
+    source: RootfsSource
+    notices: tuple[str, ...]    # lines a later launch of the record prints (printed now, as it is chosen)
+    lock: str = ""              # an unpacked root's lock file (the record's ROOT_LOCK), "" none
 
 
-def _partition_digest(image: ImageRef) -> str:
-    """sha256 of the squashfs bytes, memoised per file identity (of the opened image: the file
-    the policy judged) so a reuse reads nothing."""
-    st = image.opened.st if image.opened is not None else os.stat(image.path)
-    ident = f"{st.st_dev}:{st.st_ino}:{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{image.offset}:{image.size}"
-    memo = cache_path("digests", hashlib.sha256(ident.encode()).hexdigest()[:32])
-    try:
-        raw = read_trusted(memo)
-        if raw is not None:
-            return json.loads(raw)["sha256"]
-    except (ValueError, KeyError, TypeError):
-        pass
-    h = hashlib.sha256()
-    with open(image.via, "rb") as f:
-        f.seek(image.offset)
-        left = image.size
-        while left > 0:
-            chunk = f.read(min(left, 1 << 20))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-    digest = h.hexdigest()
-    write_atomic(memo, json.dumps({"sha256": digest, "identity": ident}).encode())
-    return digest
+class ServeRequest(NamedTuple):
+    settings: ServeSettings     # the site's [serve]
+    option: str | None          # --serve
+    environ: Mapping[str, str]
+    quiet: bool = False
+    dry_run: bool = False       # decide and say, unpack nothing (unless FUSE leaves no other way to look)
 
 
-def _remove_stale_partials(rootfs_dir: str) -> None:
-    """Extractions interrupted by a kill leave DIGEST.partial.PID; drop those whose PID is gone."""
-    for name in os.listdir(rootfs_dir):
-        pid = name.rpartition(".partial.")[2]
-        if ".partial." in name and pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            shutil.rmtree(os.path.join(rootfs_dir, name), ignore_errors=True)
-
-
-def _unsquashfs(image: ImageRef, dest: str) -> None:
-    from shim import native
-
-    exe = shutil.which("unsquashfs")
-    if exe is None:
-        raise ShimError(ExitCode.HOST, "FUSE is unusable and unsquashfs is not installed, so the image cannot be "
-                        "opened", "install squashfuse or squashfs-tools (apt-get install squashfuse squashfs-tools)")
-    # -no-xattrs: an unprivileged user cannot write security.* xattrs (unsquashfs would fail);
-    # the regex (matched against top-level names) skips dev: device nodes cannot be made, and
-    # the host's /dev is bound there.
-    # The image through its opened descriptor (inherited): the file the policy judged.
-    keep = (image.opened.fd,) if image.opened is not None else ()
-    cmd = [exe, "-n", "-no-xattrs", "-o", str(image.offset), "-d", dest, "-r", image.via,
-           r"^([^d].*|d[^e].*|de[^v].*|dev.+|de|d)$"]
-    import subprocess  # only for an extraction
-
-    proc = subprocess.run(cmd, check=False, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          preexec_fn=native.die_with_parent, pass_fds=keep)
-    if proc.returncode != 0:
-        last = (proc.stderr.decode(errors="replace").strip().splitlines() or ["no message"])[-1]
-        raise ShimError(ExitCode.IMAGE, f"extracting {image.path} with unsquashfs failed: {last}",
-                        "check free space in " + os.path.dirname(dest))
-
-
-def _reuse_line(reason: str, final: str) -> str:
-    return f"shimrun: FUSE unusable ({reason}); using the copy of this image extracted in {final}"
-
-
-def extracted_rootfs(image: ImageRef, reason: str, quiet: bool = False) -> str:
-    """The extracted copy of the image's squashfs, making it the first time. Prints one line
-    (unless quiet)."""
-    rootfs_dir = _extraction_dir(reason)
-    digest = _partition_digest(image)
-    final = os.path.join(rootfs_dir, digest)
-    _remove_stale_partials(rootfs_dir)  # on every launch that looks here, warm ones too
-    problem = untrusted(final, leaf_is_file=False)
-    if problem:  # cannot happen in a private directory; if it does, it is not ours to run
-        raise ShimError(ExitCode.HOST, f"the extracted copy of this image is not to be trusted: {problem}",
-                        f"remove {final}, and keep {rootfs_dir} private (mode 0700)")
-    if os.path.isdir(final):
-        if not quiet:
-            print(_reuse_line(reason, final), file=sys.stderr)
-        return final
-    partial = f"{final}.partial.{os.getpid()}"
-    start = time.monotonic()
-    try:
-        _unsquashfs(image, partial)
-        os.makedirs(os.path.join(partial, "dev"), exist_ok=True)
-        try:
-            os.rename(partial, final)
-        except OSError:  # a concurrent run finished first; use its copy
-            shutil.rmtree(partial, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
-        raise
-    took = time.monotonic() - start
-    if not quiet:
-        print(f"shimrun: FUSE unusable ({reason}); extracted the image ({image.size / 2**20:.0f} MiB squashfs) "
-              f"to {final} in {took:.1f} s; later runs reuse it", file=sys.stderr)
-    return final
-
-
-def choose_rootfs(image: ImageRef, quiet: bool = False) -> tuple[RootfsSource, tuple[str, ...]]:
-    """Where the root comes from, and the lines a later launch of it prints (they are printed
-    now, as it is chosen)."""
+def _facts(image: ImageRef, req: ServeRequest, mountinfo: str) -> tuple[ServeFacts, int]:
+    """What the choice is made over, and the cap in bytes."""
+    asked, by = asked_mode(req.option, req.environ, req.settings.mode)
     if image.kind == "dir":
-        return RootfsSource("dir", image.path), ()
-    problem = fuse_problem()
-    if problem is None:
-        exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
-        return RootfsSource("squashfs", image.path, image.offset, exe), ()
-    final = extracted_rootfs(image, problem, quiet)
-    return RootfsSource("dir", final), (() if quiet else (_reuse_line(problem, final),))
+        return ServeFacts("dir", asked, by, 0, 0, None, Target(""), 0, False), 0
+    root = cache_root()
+    target = local_target(req.settings.local_dir, root.path, root.problem, mountinfo)
+    cap = cap_bytes(req.settings.unpack_cap, target)
+    fd = image.opened.fd if image.opened is not None else -1
+    try:
+        used, inodes = squashfs_size(fd, image.offset, image.size) if fd >= 0 else (image.size, 0)
+    except (OSError, ShimError):
+        used, inodes = image.size, 0
+    digest = known_digest(image) if target.path else None
+    unpacked = digest is not None and os.path.isdir(os.path.join(target.path, digest))
+    return ServeFacts("squashfs", asked, by, used, inodes, fuse_problem(req.environ), target, cap, unpacked), cap
+
+
+def _mounted(image: ImageRef, kind: str = "squashfs") -> RootfsSource:
+    """A squashfuse mount: for this launch ("squashfs"), or the user's kept one on the node ("kept")."""
+    exe = next(p for p in (shutil.which(n) for n in SQUASHFUSE_NAMES) if p)
+    return RootfsSource(kind, image.path, image.offset, exe)
+
+
+def serve_image(image: ImageRef, req: ServeRequest) -> Served:
+    """How the image is served (shim/launch/serve.py decides), its root made ready: a copy
+    unpacked (or found) in the node-local directory, or a squashfuse mount for the C core."""
+    mountinfo = read_mountinfo()
+    facts, cap = _facts(image, req, mountinfo)
+    decision = decide_serve(facts)
+    if decision.mode == DIR:
+        return Served(decision, RootfsSource("dir", image.path), ())
+    stage_why = _stage_reason(image, req, mountinfo)
+    if stage_why and not facts.target.path:
+        decision = decision._replace(stage=f"not staged ({stage_why}): no local directory: {facts.target.problem}")
+        stage_why = ""
+    elif stage_why:
+        decision = decision._replace(stage=f"staged to {staged_dir(facts.target.path)} ({stage_why})")
+    if decision.mode != UNPACK:
+        kind = "kept" if decision.mode == KEPT else "squashfs"
+        if not stage_why or req.dry_run:
+            return Served(decision, _mounted(image, kind), ())
+        staged = staged_copy(image, staged_dir(facts.target.path), cap)
+        _say_staged(image, staged, req.quiet)
+        return Served(decision, RootfsSource(kind, staged.path, 0, _mounted(image).squashfuse), (), staged.lock)
+    if not decision.where:  # FUSE unusable and no local directory: nothing can open the image
+        raise ShimError(ExitCode.HOST, f"{decision.reason}, and there is no local directory to unpack the image "
+                        f"into: {facts.target.problem}", "set SHIMRUN_CACHE to a directory of your own on a local "
+                        "file system, or make squashfuse usable (README, \"Installing on a cluster\")")
+    if req.dry_run and facts.fuse_problem is None and not facts.unpacked:
+        return Served(decision, _mounted(image), ())  # the look at the image reads it mounted
+    why = f"FUSE unusable ({facts.fuse_problem}); " if facts.fuse_problem is not None else ""
+    stage = _stager(image, staged_dir(facts.target.path), req.quiet) if stage_why else None
+    got = unpacked_root(image, decision.where, cap, (req.quiet, why), stage)
+    notices: tuple[str, ...] = ()
+    if facts.fuse_problem is not None and not req.quiet:
+        line = f"shimrun: FUSE unusable ({facts.fuse_problem}); using the copy of this image unpacked in {got.path}"
+        notices = (line,)
+        if not got.made:
+            print(notices[0], file=sys.stderr)
+    return Served(decision, RootfsSource("dir", got.path), notices, got.lock)
+
+
+def _stage_reason(image: ImageRef, req: ServeRequest, mountinfo: str) -> str:
+    """Why this launch copies its image to the node first ("" : it does not)."""
+    mode, by = stage_mode(req.environ, req.settings.stage)
+    if mode == "never" or image.opened is None:
+        return ""
+    fs = fs_type_at(os.path.realpath(image.opened.path), mountinfo) if mode == "auto" else ""
+    return staging_reason(mode, by, fs, is_network_fs(fs))
+
+
+def _say_staged(image: ImageRef, staged: Staged, quiet: bool) -> None:
+    if staged.seconds and not quiet:
+        print(f"shimrun: staged {image.path} ({image.size / 2**20:.0f} MiB) to {staged.path} in "
+              f"{staged.seconds:.1f} s; later launches on this node use it", file=sys.stderr)
+
+
+def _stager(image: ImageRef, directory: str, quiet: bool) -> Stage:
+    """The unpack's staging: the copy made (one read of the image, in order), then dropped once
+    it is unpacked."""
+    def stage() -> tuple[str, ImageRef, Callable[[], None]]:
+        staged = staged_copy(image, directory)
+        _say_staged(image, staged, quiet)
+        return staged.digest, staged.source(image), lambda: drop_staged(staged)
+    return stage

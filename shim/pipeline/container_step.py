@@ -16,7 +16,9 @@ from shim.container.environment import EnvOptions, env_rules
 from shim.container.identity import identity_appends
 from shim.errors import UsageError
 from shim.image.open import ImageRef
-from shim.launch.rootfs import FUSE_DEVICE, choose_rootfs
+from shim.launch.kept import kept_idle
+from shim.launch.rootfs import FUSE_DEVICE, Served, ServeRequest, serve_image
+from shim.launch.serve import ServeDecision
 from shim.options import LaunchOptions
 from shim.pipeline.inputs import FUSE_DEVICE_CHECK, PRESENCE
 from shim.pipeline.stage import STAGE_DIR
@@ -33,6 +35,7 @@ class ContainerRequest(NamedTuple):
     environ: Mapping[str, str]      # the job's environment as given (the environment rules read it)
     env: Mapping[str, str]          # the same, recording what planning reads (an input)
     site: SiteConfig
+    dry_run: bool = False           # decide how the image is served, unpack nothing (check, --dry-run)
 
 
 class Container(NamedTuple):
@@ -41,6 +44,7 @@ class Container(NamedTuple):
     command: tuple[str, ...]        # the app as this launch runs it (`shimrun run`: the runscript's)
     inputs: tuple[Input, ...]
     said: tuple[str, ...]           # lines for the user's terminal now (the record keeps them as notices)
+    served: ServeDecision           # how the image's files are served, and why
 
 
 class Runscript(NamedTuple):
@@ -88,22 +92,33 @@ def _binds(req: ContainerRequest, home: str | None, iso: Isolation) -> tuple[lis
     return binds, inputs
 
 
-def _root(image: ImageRef, quiet: bool) -> tuple[Image, int, tuple[str, ...], list[Input]]:
-    """The root (mounted from the opened image, or a copy extracted from it), its IMAGE_SOURCE, the
-    notices a later launch of it prints, and its inputs."""
-    rootfs, notices = choose_rootfs(image, quiet)
+class Root(NamedTuple):
+    image: Image
+    source: int                     # format.IMAGE_SOURCE
+    served: Served
+    inputs: list[Input]
+
+
+def _root(req: ContainerRequest, image: ImageRef) -> Root:
+    """The root (mounted from the opened image, or a copy unpacked from it), its IMAGE_SOURCE, how
+    it is served and why, and its inputs."""
+    opts = req.options
+    served = serve_image(image, ServeRequest(req.site.serve, opts.serve, req.environ, opts.quiet, req.dry_run))
+    rootfs = served.source
     source = IMAGE_SOURCE["OPENED"] if rootfs.path == image.path else IMAGE_SOURCE["COPY"]
     inputs = []
-    if rootfs.kind == "squashfs":
+    if rootfs.kind in ("squashfs", "kept"):
         inputs.append(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
-    elif image.kind != "dir":  # extracted: the copy, while it is there; and a killed extraction's
-        # leftover (another image's) makes the next launch a planned one, which removes it
+        if rootfs.path != image.path:  # a staged copy: while it is there (a clean-up makes the next launch plan)
+            inputs.append(file_input(rootfs.path, IDENTITY))
+    elif image.kind != "dir":  # unpacked: the copy, while it is there (`cache clean` removes it); and
+        # a killed unpack's leftover makes the next launch a planned one, which removes it
         inputs.append(file_input(rootfs.path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"]))
         inputs.append(glob_input(os.path.join(os.path.dirname(rootfs.path), "*.partial.*")))
     if image.kind != "dir":
         inputs.append(file_input(FUSE_DEVICE, FUSE_DEVICE_CHECK))
-    kind = IMG["SQUASHFS"] if rootfs.kind == "squashfs" else IMG["DIR"]
-    return Image(kind, rootfs.path, rootfs.offset, rootfs.squashfuse), source, notices, inputs
+    kind = IMG[rootfs.kind.upper()]
+    return Root(Image(kind, rootfs.path, rootfs.offset, rootfs.squashfuse), source, served, inputs)
 
 
 def _runscript(image: ImageRef, opts: LaunchOptions) -> Runscript:
@@ -162,8 +177,10 @@ def container(req: ContainerRequest, image: ImageRef) -> Container:
     # --no-home binds nothing there, and HOME stays the home path all the same (as Apptainer's)
     home = iso.home[1] if iso.home else _home(req.env)
     binds, inputs = _binds(req, home, iso)
-    root, source, notices, root_inputs = _root(image, opts.quiet)
-    inputs += root_inputs
+    root = _root(req, image)
+    inputs += root.inputs
+    kept = root.image.kind == IMG["KEPT"]
+    idle = kept_idle(req.environ, req.site.serve.kept_idle) if kept else 0
     appends = identity_appends(home or "/", opts.fakeroot)
     inputs += [file_input(p, IDENTITY | CHECK["FOLLOW"]) for p in ("/etc/passwd", "/etc/group") if appends]
     run = _runscript(image, opts)
@@ -176,11 +193,16 @@ def container(req: ContainerRequest, image: ImageRef) -> Container:
                           image_path=image.path, pwd=pwd_in or req.cwd, image_env=image_env,
                           image_env_script=image_env_script)
     said = _shell_notice(image)
-    record = LaunchRecord(version=native.build_id(), key="", image=root, stage=STAGE_DIR,
+    # --debug: how the image is served, said now and by every launch of the record
+    notices = root.served.notices + ((f"shimrun: {root.served.decision.line()}",) if opts.debug else ())
+    record = LaunchRecord(version=native.build_id(), key="", image=root.image, stage=STAGE_DIR,
                           command="" if run.words else run.command[0] if run.command else "true",
                           env=env_rules(req.environ, env_opts), binds=tuple(binds), appends=tuple(appends),
                           fakeroot=opts.fakeroot, cwd=pwd_in or "", cwd_required=bool(opts.pwd) or opts.strict,
                           quiet=opts.quiet, debug=opts.debug, notices=tuple(notices) + said,
                           runscript=run.words, links=dev_links(iso), namespaces=iso.namespaces,
-                          writable=iso.writable, image_file=image.opened.identity(source))
-    return Container(record, env_opts, run.command, tuple(inputs), () if opts.quiet else said)
+                          writable=iso.writable, image_file=image.opened.identity(root.source),
+                          root_lock=root.served.lock, kept_idle=idle)
+    told = notices[len(root.served.notices):] + said
+    return Container(record, env_opts, run.command, tuple(inputs), () if opts.quiet else told,
+                     root.served.decision)

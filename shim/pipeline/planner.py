@@ -42,6 +42,7 @@ class DryPlan(NamedTuple):
     message), for shim/cli to print."""
     plan: Plan
     command_problem: tuple[int, str] | None
+    served: dict[str, str] | None = None   # how the image's files would be served (ServeDecision.as_dict)
 
 
 class Planned(NamedTuple):
@@ -89,7 +90,7 @@ def _plan_launch(req: LaunchRequest) -> Planned:
         return Planned(record, key, image_fd=image.opened.fd)
     check_runnable(image, env, req.dry_run)
     to = () if req.dry_run else _targets(req, site)
-    made = container(ContainerRequest(opts, req.cwd, req.environ, env, site.site), image)
+    made = container(ContainerRequest(opts, req.cwd, req.environ, env, site.site, req.dry_run), image)
     inputs.extend(made.inputs)
     hw = hardware_check(image, made.command[0] if made.command else None, req.environ, root,
                         site.profiles is not None)
@@ -98,6 +99,8 @@ def _plan_launch(req: LaunchRequest) -> Planned:
                        opts.debug, req.dry_run)
     found = _found(req, look, site, verdict)
     if isinstance(found, Planned):
+        if found.dry is not None:
+            return found._replace(dry=found.dry._replace(served=made.served.as_dict()))
         return found
     inputs.extend(found.inputs)
     inputs.extend(env.read.values())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import struct
 
-from shim.record.format import ENV_TARGET, MAGIC, RUN_ARG, TAGS
+from shim.record.format import ENV_TARGET, IMG, MAGIC, RUN_ARG, TAGS
 from shim.record.model import (
     ContentInput,
     CpusInput,
@@ -71,6 +71,10 @@ def encode(r: LaunchRecord) -> bytes:
             _f("STAGE", _s(r.stage)), _f("FAKEROOT", _u32(int(r.fakeroot)))]
     if r.image_file is not None:
         out.append(_f("IMAGE_FILE", struct.pack("<IIQQQqq", *r.image_file)))
+    if r.root_lock:
+        out.append(_f("ROOT_LOCK", _s(r.root_lock)))
+    if r.image.kind == IMG["KEPT"]:
+        out.append(_f("KEPT_IDLE", _u32(r.kept_idle)))
     out += [_f("BIND", _u32(b.flags) + _s(b.src) + _s(b.dst)) for b in r.binds]
     out += [_f("APPEND", _s(path) + _s(text)) for path, text in r.appends]
     out += [_f("STAGE_FILE", _s(name) + data) for name, data in r.stage_files]

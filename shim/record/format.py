@@ -35,6 +35,10 @@ TAGS: dict[str, tuple[int, str]] = {
     "IMAGE_FILE": (28, ("u32 IMAGE_SOURCE_*, u32 mode, u64 dev, u64 ino, u64 size, i64 mtime_ns, i64 ctime_ns: the "
                         "image the command line names, as the planner opened and judged it (the executor opens "
                         "IMAGE once and runs the record only on that very file)")),
+    "ROOT_LOCK": (29, ("string: the unpacked root's lock file (DIR/DIGEST.lock): the executor flock(LOCK_SH)s it "
+                       "for the app's lifetime, so a clean-up leaves the root alone, and stamps it as last used")),
+    "KEPT_IDLE": (34, ("u32 seconds: with IMAGE_KIND KEPT, how long the kept mount's holder stays once no app of "
+                       "it is left (the latest launch's value wins)")),
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
@@ -80,7 +84,9 @@ ENV_OP = {"SET": 1, "PREPEND": 2, "APPEND": 3, "UNSET": 4, "SET_DEFAULT": 5,
 ENV_PASS = {"ALWAYS_PREFIX": 1, "BLOCKED": 2, "BLOCKED_PREFIX": 3, "CLEANENV_KEEP": 4, "CLEANENV": 5,
             "SHELL_OWNED": 6}
 
-IMG = {"SQUASHFS": 1, "DIR": 2}
+# KEPT: a squashfs served by the user's kept squashfuse mount on this node (csrc/kept.c), joined by
+# each launch with its own binds; mounted per launch when it cannot be joined.
+IMG = {"SQUASHFS": 1, "DIR": 2, "KEPT": 3}
 # IMAGE_FILE: where the root comes from. OPENED: the opened image itself (squashfuse reads its
 # descriptor; a directory is bound from it); COPY: IMAGE_PATH, a private copy extracted from it.
 IMAGE_SOURCE = {"OPENED": 1, "COPY": 2}

@@ -121,3 +121,5 @@ class LaunchRecord:
     provenance: tuple[tuple[int, str], ...] = ()       # (format.PROV kind, path): where the run's record goes
     provenance_facts: str = ""                          # the planner's part of it, one JSON object
     image_file: ImageFile | None = None                 # the opened image (None: a record that names none)
+    root_lock: str = ""                                 # an unpacked root's lock file, held while the app runs
+    kept_idle: int = 0                                  # IMG KEPT: seconds its holder stays without an app

@@ -38,6 +38,13 @@ SHARE_REPLY_ERROR = "ER"  # reply: tag, code, message
 SHARE_HASH_TAG = "shim-share-v1"  # first field hashed into a group's name
 RECORD_KEY_TAG = "shim-record-v1"  # first field hashed into a record's key
 
+# Kept mounts (csrc/kept.c asks, csrc/kepthold.c answers): the holder's abstract socket is
+# "\0" KEPT_SOCKET "/UID/NODE/JOBID/HASH"; request: tag, idle seconds; reply: SHARE_REPLY_OK,
+# holder pid, squashfuse pid with the namespace fds, or SHARE_REPLY_ERROR, message.
+KEPT_SOCKET = "shimrun-kept"
+KEPT_REQUEST = "SHIMKEPT1"
+KEPT_HASH_TAG = "shim-kept-v1"  # first field hashed into a kept mount's name
+
 # Slurm's variables, as the C core reads them (name in C: SHIM_SLURM_<key>).
 SLURM = {
     "JOB_ID": "SLURM_JOB_ID",

@@ -36,12 +36,17 @@ def plan_table(plan: Plan) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r[:4], widths, strict=True)) + "  " + r[4] for r in rows]
 
 
-def print_plan(plan: Plan, as_json: bool, out: TextIO = sys.stdout) -> None:
+def print_plan(plan: Plan, as_json: bool, out: TextIO = sys.stdout, served: dict[str, str] | None = None) -> None:
+    """The plan; `served`: how the image's files are served (mode, reason, where), one line after the image's."""
     if as_json:
-        json.dump(plan.to_dict(), out, indent=2)
+        json.dump({**plan.to_dict(), **({"served": served} if served else {})}, out, indent=2)
         out.write("\n")
         return
     print(f"image: {plan.image}", file=out)
+    if served:
+        where = f": {served['where']}" if served["where"] else ""
+        staged = f"; {served['stage']}" if served.get("stage") else ""
+        print(f"served: {served['mode']} ({served['reason']}){where}{staged}", file=out)
     print(f"profiles: {', '.join(plan.profiles) or '(none)'}", file=out)
     if plan.decisions:
         print("", file=out)

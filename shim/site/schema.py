@@ -17,9 +17,11 @@ from typing import Any, NamedTuple
 
 # TOML type -> (the Python type tomllib reads it as, words for messages). "strings": an array
 # of strings; "string-table": a table of string values (their items are checked by item_problems).
-TYPES: dict[str, tuple[type, str]] = {
+# "size": bytes as an integer, or a string the loader reads ("20G", "50%").
+TYPES: dict[str, tuple[type | tuple[type, ...], str]] = {
     "string": (str, "a string"), "strings": (list, "an array of strings"), "boolean": (bool, "a boolean"),
     "integer": (int, "an integer"), "string-table": (dict, "a table of strings"),
+    "size": ((int, str), "a size (an integer of bytes, or a string such as \"20G\")"),
 }
 
 
@@ -36,7 +38,8 @@ class Field(NamedTuple):
 
     @property
     def python_name(self) -> str:
-        return TYPES[self.type][0].__name__
+        kinds = TYPES[self.type][0]
+        return " or ".join(k.__name__ for k in kinds) if isinstance(kinds, tuple) else kinds.__name__
 
 
 Schema = Mapping[str, Mapping[str, Field]]
