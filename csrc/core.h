@@ -183,6 +183,8 @@ int shim_share_elect(int argc, char *const *argv, int image, const char *cwd, in
 int shim_share_join_fd(int fd, int argc, char *const *argv, const char *cwd, char *const *environ,
                        struct shim_result *res);
 int shim_send_all(int fd, const char *p, size_t n); /* the whole buffer, or -1 */
+/* the first n bytes' one sendmsg with two descriptors (SCM_RIGHTS): bytes sent, or -1 */
+ssize_t shim_send_fds(int fd, const char *p, size_t n, const int fds[2]);
 int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int *userns, int *mntns);
 
 /* serve.c: the holder's side. */

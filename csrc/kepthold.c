@@ -117,28 +117,11 @@ static pid_t own_user(int conn)
 
 static int reply_ok(int conn, const int ns[2], pid_t fuse)
 {
-    char text[64], ctl[CMSG_SPACE(2 * sizeof(int))];
-    struct iovec iov = {text, 0};
-    struct msghdr msg = {0};
-    struct cmsghdr *c;
-    ssize_t w;
+    char text[64];
+    size_t n = (size_t)snprintf(text, sizeof text, "%s%c%d%c%d", SHIM_SHARE_REPLY_OK, 0, (int)getpid(), 0,
+                                (int)fuse) + 1;
 
-    iov.iov_len = (size_t)snprintf(text, sizeof text, "%s%c%d%c%d", SHIM_SHARE_REPLY_OK, 0, (int)getpid(), 0,
-                                   (int)fuse) + 1;
-    memset(ctl, 0, sizeof ctl);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl;
-    msg.msg_controllen = sizeof ctl;
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
-    memcpy(CMSG_DATA(c), ns, 2 * sizeof(int));
-    do
-        w = HANDLED(sendmsg(conn, &msg, MSG_NOSIGNAL)); /* a launch gone: dropped */
-    while (w == -1 && errno == EINTR);
-    return w == (ssize_t)iov.iov_len ? 0 : -1;
+    return shim_send_fds(conn, text, n, ns) == (ssize_t)n ? 0 : -1; /* a launch gone: dropped */
 }
 
 static void reply_error(int conn, const char *message)

@@ -201,26 +201,8 @@ static int answer(const struct shim_serve *s, char *req, size_t len, struct out 
 static int reply_ok(int conn, const struct shim_serve *s, const struct out *o)
 {
     int fds[2] = {s->userns, s->mntns};
-    char ctl[CMSG_SPACE(sizeof fds)];
-    size_t first = o->n < 4096 ? o->n : 4096;
-    struct iovec iov = {o->p, first};
-    struct msghdr msg = {0};
-    struct cmsghdr *c;
-    ssize_t w;
+    ssize_t w = shim_send_fds(conn, o->p, o->n < 4096 ? o->n : 4096, fds); /* a rank gone: dropped (above) */
 
-    memset(ctl, 0, sizeof ctl);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl;
-    msg.msg_controllen = sizeof ctl;
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(sizeof fds);
-    memcpy(CMSG_DATA(c), fds, sizeof fds);
-    do
-        w = HANDLED(sendmsg(conn, &msg, MSG_NOSIGNAL)); /* a rank gone: dropped (above) */
-    while (w == -1 && errno == EINTR);
     if (w <= 0)
         return -1;
     return shim_send_all(conn, o->p + w, o->n - (size_t)w);

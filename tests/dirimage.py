@@ -37,3 +37,16 @@ def busybox_dir(root: Path, extras: Extras = Extras()) -> Path:
         (root / "etc/passwd").write_text(extras.passwd)
     subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True)
     return root
+
+
+def marked_sif(shimrun: str, root: Path, marker: str) -> Path:
+    """A small SIF built by `shimrun build` from a busybox tree whose /marker says `marker` (each
+    marker another partition, another digest), readable by the test user."""
+    tree = busybox_dir(root / f"tree-{marker}")
+    (tree / "marker").write_text(marker + "\n")
+    (tree / "marker").chmod(0o644)
+    sif = root / f"{marker}.sif"
+    r = subprocess.run([shimrun, "build", sif, tree], capture_output=True, text=True, check=False)
+    assert r.returncode == 0, r.stderr
+    sif.chmod(0o644)
+    return sif

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from cbuild import build_c
 from conftest import User
-from dirimage import busybox_dir
+from dirimage import busybox_dir, marked_sif
 from policy import make_conf, make_signing_key
 
 from shim.errors import ExitCode
@@ -75,18 +75,6 @@ def swapping(attacker: User, a: Path, b: Path) -> Iterator[None]:
     assert proc.returncode == 0 and int(out) > 1000, (out, err)
 
 
-def image(root: Path, marker: str, shim) -> Path:
-    """A small SIF whose /marker says `marker`."""
-    tree = busybox_dir(root / f"tree-{marker}")
-    (tree / "marker").write_text(marker + "\n")
-    (tree / "marker").chmod(0o644)
-    sif = root / f"{marker}.sif"
-    r = subprocess.run([shim.shimrun, "build", sif, tree], capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr
-    sif.chmod(0o644)
-    return sif
-
-
 @pytest.fixture
 def project(user_dir: Path, other_user: User) -> Path:
     """A shared project directory the second user may write (entries in it can be renamed)."""
@@ -112,7 +100,7 @@ def test_a_signed_and_an_unsigned_sif_swapped_under_the_launch(shim, user_dir: P
     mounted from the opened SIF: the same holds."""
     private, public = make_signing_key(user_dir)
     conf = make_conf(user_dir / "conf", "allow_unsigned = false", (public,))
-    signed, unsigned = image(user_dir, "signed", shim), image(user_dir, "UNSIGNED", shim)
+    signed, unsigned = marked_sif(shim.shimrun, user_dir, "signed"), marked_sif(shim.shimrun, user_dir, "UNSIGNED")
     r = subprocess.run([shim.shimrun, "sign", "--key", private, signed], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     # root's files: neither user can rewrite them in place, only rename them in the project
@@ -170,7 +158,7 @@ def test_verify_judges_one_file(shim, user_dir: Path, project: Path, other_user:
     """A verdict read from pieces of two files would name an object changed after signing, or a
     short read; each verdict must be the signed file's or the unsigned one's."""
     private, public = make_signing_key(user_dir)
-    signed, unsigned = image(user_dir, "signed", shim), image(user_dir, "UNSIGNED", shim)
+    signed, unsigned = marked_sif(shim.shimrun, user_dir, "signed"), marked_sif(shim.shimrun, user_dir, "UNSIGNED")
     r = subprocess.run([shim.shimrun, "sign", "--key", private, signed], capture_output=True, text=True, check=False)
     assert r.returncode == 0, r.stderr
     name, other = project / "app.sif", project / "spare.sif"

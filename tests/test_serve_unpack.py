@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import VENV_PYTHON, as_user
-from dirimage import busybox_dir
+from dirimage import marked_sif
 from policy import make_conf
 
 from shim.errors import ExitCode
@@ -30,18 +30,6 @@ def _env(user_dir: Path, **more: str) -> dict[str, str]:
 def _roots(user_dir: Path) -> list[Path]:
     d = user_dir / "cache" / "rootfs"
     return sorted(p for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
-
-
-def _sif(shim, root: Path, marker: str) -> Path:
-    """A small SIF of our own whose /marker says `marker` (another partition, another digest)."""
-    tree = busybox_dir(root / f"tree-{marker}")
-    (tree / "marker").write_text(marker + "\n")
-    (tree / "marker").chmod(0o644)
-    sif = root / f"{marker}.sif"
-    r = subprocess.run([shim.shimrun, "build", sif, tree], capture_output=True, text=True, check=False)
-    assert r.returncode == 0, r.stderr
-    sif.chmod(0o644)
-    return sif
 
 
 def _listed(shim, user_dir: Path) -> list[dict]:
@@ -77,9 +65,9 @@ def test_auto_unpacks_a_small_image_once_then_reuses_it(shim, busybox_sif, user_
     assert meta["image"] == str(busybox_sif) and meta["size"] > 0
 
 
-def test_eight_launches_at_once_unpack_once(shim, busybox_sif, user_dir):
+def test_sixteen_launches_at_once_unpack_once(shim, busybox_sif, user_dir):
     procs = [shim.popen([busybox_sif, "/bin/busybox", "true"], env=_env(user_dir))
-             for _ in range(8)]
+             for _ in range(16)]
     results = [(p.wait(timeout=120), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()
@@ -92,7 +80,7 @@ def test_eight_launches_at_once_unpack_once(shim, busybox_sif, user_dir):
 
 def test_the_cap_removes_the_least_recently_used_root_never_one_in_use(shim, busybox_sif, user_dir):
     conf = _conf(user_dir, 'unpack_cap = "2M"')
-    a, b, c = (_sif(shim, user_dir, m) for m in ("aaa", "bbb", "ccc"))
+    a, b, c = (marked_sif(shim.shimrun, user_dir, m) for m in ("aaa", "bbb", "ccc"))
     env = _env(user_dir)
     held = shim.popen(["--conf", conf, "--serve", "unpack", a, "/bin/busybox", "sleep", "6"], env=env)
     try:
@@ -117,6 +105,29 @@ def test_the_cap_removes_the_least_recently_used_root_never_one_in_use(shim, bus
     # A's record names its removed root: the next launch of A plans again and unpacks it anew
     again = shim.run(["--conf", conf, "--serve", "unpack", a, "/bin/busybox", "cat", "/marker"], env=env)
     assert (again.returncode, again.stdout) == (0, "aaa\n") and UNPACKED in again.stderr, again.stderr
+
+
+def test_an_image_rewritten_in_place_is_unpacked_anew_and_its_old_root_collected(shim, user_dir):
+    """The same path and inode, new bytes (a rebuild written over the file): another digest, another
+    unpack; the old root, no longer used, is what the cap's clean-up takes."""
+    conf = _conf(user_dir, 'unpack_cap = "2M"')
+    old, new = marked_sif(shim.shimrun, user_dir, "old"), marked_sif(shim.shimrun, user_dir, "new")
+    image = user_dir / "image.sif"
+    shutil.copyfile(old, image)
+    image.chmod(0o644)
+    inode = image.stat().st_ino
+    env = _env(user_dir)
+    first = shim.run(["--conf", conf, "--serve", "unpack", image, "/bin/busybox", "cat", "/marker"], env=env)
+    assert (first.returncode, first.stdout) == (0, "old\n") and UNPACKED in first.stderr, first.stderr
+    (old_root,) = _roots(user_dir)
+    with open(new, "rb") as src, open(image, "r+b") as dst:  # in place: same inode, truncated and rewritten
+        dst.truncate(0)
+        shutil.copyfileobj(src, dst)
+    assert image.stat().st_ino == inode
+    second = shim.run(["--conf", conf, "--serve", "unpack", image, "/bin/busybox", "cat", "/marker"], env=env)
+    assert (second.returncode, second.stdout) == (0, "new\n") and UNPACKED in second.stderr, second.stderr
+    (new_root,) = _roots(user_dir)  # the old one collected under the cap (2 MiB: room for one)
+    assert new_root.name != old_root.name and not old_root.exists()
 
 
 def test_auto_keeps_a_mount_when_the_copy_would_exceed_the_cap(shim, busybox_sif, user_dir):
