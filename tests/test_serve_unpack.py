@@ -18,7 +18,17 @@ from dirimage import marked_sif
 from policy import make_conf
 
 from shim.errors import ExitCode
-from shim.launch.serve import KEPT, MOUNT, UNPACK, ServeFacts, Target, decide_serve, fs_type_at, is_network_fs
+from shim.launch.serve import (
+    KEPT,
+    MOUNT,
+    UNPACK,
+    ServeFacts,
+    Target,
+    decide_serve,
+    fs_type_at,
+    fs_type_of,
+    is_network_fs,
+)
 
 UNPACKED = "later launches reuse it"
 
@@ -159,6 +169,12 @@ def test_the_file_system_under_a_path_from_mountinfo(path, kind, network):
     assert is_network_fs(kind) is network
 
 
+def test_the_file_system_of_an_opened_image_by_its_device():
+    """Staging's `auto` asks where the image lies by the opened file's st_dev, never its path again."""
+    assert fs_type_of(os.makedev(0, 41), MOUNTINFO) == "lustre" and fs_type_of(os.makedev(254, 0), MOUNTINFO) == "ext4"
+    assert fs_type_of(os.makedev(7, 7), MOUNTINFO) == ""
+
+
 def _facts(target: Target, **more) -> ServeFacts:
     base = dict(image_kind="squashfs", asked="auto", asked_by="the default", bytes_used=100 << 20, inodes=1000,
                 fuse_problem=None, target=target, cap=10 << 30, unpacked=False)
@@ -171,7 +187,7 @@ def test_the_decision_over_facts():
     assert decide_serve(_facts(local, cap=300 << 20)).mode == KEPT  # 400 MiB + 4 MiB > 300 MiB
     assert decide_serve(_facts(local._replace(free=700 << 20))).mode == KEPT  # more than half the free space
     assert decide_serve(_facts(local, cap=1, unpacked=True)).mode == UNPACK  # there already: reused
-    assert decide_serve(_facts(local, asked="mount", asked_by="--serve")) == (MOUNT, "asked by --serve", "")
+    assert decide_serve(_facts(local, asked="mount", asked_by="--serve"))[:3] == (MOUNT, "asked by --serve", "")
     nowhere = Target("", problem="/home is on a network file system (nfs4), and /tmp is on one too")
     d = decide_serve(_facts(nowhere))
     assert d.mode == MOUNT and "nfs4" in d.reason

@@ -9,8 +9,12 @@ import json
 import os
 import stat
 import time
+from typing import TYPE_CHECKING
 
 from shim.errors import UsageError
+
+if TYPE_CHECKING:
+    from shim.oci.blobs import BlobCache, BlobInfo
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -59,7 +63,7 @@ def _when(stamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(stamp)) if stamp else "never"
 
 
-def _list(args: argparse.Namespace, cache, blobs, cap: int, dirs: list[str]) -> int:
+def _list(args: argparse.Namespace, cache: BlobCache, blobs: list[BlobInfo], cap: int, dirs: list[str]) -> int:
     from shim.launch.unpack import roots
 
     found = [(where, r) for where in dirs for r in roots(where)]
@@ -100,7 +104,7 @@ def _staged(dirs: list[str]) -> list[tuple[str, tuple[str, int, float, bool]]]:
     return sorted(found, key=lambda dc: dc[1][2])
 
 
-def _clean(args: argparse.Namespace, cache, blobs, dirs: list[str]) -> int:
+def _clean(args: argparse.Namespace, cache: BlobCache, blobs: list[BlobInfo], dirs: list[str]) -> int:
     from shim.launch.unpack import remove_root, roots
 
     removed = 0

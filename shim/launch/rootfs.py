@@ -24,7 +24,7 @@ from shim.launch.serve import (
     asked_mode,
     cap_bytes,
     decide_serve,
-    fs_type_at,
+    fs_type_of,
     is_network_fs,
     local_target,
     read_mountinfo,
@@ -143,7 +143,7 @@ def _stage_reason(image: ImageRef, req: ServeRequest, mountinfo: str) -> str:
     mode, by = stage_mode(req.environ, req.settings.stage)
     if mode == "never" or image.opened is None:
         return ""
-    fs = fs_type_at(os.path.realpath(image.opened.path), mountinfo) if mode == "auto" else ""
+    fs = fs_type_of(image.opened.st.st_dev, mountinfo) if mode == "auto" else ""  # the opened file's
     return staging_reason(mode, by, fs, is_network_fs(fs))
 
 

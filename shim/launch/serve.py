@@ -131,6 +131,18 @@ def is_network_fs(fs_type: str) -> bool:
         fs_type.startswith("fuse") and fs_type != "fuseblk")
 
 
+def fs_type_of(st_dev: int, mountinfo: str) -> str:
+    """The type of the file system of device `st_dev` (an fstat of an opened file: no path looked
+    up again), by mountinfo's MAJOR:MINOR field; "" when no line has it."""
+    wanted = f"{os.major(st_dev)}:{os.minor(st_dev)}"
+    for line in mountinfo.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if sep and len(fields) > 2 and fields[2] == wanted and right:
+            return right.split()[0]
+    return ""
+
+
 def _unescape(field: str) -> str:
     """mountinfo's octal escapes (\\040 for a space)."""
     return field.encode().decode("unicode_escape") if "\\" in field else field

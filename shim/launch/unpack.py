@@ -111,7 +111,7 @@ def partition_digest(image: ImageRef) -> str:
 def remove_tree(path: str) -> None:
     """rmtree that also empties the image's read-only directories (0555 in the image: the owner
     must add write permission to remove their entries)."""
-    def retry(func, failed: str, _exc: object) -> None:
+    def retry(func: Callable[[str], object], failed: str, _exc: object) -> None:
         with contextlib.suppress(OSError):
             os.chmod(os.path.dirname(failed), 0o700)
             if os.path.isdir(failed) and not os.path.islink(failed):
