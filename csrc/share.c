@@ -155,43 +155,6 @@ int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t
     return len > 0 && (size_t)len < outlen ? len : -1;
 }
 
-int shim_send_all(int fd, const char *p, size_t n)
-{
-    while (n) {
-        ssize_t w = HANDLED(send(fd, p, n, MSG_NOSIGNAL)); /* a peer gone: the caller starts afresh */
-        if (w == -1 && errno == EINTR)
-            continue;
-        if (w <= 0)
-            return -1;
-        p += w, n -= (size_t)w;
-    }
-    return 0;
-}
-
-ssize_t shim_send_fds(int fd, const char *p, size_t n, const int fds[2])
-{
-    char ctl[CMSG_SPACE(2 * sizeof(int))];
-    struct iovec iov = {(void *)p, n};
-    struct msghdr msg = {0};
-    struct cmsghdr *c;
-    ssize_t w;
-
-    memset(ctl, 0, sizeof ctl);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = ctl;
-    msg.msg_controllen = sizeof ctl;
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, 2 * sizeof(int));
-    do
-        w = HANDLED(sendmsg(fd, &msg, MSG_NOSIGNAL)); /* a peer gone: the caller drops it */
-    while (w == -1 && errno == EINTR);
-    return w;
-}
-
 static int send_field(int fd, const char *s) { return shim_send_all(fd, s, strlen(s) + 1); }
 
 static int request(int fd, int argc, char *const *argv, const char *cwd, char *const *env)
