@@ -89,6 +89,18 @@ struct shim_image_file {
     int64_t mtime, ctime;
 };
 
+/* AUDIT_RULE: a finding about what the app loaded (audit.c). The pattern lists are globs joined by
+ * SHIM_AUDIT_SEP, pointing into the record. */
+struct shim_audit_rule {
+    int kind, severity;       /* SHIM_AUDIT_KIND_*, SHIM_AUDIT_SEVERITY_* */
+    const char *code, *preconditions, *patterns, *message, *hint, *admin_hint;
+};
+
+/* AUDIT_INJECTED: an injected object, as the app sees it and as the host has it. */
+struct shim_audit_injected {
+    const char *path, *host, *sha256;
+};
+
 struct shim_rec {
     const char *version, *key;
     const char *root_lock;    /* ROOT_LOCK: an unpacked root's lock file (NULL: none) */
@@ -109,6 +121,12 @@ struct shim_rec {
     struct { int kind; const char *path; } prov[SHIM_PROV_MAX]; /* SHIM_PROV_*; a file or a directory */
     int nprov;
     const char *prov_facts;   /* the run's facts the planner knew, one JSON object */
+    int audit_flags;          /* AUDIT: SHIM_AUDIT_*; audit_library NULL: no audit */
+    const char *audit_library;
+    struct shim_audit_rule *audit_rules;
+    int naudit_rules;
+    struct shim_audit_injected *audit_injected;
+    int naudit_injected;
     struct shim_field *inputs;
     int ninputs;
     void *mem;                /* the arrays above, one allocation */
