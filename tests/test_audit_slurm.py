@@ -1,0 +1,96 @@
+"""What an MPI job step loaded, under a real local Slurm: mpi4py (tests/images.py DEBIAN_MPI4PY,
+built against the image's MPICH) under `srun --mpi=pmi2 -n 2`, the site's MPICH (PyPI's MPICH 5
+wheel, tests/hostmpi.py) injected in place of the image's libmpich.so.12. Python loads mpi4py's
+extension with dlopen, and the MPI library with it: the audit sees it there, the finding naming
+the injected host build is printed once for the node (not once per rank), the node's provenance
+record lists it with its host file, and `check --against` that record names the library the run
+loaded once the site points its profile at another build. Skipped when the build does not audit
+(tests/auditing.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import hostmpi
+import images
+import pytest
+from auditing import audit_missing, finding_lines
+from slurm import local_slurm_fixture
+
+from shim.provenance.loaded import loaded_objects
+
+pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the local Slurm needs root")
+
+slurm1 = local_slurm_fixture(1)
+DEBIAN_LIBMPICH = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")   # this machine's (Debian's MPICH 4.0.2)
+APP = ("from mpi4py import MPI; c = MPI.COMM_WORLD; v = MPI.Get_library_version().splitlines()[0]; "
+       "print(f'rank {c.Get_rank()} of {c.Get_size()}: {v}', flush=True)")
+
+
+@pytest.fixture(scope="module")
+def mpi4py_sif() -> Path:
+    return images.build_sif(images.DEBIAN_MPI4PY)
+
+
+@pytest.fixture(scope="module")
+def site(world_dir: Path) -> tuple[hostmpi.HostMPI, Path]:
+    mpi = hostmpi.build_host_mpi()
+    return mpi, hostmpi.write_site_conf(world_dir / "audit-slurm-conf", mpi.prefix)
+
+
+@pytest.fixture(scope="module")
+def audited(shim):
+    reason = audit_missing(shim)
+    if reason:
+        pytest.skip(reason)
+
+
+def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4py_sif, site, slurm1,
+                                                             world_dir: Path):
+    mpi, conf = site
+    records = world_dir / "audit-slurm-records"
+    records.mkdir()
+    os.chown(records, shim.user.uid, shim.user.gid)
+    r = slurm1.srun(["--mpi=pmi2", "-n", "2", shim.shimrun, "--report-loaded", "--provenance", str(records),
+                     "--conf", str(conf), str(mpi4py_sif), "python3", "-c", APP],
+                    user=shim.user, env=slurm1.env(shim.env()), timeout=180)
+    assert r.returncode == 0, r.stderr + slurm1.logs()
+    ranks = sorted(ln.split(":")[0] for ln in r.stdout.splitlines() if ln.startswith("rank "))
+    assert ranks == ["rank 0 of 2", "rank 1 of 2"], r.stdout
+    assert r.stdout.count(f"MPICH Version:\t{mpi.version}") == 2, r.stdout   # the site's MPICH ran
+
+    (line,) = finding_lines(r.stderr, "MPI-LOADED")   # once for the node, not once per rank
+    assert str(mpi.libmpi) in line, line
+
+    (path,) = records.iterdir()   # the node's record
+    doc = json.loads(path.read_text())
+    loaded = loaded_objects(doc)
+    paths = [e["path"] for e in loaded]
+    (mpi_entry,) = [e for e in loaded if e["host"] == str(mpi.libmpi)]
+    assert mpi_entry["sha256"] == hashlib.sha256(mpi.libmpi.read_bytes()).hexdigest()
+    assert mpi_entry["exe"].startswith("python3") and mpi_entry["pid"] > 0
+    # Reached through Python's dlopen of mpi4py's extension, which comes first (it needs it).
+    (extension,) = [p for p in paths if "/mpi4py/MPI." in p]
+    assert paths.index(extension) < paths.index(mpi_entry["path"])
+    assert any(p.endswith("/python3.11") for p in paths[:paths.index(extension)]), paths[:5]
+
+    same = shim.run(["check", mpi4py_sif, "--against", path])
+    assert same.returncode == 0 and "the same computation would run" in same.stdout, same.stdout + same.stderr
+
+    # The site swaps its MPI for another build of the same ABI: this machine's Debian MPICH.
+    other = world_dir / "audit-other-mpich"
+    (other / "lib").mkdir(parents=True)
+    shutil.copy(DEBIAN_LIBMPICH.resolve(), other / "lib" / "libmpi.so.12")
+    for p in [other, *other.rglob("*")]:
+        p.chmod(0o755)
+    hostmpi.write_site_conf(conf, other)
+    swapped = shim.run(["check", mpi4py_sif, "--against", path])
+    hostmpi.write_site_conf(conf, mpi.prefix)
+    assert swapped.returncode == 1, swapped.stdout + swapped.stderr
+    want = (f"differs: loaded {mpi_entry['path']} (host {mpi.libmpi}, by {mpi_entry['exe']}): another host file "
+            f"offered there now: recorded {mpi.libmpi}, now {other / 'lib' / 'libmpi.so.12'}")
+    assert want in swapped.stdout.splitlines(), swapped.stdout
