@@ -62,6 +62,7 @@ struct shim_config {
     const struct shim_link *links;
     int nlinks;
     unsigned kept_idle;       /* SHIM_IMG_KEPT: seconds the holder stays once none of its apps is left */
+    int audit;                /* the record has AUDIT: the audit's FIFO is made in the stage */
 };
 
 /* ---- the record, parsed (record.c): pointers into the caller's buffer ---- */
@@ -326,6 +327,39 @@ void shim_end_as(int status) __attribute__((noreturn));
  * ends as it did (never returns). Without one, or when this launch does not write it, 0 at
  * once. -1 with res set: the record cannot be written there (nothing was started). */
 int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res);
+
+/* audit.c: the after-start audit of loaded objects (record AUDIT), shared with provenance.c's fork. */
+struct shim_loaded {
+    long pid;                 /* the first process that reported it */
+    unsigned long long dev, ino;
+    char exe[17];             /* that process's /proc/PID/comm when it reported ("": gone) */
+    int injected;             /* 1 + its index in the record's AUDIT_INJECTED; 0: the image's */
+    char path[];              /* as the container sees it */
+};
+struct shim_audit {
+    int sock[2];              /* the reports: [0] read by the waiting parent, [1] SHIM_AUDIT_FD in the app */
+    int chan[2];              /* the FIFO's descriptors, from the child that made it */
+    int fifo_r, fifo_w;
+    struct shim_loaded **obj, **slots; /* in the order first reported; a hash table by path */
+    size_t n, cap;
+    char carry[8192];         /* the FIFO's partial line */
+    size_t ncarry;
+    long last_pid;
+    char last_comm[17];
+};
+int shim_audit_open(struct shim_audit *a, struct shim_result *res);
+int shim_audit_child(struct shim_audit *a, struct shim_result *res);
+void shim_audit_fifo(const char *stage);  /* in shim_setup_root (unwinds on failure) */
+int shim_audit_wait(struct shim_audit *a, pid_t child);
+/* auditfind.c: injected objects mapped to their host files, the findings printed (when `print`),
+ * and the status shimrun ends with (AFTER_START for a finding that makes a success fail). */
+int shim_audit_findings(const struct shim_rec *r, const struct shim_run *run, struct shim_audit *a, int status,
+                        int print);
+/* provenance.c: a JSON string (UTF-8, escaped; bytes that are not UTF-8 become U+FFFD) */
+#include <stdio.h>
+void shim_json_string(FILE *f, const char *s);
+/* auditfind.c: the provenance record's ,"loaded":[...] member */
+void shim_audit_json(FILE *f, const struct shim_rec *r, const struct shim_audit *a);
 
 /* fuse.c: squashfuse's pid (our child, which dies with us) */
 pid_t mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);
