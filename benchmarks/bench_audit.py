@@ -106,7 +106,7 @@ def object_counts(shimrun: str, conf: Path, image: Path, audited: bool, work: Pa
     if r.returncode != 0 or not record.exists():
         return maps, f"no record ({r.returncode}: {r.stderr.strip()[-200:]})"
     doc = json.loads(record.read_text())
-    found = doc.get("loaded") if "loaded" in doc else (doc.get("run") or {}).get("loaded")
+    found = doc.get("loaded")
     shutil.rmtree(records)
     return maps, str(len(found)) if isinstance(found, list) else "no \"loaded\" list in the record"
 

@@ -31,8 +31,6 @@ SHOWN = 3   # image objects named in a line; the rest counted
 def loaded_objects(doc: dict) -> list[dict]:
     """The record's "loaded" list ([] for a run that was not audited)."""
     found = doc.get("loaded") if isinstance(doc, dict) else None
-    if found is None and isinstance(doc.get("run"), dict):
-        found = doc["run"].get("loaded")
     return [e for e in found or [] if isinstance(e, dict)]
 
 
