@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -61,7 +62,7 @@ def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4p
     assert r.returncode == 0, r.stderr + slurm1.logs()
     ranks = sorted(ln.split(":")[0] for ln in r.stdout.splitlines() if ln.startswith("rank "))
     assert ranks == ["rank 0 of 2", "rank 1 of 2"], r.stdout
-    assert r.stdout.count(f"MPICH Version:\t{mpi.version}") == 2, r.stdout   # the site's MPICH ran
+    assert len(re.findall(rf"MPICH Version:\s+{re.escape(mpi.version)}$", r.stdout, re.M)) == 2, r.stdout  # the site's
 
     (line,) = finding_lines(r.stderr, "MPI-LOADED")   # once for the node, not once per rank
     assert str(mpi.libmpi) in line, line
@@ -70,7 +71,7 @@ def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4p
     doc = json.loads(path.read_text())
     loaded = loaded_objects(doc)
     paths = [e["path"] for e in loaded]
-    (mpi_entry,) = [e for e in loaded if e["host"] == str(mpi.libmpi)]
+    (mpi_entry,) = [e for e in loaded if e["host"] == str(mpi.libmpi)] or [json.dumps(loaded, indent=1)]
     assert mpi_entry["sha256"] == hashlib.sha256(mpi.libmpi.read_bytes()).hexdigest()
     assert mpi_entry["exe"].startswith("python3") and mpi_entry["pid"] > 0
     # Reached through Python's dlopen of mpi4py's extension, which comes first (it needs it).
@@ -81,7 +82,8 @@ def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4p
     same = shim.run(["check", mpi4py_sif, "--against", path])
     assert same.returncode == 0 and "the same computation would run" in same.stdout, same.stdout + same.stderr
 
-    # The site swaps its MPI for another build of the same ABI: this machine's Debian MPICH.
+    # The site swaps its MPI for another build of the same ABI: this machine's Debian MPICH 4.0.2,
+    # the very file the image has, so the planner keeps the image's own (nothing to inject).
     other = world_dir / "audit-other-mpich"
     (other / "lib").mkdir(parents=True)
     shutil.copy(DEBIAN_LIBMPICH.resolve(), other / "lib" / "libmpi.so.12")
@@ -91,6 +93,11 @@ def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4p
     swapped = shim.run(["check", mpi4py_sif, "--against", path])
     hostmpi.write_site_conf(conf, mpi.prefix)
     assert swapped.returncode == 1, swapped.stdout + swapped.stderr
-    want = (f"differs: loaded {mpi_entry['path']} (host {mpi.libmpi}, by {mpi_entry['exe']}): another host file "
-            f"offered there now: recorded {mpi.libmpi}, now {other / 'lib' / 'libmpi.so.12'}")
-    assert want in swapped.stdout.splitlines(), swapped.stdout
+    found = swapped.stdout.splitlines()
+    want = (f"differs: loaded {mpi_entry['path']} (host {mpi.libmpi}, by {mpi_entry['exe']}): not offered now (the "
+            f"image's own would load, if it has one): recorded {mpi.libmpi}, now none")
+    assert want in found, swapped.stdout
+    # the MPICH wheel's bundled UCX and libfabric, loaded from the directory bound with it
+    bundled = [ln for ln in found if ln.startswith("differs: ") and f"loaded from host {mpi.bundled_dir} " in ln]
+    assert len(bundled) == 1 and "libfabric.so.1" in bundled[0] and bundled[0].endswith(
+        f"not bound now: recorded {mpi.bundled_dir}, now none"), swapped.stdout

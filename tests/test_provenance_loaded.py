@@ -109,6 +109,23 @@ def test_image_objects_are_compared_once_by_the_image_digest():
     assert loaded_differences(record(*objects, image=squashfs), record(image=squashfs)) == []
 
 
+def test_objects_of_a_directory_the_plan_bound_are_compared_by_the_bind():
+    """A profile's bundled libraries (no "host" of their own): the same host directory bound there
+    now; one line per bind that changed."""
+    where = "/.shim/inject/site-mpich/mpich"
+    bind = {"src": "/opt/site-mpich/lib/mpich", "dst": where, "read_only": True}
+    names = ("libfabric.so.1", "libucp.so.0", "libuct.so.0", "ucx/libuct_ib.so.0")
+    objects = [loaded(f"{where}/{name}") for name in names]
+    old = record(*objects, loaded("linux-vdso.so.1"), binds=(bind,))
+    assert loaded_differences(old, record(binds=(bind,))) == []   # nor is the vDSO taken for the image's
+    (line,) = lines(old, record(binds=({**bind, "src": "/opt/mpich-5.1/lib/mpich"},)))
+    assert line == (f"differs: 4 object(s) the run loaded from host /opt/site-mpich/lib/mpich (bound at {where}: "
+                    "libfabric.so.1, libucp.so.0, libuct.so.0, …): bound from elsewhere now: "
+                    "recorded /opt/site-mpich/lib/mpich, now /opt/mpich-5.1/lib/mpich")
+    (line,) = lines(old, record())
+    assert line.endswith("not bound now: recorded /opt/site-mpich/lib/mpich, now none")
+
+
 def test_a_directory_image_is_named_as_not_compared():
     directory = {"kind": "dir", "sha256": None, "sif": None, "path": "/images/app"}
     (found,) = loaded_differences(record(loaded("/usr/lib/libx.so.1"), image=directory), record(image=directory))

@@ -9,11 +9,13 @@ Rules:
   directory holds it (a profile's library directory) with the file's sha256 now the recorded one.
   Another build at that path, another host file at that container path, or none offered: material
   (the app would load another library, or the image's own);
-- an object of the image (no `host`) is the same when the image is: its digest (a squashfs file's,
-  a SIF's partitions') compared once for all of them, material when it differs; a directory image
-  has no digest, so those objects are not compared (one note says so).
-Non-goals: what the app would load now is not predicted (that needs the app to run); an object
-that a user's own bind brought in (no `host`, not of the image) is beyond the image's digest.
+- an object under a directory the plan bound (no `host`: a profile's bundled libraries, a
+  --bind) is the same when the plan now binds the same host directory there; its bytes were not
+  recorded. Bound from elsewhere or not at all: material;
+- an object of the image (the rest, but the kernel's vDSO) is the same when the image is: its
+  digest (a squashfs file's, a SIF's partitions') compared once for all of them, material when it
+  differs; a directory image has no digest, so those objects are not compared (one note says so).
+Non-goals: what the app would load now is not predicted (that needs the app to run).
 """
 
 from __future__ import annotations
@@ -54,9 +56,10 @@ def _bound_dirs(plan: dict) -> list[str]:
     return [b["src"].rstrip("/") + "/" for b in plan.get("binds") or [] if isinstance(b, dict) and b.get("src")]
 
 
-def _show(entry: dict) -> str:
+def _show(entry: dict, source: str = "") -> str:
+    """"loaded PATH (host FILE, by EXE)"; `source`: in place of "host FILE"."""
     who = f", by {entry['exe']}" if entry.get("exe") else ""
-    return f"loaded {entry.get('path')} (host {entry.get('host')}{who})"
+    return f"loaded {entry.get('path')} ({source or 'host ' + str(entry.get('host'))}{who})"
 
 
 def _injected(entry: dict, plan: dict, sha256_now: Sha256Now | None) -> list[Difference]:
@@ -77,6 +80,34 @@ def _injected(entry: dict, plan: dict, sha256_now: Sha256Now | None) -> list[Dif
     if other is not None:
         return [Difference(f"{_show(entry)}: another host file offered there now", host, other.get("host_path"))]
     return [Difference(f"{_show(entry)}: not offered now (the image's own would load, if it has one)", host, None)]
+
+
+def bound_from(path: str, plan: dict) -> tuple[str, str] | None:
+    """(the host directory or file, the container path) of the plan's bind that covers container
+    `path` (None: none does)."""
+    for b in plan.get("binds") or []:
+        dst = str(b.get("dst") or "").rstrip("/") if isinstance(b, dict) else ""
+        if dst and (path == dst or path.startswith(dst + "/")):
+            return str(b.get("src") or "").rstrip("/"), dst
+    return None
+
+
+def _bound(entries: list[dict], was: dict, plan: dict) -> list[Difference]:
+    """The objects of bound directories, one line per bind whose host side is not the same now."""
+    groups: dict[tuple[str, str, str | None], list[str]] = {}
+    for entry in entries:
+        src, dst = bound_from(entry["path"], was) or ("", "")
+        found = bound_from(dst, plan)
+        now = found[0] if found and found[1] == dst else None
+        if now != src:
+            groups.setdefault((src, dst, now), []).append(os.path.basename(entry["path"]))
+    out = []
+    for (src, dst, now), names in groups.items():
+        shown = ", ".join(names[:SHOWN]) + (", …" if len(names) > SHOWN else "")
+        change = "bound from elsewhere now" if now else "not bound now"
+        out.append(Difference(f"{len(names)} object(s) the run loaded from host {src} (bound at {dst}: {shown}): "
+                              f"{change}", src, now))
+    return out
 
 
 def image_digest(image: dict) -> str | None:
@@ -103,12 +134,16 @@ def _from_image(entries: list[dict], recorded: dict, now: dict) -> list[Differen
 
 def loaded_differences(recorded: dict, now: dict, sha256_now: Sha256Now | None = None) -> list[Difference]:
     """What differs for the objects the record's run loaded (none when it was not audited)."""
-    entries = loaded_objects(recorded)
-    plan = now.get("plan") or {}
+    plan, was = now.get("plan") or {}, recorded.get("plan") or {}
     out: list[Difference] = []
-    for entry in entries:
+    bound, image_entries = [], []
+    for entry in loaded_objects(recorded):
         if entry.get("host"):
             out += _injected(entry, plan, sha256_now)
-    image_entries = [e for e in entries if not e.get("host")]
+        elif bound_from(entry["path"], was) is not None:
+            bound.append(entry)
+        elif "/" in entry["path"]:   # not the kernel's vDSO (linux-vdso.so.1), which no file holds
+            image_entries.append(entry)
+    out += _bound(bound, was, plan)
     out += _from_image(image_entries, recorded.get("image") or {}, now.get("image") or {})
     return out
