@@ -240,7 +240,7 @@ int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, 
     struct shim_audit audit;
     sigset_t set, old;
     pid_t parent = getpid(), child;
-    int status, i, here = writes_here(run), audited = r->audit_library != NULL, nprov = here ? r->nprov : 0;
+    int status, end, i, here = writes_here(run), audited = r->audit_library != NULL, nprov = here ? r->nprov : 0;
 
     /* the audit forks in every rank (each may end with AFTER_START); only the node's leader prints */
     if (!nprov && !audited)
@@ -282,9 +282,10 @@ int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, 
     if (run->listen_fd >= 0)
         close(run->listen_fd); /* the leading rank's child serves it; held here it would outlive the step */
     status = audited ? shim_audit_wait(&audit, child) : shim_forward_until_exit(child);
+    /* the findings first: they map the injected objects to their host files, which the record's
+     * "loaded" names; the record keeps the app's own status (not --strict's AFTER_START) */
+    end = audited ? shim_audit_findings(r, run, &audit, status, here) : status;
     for (i = 0; i < nprov; i++)
         write_record(r, run, p.path[i], &p, status, audited ? &audit : NULL);
-    if (audited)
-        status = shim_audit_findings(r, run, &audit, status, here);
-    shim_end_as(status);
+    shim_end_as(end);
 }
