@@ -355,7 +355,7 @@ int shim_audit_wait(struct shim_audit *a, pid_t child);
  * and the status shimrun ends with (AFTER_START for a finding that makes a success fail). */
 int shim_audit_findings(const struct shim_rec *r, const struct shim_run *run, struct shim_audit *a, int status,
                         int print);
-/* provenance.c: a JSON string (UTF-8, escaped; bytes that are not UTF-8 become U+FFFD) */
+/* common.c: a JSON string (UTF-8, escaped; bytes that are not UTF-8 become U+FFFD) */
 #include <stdio.h>
 void shim_json_string(FILE *f, const char *s);
 /* auditfind.c: the provenance record's ,"loaded":[...] member */
