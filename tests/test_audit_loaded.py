@@ -124,7 +124,8 @@ def test_a_static_binary_is_not_audited_and_still_runs(shim, busybox_sif):
 def test_the_apps_own_ld_audit_keeps_working(shim, mpich_sif, user_dir):
     own = user_dir / "own_audit.so"
     src = user_dir / "own_audit.c"
-    src.write_text('#define _GNU_SOURCE\n#include <link.h>\n#include <unistd.h>\nunsigned la_version(unsigned v) { return v; }\n'
+    src.write_text('#define _GNU_SOURCE\n#include <link.h>\n#include <unistd.h>\n'
+                   'unsigned la_version(unsigned v) { return v; }\n'
                    'unsigned la_objopen(struct link_map *m, Lmid_t l, uintptr_t *c) {\n'
                    '  (void)l; (void)c; if (m->l_name[0]) { write(2, "OWN:", 4); '
                    'write(2, m->l_name, __builtin_strlen(m->l_name)); write(2, "\\n", 1); } return 0; }\n')
