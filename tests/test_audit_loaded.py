@@ -144,3 +144,20 @@ def test_a_launch_without_it_has_no_ld_audit_and_no_extra_process(shim, mpich_si
     assert "LD_AUDIT" not in r.stdout and "PARENT=shimrun" not in r.stdout
     r = shim.run(["--report-loaded", mpich_sif, "sh", "-c", "tr '\\0' '\\n' < /proc/self/environ"])
     assert "LD_AUDIT=/.shim/audit/shim_audit.so" in r.stdout
+
+
+def test_a_musl_program_and_a_foreign_architecture_are_not_audited(tmp_path):
+    """The look's judgement on a root (unit): a program whose loader is musl's, and an image of
+    another architecture (run under emulation), are named with the reason."""
+    from shim.audit.look import unavailable
+    from shim.image.arch import host_arch
+
+    src = tmp_path / "app.c"
+    src.write_text("int main(void) { return 0; }\n")
+    (tmp_path / "bin").mkdir()
+    subprocess.run(["cc", "-o", tmp_path / "bin" / "app", src, "-Wl,--dynamic-linker=/lib/ld-musl-x86_64.so.1"],
+                   check=True)
+    assert "musl" in unavailable(str(tmp_path), "/bin/app", "", host_arch())
+    assert unavailable(str(tmp_path), "app", "/bin", host_arch()).startswith("/bin/app runs under musl's loader")
+    other = "arm64" if host_arch() != "arm64" else "amd64"
+    assert "emulation" in unavailable(str(tmp_path), "/bin/app", "", other)
