@@ -322,10 +322,12 @@ void shim_forwarded_set(sigset_t *set);
 int shim_forward_until_exit(pid_t child);
 void shim_end_as(int status) __attribute__((noreturn));
 
-/* provenance.c: with a PROVENANCE field, fork: the child returns 0 and goes on with the launch;
- * the parent stays outside, passes signals on, writes the record when the app has ended and
- * ends as it did (never returns). Without one, or when this launch does not write it, 0 at
- * once. -1 with res set: the record cannot be written there (nothing was started). */
+/* provenance.c: with a PROVENANCE field (or an AUDIT: the audit shares the fork), fork: the child
+ * returns 0 and goes on with the launch; the parent stays outside, passes signals on (reading the
+ * audit's reports meanwhile), writes the record and prints the audit's findings when the app has
+ * ended, and ends as it did (never returns). Without either, or when this launch writes no record
+ * and has no audit, 0 at once. -1 with res set: the record cannot be written there (nothing was
+ * started). */
 int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res);
 
 /* audit.c: the after-start audit of loaded objects (record AUDIT), shared with provenance.c's fork. */
@@ -355,7 +357,7 @@ int shim_audit_wait(struct shim_audit *a, pid_t child);
  * and the status shimrun ends with (AFTER_START for a finding that makes a success fail). */
 int shim_audit_findings(const struct shim_rec *r, const struct shim_run *run, struct shim_audit *a, int status,
                         int print);
-/* provenance.c: a JSON string (UTF-8, escaped; bytes that are not UTF-8 become U+FFFD) */
+/* common.c: a JSON string (UTF-8, escaped; bytes that are not UTF-8 become U+FFFD) */
 #include <stdio.h>
 void shim_json_string(FILE *f, const char *s);
 /* auditfind.c: the provenance record's ,"loaded":[...] member */

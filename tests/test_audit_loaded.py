@@ -96,17 +96,22 @@ def test_site_policy_ignore_and_error(shim, site_conf, mpich_sif, world_dir):
         assert "MPI-LOADED" in r.stderr  # the site's [audit] report is on
 
 
-def test_children_through_a_shell_and_a_subprocess_are_reported(shim, mpich_sif, user_dir):
+def test_children_through_a_shell_and_a_subprocess_are_reported(shim, user_dir):
+    """sh runs python3, which runs a child through subprocess (close_fds: it loses the socket,
+    its loader reports through the FIFO)."""
+    sif = images.build_sif(images.DEBIAN_SCIPY)
     out = user_dir / "prov.json"
-    script = "import subprocess; subprocess.run(['/opt/app/hello'], close_fds=True)"
-    r = shim.run(["--provenance", out, mpich_sif, "sh", "-c", f"python3 -c \"{script}\""])
+    script = "import subprocess; subprocess.run(['/usr/bin/ls', '/'], close_fds=True, stdout=subprocess.DEVNULL)"
+    r = shim.run(["--provenance", out, sif, "sh", "-c", f"python3 -c \"{script}\""])
     assert r.returncode == 0, r.stderr
     assert "MPI-LOADED" not in r.stderr  # --provenance alone: the list, no findings
     loaded = json.loads(out.read_text())["loaded"]
-    paths = {o["path"]: o for o in loaded}
-    assert any(p.endswith("/libmpich.so.12") for p in paths)  # hello, a grandchild that closed fd 1001
-    assert any(o["exe"] == "python3" for o in loaded) and any(p.endswith("/dash") for p in paths)
     assert all(set(o) == {"path", "host", "sha256", "pid", "exe"} for o in loaded)
+    paths = {o["path"]: o for o in loaded}
+    assert any(p.endswith("/dash") for p in paths)
+    assert any(p.startswith("/usr/bin/python3") for p in paths)
+    assert paths["/usr/bin/ls"]["pid"] not in {o["pid"] for o in loaded if o["path"].startswith("/usr/bin/python3")}
+    assert any(p.endswith("/libselinux.so.1") for p in paths)  # ls's own library, from the FIFO
 
 
 def test_a_static_binary_is_not_audited_and_still_runs(shim, busybox_sif):
@@ -119,7 +124,8 @@ def test_a_static_binary_is_not_audited_and_still_runs(shim, busybox_sif):
 def test_the_apps_own_ld_audit_keeps_working(shim, mpich_sif, user_dir):
     own = user_dir / "own_audit.so"
     src = user_dir / "own_audit.c"
-    src.write_text('#include <link.h>\n#include <unistd.h>\nunsigned la_version(unsigned v) { return v; }\n'
+    src.write_text('#define _GNU_SOURCE\n#include <link.h>\n#include <unistd.h>\n'
+                   'unsigned la_version(unsigned v) { return v; }\n'
                    'unsigned la_objopen(struct link_map *m, Lmid_t l, uintptr_t *c) {\n'
                    '  (void)l; (void)c; if (m->l_name[0]) { write(2, "OWN:", 4); '
                    'write(2, m->l_name, __builtin_strlen(m->l_name)); write(2, "\\n", 1); } return 0; }\n')
@@ -138,3 +144,20 @@ def test_a_launch_without_it_has_no_ld_audit_and_no_extra_process(shim, mpich_si
     assert "LD_AUDIT" not in r.stdout and "PARENT=shimrun" not in r.stdout
     r = shim.run(["--report-loaded", mpich_sif, "sh", "-c", "tr '\\0' '\\n' < /proc/self/environ"])
     assert "LD_AUDIT=/.shim/audit/shim_audit.so" in r.stdout
+
+
+def test_a_musl_program_and_a_foreign_architecture_are_not_audited(tmp_path):
+    """The look's judgement on a root (unit): a program whose loader is musl's, and an image of
+    another architecture (run under emulation), are named with the reason."""
+    from shim.audit.look import unavailable
+    from shim.image.arch import host_arch
+
+    src = tmp_path / "app.c"
+    src.write_text("int main(void) { return 0; }\n")
+    (tmp_path / "bin").mkdir()
+    subprocess.run(["cc", "-o", tmp_path / "bin" / "app", src, "-Wl,--dynamic-linker=/lib/ld-musl-x86_64.so.1"],
+                   check=True)
+    assert "musl" in unavailable(str(tmp_path), "/bin/app", "", host_arch())
+    assert unavailable(str(tmp_path), "app", "/bin", host_arch()).startswith("/bin/app runs under musl's loader")
+    other = "arm64" if host_arch() != "arm64" else "amd64"
+    assert "emulation" in unavailable(str(tmp_path), "/bin/app", "", other)
