@@ -1,9 +1,10 @@
 """What the audit of loaded objects costs (issue #25 item 5): warm launches with and without
 `--report-loaded`, interleaved, in one run:
 
-- an app that maps ~300 objects: python3 importing numpy, scipy (linalg, sparse, optimize, stats,
-  signal, integrate) and mpi4py's MPI (the image's MPICH, initialised as a singleton), from
-  tests/images.py DEBIAN_MPI4PY; target: ≤ 2 % slower with the audit;
+- an app that maps ~200 objects (its count is in the table): python3 importing numpy, most of
+  scipy's subpackages, a few of the standard library's extension modules and mpi4py's MPI, with
+  the site's MPICH injected (its UCX and libfabric come with it; MPI initialised as a singleton),
+  from tests/images.py DEBIAN_MPI4PY; target (issue #25, for ~300 objects): ≤ 2 % slower;
 - `/bin/true` in the Debian base image: the warm launch with the audit ≤ 1.05× without;
 - both without the audit against the build before (SHIM_REFERENCE=FRONT-END, default main's install
   /opt/shim/venv/bin/shimrun when it is another file than $SHIMRUN): unchanged (≤ 1.05×).
@@ -40,8 +41,9 @@ from common import (
     write_results,
 )
 
-IMPORTS = ("import numpy, scipy.linalg, scipy.sparse.linalg, scipy.optimize, scipy.stats, scipy.signal, "
-           "scipy.integrate; from mpi4py import MPI")
+IMPORTS = ("import numpy, scipy.linalg, scipy.sparse.linalg, scipy.sparse.csgraph, scipy.optimize, scipy.stats, "
+           "scipy.signal, scipy.integrate, scipy.interpolate, scipy.ndimage, scipy.spatial, scipy.special, scipy.fft, "
+           "scipy.io, scipy.cluster, scipy.odr, ssl, sqlite3, lzma, bz2, ctypes, decimal; from mpi4py import MPI")
 # The objects this process mapped: each file of /proc/self/maps that is an ELF object (not data).
 COUNT = ("maps = [ln.split(None, 5) for ln in open('/proc/self/maps')]; "
          "print(len({m[5].strip() for m in maps if len(m) == 6 and ('.so' in m[5] or "
@@ -60,13 +62,11 @@ def mpi4py_image() -> Path:
 
 
 def site_conf(work: Path) -> Path:
-    """A shim.toml that binds nothing of the host and no profile: the image's own libraries run."""
-    conf = work / "conf-audit"
-    (conf / "profiles").mkdir(parents=True, exist_ok=True)
-    (conf / "shim.toml").write_text("[launch]\nbinds = []\n")
-    for p in (conf, conf / "profiles", conf / "shim.toml"):
-        p.chmod(0o755 if p.is_dir() else 0o644)
-    return conf
+    """The site's MPICH (tests/hostmpi.py: PyPI's MPICH 5 wheel, with its UCX and libfabric) as a
+    profile that replaces the image's libmpich.so.12, as an HPC site injects its MPI; no binds."""
+    import hostmpi  # tests/hostmpi.py
+
+    return hostmpi.write_site_conf(work / "conf-audit", hostmpi.build_host_mpi().prefix)
 
 
 def as_user(argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -134,24 +134,25 @@ def commands(shimrun: str, conf: Path, base: Path, app: Path, audited: bool, ref
     return out
 
 
-def target_rows(by_name: dict[str, float], audited: bool, reference: str) -> list[str]:
-    rows = ["| target (issue #25) | without | with | ratio | result |", "|---|---:|---:|---:|---|"]
-    for name, limit, what in ((APP, APP_TARGET, f"{APP}: ≤ 2 % slower with the audit"),
-                              (TRUE, TRUE_TARGET, f"warm `{TRUE}` with the audit ≤ 1.05× without")):
-        off = by_name[OFF.format(name)]
-        if not audited:
-            rows.append(f"| {what} | {off:.1f} ms | — | — | {NA} |")
+def target_rows(median: dict[str, float], fastest: dict[str, float], audited: bool, reference: str) -> list[str]:
+    """The targets, judged on the medians; the fastest runs' ratio beside them (this machine is
+    shared: the fastest of each case is the least disturbed)."""
+    rows = ["| target (issue #25) | without (median) | with (median) | ratio | ratio of the fastest runs | result |",
+            "|---|---:|---:|---:|---:|---|"]
+    pairs = [(f"{APP}: ≤ 2 % slower with the audit", OFF.format(APP), ON.format(APP), APP_TARGET, audited, NA),
+             (f"warm `{TRUE}` with the audit ≤ 1.05× without", OFF.format(TRUE), ON.format(TRUE), TRUE_TARGET,
+              audited, NA)]
+    pairs += [(f"{name} without the audit unchanged against the reference (≤ 1.05×)", REF.format(OFF.format(name)),
+               OFF.format(name), SAME_TARGET, bool(reference), "no reference build (SHIM_REFERENCE)")
+              for name in (TRUE, APP)]
+    for what, before, after, limit, measured, missing in pairs:
+        if not measured:
+            shown = f"{median[before]:.1f} ms" if before in median else "—"
+            rows.append(f"| {what} | {shown} | — | — | — | {missing} |")
             continue
-        on = by_name[ON.format(name)]
-        rows.append(f"| {what} | {off:.1f} ms | {on:.1f} ms | {on / off:.3f}× | {target_cell(on / off, limit)} |")
-    for name in (TRUE, APP):
-        what = f"{name} without the audit unchanged against the reference (≤ 1.05×)"
-        if not reference:
-            rows.append(f"| {what} | — | — | — | no reference build (SHIM_REFERENCE) |")
-            continue
-        ref, now = by_name[REF.format(OFF.format(name))], by_name[OFF.format(name)]
-        rows.append(f"| {what} | {ref:.1f} ms (reference) | {now:.1f} ms | {now / ref:.3f}× "
-                    f"| {target_cell(now / ref, SAME_TARGET)} |")
+        ratio = median[after] / median[before]
+        rows.append(f"| {what} | {median[before]:.1f} ms | {median[after]:.1f} ms | {ratio:.3f}× "
+                    f"| {fastest[after] / fastest[before]:.3f}× | {target_cell(ratio, limit)} |")
     return rows
 
 
@@ -171,17 +172,20 @@ def main() -> None:
     quiet = wait_quiet()
     samples = timed_runs(todo, runs, envs=envs)
     by_name = {s.name: s.median * 1e3 for s in samples}
+    fastest = {s.name: min(s.seconds) * 1e3 for s in samples}
     objects = [f"| objects the app mapped (its /proc/self/maps after the imports) | {maps} |",
                f"| entries of the provenance record's \"loaded\" list (every process) | {listed} |"]
     notes = [(f"{runs} warm launches of each case (after 3 warm-up rounds), interleaved, as an ordinary user; wall "
               "time from fork to exit of `shimrun`. Images: SIFs built by `shimrun build` of tests/images.py's "
-              f"DEBIAN_BASE and DEBIAN_MPI4PY; `--conf` with no binds and no profiles. The app: `python3 -c "
-              f"'{IMPORTS}'` (mpi4py 3.1.6 built against the image's MPICH 4.0.2, MPI initialised as a singleton)."),
+              f"DEBIAN_BASE and DEBIAN_MPI4PY; `--conf`: no binds, the site's MPICH 5 (tests/hostmpi.py) as a profile "
+              "that replaces the image's libmpich.so.12 (so the app runs over it). The app: `python3 -c "
+              f"'{IMPORTS}'` (mpi4py 3.1.6 built against the image's MPICH 4.0.2; MPI initialised as a singleton)."),
              f"This build: `{shimrun}` ({git_revision()}): {probe}.",
              (f"Reference: `{reference}`, measured in this run (its own cache: SHIMRUN_CACHE=~/.cache/"
               "shim-reference)." if reference else "No reference build: set SHIM_REFERENCE=FRONT-END."), quiet]
-    sections = [("Warm launches", table(samples, OFF.format(TRUE))), ("Targets", target_rows(by_name, audited,
-                reference)), ("The app's objects", ["| what | count |", "|---|---:|", *objects]), ("Notes", notes)]
+    sections = [("Warm launches", table(samples, OFF.format(TRUE))),
+                ("Targets", target_rows(by_name, fastest, audited, reference)),
+                ("The app's objects", ["| what | count |", "|---|---:|", *objects]), ("Notes", notes)]
     out = write_results("audit", "What the audit of loaded objects costs", sections)
     print(out.read_text())
 
