@@ -7,16 +7,21 @@ launch); tests/data/provenance/loaded-record.json read by `shimrun check --again
 shape checked before anything compares it); and a real --provenance record of a launch that
 injects the site's libsitefoo, given the "loaded" list the executor writes (its shape:
 shim/record/format.py LOADED_KEYS), replayed after the site swapped that library for another build.
-The records of real audited runs are compared in tests/test_audit_slurm.py."""
+And a real audited run (the MPICH app, the site's MPICH injected) compared once the site's profile
+points at another prefix; under srun: tests/test_audit_slurm.py."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
+import hostmpi
+import images
 import pytest
+from auditing import audit_missing
 from library_images import foo_lib, foo_profile
 from siteconf import write_conf
 
@@ -195,3 +200,34 @@ def test_a_swapped_site_library_that_the_run_loaded_is_named(shim, foo_image: Pa
     now = hashlib.sha256(lib.read_bytes()).hexdigest()
     assert (f"differs: loaded {foo['container_path']} (host {lib}, by foo-app): offered now as another build: "
             f"recorded sha256:{foo['sha256'][:16]}…, now sha256:{now[:16]}…") in swapped.stdout.splitlines()
+
+
+def test_an_audited_run_then_another_site_mpi(shim, user_dir: Path):
+    """The MPICH app with the site's MPICH 5 injected, audited (--provenance turns the audit on);
+    then the site's profile points at a copy of that MPI in another place."""
+    missing = audit_missing(shim)
+    if missing:
+        pytest.skip(missing)
+    mpi, sif = hostmpi.build_host_mpi(), images.build_sif(images.DEBIAN_MPICH)
+    conf = hostmpi.write_site_conf(user_dir / "conf", mpi.prefix)
+    target = user_dir / "r.json"
+    r = shim.run(["--provenance", target, "--conf", conf, sif, "/opt/app/hello"])
+    assert r.returncode == 0 and "MPICH Version:      5.0" in r.stdout, r.stdout + r.stderr
+    doc = json.loads(target.read_text())
+    (entry,) = [e for e in doc["loaded"] if e["host"] == str(mpi.libmpi)]
+    assert entry["sha256"] == hashlib.sha256(mpi.libmpi.read_bytes()).hexdigest() and entry["exe"] == "hello"
+    same = shim.run(["check", sif, "--against", target])
+    assert same.returncode == 0 and "the same computation would run" in same.stdout, same.stdout + same.stderr
+
+    moved = user_dir / "mpich-moved"
+    shutil.copytree(mpi.prefix / "lib", moved / "lib", symlinks=True)
+    subprocess.run(["chmod", "-R", "a+rX", str(moved)], check=True)
+    hostmpi.write_site_conf(conf, moved)
+    now = shim.run(["check", sif, "--against", target])
+    assert now.returncode == 1, now.stdout + now.stderr
+    lines = now.stdout.splitlines()
+    assert (f"differs: loaded {entry['path']} (host {mpi.libmpi}, by hello): another host file offered there now: "
+            f"recorded {mpi.libmpi}, now {moved / 'lib' / 'libmpi.so.12'}") in lines, now.stdout
+    assert any(ln.startswith("differs: ") and f"loaded from host {mpi.bundled_dir} " in ln
+               and ln.endswith(f"bound from elsewhere now: recorded {mpi.bundled_dir}, now {moved / 'lib' / 'mpich'}")
+               for ln in lines), now.stdout
