@@ -2,10 +2,10 @@
 built against the image's MPICH) under `srun --mpi=pmi2 -n 2`, the site's MPICH (PyPI's MPICH 5
 wheel, tests/hostmpi.py) injected in place of the image's libmpich.so.12. Python loads mpi4py's
 extension with dlopen, and the MPI library with it: the audit sees it there, the finding naming
-the injected host build is printed once for the node (not once per rank), the node's provenance
-record lists it with its host file, and `check --against` that record names the library the run
-loaded once the site points its profile at another build. Skipped when the build does not audit
-(tests/auditing.py)."""
+the injected host build is printed once for the node (not once per rank; on two nodes, once by
+each), the node's provenance record lists it with its host file, and `check --against` that
+record names the library the run loaded once the site points its profile at another build.
+Skipped when the build does not audit (tests/auditing.py)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from shim.provenance.loaded import loaded_objects
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the local Slurm needs root")
 
 slurm1 = local_slurm_fixture(1)
+slurm2 = local_slurm_fixture(2)
 DEBIAN_LIBMPICH = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")   # this machine's (Debian's MPICH 4.0.2)
 APP = ("from mpi4py import MPI; c = MPI.COMM_WORLD; v = MPI.Get_library_version().splitlines()[0]; "
        "print(f'rank {c.Get_rank()} of {c.Get_size()}: {v}', flush=True)")
@@ -101,3 +102,25 @@ def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4p
     bundled = [ln for ln in found if ln.startswith("differs: ") and f"loaded from host {mpi.bundled_dir} " in ln]
     assert len(bundled) == 1 and "libfabric.so.1" in bundled[0] and bundled[0].endswith(
         f"not bound now: recorded {mpi.bundled_dir}, now none"), swapped.stdout
+
+
+def test_two_nodes_each_say_it_once(shim, audited, mpi4py_sif, site, slurm2, world_dir: Path):
+    """-N 2 -n 4: two ranks per node, one finding and one record per node."""
+    mpi, conf = site
+    records = world_dir / "audit-slurm2-records"
+    records.mkdir()
+    os.chown(records, shim.user.uid, shim.user.gid)
+    r = slurm2.srun(["-N", "2", "-n", "4", "--ntasks-per-node", "2", "--mpi=pmi2", shim.shimrun, "--report-loaded",
+                     "--provenance", str(records), "--conf", str(conf), str(mpi4py_sif), "python3", "-c", APP],
+                    user=shim.user, env=slurm2.env(shim.env()), timeout=180)
+    assert r.returncode == 0, r.stderr + slurm2.logs()
+    assert sorted(ln.split(":")[0] for ln in r.stdout.splitlines() if ln.startswith("rank ")) == \
+        [f"rank {i} of 4" for i in range(4)], r.stdout
+    lines = finding_lines(r.stderr, "MPI-LOADED")
+    nodes = sorted(ln.split("]")[0].removeprefix("shimrun: [") for ln in lines)
+    assert len(nodes) == 2 and len(set(nodes)) == 2, r.stderr
+    assert all(str(mpi.libmpi) in ln for ln in lines), lines
+    found = sorted(records.iterdir())
+    assert [p.name.rsplit(".", 2)[1] for p in found] == nodes   # JOB.STEP.NODE.json, one per node
+    for path in found:
+        assert [e for e in loaded_objects(json.loads(path.read_text())) if e["host"] == str(mpi.libmpi)], path
