@@ -27,7 +27,7 @@ from shim.provenance.compare import Difference
 
 # The sha256 of a host file now (None: not readable), for objects of a bound directory.
 Sha256Now = Callable[[str], "str | None"]
-SHOWN = 3   # image objects named in a line; the rest counted
+SHOWN = 3   # objects named in a line about several (of the image, of a bind); the rest counted
 
 
 def loaded_objects(doc: dict) -> list[dict]:
