@@ -64,7 +64,9 @@ static int named(const struct shim_rec *r, const struct shim_audit *a, const cha
     for (i = 0; i < a->n; i++) {
         const struct shim_loaded *o = a->obj[i];
         int n;
-        if (list && !matches(list, o->path))
+        /* an injected object is also what it was injected as, whatever name the loader opened */
+        if (list && !matches(list, o->path)
+            && !(o->injected && matches(list, r->audit_injected[o->injected - 1].path)))
             continue;
         if (o->injected)
             n = snprintf(out + at, len - at, "%s%s (host: %s)", count ? ", " : "", o->path,

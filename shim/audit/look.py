@@ -11,7 +11,7 @@ from typing import NamedTuple
 from shim.elf.facts import elf_facts, symbol_string
 from shim.elf.ldcache import CACHE_FILE, read_ld_cache
 from shim.elf.rootpath import RootPaths, find_program
-from shim.image.arch import host_arch
+from shim.image.arch import UNKNOWN, host_arch
 from shim.knowledge.abi import mpi_abi, mpi_probes, version_symbol
 
 _MUSL = "ld-musl"       # the musl loader's name (/lib/ld-musl-x86_64.so.1): it has no LD_AUDIT
@@ -45,7 +45,9 @@ def _program(paths: RootPaths, command: str, path: str) -> tuple[str, str] | Non
 
 def unavailable(root: str, command: str, path: str, image_arch: str) -> str:
     """Why the command cannot be audited, "" when it can."""
-    if image_arch and image_arch != host_arch():
+    # "unknown": nothing to read the architecture from (no /bin/sh, as a distroless image): the
+    # command's own ELF header decides below
+    if image_arch and image_arch not in (host_arch(), UNKNOWN):
         return f"the image is for {image_arch} and runs under emulation on this {host_arch()} node"
     found = _program(RootPaths(root), command, path)
     if found is None:
@@ -54,6 +56,8 @@ def unavailable(root: str, command: str, path: str, image_arch: str) -> str:
     facts = elf_facts(host)
     if facts is None:
         return ""
+    if facts.arch and facts.arch != host_arch():  # emulated, or 32-bit x86: no loader of this node's kind
+        return f"{where} is a program for {facts.arch}, and the audit library one for this {host_arch()} node"
     if not facts.interp:
         return f"{where} is a static binary: no dynamic loader runs in it"
     if os.path.basename(facts.interp).startswith(_MUSL):

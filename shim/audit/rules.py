@@ -9,7 +9,9 @@ shim/knowledge/codes.json with this module as their origin."""
 
 from __future__ import annotations
 
+import posixpath
 from collections.abc import Mapping
+from fnmatch import fnmatchcase
 from typing import NamedTuple
 
 from shim.knowledge.codes import ACTIONS
@@ -105,6 +107,22 @@ _DEFAULT = {"MPI-LOADED": INFO, "RDMA-UNUSED": WARNING, "RDMA-EMULATED": WARNING
             "GPU-DRIVER-STUB": WARNING, "INJECTED-UNUSED": INFO}
 
 
+def _escaped(path: str) -> str:
+    """`path` as an fnmatch(3) pattern that matches only itself."""
+    return "".join(f"\\{c}" if c in "*?[\\" else c for c in path)
+
+
+def _what_they_are(globs: tuple[str, ...], injected: tuple[Injected, ...]) -> tuple[str, ...]:
+    """`globs` and the container path of each injected object that is one of them by the name it
+    was injected as or its file name: the loader reports an object by the name it opened
+    (libcuda.so.535.104.05, where the table says libcuda.so.1), and the executor knows an injected
+    one by its host file whatever that name (csrc/auditfind.c)."""
+    extra = tuple(_escaped(i.path) for i in injected
+                  if any(fnmatchcase(i.library, g) or fnmatchcase(posixpath.basename(i.path), g)
+                         for g in globs if "/" not in g))
+    return globs + tuple(e for e in dict.fromkeys(extra) if e not in globs)
+
+
 def audit_rules(side: NodeSide, policy: Mapping[str, str]) -> tuple[AuditRule, ...]:
     """The rules for this launch, the site's policy applied (an ignored code is left out)."""
     out = []
@@ -113,5 +131,8 @@ def audit_rules(side: NodeSide, policy: Mapping[str, str]) -> tuple[AuditRule, .
         severity = _DEFAULT[code] if action is None else ACTIONS.get(action, _DEFAULT[code])
         if action is not None and severity is None:
             continue
-        out.append(rule._replace(code=code, severity=_SEVERITY[severity]))
+        known = rule if code == "INJECTED-UNUSED" else rule._replace(  # that one names its object by path
+            preconditions=_what_they_are(rule.preconditions, side.injected),
+            patterns=_what_they_are(rule.patterns, side.injected))
+        out.append(known._replace(code=code, severity=_SEVERITY[severity]))
     return tuple(out)
