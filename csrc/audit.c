@@ -2,8 +2,8 @@
  * executor's side. The audit library (audit/shim_audit.c), named in the app's LD_AUDIT by the
  * planner's environment rules and bound read-only into the container, reports every object each
  * process maps: on SHIM_AUDIT_FD, one end of a datagram socket pair left open in the app, or, in
- * a process that closed it, on a FIFO made in the launch's staging tmpfs (bound at
- * SHIM_AUDIT_FIFO), whose descriptors the child that made it hands to the waiting parent over a
+ * a process that closed it, on a FIFO made in the launch's staging tmpfs (SHIM_AUDIT_FIFO, in the
+ * one directory bound for the audit, with the library), whose descriptors the child that made it hands to the waiting parent over a
  * second socket pair. The parent (provenance.c's fork, shared) reads both while it forwards
  * signals, so that no writer ever waits for long, and keeps each path once (the first process
  * that reported it); auditfind.c turns the list into findings and the provenance record's
@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/signalfd.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -23,7 +24,7 @@
 
 #include "core.h"
 
-/* The child's end of the FIFO hand-over, for shim_audit_fifo (-1: none, e.g. a node's holder). */
+/* The child's end of the FIFO hand-over, for shim_audit_stage (-1: none, e.g. a node's holder). */
 static int fifo_chan = -1;
 
 int shim_audit_open(struct shim_audit *a, struct shim_result *res)
@@ -51,18 +52,28 @@ int shim_audit_child(struct shim_audit *a, struct shim_result *res)
     return 0;
 }
 
-/* In the launch's staging tmpfs, before the binds (one of which shows it at SHIM_AUDIT_FIFO):
- * the FIFO, and its descriptors to the waiting parent (a reader, so that writers can open it, and
- * a writer, so that the reader never sees the end of it while the app runs). */
-void shim_audit_fifo(const char *stage)
+/* In the launch's staging tmpfs, before the binds: the one directory the record binds read-only at
+ * SHIM_AUDIT_DIR, holding the audit library (its host file bound on an empty file: nothing is
+ * copied) and the FIFO; then the FIFO's descriptors to the waiting parent (a reader, so that
+ * writers can open it, and a writer, so that the reader never sees the end of it while the app
+ * runs). One bind of a directory made here costs a few system calls; a bind per file under a
+ * directory the image lacks cost an underlay over the image's "/" (a mount per top-level entry). */
+void shim_audit_stage(const char *stage, const char *library)
 {
-    char path[4096], space[CMSG_SPACE(2 * sizeof(int))];
+    char dir[4096], path[4096 + 64], space[CMSG_SPACE(2 * sizeof(int))];
     struct iovec iov = {"f", 1};
     struct msghdr msg = {0};
     struct cmsghdr *c;
     int fds[2];
 
-    snprintf(path, sizeof path, "%s/%s", stage, SHIM_AUDIT_STAGED_FIFO);
+    snprintf(dir, sizeof dir, "%s/%s", stage, SHIM_AUDIT_STAGED_DIR);
+    Z(mkdir(dir, 0755), "make the audit's directory %s", dir);
+    snprintf(path, sizeof path, "%s/%s", dir, SHIM_AUDIT_LIBRARY_NAME);
+    Z(fds[0] = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644), "make the audit library's mount point %s",
+      path);
+    close(fds[0]);
+    Z(mount(library, path, NULL, MS_BIND, NULL), "bind the audit library %s to %s", library, path);
+    snprintf(path, sizeof path, "%s/%s", dir, SHIM_AUDIT_FIFO_NAME);
     Z(mkfifo(path, 0600), "make the audit's FIFO %s", path);
     if (fifo_chan < 0)
         return; /* no one reads it here (a node's holder): a process without the socket drops its lines */

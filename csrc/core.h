@@ -62,7 +62,7 @@ struct shim_config {
     const struct shim_link *links;
     int nlinks;
     unsigned kept_idle;       /* SHIM_IMG_KEPT: seconds the holder stays once none of its apps is left */
-    int audit;                /* the record has AUDIT: the audit's FIFO is made in the stage */
+    const char *audit;        /* the record has AUDIT: the audit library's host path, staged with the FIFO */
 };
 
 /* ---- the record, parsed (record.c): pointers into the caller's buffer ---- */
@@ -351,7 +351,7 @@ struct shim_audit {
 };
 int shim_audit_open(struct shim_audit *a, struct shim_result *res);
 int shim_audit_child(struct shim_audit *a, struct shim_result *res);
-void shim_audit_fifo(const char *stage);  /* in shim_setup_root (unwinds on failure) */
+void shim_audit_stage(const char *stage, const char *library); /* in shim_setup_root (unwinds on failure) */
 int shim_audit_wait(struct shim_audit *a, pid_t child);
 /* auditfind.c: injected objects mapped to their host files, the findings printed (when `print`),
  * and the status shimrun ends with (AFTER_START for a finding that makes a success fail). */

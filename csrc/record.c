@@ -161,7 +161,7 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
     case SHIM_R_AUDIT:
         r->audit_flags = (int)rd_int(&d, 4);
         r->audit_library = rd_str(&d);
-        c->audit = 1;
+        c->audit = r->audit_library;
         return rd_done(&d) && !(r->audit_flags & ~(SHIM_AUDIT_STRICT | SHIM_AUDIT_PRINT)) && r->audit_library[0] == '/';
     case SHIM_R_AUDIT_RULE: {
         struct shim_audit_rule *a = &r->audit_rules[r->naudit_rules++];

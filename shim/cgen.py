@@ -73,7 +73,9 @@ def record_h() -> str:
     lines += [f"#define SHIM_AUDIT_SEP {_c_string(rf.AUDIT_SEP)}", f"#define SHIM_AUDIT_FD {rf.AUDIT_FD}",
               f"#define SHIM_AUDIT_LIBRARY {_c_string(rf.AUDIT_LIBRARY)}",
               f"#define SHIM_AUDIT_FIFO {_c_string(rf.AUDIT_FIFO)}",
-              f"#define SHIM_AUDIT_STAGED_FIFO {_c_string(rf.AUDIT_STAGED_FIFO)}"]
+              f"#define SHIM_AUDIT_STAGED_DIR {_c_string(rf.AUDIT_STAGED_DIR)}",
+              f"#define SHIM_AUDIT_LIBRARY_NAME {_c_string(rf.AUDIT_LIBRARY_NAME)}",
+              f"#define SHIM_AUDIT_FIFO_NAME {_c_string(rf.AUDIT_FIFO_NAME)}"]
     lines.append(f"#define SHIM_RUN_VERB {_c_string(rf.RUN_VERB)}")
     lines.append(f"#define SHIM_EXEC_VERB {_c_string(rf.EXEC_VERB)}")
     handover = ", ".join(_c_string(v) for v in rf.HANDOVER_ENV.values())

@@ -3,8 +3,8 @@ after-start audit of loaded objects (README "What actually ran"). What this step
 the app can be audited (the look says whether it is a glibc program; AUDIT-UNAVAILABLE says why
 not), the rules the executor evaluates when the app has ended (shim/audit/rules.py, this node's
 facts and the site's [policy.codes] applied), the injected objects mapped to their host files and
-hashes, and what the launch adds for it: the audit library bound read-only, the FIFO bound from
-the staging tmpfs, LD_AUDIT in front of the app's own. Without any of the three the record has no
+hashes, and what the launch adds for it: one read-only bind of the directory the executor stages
+with the audit library and the FIFO, LD_AUDIT in front of the app's own. Without any of the three the record has no
 AUDIT: a launch unchanged (no fork, no LD_AUDIT)."""
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from shim.model import INJECT
 from shim.pipeline.hardware_step import Found
 from shim.pipeline.stage import STAGE_DIR
 from shim.provenance.digests import sha256_file
-from shim.record.format import AUDIT, AUDIT_FIFO, AUDIT_LIBRARY, AUDIT_STAGED_FIFO
+from shim.record.format import AUDIT, AUDIT_DIR, AUDIT_LIBRARY, AUDIT_STAGED_DIR
 from shim.record.model import Audit, AuditInjected, Input, LaunchRecord, RecordBind
 from shim.report.render import diagnostic_line
 
@@ -97,6 +97,7 @@ def audited(record: LaunchRecord, found: Found, want: AuditWish, policy: Mapping
     audit = Audit(flags, LIBRARY, audit_rules(side, validate_policy(policy)) if want.report else (),
                   tuple(AuditInjected(i.path, on_host(host_root, i.host), sha256_file(on_host(host_root, i.host)) or "")
                         for i in injected))
-    binds = (RecordBind(LIBRARY, AUDIT_LIBRARY, RO), RecordBind(os.path.join(STAGE_DIR, AUDIT_STAGED_FIFO), AUDIT_FIFO))
-    out = replace(record, audit=audit, binds=record.binds + binds, env=with_audit(record.env, AUDIT_LIBRARY))
+    # one bind: the directory the executor stages with the library and the FIFO (format.AUDIT_DIR)
+    bind = RecordBind(os.path.join(STAGE_DIR, AUDIT_STAGED_DIR), AUDIT_DIR, RO)
+    out = replace(record, audit=audit, binds=(*record.binds, bind), env=with_audit(record.env, AUDIT_LIBRARY))
     return Audited(out, tuple(host_inputs(host_root)))

@@ -125,13 +125,17 @@ AUDIT_KIND = {"ANY": 1, "NONE": 2}
 AUDIT_SEVERITY = {"INFO": 1, "WARN": 2, "ERROR": 3}
 AUDIT_SEP = "\x1f"
 # Where the audit library reports, in the app: this descriptor, left open by the executor; once a
-# process has closed it (a child that closes its descriptors, Python's subprocess), the FIFO the
-# executor made in the staging tmpfs, bound at AUDIT_FIFO. The library itself is bound read-only
-# at AUDIT_LIBRARY. One line per object: "pid\tdev\tino\tpath\n", written at once.
+# process has closed it (a child that closes its descriptors, Python's subprocess), the FIFO at
+# AUDIT_FIFO. One line per object: "pid\tdev\tino\tpath\n", written at once. The executor makes
+# one directory in the staging tmpfs, AUDIT_STAGED_DIR, holding the FIFO and the library (its host
+# file bound there), and the record binds that directory read-only at AUDIT_DIR: one bind, whose
+# mount point an unpacked root has ready (shim/launch/unpack.py), so that no underlay is needed.
 AUDIT_FD = 1001
-AUDIT_LIBRARY = "/.shim/audit/shim_audit.so"
-AUDIT_FIFO = "/.shim/audit/report"
-AUDIT_STAGED_FIFO = "audit-report"   # its name in the staging tmpfs
+AUDIT_DIR = "/.shim/audit"
+AUDIT_LIBRARY_NAME, AUDIT_FIFO_NAME = "shim_audit.so", "report"
+AUDIT_LIBRARY = f"{AUDIT_DIR}/{AUDIT_LIBRARY_NAME}"
+AUDIT_FIFO = f"{AUDIT_DIR}/{AUDIT_FIFO_NAME}"
+AUDIT_STAGED_DIR = "audit"   # its name in the staging tmpfs
 # The provenance record's "loaded" list (the contract with shim/provenance/compare.py): one object
 # per loaded path, in the order first seen, with these members:
 #   path: the container path; host: the host file of an injected object, else null; sha256: the
