@@ -2,12 +2,14 @@
  * executor's side. The audit library (audit/shim_audit.c), named in the app's LD_AUDIT by the
  * planner's environment rules and bound read-only into the container, reports every object each
  * process maps: on SHIM_AUDIT_FD, one end of a datagram socket pair left open in the app, or, in
- * a process that closed it, on a FIFO made in the launch's staging tmpfs (SHIM_AUDIT_FIFO, in the
- * one directory bound for the audit, with the library), whose descriptors the child that made it hands to the waiting parent over a
- * second socket pair. The parent (provenance.c's fork, shared) reads both while it forwards
- * signals, so that no writer ever waits for long, and keeps each path once (the first process
- * that reported it); auditfind.c turns the list into findings and the provenance record's
- * "loaded" list. */
+ * a process that closed it (or a rank that joined a node's shared container), on a FIFO made in
+ * the launch's staging tmpfs (SHIM_AUDIT_FIFO, in the one directory bound for the audit, with the
+ * library), whose descriptors the child that made it (or the node's holder) hands to the waiting
+ * parent over a second socket pair. The parent (provenance.c's fork, shared) reads both while it
+ * forwards signals, so that no writer ever waits for long, and keeps each path once (the first
+ * process that reported it); leading a shared container, it reads on until the holder has left,
+ * so that every rank of the node is in its findings, printed once. auditfind.c turns the list
+ * into findings and the provenance record's "loaded" list. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <poll.h>
@@ -27,14 +29,17 @@
 /* The child's end of the FIFO hand-over, for shim_audit_stage (-1: none, e.g. a node's holder). */
 static int fifo_chan = -1;
 
-int shim_audit_open(struct shim_audit *a, struct shim_result *res)
+int shim_audit_open(struct shim_audit *a, int shared, int names, struct shim_result *res)
 {
     memset(a, 0, sizeof *a);
-    a->fifo_r = a->fifo_w = a->chan[0] = a->chan[1] = -1;
+    a->fifo_r = a->fifo_w = a->chan[0] = a->chan[1] = a->held[0] = a->held[1] = -1;
+    a->names = names;
     if (ZR(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, a->sock), res->message, sizeof res->message,
            "a socket for the audit of loaded objects")
         || ZR(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, a->chan), res->message, sizeof res->message,
-              "a socket for the audit of loaded objects"))
+              "a socket for the audit of loaded objects")
+        || (shared && ZR(pipe2(a->held, O_CLOEXEC), res->message, sizeof res->message,
+                         "a pipe for the audit of loaded objects")))
         return res->code = SHIM_E_LAUNCH, -1;
     return 0;
 }
@@ -49,6 +54,9 @@ int shim_audit_child(struct shim_audit *a, struct shim_result *res)
         return res->code = SHIM_E_LAUNCH, -1;
     close(a->sock[1]);
     fifo_chan = a->chan[1];
+    /* held[1] stays, close-on-exec: the app drops it, the node's holder forked from here keeps it */
+    if (a->held[0] >= 0)
+        close(a->held[0]);
     return 0;
 }
 
@@ -134,6 +142,10 @@ static void comm_of(struct shim_audit *a, long pid, char *out)
     ssize_t n;
     int fd;
 
+    if (!a->names) { /* no record to name it in: nothing read while the app runs */
+        out[0] = '\0';
+        return;
+    }
     if (pid != a->last_pid) {
         a->last_pid = pid;
         a->last_comm[0] = '\0';
@@ -234,7 +246,35 @@ static void drain_fifo(struct shim_audit *a)
     }
 }
 
-/* Forward signals to `child` and read the reports until it ends; its wait status. */
+/* A node's shared container: the other ranks of the step joined the holder's namespaces, and
+ * their processes report on the FIFO (they have no SHIM_AUDIT_FD), read here until the last of
+ * them has ended, which the holder's leaving says (its end of `held` hangs up). A signal that
+ * is not SIGCHLD (the step being ended) stops the wait: what was read is reported. */
+static void wait_holder(struct shim_audit *a, int sfd)
+{
+    struct signalfd_siginfo info;
+    int stop = 0;
+
+    while (a->held[0] >= 0 && !stop) {
+        struct pollfd p[4] = {{a->held[0], POLLIN, 0}, {sfd, POLLIN, 0}, {a->sock[0], POLLIN, 0},
+                              {a->fifo_r, POLLIN, 0}};
+        if (HANDLED(poll(p, 4, -1)) < 0 && errno != EINTR) /* EINTR: again; else: no more to read */
+            break;
+        if (p[2].revents)
+            drain_socket(a);
+        if (p[3].revents)
+            drain_fifo(a);
+        while (sfd >= 0 && HANDLED(read(sfd, &info, sizeof info)) == (ssize_t)sizeof info) /* EAGAIN: all read */
+            stop |= info.ssi_signo != SIGCHLD;
+        stop |= p[0].revents != 0; /* hung up: the holder has left (nothing is ever written to it) */
+    }
+    if (a->held[0] >= 0)
+        close(a->held[0]);
+    a->held[0] = -1;
+}
+
+/* Forward signals to `child` and read the reports until it ends (and, leading a node's shared
+ * container, until its holder has left); the child's wait status. */
 int shim_audit_wait(struct shim_audit *a, pid_t child)
 {
     sigset_t set;
@@ -243,11 +283,14 @@ int shim_audit_wait(struct shim_audit *a, pid_t child)
 
     close(a->sock[1]);
     close(a->chan[1]);
+    if (a->held[1] >= 0)
+        close(a->held[1]);
     shim_forwarded_set(&set);
     /* without a signalfd (out of descriptors), the plain wait: the reports are then read at the end */
     if ((sfd = HANDLED(signalfd(-1, &set, SFD_CLOEXEC | SFD_NONBLOCK))) < 0) {
         status = shim_forward_until_exit(child);
         take_fifo(a);
+        wait_holder(a, -1);
         drain_socket(a);
         drain_fifo(a);
         return status;
@@ -277,9 +320,10 @@ int shim_audit_wait(struct shim_audit *a, pid_t child)
     }
     w = shim_forward_until_exit(child);
 done:
-    close(sfd);
     if (a->chan[0] >= 0)
         take_fifo(a);
+    wait_holder(a, sfd);
+    close(sfd);
     drain_socket(a);
     drain_fifo(a);
     return w;

@@ -342,6 +342,8 @@ struct shim_audit {
     int sock[2];              /* the reports: [0] read by the waiting parent, [1] SHIM_AUDIT_FD in the app */
     int chan[2];              /* the FIFO's descriptors, from the child that made it */
     int fifo_r, fifo_w;
+    int held[2];              /* a node's shared container: [1] held by its holder, [0] hung up when it has left */
+    int names;                /* read each process's name (the provenance record's "exe") */
     struct shim_loaded **obj, **slots; /* in the order first reported; a hash table by path */
     size_t n, cap;
     char carry[8192];         /* the FIFO's partial line */
@@ -349,7 +351,9 @@ struct shim_audit {
     long last_pid;
     char last_comm[17];
 };
-int shim_audit_open(struct shim_audit *a, struct shim_result *res);
+/* shared: this rank leads a node's shared container (the other ranks report on the FIFO, read
+ * here until the holder has left); names: read each reporting process's name */
+int shim_audit_open(struct shim_audit *a, int shared, int names, struct shim_result *res);
 int shim_audit_child(struct shim_audit *a, struct shim_result *res);
 void shim_audit_stage(const char *stage, const char *library); /* in shim_setup_root (unwinds on failure) */
 int shim_audit_wait(struct shim_audit *a, pid_t child);

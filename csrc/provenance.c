@@ -216,7 +216,7 @@ int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, 
     for (i = 0; i < nprov; i++)
         if (target_path(r, i, run, &p, res) || check_writable(r, i, &p, res))
             return -1;
-    if (audited && shim_audit_open(&audit, res))
+    if (audited && shim_audit_open(&audit, run->listen_fd >= 0, nprov > 0, res))
         return -1;
     shim_forwarded_set(&set);
     if (ZR(sigprocmask(SIG_BLOCK, &set, &old), res->message, sizeof res->message,

@@ -23,6 +23,7 @@ from auditing import audit_missing, finding_lines
 from slurm import local_slurm_fixture
 
 from shim.provenance.loaded import loaded_objects
+from shim.record.format import AUDIT_FD
 
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="the local Slurm needs root")
 
@@ -102,6 +103,42 @@ def test_mpi4py_step_reports_the_injected_mpi_once_per_node(shim, audited, mpi4p
     bundled = [ln for ln in found if ln.startswith("differs: ") and f"loaded from host {mpi.bundled_dir} " in ln]
     assert len(bundled) == 1 and "libfabric.so.1" in bundled[0] and bundled[0].endswith(
         f"not bound now: recorded {mpi.bundled_dir}, now none"), swapped.stdout
+
+
+# Each rank of a step imports an extension module of its own; the ranks that joined the node's
+# shared container (not its leader, whose app holds the audit's descriptor) end a while after the
+# leader's app: their objects must still be in the node's one report.
+RANK_OWN = {"0": "_bz2", "1": "_lzma"}
+RANKS_APART = (f"import os, time, importlib; joined = True\n"
+               f"try: os.fstat({AUDIT_FD}); joined = False\n"
+               "except OSError: pass\n"
+               "if joined: time.sleep(2)\n"
+               f"importlib.import_module({RANK_OWN!r}[os.environ['SLURM_PROCID']])\n"
+               "print('rank', os.environ['SLURM_PROCID'], 'joined' if joined else 'leads', flush=True)")
+
+
+def test_every_rank_of_a_shared_container_is_reported_once(shim, audited, mpi4py_sif, site, slurm1,
+                                                          world_dir: Path):
+    """srun -n 2, the node's shared container (SHIMRUN_SHARE's default): the rank that joined the
+    holder's namespaces reports on the FIFO, after the leading rank's app has ended; the node's
+    findings and record come once, when the last rank has ended, and name both ranks' objects."""
+    _mpi, conf = site
+    records = world_dir / "audit-slurm-ranks"
+    records.mkdir()
+    os.chown(records, shim.user.uid, shim.user.gid)
+    r = slurm1.srun(["-n", "2", shim.shimrun, "--report-loaded", "--provenance", str(records), "--conf", str(conf),
+                     str(mpi4py_sif), "python3", "-c", RANKS_APART],
+                    user=shim.user, env=slurm1.env(shim.env()), timeout=180)
+    assert r.returncode == 0, r.stderr + slurm1.logs()
+    assert sorted(ln.split()[-1] for ln in r.stdout.splitlines() if ln.startswith("rank ")) == ["joined", "leads"], \
+        r.stdout   # one container: one leader, one rank that joined it
+    (path,) = records.iterdir()   # the node's one record
+    loaded = loaded_objects(json.loads(path.read_text()))
+    own = {m: [e for e in loaded if f"/{m}.cpython" in e["path"]] for m in RANK_OWN.values()}
+    assert all(len(found) == 1 for found in own.values()), json.dumps(loaded, indent=1)
+    assert own["_bz2"][0]["pid"] != own["_lzma"][0]["pid"]   # each by its own rank's process
+    assert len({e["pid"] for e in loaded if e["path"].endswith("/python3.11")}) == 1   # a path once: the first
+    assert not finding_lines(r.stderr, "MPI-LOADED")   # no MPI loaded: nothing said of it, by either rank
 
 
 def test_two_nodes_each_say_it_once(shim, audited, mpi4py_sif, site, slurm2, world_dir: Path):
