@@ -29,6 +29,12 @@ class BuildWithFrontend(build_py):
         sources = sorted(os.path.join("csrc", n) for n in os.listdir("csrc") if n.endswith(".c"))
         subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-Icsrc", f'-DSHIM_PYTHON="{sys.executable}"',
                         "-o", out, *sources], check=True)
+        # The audit library (LD_AUDIT) loads into the image's processes: it needs nothing, not even
+        # libc, so that it loads under any glibc (csrc/audit/shim_audit.c).
+        subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-std=gnu11", "-nostdlib", "-ffreestanding", "-fPIC", "-shared",
+                        "-fno-stack-protector", "-fno-builtin", "-Wl,-z,noexecstack", "-Wl,--hash-style=both",
+                        "-o", os.path.join(self.build_lib, "shim", "libexec", "shim_audit.so"),
+                        "csrc/audit/shim_audit.c"], check=True)
 
 setup(
     name="shim",

@@ -1,5 +1,5 @@
 /* Helpers every part of the C core uses and that call nothing of it: the build's identity, an
- * environment lookup, this node's name and the FNV hash of record keys and group names. Every
+ * environment lookup, this node's name, the FNV hash of record keys and group names, and JSON strings. Every
  * other file may call these; this one calls no other (no call cycle can pass through it). */
 #define _GNU_SOURCE
 #include <stdio.h>
@@ -55,4 +55,39 @@ void shim_node_name(char *const *environ, char *out, size_t outlen)
         snprintf(out, outlen, "%s", u.nodename);
     else
         snprintf(out, outlen, "localhost");
+}
+
+/* A JSON string: the bytes as UTF-8, escaped; a byte that is not part of valid UTF-8 becomes
+ * U+FFFD (a command line may hold any bytes, a JSON document may not). */
+void shim_json_string(FILE *f, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+
+    fputc('"', f);
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0, i;
+        if (n == 1) {
+            if (*p == '"' || *p == '\\')
+                fprintf(f, "\\%c", *p);
+            else if (*p < 0x20)
+                fprintf(f, "\\u%04x", *p);
+            else
+                fputc(*p, f);
+            p++;
+            continue;
+        }
+        for (i = 1; n && i < n; i++)
+            if ((p[i] & 0xC0) != 0x80)
+                n = 0;
+        /* overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either */
+        if (!n || (n == 2 && *p < 0xC2) || (n == 3 && ((*p == 0xE0 && p[1] < 0xA0) || (*p == 0xED && p[1] >= 0xA0)))
+            || (n == 4 && (*p > 0xF4 || (*p == 0xF0 && p[1] < 0x90) || (*p == 0xF4 && p[1] >= 0x90)))) {
+            fputs("\\ufffd", f);
+            p++;
+            continue;
+        }
+        fwrite(p, 1, (size_t)n, f);
+        p += n;
+    }
+    fputc('"', f);
 }

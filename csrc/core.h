@@ -62,6 +62,7 @@ struct shim_config {
     const struct shim_link *links;
     int nlinks;
     unsigned kept_idle;       /* SHIM_IMG_KEPT: seconds the holder stays once none of its apps is left */
+    const char *audit;        /* the record has AUDIT: the audit library's host path, staged with the FIFO */
 };
 
 /* ---- the record, parsed (record.c): pointers into the caller's buffer ---- */
@@ -89,6 +90,18 @@ struct shim_image_file {
     int64_t mtime, ctime;
 };
 
+/* AUDIT_RULE: a finding about what the app loaded (audit.c). The pattern lists are globs joined by
+ * SHIM_AUDIT_SEP, pointing into the record. */
+struct shim_audit_rule {
+    int kind, severity;       /* SHIM_AUDIT_KIND_*, SHIM_AUDIT_SEVERITY_* */
+    const char *code, *preconditions, *patterns, *message, *hint, *admin_hint;
+};
+
+/* AUDIT_INJECTED: an injected object, as the app sees it and as the host has it. */
+struct shim_audit_injected {
+    const char *path, *host, *sha256;
+};
+
 struct shim_rec {
     const char *version, *key;
     const char *root_lock;    /* ROOT_LOCK: an unpacked root's lock file (NULL: none) */
@@ -109,6 +122,12 @@ struct shim_rec {
     struct { int kind; const char *path; } prov[SHIM_PROV_MAX]; /* SHIM_PROV_*; a file or a directory */
     int nprov;
     const char *prov_facts;   /* the run's facts the planner knew, one JSON object */
+    int audit_flags;          /* AUDIT: SHIM_AUDIT_*; audit_library NULL: no audit */
+    const char *audit_library;
+    struct shim_audit_rule *audit_rules;
+    int naudit_rules;
+    struct shim_audit_injected *audit_injected;
+    int naudit_injected;
     struct shim_field *inputs;
     int ninputs;
     void *mem;                /* the arrays above, one allocation */
@@ -305,11 +324,50 @@ void shim_forwarded_set(sigset_t *set);
 int shim_forward_until_exit(pid_t child);
 void shim_end_as(int status) __attribute__((noreturn));
 
-/* provenance.c: with a PROVENANCE field, fork: the child returns 0 and goes on with the launch;
- * the parent stays outside, passes signals on, writes the record when the app has ended and
- * ends as it did (never returns). Without one, or when this launch does not write it, 0 at
- * once. -1 with res set: the record cannot be written there (nothing was started). */
+/* provenance.c: with a PROVENANCE field (or an AUDIT: the audit shares the fork), fork: the child
+ * returns 0 and goes on with the launch; the parent stays outside, passes signals on (reading the
+ * audit's reports meanwhile), writes the record and prints the audit's findings when the app has
+ * ended, and ends as it did (never returns). Without either, or when this launch writes no record
+ * and has no audit, 0 at once. -1 with res set: the record cannot be written there (nothing was
+ * started). */
 int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res);
+
+/* audit.c: the after-start audit of loaded objects (record AUDIT), shared with provenance.c's fork. */
+struct shim_loaded {
+    long pid;                 /* the first process that reported it */
+    unsigned long long dev, ino;
+    char exe[17];             /* that process's /proc/PID/comm when it reported ("": gone) */
+    int injected;             /* 1 + its index in the record's AUDIT_INJECTED; 0: the image's */
+    char path[];              /* as the container sees it */
+};
+struct shim_audit {
+    int sock[2];              /* the reports: [0] read by the waiting parent, [1] SHIM_AUDIT_FD in the app */
+    int chan[2];              /* the FIFO's descriptors, from the child that made it */
+    int fifo_r, fifo_w;
+    int held[2];              /* a node's shared container: [1] held by its holder, [0] hung up when it has left */
+    int names;                /* read each process's name (the provenance record's "exe") */
+    struct shim_loaded **obj, **slots; /* in the order first reported; a hash table by path */
+    size_t n, cap;
+    char carry[8192];         /* the FIFO's partial line */
+    size_t ncarry;
+    long last_pid;
+    char last_comm[17];
+};
+/* shared: this rank leads a node's shared container (the other ranks report on the FIFO, read
+ * here until the holder has left); names: read each reporting process's name */
+int shim_audit_open(struct shim_audit *a, int shared, int names, struct shim_result *res);
+int shim_audit_child(struct shim_audit *a, struct shim_result *res);
+void shim_audit_stage(const char *stage, const char *library); /* in shim_setup_root (unwinds on failure) */
+int shim_audit_wait(struct shim_audit *a, pid_t child);
+/* auditfind.c: injected objects mapped to their host files, the findings printed (when `print`),
+ * and the status shimrun ends with (AFTER_START for a finding that makes a success fail). */
+int shim_audit_findings(const struct shim_rec *r, const struct shim_run *run, struct shim_audit *a, int status,
+                        int print);
+/* common.c: a JSON string (UTF-8, escaped; bytes that are not UTF-8 become U+FFFD) */
+#include <stdio.h>
+void shim_json_string(FILE *f, const char *s);
+/* auditfind.c: the provenance record's ,"loaded":[...] member */
+void shim_audit_json(FILE *f, const struct shim_rec *r, const struct shim_audit *a);
 
 /* fuse.c: squashfuse's pid (our child, which dies with us) */
 pid_t mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);

@@ -190,6 +190,8 @@ int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
         return res->code;
     for (i = 0; i < cfg->nstage_files; i++)
         write_stage_file(cfg->stage, &cfg->stage_files[i]);
+    if (cfg->audit)
+        shim_audit_stage(cfg->stage, cfg->audit);
     Z(root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "open container root %s", root);
     for (i = 0; i < cfg->nbinds; i++)
         apply_bind(&root_fd, &cfg->binds[i]);

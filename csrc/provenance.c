@@ -122,41 +122,6 @@ static int check_writable(const struct shim_rec *r, int i, const struct prov_run
     return -1;
 }
 
-/* A JSON string: the bytes as UTF-8, escaped; a byte that is not part of valid UTF-8 becomes
- * U+FFFD (a command line may hold any bytes, a JSON document may not). */
-static void json_string(FILE *f, const char *s)
-{
-    const unsigned char *p = (const unsigned char *)s;
-
-    fputc('"', f);
-    while (*p) {
-        int n = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0, i;
-        if (n == 1) {
-            if (*p == '"' || *p == '\\')
-                fprintf(f, "\\%c", *p);
-            else if (*p < 0x20)
-                fprintf(f, "\\u%04x", *p);
-            else
-                fputc(*p, f);
-            p++;
-            continue;
-        }
-        for (i = 1; n && i < n; i++)
-            if ((p[i] & 0xC0) != 0x80)
-                n = 0;
-        /* overlong forms, UTF-16 surrogates and code points past U+10FFFF are not UTF-8 either */
-        if (!n || (n == 2 && *p < 0xC2) || (n == 3 && ((*p == 0xE0 && p[1] < 0xA0) || (*p == 0xED && p[1] >= 0xA0)))
-            || (n == 4 && (*p > 0xF4 || (*p == 0xF0 && p[1] < 0x90) || (*p == 0xF4 && p[1] >= 0x90)))) {
-            fputs("\\ufffd", f);
-            p++;
-            continue;
-        }
-        fwrite(p, 1, (size_t)n, f);
-        p += n;
-    }
-    fputc('"', f);
-}
-
 static void write_run(FILE *f, const struct shim_run *run, const struct prov_run *p, int status)
 {
     struct timespec end, end_mono;
@@ -170,13 +135,13 @@ static void write_run(FILE *f, const struct shim_run *run, const struct prov_run
     for (i = 0; i < run->argc; i++) {
         if (i)
             fputc(',', f);
-        json_string(f, run->argv[i]);
+        shim_json_string(f, run->argv[i]);
     }
     fputs("],\"cwd\":", f);
-    json_string(f, run->cwd ? run->cwd : HANDLED(getcwd(cwd, sizeof cwd)) ? cwd : ""); /* none: "" */
+    shim_json_string(f, run->cwd ? run->cwd : HANDLED(getcwd(cwd, sizeof cwd)) ? cwd : ""); /* none: "" */
     shim_node_name(run->environ, node, sizeof node);
     fputs(",\"node\":", f);
-    json_string(f, node);
+    shim_json_string(f, node);
     fprintf(f, ",\"pid\":%ld,\"uid\":%u,\"record\":\"%s\"", (long)getpid(), (unsigned)getuid(),
             run->from_cache ? "cached" : "planned");
     iso_time(&p->start, when, sizeof when);
@@ -194,16 +159,16 @@ static void write_run(FILE *f, const struct shim_run *run, const struct prov_run
         if (!set(run->environ, SLURM_IDS[i]))
             continue;
         fputs(any++ ? "," : "{", f);
-        json_string(f, SLURM_IDS[i]);
+        shim_json_string(f, SLURM_IDS[i]);
         fputc(':', f);
-        json_string(f, shim_env_get(run->environ, SLURM_IDS[i]));
+        shim_json_string(f, shim_env_get(run->environ, SLURM_IDS[i]));
     }
     fputs(any ? "}}" : "null}", f);
 }
 
 /* The planner's object without its closing brace, then the run's members: one JSON object. */
 static void write_record(const struct shim_rec *r, const struct shim_run *run, const char *path,
-                         const struct prov_run *p, int status)
+                         const struct prov_run *p, int status, const struct shim_audit *audit)
 {
     const char *facts = r->prov_facts ? r->prov_facts : "{}";
     char tmp[PATH_MAX + 32];
@@ -221,6 +186,8 @@ static void write_record(const struct shim_rec *r, const struct shim_run *run, c
     fwrite(facts, 1, n ? n - 1 : 0, f);
     fputs(n > 2 ? "," : "", f);
     write_run(f, run, p, status);
+    if (audit)
+        shim_audit_json(f, r, audit);
     fputs("}\n", f);
     /* No fsync: it would cost every launch a disk flush (measured: +1.8 ms of a 20 ms launch);
      * the rename keeps readers from ever seeing half a record while the node is up. */
@@ -235,18 +202,22 @@ static void write_record(const struct shim_rec *r, const struct shim_run *run, c
 int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, struct shim_result *res)
 {
     struct prov_run p;
+    struct shim_audit audit;
     sigset_t set, old;
     pid_t parent = getpid(), child;
-    int status, i;
+    int status, end, i, here = writes_here(run), audited = r->audit_library != NULL, nprov = here ? r->nprov : 0;
 
-    if (!r->nprov || !writes_here(run))
+    /* the audit forks in every rank (each may end with AFTER_START); only the node's leader prints */
+    if (!nprov && !audited)
         return 0;
     if (ZR(clock_gettime(CLOCK_REALTIME, &p.start), res->message, sizeof res->message, "read the clock")
         || ZR(clock_gettime(CLOCK_MONOTONIC, &p.start_mono), res->message, sizeof res->message, "read the clock"))
         return res->code = SHIM_E_LAUNCH, -1;
-    for (i = 0; i < r->nprov; i++)
+    for (i = 0; i < nprov; i++)
         if (target_path(r, i, run, &p, res) || check_writable(r, i, &p, res))
             return -1;
+    if (audited && shim_audit_open(&audit, run->listen_fd >= 0, nprov > 0, res))
+        return -1;
     shim_forwarded_set(&set);
     if (ZR(sigprocmask(SIG_BLOCK, &set, &old), res->message, sizeof res->message,
            "block signals for the provenance record"))
@@ -271,12 +242,15 @@ int shim_provenance_begin(const struct shim_rec *r, const struct shim_run *run, 
                      strerror(ESRCH));
             return -1;
         }
-        return 0;
+        return audited ? shim_audit_child(&audit, res) : 0;
     }
     if (run->listen_fd >= 0)
         close(run->listen_fd); /* the leading rank's child serves it; held here it would outlive the step */
-    status = shim_forward_until_exit(child);
-    for (i = 0; i < r->nprov; i++)
-        write_record(r, run, p.path[i], &p, status);
-    shim_end_as(status);
+    status = audited ? shim_audit_wait(&audit, child) : shim_forward_until_exit(child);
+    /* the findings first: they map the injected objects to their host files, which the record's
+     * "loaded" names; the record keeps the app's own status (not --strict's AFTER_START) */
+    end = audited ? shim_audit_findings(r, run, &audit, status, here) : status;
+    for (i = 0; i < nprov; i++)
+        write_record(r, run, p.path[i], &p, status, audited ? &audit : NULL);
+    shim_end_as(end);
 }

@@ -12,7 +12,7 @@
 #include "gen/build.h"
 
 struct counts {
-    int binds, appends, stage_files, ops, pass, notices, inputs, run_args, links;
+    int binds, appends, stage_files, ops, pass, notices, inputs, run_args, links, rules, injected;
 };
 
 /* One pass over the fields: check the framing and count what needs an array. */
@@ -40,6 +40,8 @@ static int frame(const unsigned char *p, const unsigned char *end, struct counts
         case SHIM_R_ENV_PASS: c->pass++; break;
         case SHIM_R_NOTICE: c->notices++; break;
         case SHIM_R_RUN_ARG: c->run_args++; break;
+        case SHIM_R_AUDIT_RULE: c->rules++; break;
+        case SHIM_R_AUDIT_INJECTED: c->injected++; break;
         case SHIM_R_INPUT_FILE: case SHIM_R_INPUT_CONTENT: case SHIM_R_INPUT_GLOB: case SHIM_R_INPUT_ENV:
         case SHIM_R_INPUT_CPUS: c->inputs++; break;
         default: break;
@@ -156,6 +158,31 @@ static int field(struct shim_rec *r, int tag, const unsigned char *p, size_t len
         return rd_done(&d) && (r->prov[r->nprov].kind == SHIM_PROV_USER || r->prov[r->nprov].kind == SHIM_PROV_SITE)
                && r->prov[r->nprov++].path[0];
     case SHIM_R_PROVENANCE_FACTS: r->prov_facts = rd_str(&d); return rd_done(&d) && r->prov_facts[0] == '{';
+    case SHIM_R_AUDIT:
+        r->audit_flags = (int)rd_int(&d, 4);
+        r->audit_library = rd_str(&d);
+        c->audit = r->audit_library;
+        return rd_done(&d) && !(r->audit_flags & ~(SHIM_AUDIT_STRICT | SHIM_AUDIT_PRINT)) && r->audit_library[0] == '/';
+    case SHIM_R_AUDIT_RULE: {
+        struct shim_audit_rule *a = &r->audit_rules[r->naudit_rules++];
+        a->kind = (int)rd_int(&d, 1);
+        a->severity = (int)rd_int(&d, 1);
+        a->code = rd_str(&d);
+        a->preconditions = rd_str(&d);
+        a->patterns = rd_str(&d);
+        a->message = rd_str(&d);
+        a->hint = rd_str(&d);
+        a->admin_hint = rd_str(&d);
+        return rd_done(&d) && (a->kind == SHIM_AUDIT_KIND_ANY || a->kind == SHIM_AUDIT_KIND_NONE)
+               && a->severity >= SHIM_AUDIT_SEVERITY_INFO && a->severity <= SHIM_AUDIT_SEVERITY_ERROR && a->code[0];
+    }
+    case SHIM_R_AUDIT_INJECTED: {
+        struct shim_audit_injected *a = &r->audit_injected[r->naudit_injected++];
+        a->path = rd_str(&d);
+        a->host = rd_str(&d);
+        a->sha256 = rd_str(&d);
+        return rd_done(&d) && a->path[0] == '/' && a->host[0] == '/';
+    }
     case SHIM_R_RUNSCRIPT: r->runscript = (int)rd_int(&d, 4); return rd_done(&d);
     case SHIM_R_RUN_ARG: {
         int kind = (int)rd_int(&d, 1);
@@ -196,7 +223,9 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
                                 + sizeof(char *) * (size_t)(n.notices + 1)
                                 + sizeof(struct shim_field) * (size_t)(n.inputs + 1)
                                 + 2 * sizeof(char *) * (size_t)(n.run_args + 1)
-                                + sizeof(struct shim_link) * (size_t)(n.links + 1)),
+                                + sizeof(struct shim_link) * (size_t)(n.links + 1)
+                                + sizeof(struct shim_audit_rule) * (size_t)(n.rules + 1)
+                                + sizeof(struct shim_audit_injected) * (size_t)(n.injected + 1)),
             why, whylen, "allocate the record's arrays"))
         return -1;
     r->mem = mem;
@@ -220,6 +249,10 @@ int shim_rec_parse(const char *data, size_t len, struct shim_rec *r, char *why, 
     r->run_default = (const char **)mem;
     mem += sizeof(char *) * (size_t)(n.run_args + 1);
     r->cfg.links = (struct shim_link *)mem;
+    mem += sizeof(struct shim_link) * (size_t)(n.links + 1);
+    r->audit_rules = (struct shim_audit_rule *)mem;
+    mem += sizeof(struct shim_audit_rule) * (size_t)(n.rules + 1);
+    r->audit_injected = (struct shim_audit_injected *)mem;
     r->cfg.cwd = "";
     r->cfg.env_dir = "/.singularity.d/env";
     while (p < end) {

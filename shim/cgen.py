@@ -31,7 +31,9 @@ def codes_h() -> str:
 
 
 def _c_string(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+    # a control character as an octal escape (the pattern lists' separator)
+    return '"' + "".join(c if c.isprintable() else f"\\{ord(c):03o}" for c in escaped) + '"'
 
 
 def options_h() -> str:
@@ -66,6 +68,14 @@ def record_h() -> str:
     lines += _defines("SHIM_PROV_", rf.PROV) + _defines("SHIM_IMAGE_SOURCE_", rf.IMAGE_SOURCE)
     lines.append(f"#define SHIM_BIND_FRESH {rf.FRESH}")
     lines += _defines("SHIM_RUN_ARG_", rf.RUN_ARG)
+    lines += _defines("SHIM_AUDIT_", rf.AUDIT) + _defines("SHIM_AUDIT_KIND_", rf.AUDIT_KIND)
+    lines += _defines("SHIM_AUDIT_SEVERITY_", rf.AUDIT_SEVERITY)
+    lines += [f"#define SHIM_AUDIT_SEP {_c_string(rf.AUDIT_SEP)}", f"#define SHIM_AUDIT_FD {rf.AUDIT_FD}",
+              f"#define SHIM_AUDIT_LIBRARY {_c_string(rf.AUDIT_LIBRARY)}",
+              f"#define SHIM_AUDIT_FIFO {_c_string(rf.AUDIT_FIFO)}",
+              f"#define SHIM_AUDIT_STAGED_DIR {_c_string(rf.AUDIT_STAGED_DIR)}",
+              f"#define SHIM_AUDIT_LIBRARY_NAME {_c_string(rf.AUDIT_LIBRARY_NAME)}",
+              f"#define SHIM_AUDIT_FIFO_NAME {_c_string(rf.AUDIT_FIFO_NAME)}"]
     lines.append(f"#define SHIM_RUN_VERB {_c_string(rf.RUN_VERB)}")
     lines.append(f"#define SHIM_EXEC_VERB {_c_string(rf.EXEC_VERB)}")
     handover = ", ".join(_c_string(v) for v in rf.HANDOVER_ENV.values())

@@ -24,6 +24,7 @@ class ExitCode(IntEnum):
     HOST = 69
     INTERNAL = 70
     LAUNCH = 71
+    AFTER_START = 73
     UNREACHABLE = 75
     AUTH = 77
     CONFIG = 78
@@ -36,7 +37,8 @@ class ExitCode(IntEnum):
 EXIT_LABELS: dict[ExitCode, str] = {
     ExitCode.USAGE: "usage", ExitCode.IMAGE: "image", ExitCode.ARCH: "architecture", ExitCode.REFUSED: "refused",
     ExitCode.NO_SUCH_IMAGE: "no such image", ExitCode.HOST: "host", ExitCode.INTERNAL: "internal error",
-    ExitCode.LAUNCH: "launch", ExitCode.UNREACHABLE: "registry unreachable", ExitCode.AUTH: "registry credentials",
+    ExitCode.LAUNCH: "launch", ExitCode.AFTER_START: "after start",
+    ExitCode.UNREACHABLE: "registry unreachable", ExitCode.AUTH: "registry credentials",
     ExitCode.CONFIG: "configuration", ExitCode.UNTRUSTED: "untrusted", ExitCode.NOT_EXECUTABLE: "not executable",
     ExitCode.NOT_FOUND: "not found"}
 

@@ -62,6 +62,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--provenance",), "provenance", VALUE, "write a provenance record of the run (JSON: the image's digests, "
            "the injected libraries, decisions, host facts, times, exit status) to FILE, or one per run into a "
            "directory", "FILE|DIR"),
+    Option(("--report-loaded",), "report_loaded", FLAG, "audit what the app loads (glibc LD_AUDIT): after it ends, "
+           "say which MPI, transports (RDMA or TCP) and GPU driver it used (also on with --provenance, or the "
+           "site's [audit] report)"),
     Option(("--dry-run",), "dry_run", FLAG, "print the injection plan and diagnostics, do not run", launches=False),
     Option(("--json",), "json", FLAG, "with --dry-run: the plan as JSON", launches=False),
     Option(("--conf",), "conf", VALUE, "site configuration directory (default: SHIMRUN_CONF, /etc/shim)", "DIR",

@@ -172,8 +172,35 @@ DEBIAN_SCIPY = Recipe(
     packages=("python3-numpy", "python3-scipy", "python3-pandas"),
 )
 
+# Python with numpy, scipy and mpi4py over the image's MPICH 4.0 (libmpich.so.12, so the site's MPICH
+# can be injected as for /opt/app/hello): an app that maps ~300 objects, most through Python's
+# dlopen (benchmarks/bench_audit.py, tests/test_audit_slurm.py). Debian's python3-mpi4py is built
+# for Open MPI, so mpi4py is built here from PyPI's source release with mpicc.mpich (fetched on the
+# host by its pip: the chroot has no certificates of the host's); then what only the build needed is
+# purged (not gcc nor python3-dev: python3-scipy depends on them through python3-pythran).
+MPI4PY_VERSION = "3.1.6"
+_MPI4PY_BUILD = "libmpich-dev gcc libc6-dev python3-dev python3-pip python3-setuptools python3-wheel"
+_MPI4PY_PURGE = "libmpich-dev python3-pip python3-wheel"
+_APT = 'chroot "$1" env DEBIAN_FRONTEND=noninteractive apt-get -y -q'
+DEBIAN_MPI4PY = Recipe(
+    name="debian-mpi4py",
+    suite="bookworm",
+    variant="apt",
+    packages=("python3-numpy", "python3-scipy", "libmpich12"),
+    customize=(
+        f'python3 -m pip download -q --no-deps --no-binary=:all: -d "$1/tmp/mpi4py" "mpi4py=={MPI4PY_VERSION}"',
+        f"{_APT} install --no-install-recommends {_MPI4PY_BUILD}",
+        (f'chroot "$1" env MPICC=mpicc.mpich pip3 install -q --no-index --no-deps --no-build-isolation '
+         f'--break-system-packages /tmp/mpi4py/mpi4py-{MPI4PY_VERSION}.tar.gz'),
+        f"{_APT} purge --autoremove {_MPI4PY_PURGE}",
+        'rm -rf "$1/tmp/mpi4py" "$1/root/.cache"',
+        'chroot "$1" sh -c \'! ldd /usr/local/lib/python3*/dist-packages/mpi4py/MPI*.so | grep "not found"\'',
+        'chroot "$1" python3 -c "import numpy, scipy.linalg; from mpi4py import MPI; print(MPI.Get_library_version())"',
+    ),
+)
+
 RECIPES: dict[str, Recipe] = {r.name: r for r in (DEBIAN_BASE, DEBIAN_MPICH, DEBIAN_OPENMPI, DEBIAN_BULLSEYE,
-                                                  DEBIAN_SCIPY)}
+                                                  DEBIAN_SCIPY, DEBIAN_MPI4PY)}
 
 
 # ---------------------------------------------------------------------------------------------

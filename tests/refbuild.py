@@ -18,6 +18,7 @@ import contextlib
 import difflib
 import json
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -140,6 +141,7 @@ LAYOUTS: dict[str, str] = {
     "RUNSCRIPT": "u32", "RUN_ARG": "u8 s",
     "ENV_OP": "u8 u8 s s", "ENV_PASS": "u8 s", "ACTION_SCRIPT": "s", "ENV_DIR": "s", "ENV_DATA": "s",
     "DIAGNOSTICS": "s", "REFUSE": "u32 s", "NOTICE": "s", "PROVENANCE": "u32 s", "PROVENANCE_FACTS": "s",
+    "AUDIT": "u32 s", "AUDIT_RULE": "u8 u8 s s s s s s", "AUDIT_INJECTED": "s s s",
 }
 _INTS = {"u8": "<B", "u32": "<I", "u64": "<Q", "i64": "<q"}
 _NAMES = {tag: name for name, (tag, _) in TAGS.items()}
@@ -222,6 +224,16 @@ def _text(value, prefix: str, version: str = ""):
 
 BUNDLED_CONF = "/shim/conf/shim.toml"  # the packaged default configuration (normalised() says why)
 SERVED_LINE = "shimrun: served: "      # --debug's line saying how the image is served (normalised())
+AUDIT_FIELDS = ("AUDIT", "AUDIT_RULE", "AUDIT_INJECTED")
+AUDIT_DIR = "/.shim/audit/"              # where the audit's library and FIFO are bound (normalised())
+AUDIT_SCRIPT_LINE = re.compile(r"^LD_AUDIT=.*; export LD_AUDIT\n", re.M)
+
+
+def _audit_part(name: str, values: tuple) -> bool:
+    """A field the after-start audit (#25, new since the reference) adds to a record: its own
+    fields, its binds, LD_AUDIT in front of the app's."""
+    return (name in AUDIT_FIELDS or (name == "BIND" and str(values[-1]).startswith(AUDIT_DIR))
+            or (name == "ENV_OP" and values[2] == "LD_AUDIT"))
 
 
 def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
@@ -235,13 +247,17 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
       copy of the file (its check, mode, size and path still compared); the bundled shim.toml's
       size too: it documents, commented out, the tables added since the reference ([serve]);
     - the "served" line (how the image is served, #24), new since the reference: a NOTICE of
-      --debug (and, in _outputs, check's line and its JSON member)."""
+      --debug (and, in _outputs, check's line and its JSON member);
+    - the after-start audit's parts (#25, on with --provenance), new since the reference."""
     version = next((values[0] for name, values in record if name == "VERSION"), "")
     lines = []
     for name, raw in record:
         if name in ("VERSION", "KEY") or (name == "NOTICE" and str(raw[0]).startswith(SERVED_LINE)):
             continue
-        values = tuple(_text(v, prefix, version) for v in raw)
+        if _audit_part(name, raw):
+            continue
+        kept = (AUDIT_SCRIPT_LINE.sub("", raw[0]),) if name == "ACTION_SCRIPT" else raw
+        values = tuple(_text(v, prefix, version) for v in kept)
         if name == "INPUT_FILE" and values[-1].startswith(PREFIX + "/"):
             size = 0 if values[-1].endswith(BUNDLED_CONF) else values[4]
             values = (values[0], values[1], 0, 0, size, 0, 0, values[-1])

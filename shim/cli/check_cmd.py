@@ -8,6 +8,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 
 from shim.cli.parser import usage_hint
 from shim.errors import UsageError
@@ -79,6 +80,7 @@ def against(args: argparse.Namespace) -> int:
     from shim.pipeline.planner import plan_launch
     from shim.pipeline.request import LaunchRequest
     from shim.provenance.compare import differences
+    from shim.provenance.loaded import loaded_differences
 
     recorded = read_record(args.against)
     argv = [str(a) for a in recorded["run"]["argv"][1:]]
@@ -88,7 +90,7 @@ def against(args: argparse.Namespace) -> int:
     request = LaunchRequest(options=launch_values(replay), argv=tuple(argv), cwd=current_directory(),
                             environ=dict(os.environ), dry_run=True, facts_only=True)
     facts = plan_launch(request).facts or {}
-    found = differences(recorded, facts)
+    found = differences(recorded, facts) + loaded_differences(recorded, facts, _sha256_now(facts))
     material = [d for d in found if d.material]
     used, was = _site_config(facts), _site_config(recorded)
     if args.json:
@@ -105,6 +107,16 @@ def against(args: argparse.Namespace) -> int:
         print(f"{len(material)} difference(s) that change what runs, {notes} note(s): another computation would run"
               if material else f"the same computation would run ({notes} note(s))")
     return DIFFERS if material else 0
+
+
+def _sha256_now(facts: dict) -> Callable[[str], str | None]:
+    """The sha256 of a node's file now (under the replay's simulated host root, if any)."""
+    from shim.host.paths import on_host
+    from shim.provenance.digests import sha256_file
+
+    host = facts.get("host") if isinstance(facts.get("host"), dict) else {}
+    root = host.get("simulated_root") or "/"
+    return lambda path: sha256_file(on_host(root, path))
 
 
 def _site_config(doc: dict) -> str:

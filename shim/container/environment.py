@@ -55,7 +55,7 @@ import errno
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from shim.elf.rootpath import DEFAULT_PATH
 from shim.errors import EXEC_NOT_EXECUTABLE, EXEC_NOT_FOUND, UsageError
@@ -260,6 +260,17 @@ def env_rules(settings: Mapping[str, str], opts: EnvOptions, env_dir: str = "/.s
             EnvOp(BASE_T, ENV_OP["HOST_NAMES"], HOSTVARS)]
     return EnvRules(_pass_rules(opts.cleanenv), tuple(ops), _script(env_dir, overrides, opts.home, opts.edits),
                     env_dir, opts.image_env_script)
+
+
+def with_audit(rules: EnvRules, library: str) -> EnvRules:
+    """The rules with `library` in front of LD_AUDIT (the app's own auditors keep working), set
+    last, so that no edit or override drops it; through the action script, just before its exec
+    (the image's shell and environment scripts are not audited)."""
+    tail = 'exec "$@"\n'
+    script = rules.action_script
+    if script.endswith(tail):
+        script = script[:-len(tail)] + f"LD_AUDIT={_sq(library)}${{LD_AUDIT:+:$LD_AUDIT}}; export LD_AUDIT\n" + tail
+    return replace(rules, ops=(*rules.ops, EnvOp(DIRECT_T, _PREPEND, "LD_AUDIT", library)), action_script=script)
 
 
 def with_default_dirs(path: str) -> str:

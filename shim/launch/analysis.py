@@ -12,6 +12,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from shim.audit.look import AuditLook, audit_look
 from shim.errors import ExitCode, ShimError
 from shim.plan.model import Plan
 
@@ -36,6 +37,7 @@ class AnalysisJob:
     hw_known: list | None = None  # its cached result (None: run it)
     debug: bool = False
     look_for_command: bool = False  # `check IMAGE COMMAND`: say whether the launch could start it
+    audit: bool = False           # --report-loaded: can the command be audited, and the image's own MPI
 
 
 @dataclass
@@ -45,6 +47,7 @@ class Analysis:
     image_reads: dict             # {relative path: identity} read inside a directory image
     host_reads: dict              # {host root: {relative path: identity}}
     command_problem: tuple[int, str] | None = None  # (exit code, message) the launch would end with
+    audit: AuditLook | None = None  # with AnalysisJob.audit
 
 
 def _analyse(job: AnalysisJob) -> Analysis:
@@ -80,7 +83,8 @@ def _analyse(job: AnalysisJob) -> Analysis:
     plan.diagnostics[:0] = found
     image_reads.update(entry.image_reads if job.image_dir else {})
     problem = command_problem(root, job.command[0], job.path) if job.look_for_command and job.command else None
-    return Analysis(plan, entry.ld_cache, image_reads, entry.host_reads, problem)
+    audit = audit_look(root, job.command[0], job.path, job.image_arch) if job.audit and job.command else None
+    return Analysis(plan, entry.ld_cache, image_reads, entry.host_reads, problem, audit)
 
 
 def command_problem(root: str, name: str, path: str) -> tuple[int, str] | None:

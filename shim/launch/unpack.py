@@ -33,6 +33,7 @@ from typing import NamedTuple, Protocol
 from shim.cachefiles import cache_path, read_trusted, untrusted, write_atomic
 from shim.errors import ExitCode, ShimError
 from shim.image.open import ImageRef
+from shim.launch.mountpoints import mount_points
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
 _held: list[int] = []     # this process's LOCK_SH descriptors (close-on-exec: the executor takes its own)
@@ -313,7 +314,7 @@ def _publish(image: ImageRef, where: str, digest: str, cap: int, stage: Stage | 
         if stage is not None:
             _digest, source, drop = stage()  # a copy made now hashes to `digest`, or stage() stops the launch
         _unsquashfs(source, partial)
-        os.makedirs(os.path.join(partial, "dev"), exist_ok=True)
+        mount_points(partial)
         os.rename(partial, final)
     except BaseException:
         remove_tree(partial)
@@ -368,6 +369,8 @@ def unpacked_root(image: ImageRef, where: str, cap: int, say: tuple[bool, str] =
                 break
             os.close(fd)
         os.utime(fd)  # last used
+        if took is None:
+            mount_points(final)  # a root unpacked by an earlier shim may lack the newer ones
         remove_orphans(where)
     except OSError as e:
         raise ShimError(ExitCode.HOST, f"cannot unpack {image.path} in {where}: {e.strerror}",

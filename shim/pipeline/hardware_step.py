@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
+from shim.audit.look import AuditLook
 from shim.diagnose.check import apply_site_policy, cached, check_key, job_inputs
 from shim.host.fingerprint import host_inputs
 from shim.image.open import ImageRef
@@ -36,9 +37,10 @@ def hardware_check(image: ImageRef, app: str | None, environ: Mapping[str, str],
 
 
 def wants_analysis(dry_run: bool, hw: HardwareCheck, requested: tuple[str, ...], profiles: ProfileSet | None,
-                   no_profiles: bool) -> bool:
-    """The image is looked at for a dry run, an unknown hardware verdict, or a profile that applies."""
-    return bool(dry_run or (hw.key and hw.known is None) or requested or (
+                   no_profiles: bool, audit: bool = False) -> bool:
+    """The image is looked at for a dry run, an unknown hardware verdict, a profile that applies,
+    or an audit (is the app a glibc program?)."""
+    return bool(dry_run or audit or (hw.key and hw.known is None) or requested or (
         profiles is not None and not no_profiles
         and any(p.available and p.applies != "on-request" for p in profiles.profiles)))
 
@@ -49,6 +51,7 @@ class Found(NamedTuple):
     ld_cache: bytes | None = None
     binds: tuple[RecordBind, ...] = ()
     inputs: tuple[Input, ...] = ()
+    audit: AuditLook | None = None  # the look's answer for the audit (None: not looked)
 
 
 def found_cached(image: ImageRef, hw: HardwareCheck, policy: dict) -> Found:
@@ -69,3 +72,4 @@ class LookRequest(NamedTuple):
     environ: dict
     debug: bool
     dry_run: bool
+    audit: bool = False             # --report-loaded: the look judges whether the app can be audited

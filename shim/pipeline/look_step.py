@@ -33,7 +33,7 @@ def analysis_job(req: LookRequest) -> AnalysisJob:
                        command=req.command, path=path, host_root=req.host_root,
                        refusal_severity=ERROR if site.site.refusal == "error" else WARNING,
                        environ=req.environ, hw_key=hw.key, hw_known=hw.known[0] if hw.known else None,
-                       debug=req.debug, look_for_command=req.dry_run)
+                       debug=req.debug, look_for_command=req.dry_run, audit=req.audit)
 
 
 def found_in(req: LookRequest, analysis: Analysis) -> Found:
@@ -50,4 +50,4 @@ def found_in(req: LookRequest, analysis: Analysis) -> Found:
                         | (KEEPDEV if b.device else 0)) for b in analysis.plan.binds]
     if analysis.ld_cache:
         binds.append(RecordBind(os.path.join(STAGE_DIR, STAGED_LD_CACHE), CACHE_FILE, RO))
-    return Found(analysis.plan, analysis.ld_cache, tuple(binds), tuple(inputs))
+    return Found(analysis.plan, analysis.ld_cache, tuple(binds), tuple(inputs), analysis.audit)

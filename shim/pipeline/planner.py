@@ -19,6 +19,7 @@ from shim import native
 from shim.cachefiles import cache_path, write_atomic
 from shim.diagnose.check import JOB_VARIABLES, apply_site_policy, host_root
 from shim.pipeline.assemble import assembled
+from shim.pipeline.audit_step import audited, wish
 from shim.pipeline.container_step import ContainerRequest, container
 from shim.pipeline.hardware_step import Found, LookRequest, found_cached, hardware_check, wants_analysis
 from shim.pipeline.image_step import check_runnable, open_image
@@ -95,8 +96,9 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     hw = hardware_check(image, made.command[0] if made.command else None, req.environ, root,
                         site.profiles is not None)
     inputs.extend(hw.inputs)
+    want = wish(opts.report_loaded, site.site.audit_report, bool(to), opts.strict)
     look = LookRequest(image, site, made.record, hw, made.command, opts.no_profiles, root, dict(req.environ),
-                       opts.debug, req.dry_run)
+                       opts.debug, req.dry_run, want.on and not req.dry_run)
     found = _found(req, look, site, verdict)
     if isinstance(found, Planned):
         if found.dry is not None:
@@ -106,6 +108,9 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     inputs.extend(env.read.values())
     key = record_key(req.argv, req.cwd, req.environ)
     record = replace(assembled(made.record, found, (req.environ, made.env_options), opts.strict), key=key)
+    if want.on:
+        record, audit_inputs = audited(record, found, want, site.site.policy(), root)
+        inputs.extend(audit_inputs)
     if to:
         # Only with a provenance record: the facts' modules cost a launch without one ~2 ms to import.
         from shim.pipeline.provenance_step import facts
@@ -137,7 +142,7 @@ def _found(req: LaunchRequest, look: LookRequest, site: SiteStep, verdict: Polic
     """The look at the image, when one is wanted; else the hardware check's cached answer. A dry
     run or a facts-only plan ends here."""
     policy = site.site.policy()
-    if not wants_analysis(req.dry_run, look.hardware, site.requested, site.profiles, look.no_profiles):
+    if not wants_analysis(req.dry_run, look.hardware, site.requested, site.profiles, look.no_profiles, look.audit):
         return found_cached(look.image, look.hardware, policy)
     # Only when the image is looked at: the look's modules (its child process, the record's encoder,
     # pickle, the loader cache) cost a launch whose verdict is cached ~4 ms to import.

@@ -16,9 +16,17 @@ class ListOf:
     item: object
 
 
+@dataclass(frozen=True)
+class Must:
+    """A member that may not be missing (where its name alone does not say so: "path")."""
+    inner: object
+
+
 _NAMED = {"name": str}
 _DECISION = {"library": str, "profile": SCALAR, "decision": SCALAR, "reason": SCALAR, "host_path": SCALAR,
              "sha256": SCALAR, "package": (dict, *SCALAR), "mpi": (dict, *SCALAR)}
+# One object the run loaded (shim/record/format.py LOADED_KEYS: the executor writes them).
+_LOADED = {"path": Must(str), "host": SCALAR, "sha256": SCALAR, "pid": SCALAR, "exe": SCALAR}
 SHAPE = {
     "shim": {"version": SCALAR},
     "command": ListOf(str),
@@ -30,6 +38,7 @@ SHAPE = {
     "host": {"rdma": ListOf({"name": str, "software": bool}), "gpu": {"devices": ListOf(_NAMED)},
              "cpu": {"isa_level": SCALAR, "arch": SCALAR, "model": SCALAR},
              "glibc": SCALAR, "kernel": SCALAR, "hypervisor": SCALAR},
+    "loaded": ListOf(_LOADED),
 }
 _REQUIRED = {"id", "type", "sha256", "library", "code", "severity", "name", "software"}
 
@@ -42,9 +51,11 @@ def shape_problem(value: object, shape: object = SHAPE, where: str = "", nullabl
             return ""
         if not isinstance(value, dict):
             return f"{where or 'the record'} is not an object"
-        for key, inner in shape.items():
+        for key, member in shape.items():
+            required = key in _REQUIRED or isinstance(member, Must)
+            inner = member.inner if isinstance(member, Must) else member
             if key not in value:
-                if key in _REQUIRED:
+                if required:
                     return f"{where}.{key} is missing".lstrip(".")
                 continue
             found = shape_problem(value[key], inner, f"{where}.{key}".lstrip("."))

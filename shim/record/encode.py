@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import struct
 
-from shim.record.format import ENV_TARGET, IMG, MAGIC, RUN_ARG, TAGS
+from shim.record.format import AUDIT_SEP, ENV_TARGET, IMG, MAGIC, RUN_ARG, TAGS
 from shim.record.model import (
+    Audit,
     ContentInput,
     CpusInput,
     EnvInput,
@@ -63,6 +64,14 @@ def env_only(version: str, rules: EnvRules) -> bytes:
     return MAGIC + _f("VERSION", _s(version)) + env_fields(rules)
 
 
+def audit_fields(a: Audit) -> bytes:
+    out = [_f("AUDIT", _u32(a.flags) + _s(a.library))]
+    out += [_f("AUDIT_RULE", bytes([r.kind, r.severity]) + _s(r.code) + _s(AUDIT_SEP.join(r.preconditions))
+               + _s(AUDIT_SEP.join(r.patterns)) + _s(r.message) + _s(r.hint) + _s(r.admin_hint)) for r in a.rules]
+    out += [_f("AUDIT_INJECTED", _s(i.path) + _s(i.host) + _s(i.sha256)) for i in a.injected]
+    return b"".join(out)
+
+
 def encode(r: LaunchRecord) -> bytes:
     out = [MAGIC, _f("VERSION", _s(r.version)), _f("KEY", _s(r.key))]
     out += [_input(i) for i in r.inputs]
@@ -100,6 +109,8 @@ def encode(r: LaunchRecord) -> bytes:
     out += [_f("PROVENANCE", _u32(kind) + _s(path)) for kind, path in r.provenance]
     if r.provenance:
         out.append(_f("PROVENANCE_FACTS", _s(r.provenance_facts)))
+    if r.audit is not None:
+        out.append(audit_fields(r.audit))
     return b"".join(out)
 
 

@@ -39,6 +39,11 @@ TAGS: dict[str, tuple[int, str]] = {
                        "for the app's lifetime, so a clean-up leaves the root alone, and stamps it as last used")),
     "KEPT_IDLE": (34, ("u32 seconds: with IMAGE_KIND KEPT, how long the kept mount's holder stays once no app of "
                        "it is left (the latest launch's value wins)")),
+    "AUDIT": (35, ("u32 AUDIT_*, string: the audit library's host path: the executor forks, names the library in "
+                   "LD_AUDIT and, when the app has ended, reads what its processes loaded (--report-loaded)")),
+    "AUDIT_RULE": (36, ("u8 AUDIT_KIND_*, u8 AUDIT_SEVERITY_*, code, preconditions, patterns, message, hint, admin "
+                        "hint: a finding about what was loaded (pattern lists AUDIT_SEP-separated fnmatch globs)")),
+    "AUDIT_INJECTED": (37, "container path, host path, sha256: an injected object, mapped back to its host file"),
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
@@ -107,6 +112,36 @@ NS = {"IPC": 1, "NET": 2, "PID": 4}
 # directory at launch, one file per run in it; SITE: one file per run in the site's [provenance]
 # dir (a failure there is the site's: exit 78, not 64). MAX: how many a record may name.
 PROV = {"USER": 1, "SITE": 2, "MAX": 2}
+
+# AUDIT: what the after-start audit of loaded objects does (csrc/audit.c; README "What actually
+# ran"). STRICT: a WARN/ERROR finding when the app exited 0 gives ExitCode.AFTER_START; PRINT: the
+# findings are printed (without it, only the provenance record's "loaded" list is made).
+AUDIT = {"STRICT": 1, "PRINT": 2}
+# AUDIT_RULE: ANY fires when a loaded object matches a pattern (the message's %s: those objects);
+# NONE when none does (its %s: the objects the preconditions matched). A rule applies only when
+# one loaded object matches a precondition (none listed: always). A pattern with a '/' is matched
+# against the whole container path, else against the basename.
+AUDIT_KIND = {"ANY": 1, "NONE": 2}
+AUDIT_SEVERITY = {"INFO": 1, "WARN": 2, "ERROR": 3}
+AUDIT_SEP = "\x1f"
+# Where the audit library reports, in the app: this descriptor, left open by the executor; once a
+# process has closed it (a child that closes its descriptors, Python's subprocess), the FIFO at
+# AUDIT_FIFO. One line per object: "pid\tdev\tino\tpath\n", written at once. The executor makes
+# one directory in the staging tmpfs, AUDIT_STAGED_DIR, holding the FIFO and the library (its host
+# file bound there), and the record binds that directory read-only at AUDIT_DIR: one bind, whose
+# mount point an unpacked root has ready (shim/launch/unpack.py), so that no underlay is needed.
+AUDIT_FD = 1001
+AUDIT_DIR = "/.shim/audit"
+AUDIT_LIBRARY_NAME, AUDIT_FIFO_NAME = "shim_audit.so", "report"
+AUDIT_LIBRARY = f"{AUDIT_DIR}/{AUDIT_LIBRARY_NAME}"
+AUDIT_FIFO = f"{AUDIT_DIR}/{AUDIT_FIFO_NAME}"
+AUDIT_STAGED_DIR = "audit"   # its name in the staging tmpfs
+# The provenance record's "loaded" list (the contract with shim/provenance/compare.py): one object
+# per loaded path, in the order first seen, with these members:
+#   path: the container path; host: the host file of an injected object, else null; sha256: the
+#   injected object's, else null; pid: the first process that reported it; exe: that process's
+#   /proc/PID/comm when it was read ("" when it was gone).
+LOADED_KEYS = ("path", "host", "sha256", "pid", "exe")
 
 # Variables that are the runtime's own settings: part of a record's key (and so never inputs),
 # except those that carry one launch's hand-over between the front-end and the planner.

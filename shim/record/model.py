@@ -93,6 +93,34 @@ class Image(NamedTuple):
     squashfuse: str = ""
 
 
+class AuditRule(NamedTuple):
+    """A finding about what the app loaded (format.AUDIT_KIND, AUDIT_SEVERITY): `message` has at
+    most one %s, the objects it is about."""
+    kind: int
+    severity: int
+    code: str
+    preconditions: tuple[str, ...]      # globs; one must match a loaded object (none: always)
+    patterns: tuple[str, ...]           # globs the rule is about
+    message: str
+    hint: str = ""
+    admin_hint: str = ""
+
+
+class AuditInjected(NamedTuple):
+    """An injected object: where the app sees it, and the host file it is."""
+    path: str
+    host: str
+    sha256: str
+
+
+class Audit(NamedTuple):
+    """The after-start audit of loaded objects (format.AUDIT flags; README "What actually ran")."""
+    flags: int
+    library: str                        # the audit library's host path
+    rules: tuple[AuditRule, ...] = ()
+    injected: tuple[AuditInjected, ...] = ()
+
+
 @dataclass(frozen=True)
 class LaunchRecord:
     version: str
@@ -123,3 +151,4 @@ class LaunchRecord:
     image_file: ImageFile | None = None                 # the opened image (None: a record that names none)
     root_lock: str = ""                                 # an unpacked root's lock file, held while the app runs
     kept_idle: int = 0                                  # IMG KEPT: seconds its holder stays without an app
+    audit: Audit | None = None                          # --report-loaded (None: no audit, no fork)

@@ -54,7 +54,7 @@ SCHEMA: Schema = {
     "launch": {"binds": _STRINGS}, "policy": {"refusal": Field("string"), "codes": Field("string-table")},
     "images": {"paths": _STRINGS, "signers": _STRINGS, "allow_unsigned": _BOOL, "allow_directories": _BOOL,
                "allow_foreign_arch": _BOOL, "allow_legacy_signatures": _BOOL, "allow_writable": _BOOL},
-    "provenance": {"dir": Field("string")}, "pull": {"max_entries": Field("integer")},
+    "provenance": {"dir": Field("string")}, "audit": {"report": _BOOL}, "pull": {"max_entries": Field("integer")},
     "serve": {"mode": Field("string", 'mode = "auto"'), "local_dir": Field("string", 'local_dir = "/local"'),
               "unpack_cap": Field("size", 'unpack_cap = "20G"'), "kept_idle": Field("integer", "kept_idle = 600"),
               "stage": Field("string", 'stage = "auto"')},
@@ -116,6 +116,7 @@ class SiteConfig:
     # Every [provenance] dir that applies (the system directory's first).
     provenance_dirs: tuple[str, ...] = ()
     serve: ServeSettings = ServeSettings()   # [serve]: how an image's files are served (serve_config.py)
+    audit_report: bool = False               # [audit] report: every launch audits what it loads (--report-loaded)
 
     def policy(self) -> dict[str, str]:
         return dict(self.codes)
@@ -188,7 +189,8 @@ def _read_config(path: Path) -> SiteConfig:
         raise ConfigError(f"{path}: pull.max_entries = {max_entries!r} is not a count of entries",
                           "e.g. max_entries = 2000000")
     return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())), _image_policy(path, data),
-                      _provenance_dir(path, data), max_entries, serve=serve_settings(path, data))
+                      _provenance_dir(path, data), max_entries, serve=serve_settings(path, data),
+                      audit_report=bool(data.get("audit", {}).get("report", False)))
 
 
 def _read_toml(path: Path) -> dict:
