@@ -6,12 +6,16 @@ simulated host root (named as such), the app really runs over shared memory here
 from __future__ import annotations
 
 import json
+import os
+import re
+import shutil
 import subprocess
 from pathlib import Path
 
 import hostmpi
 import images
 import pytest
+from dirimage import busybox_dir
 from hostroot import bare_node
 
 from shim.errors import ExitCode
@@ -119,6 +123,34 @@ def test_a_static_binary_is_not_audited_and_still_runs(shim, busybox_sif):
     assert r.returncode == 0 and r.stdout == "hi\n", r.stderr
     (line,) = _lines(r.stderr, "AUDIT-UNAVAILABLE")
     assert "static binary" in line
+
+
+def _musl_image(root: Path) -> Path:
+    """A directory image of a musl program (an Alpine-like userland: musl's loader and libc, no
+    glibc), built with Debian's musl-gcc: the program's PT_INTERP names musl's loader."""
+    tree = busybox_dir(root / "musl-img")
+    src = root / "hello.c"
+    src.write_text('#include <stdio.h>\nint main(void) { puts("hello from musl"); return 0; }\n')
+    app = tree / "app"
+    subprocess.run(["musl-gcc", "-o", app, src], check=True)  # dynamic: musl's loader runs it
+    interp = subprocess.run(["readelf", "-l", app], capture_output=True, text=True, check=True).stdout
+    loader = re.search(r"interpreter: (\S+)\]", interp).group(1)  # /lib/ld-musl-ARCH.so.1
+    (tree / loader.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(os.path.realpath(loader), tree / loader.lstrip("/"))
+    (tree / loader.lstrip("/")).chmod(0o755)
+    app.chmod(0o755)
+    return tree
+
+
+@pytest.mark.skipif(shutil.which("musl-gcc") is None, reason="musl-tools (requirements-apt.txt) is not installed")
+def test_a_musl_image_is_not_audited_and_its_app_still_runs(shim, user_dir):
+    image = _musl_image(user_dir)
+    r = shim.run(["--report-loaded", image, "/app"])
+    assert r.returncode == 0 and r.stdout == "hello from musl\n", r.stderr
+    (line,) = _lines(r.stderr, "AUDIT-UNAVAILABLE")
+    assert "musl" in line, line
+    env = shim.run(["--report-loaded", image, "/bin/busybox", "env"])
+    assert "LD_AUDIT" not in env.stdout  # nothing asked of a loader that has no audit interface
 
 
 def test_the_apps_own_ld_audit_keeps_working(shim, mpich_sif, user_dir):
