@@ -118,6 +118,32 @@ def test_children_through_a_shell_and_a_subprocess_are_reported(shim, user_dir):
     assert any(p.endswith("/libselinux.so.1") for p in paths)  # ls's own library, from the FIFO
 
 
+def test_a_software_rdma_provider_is_named_emulated(shim, site_conf, mpich_sif, world_dir):
+    """Simulated: the host root declares an InfiniBand device. The app loads the image's real
+    rdma-core Soft-RoCE provider (LD_PRELOAD stands in for libibverbs choosing it for an rxe
+    device, which this machine lacks): RDMA-EMULATED names it."""
+    node = bare_node(world_dir / "rxe-node").rdma_device("rxe0", (("4: ACTIVE", "Ethernet"),))
+    node.root.chmod(0o755)
+    for p in node.root.rglob("*"):
+        p.chmod(0o755 if p.is_dir() else 0o644)
+    rxe = "/usr/lib/x86_64-linux-gnu/libibverbs/librxe-rdmav34.so"
+    r = shim.run(["--report-loaded", "--no-profiles", "--conf", site_conf, mpich_sif, "sh", "-c",
+                  f"LD_PRELOAD={rxe} /opt/app/hello"], env={"SHIMRUN_HOST_ROOT": str(node.root)})
+    assert r.returncode == 0, r.stderr
+    (line,) = _lines(r.stderr, "RDMA-EMULATED")
+    assert "librxe-rdmav34.so" in line and "emulated in software" in line, line
+
+
+def test_an_injected_library_never_loaded_is_named(shim, site_conf, mpich_sif):
+    r = shim.run(["--report-loaded", "--conf", site_conf, mpich_sif, "/bin/true"])
+    assert r.returncode == 0, r.stderr
+    unused = _lines(r.stderr, "INJECTED-UNUSED")
+    host = hostmpi.build_host_mpi().prefix / "lib" / "libmpi.so.12"
+    assert any(str(host) in ln and "was never loaded" in ln for ln in unused), r.stderr
+    used = shim.run(["--report-loaded", "--conf", site_conf, mpich_sif, "/opt/app/hello"])
+    assert not any(str(host) in ln for ln in _lines(used.stderr, "INJECTED-UNUSED")), used.stderr
+
+
 def test_a_static_binary_is_not_audited_and_still_runs(shim, busybox_sif):
     r = shim.run(["--report-loaded", busybox_sif, "/bin/echo", "hi"])
     assert r.returncode == 0 and r.stdout == "hi\n", r.stderr
