@@ -232,7 +232,7 @@ AUDIT_SCRIPT_LINE = re.compile(r"^LD_AUDIT=.*; export LD_AUDIT\n", re.M)
 def _audit_part(name: str, values: tuple) -> bool:
     """A field the after-start audit (#25, new since the reference) adds to a record: its own
     fields, its binds, LD_AUDIT in front of the app's."""
-    return (name in AUDIT_FIELDS or (name == "BIND" and str(values[-1]).startswith(AUDIT_DIR))
+    return (name in AUDIT_FIELDS or (name == "BIND" and (str(values[-1]) + "/").startswith(AUDIT_DIR))
             or (name == "ENV_OP" and values[2] == "LD_AUDIT"))
 
 
