@@ -47,7 +47,8 @@ TAGS: dict[str, tuple[int, str]] = {
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
-    "LINK": (33, "target, path: a symlink made after the binds, in a directory the launch mounted fresh"),
+    "LINK": (33, ("target, path: a symlink made after the binds, in a directory the launch mounted fresh, or in an "
+               "underlay it makes over the image's read-only directory (never in the image or a host directory)")),
     "CWD": (40, "string: the working directory (\"\": the caller's)"),
     "CWD_REQUIRED": (41, "u32: a missing working directory is an error"),
     "QUIET": (42, "u32"),
