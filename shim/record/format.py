@@ -160,7 +160,9 @@ RECORDS_DIR = "records"
 # that steps which alternate them (srun -n 1, then -n 8) each keep their record.
 JOB_VARIABLES: dict[str, int] = {
     **dict.fromkeys(("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
-                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH"), ENV_HOW["VALUE"]),
+                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH",
+                     # a job's GPU binding selects its CDI devices (shim/cdi/select.py)
+                     "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"), ENV_HOW["VALUE"]),
     **dict.fromkeys(("SLURM_JOB_ID", "SLURM_STEP_ID", "PMI_FD", "PMI_RANK", "PMIX_RANK"), ENV_HOW["NONEMPTY"]),
     "PMIX_SERVER_URI": ENV_HOW["PREFIX"],
 }
