@@ -39,7 +39,7 @@ class CdiRequest(NamedTuple):
     devices: Sequence[Resolved]      # the registry's answer to --device (G's Registry.resolve)
     host_root: str
     facts: FactsFn                   # ELF facts of a file on this machine (None: not ELF)
-    unknown_hooks: str = "refuse"    # the site's [cdi] unknown_hooks
+    unknown_hooks: str = "error"     # the site's [cdi] unknown_hooks: error | warn
 
 
 def profile_name(kind: str) -> str:

@@ -26,7 +26,6 @@ from shim.cdi.model import Hook
 from shim.errors import ExitCode, ShimError
 
 HOOK_PROGRAMS = ("nvidia-cdi-hook", "nvidia-ctk")
-UNKNOWN_HOOKS = ("refuse", "warn")   # the site's [cdi] unknown_hooks
 # Per subcommand: its flags with a value (flags we accept but need not act on are listed too:
 # shim runs no ldconfig and reads the driver's version itself).
 _FLAGS: dict[str, tuple[str, ...]] = {
@@ -56,7 +55,7 @@ class HookEdits(NamedTuple):
     warnings: tuple[str, ...] = ()             # unknown hooks skipped under unknown_hooks = "warn"
 
 
-def interpret(hooks: Sequence[Hook], where: str, unknown: str = "refuse") -> HookEdits:
+def interpret(hooks: Sequence[Hook], where: str, unknown: str = "error") -> HookEdits:
     """The hooks' effects as data; `where` names the spec file and device for the error line."""
     links: list[tuple[str, str]] = []
     folders: list[str] = []
