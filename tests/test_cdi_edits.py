@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -162,7 +163,8 @@ def _extra_library_spec(host: SimulatedHost, built: Path, name: str) -> dict:
 
 def test_mounted_library_for_another_architecture_is_refused(tmp_path: Path) -> None:
     host = gpu_host(tmp_path / "host")
-    built = build_c("libother.so.1", "int other(void) { return 1; }\n", ["-shared", "-fPIC", "-Wl,-soname,libother.so.1"])
+    built = build_c("libother.so.1", "int other(void) { return 1; }\n",
+                    ["-shared", "-fPIC", "-Wl,-soname,libother.so.1"])
     data = bytearray(built.read_bytes())
     data[18:20] = (183).to_bytes(2, "little")   # e_machine: EM_AARCH64
     foreign = tmp_path / "libother.so.1"
@@ -207,7 +209,10 @@ def node(world_dir: Path) -> dict[str, Path]:
         hook = host.write("usr/bin/nvidia-cdi-hook", f"#!/bin/sh\ntouch {marker}\n")
         hook.chmod(0o755)
         write_spec(spec_dir(host), nvidia_spec(host, DRIVER), "nvidia.json")
-        cuda_runtime_image(base / "image")
+        image = cuda_runtime_image(base / "image")
+        (image / "bin").mkdir()
+        # this machine's dash (its glibc is the image's)
+        shutil.copy2(os.path.realpath("/bin/sh"), image / "bin" / "sh")
         (base / "conf").mkdir()
         (base / "conf" / "shim.toml").write_text("[launch]\nbinds = []\n")
         subprocess.run(["chmod", "-R", "a+rX", str(base)], check=True)
@@ -222,10 +227,11 @@ def run(shim, node, *args: str, cache: Path):
 def test_hooks_done_by_shim_and_never_run(shim, node, user_dir: Path) -> None:
     lib = f"/usr/lib/{TRIPLET}"
     r = run(shim, node, "--device", f"{GPU}=all", node["image"], "/bin/sh", "-c",
-            f"readlink {lib}/libcuda.so; test -e {lib}/libcuda.so.{DRIVER} && echo placed; "
-            "test -e /dev/nvidia0 && echo node; echo $NVIDIA_VISIBLE_DEVICES", cache=user_dir / "c")
+            f"cd {lib} && [ -L libcuda.so ] && [ libcuda.so -ef libcuda.so.{DRIVER} ] && echo linked; "
+            f"[ -f libcuda.so.{DRIVER} ] && echo placed; [ -e /dev/nvidia0 ] && echo node; "
+            "echo $NVIDIA_VISIBLE_DEVICES", cache=user_dir / "c")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["libcuda.so.1", "placed", "node", "void"], r.stdout
+    assert r.stdout.split() == ["linked", "placed", "node", "void"], (r.stdout, r.stderr)
     assert not node["marker"].exists(), "a spec's hook binary was run"
 
 

@@ -29,6 +29,7 @@ def apply_hooks(plan: Plan, repoint: dict[str, str], ctx: PlanContext, profile: 
     plan.links.extend(hooks.links)
     for folder in hooks.ldcache_folders:
         _fold(repoint, ctx, folder)
+        plan.links.extend(_soname_links(repoint, plan, folder))
 
 
 def _fold(repoint: dict[str, str], ctx: PlanContext, folder: str) -> None:
@@ -47,3 +48,14 @@ def _fold(repoint: dict[str, str], ctx: PlanContext, folder: str) -> None:
         if not soname or soname in repoint or ctx.container.ld_cache.lookup(soname):
             continue
         repoint[soname] = f"{folder}/{soname}" if soname in names else path
+
+
+def _soname_links(repoint: dict[str, str], plan: Plan, folder: str) -> list[tuple[str, str]]:
+    """The SONAME links ldconfig makes in the folder for the libraries placed there (libcuda.so.1 ->
+    libcuda.so.535.104.05), for programs that open a library by its path rather than its name."""
+    out = []
+    for soname, path in repoint.items():
+        link = f"{folder}/{soname}"
+        if os.path.dirname(path) == folder and path != link and link not in {p for _, p in plan.links}:
+            out.append((os.path.basename(path), link))
+    return out
