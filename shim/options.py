@@ -95,7 +95,7 @@ GLOBAL_VALUE_OPTIONS: dict[str, str] = {"--conf": "conf"}
 
 # shimrun's verbs (`shimrun VERB ...`), in the order --help lists them. Before one, only the global
 # options above; any other first word that is not an option is the IMAGE of `shimrun IMAGE COMMAND`.
-VERBS: tuple[str, ...] = ("inspect", "build", "check", "profiles", "pull", "cache", "run", "exec", "shell",
+VERBS: tuple[str, ...] = ("inspect", "build", "check", "profiles", "cdi", "pull", "cache", "run", "exec", "shell",
                           "version", "verify", "sign")
 
 
