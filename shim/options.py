@@ -57,7 +57,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--nv",), "nv", FLAG, "the NVIDIA driver and its devices: every configured GPU profile (as "
            "--profile cuda-driver)"),
     Option(("--device",), "devices", APPEND, "a CDI device of the node's specs (repeatable): NAME is its "
-           "name, an index, a UUID or all (`shimrun cdi list`)", "VENDOR/CLASS=NAME"),
+           "name, an index, a UUID or all (`shimrun cdi list`)", "VENDOR/CLASS=NAME", scope=IMAGE),
     Option(("--rocm",), "rocm", FLAG, "the AMD ROCm driver (not yet: refused with the reason)"),
     Option(("-u", "--userns"), "userns", FLAG, "accepted: shim always runs in a user namespace"),
     Option(("--no-eval",), "no_eval", FLAG, "accepted: shim never evaluates the environment through a shell"),
