@@ -27,11 +27,14 @@ from shim.cdi.model import DeviceNode, Mount, Resolved
 from shim.elf.facts import ElfFacts
 from shim.errors import ExitCode, ShimError
 from shim.host.paths import on_host
+from shim.site.binds import MODES
 from shim.site.profile_model import BindEntry, EnvSpec, LibrarySpec, PathSpec, Profile, Provides
 
 GPU_KINDS = ("nvidia.com/gpu",)
 BIND_TYPES = ("", "bind", "none")        # a mount's type shim applies: a bind mount
-_IGNORED_OPTIONS = ("bind", "rbind", "rprivate", "private", "nosuid", "nodev", "noexec", "rw")
+# Options every bind of shim's has anyway (nosuid, nodev), or that say what it is (bind, private).
+_IGNORED_OPTIONS = ("bind", "rbind", "rprivate", "private", "nosuid", "nodev", "noexec")
+READ_ONLY = MODES[0]   # "ro"
 FactsFn = Callable[[str], "ElfFacts | None"]
 
 
@@ -117,10 +120,10 @@ def _library(mount: Mount, req: CdiRequest) -> ElfFacts | None:
 
 def _read_only(mount: Mount, where: str, key: str) -> bool:
     for option in mount.options:
-        if option not in ("ro", *_IGNORED_OPTIONS):
+        if option not in (*MODES, *_IGNORED_OPTIONS):
             raise ShimError(ExitCode.CONFIG, f"{where}: {key}: mount option {option!r} is not supported",
-                            f"shim binds with {', '.join(('ro', *_IGNORED_OPTIONS))} only; fix the spec")
-    return "ro" in mount.options
+                            f"shim binds with {', '.join((*MODES, *_IGNORED_OPTIONS))} only; fix the spec")
+    return READ_ONLY in mount.options
 
 
 def check_node(node: DeviceNode, host_root: str, device: str) -> None:
