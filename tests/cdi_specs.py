@@ -92,7 +92,8 @@ def dump(data: object, fmt: str = "yaml") -> str:
 
     # The generator's YAML: a document start, block style, every key sorted; a name that YAML
     # would read as a number is quoted ("0").
-    return "---\n" + yaml.safe_dump(data, default_flow_style=False, sort_keys=True)
+    # (A copy through JSON: the generator writes each value out, never as a YAML alias.)
+    return "---\n" + yaml.safe_dump(json.loads(json.dumps(data)), default_flow_style=False, sort_keys=True)
 
 
 def write_spec(directory: Path, data: object | str, name: str = "nvidia.yaml") -> Path:

@@ -103,6 +103,26 @@ def _untrusted(where: str, path: str, st: os.stat_result) -> CdiError | None:
                     "others (chown root; chmod go-w), or remove it") if problem else None
 
 
+def _untrusted_above(directory: str) -> CdiError | None:
+    """A directory above the spec directory that another user could write (and so rename the spec
+    directory away and put another in its place); a sticky one (/tmp) only lets them remove their own."""
+    parent = os.path.dirname(os.path.realpath(directory))
+    while True:
+        try:
+            st = os.stat(parent)
+        except OSError:
+            return None
+        sticky = st.st_mode & stat.S_ISVTX
+        if st.st_uid not in _trusted_owners() or (st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky):
+            why = trust_problem(parent, st) or f"{parent} is writable by others"
+            return CdiError(f"CDI spec directory {directory} not trusted: {why} (a directory above it)",
+                            "a spec decides what containers get from the host: keep spec directories where only "
+                            "root (or the site's admin) can write")
+        if parent == "/":
+            return None
+        parent = os.path.dirname(parent)
+
+
 def spec_files(directory: str) -> list[str]:
     """The .json and .yaml files of a spec directory, by name; [] for a missing directory."""
     try:
@@ -113,7 +133,7 @@ def spec_files(directory: str) -> list[str]:
         raise CdiError(f"cannot read CDI spec directory {directory}: {e.strerror}", "check its permissions") from None
     if not stat.S_ISDIR(st.st_mode):
         raise CdiError(f"CDI spec directory {directory} is not a directory", "remove it or make it a directory")
-    if err := _untrusted("spec directory", directory, st):
+    if err := _untrusted("spec directory", directory, st) or _untrusted_above(directory):
         raise err
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(EXTENSIONS) and not n.startswith("."))
