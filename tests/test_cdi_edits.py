@@ -251,3 +251,12 @@ def test_unknown_device_is_one_line(shim, node, user_dir: Path) -> None:
     r = run(shim, node, "--device", f"{GPU}=7", node["image"], "/bin/true", cache=user_dir / "c")
     assert r.returncode == ExitCode.USAGE, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and f"{GPU}=7" in r.stderr, r.stderr
+
+
+def test_nv_takes_the_nodes_spec(shim, node, user_dir: Path) -> None:
+    """--nv on a node whose specs define nvidia.com/gpu: the spec's edits (no GPU profile needed)."""
+    r = run(shim, node, "--nv", node["image"], "/bin/sh", "-c",
+            f"[ -L /usr/lib/{TRIPLET}/libcuda.so ] && [ -e /dev/nvidia0 ] && echo $NVIDIA_VISIBLE_DEVICES",
+            cache=user_dir / "c")
+    assert (r.returncode, r.stdout.strip()) == (0, "void"), r.stderr
+    assert not node["marker"].exists()
