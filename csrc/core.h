@@ -382,6 +382,7 @@ void append_to_image_file(int root_fd, const struct shim_append *a, int n);
 void write_stage_file(const char *stage, const struct shim_stage_file *f);
 void set_stage(const char *stage);
 int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir);
+int launch_dir(const char *root, int *root_fdp, const char *path); /* a directory this launch made */
 void own_mount(int fd, const char *where);
 int on_underlay(int fd); /* 1: mount points may be made in this directory (our own tmpfs) */
 void fd_path(int fd, char *buf, size_t len);
@@ -389,7 +390,7 @@ void fd_path(int fd, char *buf, size_t len);
 /* fresh.c: file systems made for the launch (not from the host): tmpfs, devpts, proc, the
  * writable root's overlay, and symlinks in them. */
 void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b);
-void make_link(int root_fd, const struct shim_link *l);
+void make_link(const char *root, int *root_fdp, const struct shim_link *l);
 void overlay_root(const char *stage, const char *root);
 
 #endif

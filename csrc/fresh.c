@@ -48,7 +48,7 @@ void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b)
     shim_debug("new %s on %s", type, b->dst);
 }
 
-void make_link(int root_fd, const struct shim_link *l)
+void make_link(const char *root, int *root_fdp, const struct shim_link *l)
 {
     char parent[PATH_MAX];
     const char *name = strrchr(l->path, '/');
@@ -58,13 +58,12 @@ void make_link(int root_fd, const struct shim_link *l)
         shim_fail(SHIM_E_LAUNCH, 0, "symlink %s: not an absolute path with a name", l->path);
     memcpy(parent, l->path, (size_t)(name - l->path));
     parent[name - l->path] = '\0';
-    Z(fd = open_in_root(root_fd, parent[0] ? parent : "/", O_PATH | O_DIRECTORY),
-      "open %s in the container (for the symlink %s)", parent, l->path);
-    /* only where this launch mounted the directory itself: never into the image or the host */
-    if (!on_underlay(fd))
-        shim_fail(SHIM_E_LAUNCH, 0, "symlink %s: %s is not a directory this launch made", l->path, parent);
+    /* only in a directory this launch mounted itself (a fresh tmpfs, or an underlay over the
+     * image's read-only directory): never into the image or the host */
+    fd = launch_dir(root, root_fdp, parent[0] ? parent : "/");
     if (HANDLED(symlinkat(l->target, fd, name + 1)) == -1 && errno != EEXIST) /* one there already: kept */
         shim_fail_at(SHIM_AT, errno, "symlink %s -> %s in the container", l->path, l->target);
+    shim_debug("symlink %s -> %s", l->path, l->target);
     close(fd);
 }
 

@@ -196,7 +196,7 @@ int shim_setup_root(const struct shim_config *cfg, struct shim_result *res)
     for (i = 0; i < cfg->nbinds; i++)
         apply_bind(&root_fd, &cfg->binds[i]);
     for (i = 0; i < cfg->nlinks; i++)
-        make_link(root_fd, &cfg->links[i]);
+        make_link(root, &root_fd, &cfg->links[i]);
     for (i = 0; i < cfg->nappends; i++)
         append_to_image_file(root_fd, &cfg->appends[i], i);
     seal_underlays(root_fd);

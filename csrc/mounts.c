@@ -334,6 +334,31 @@ int ensure_target(const char *root, int *root_fdp, const char *path, int want_di
     return parent;
 }
 
+/* The container directory `path` as one this launch made, for a symlink the record asks for: an
+ * underlay over the image's read-only directory (made now if need be), the missing components
+ * made in one. Never the image's or a host directory itself: a link there would change the image
+ * or be left behind on the host. Returns an O_PATH fd. */
+int launch_dir(const char *root, int *root_fdp, const char *path)
+{
+    char where[PATH_MAX];
+    int fd = open_in_root(*root_fdp, path, O_PATH | O_DIRECTORY);
+
+    if (fd == -1 && errno == ENOENT)
+        return ensure_target(root, root_fdp, path, 1);
+    Z(fd, "open %s in the container", path);
+    if (on_underlay(fd))
+        return fd;
+    resolved_path(root, fd, where, sizeof where);
+    underlay(fd, where);
+    close(fd);
+    if (where[0] == '\0') { /* the root itself is now covered: reopen it */
+        close(*root_fdp);
+        Z(*root_fdp = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "reopen container root %s", root);
+    }
+    Z(fd = open_in_root(*root_fdp, where[0] ? where : "/", O_PATH | O_DIRECTORY), "reopen %s after underlay", where);
+    return fd;
+}
+
 /* Put the mount tree `tree` (a detached clone from open_tree) on dst_fd with our attributes. The
  * attributes are set on the clone before it is attached, so it is never visible without them. */
 static int attach_tree(int tree, int dst_fd, int recursive, int readonly, int keepdev)

@@ -56,6 +56,8 @@ OPTIONS: tuple[Option, ...] = (
            alone=True),
     Option(("--nv",), "nv", FLAG, "the NVIDIA driver and its devices: every configured GPU profile (as "
            "--profile cuda-driver)"),
+    Option(("--device",), "devices", APPEND, "a CDI device of the node's specs (repeatable): NAME is its "
+           "name, an index, a UUID or all (`shimrun cdi list`)", "VENDOR/CLASS=NAME", scope=IMAGE),
     Option(("--rocm",), "rocm", FLAG, "the AMD ROCm driver (not yet: refused with the reason)"),
     Option(("-u", "--userns"), "userns", FLAG, "accepted: shim always runs in a user namespace"),
     Option(("--no-eval",), "no_eval", FLAG, "accepted: shim never evaluates the environment through a shell"),
@@ -93,7 +95,7 @@ GLOBAL_VALUE_OPTIONS: dict[str, str] = {"--conf": "conf"}
 
 # shimrun's verbs (`shimrun VERB ...`), in the order --help lists them. Before one, only the global
 # options above; any other first word that is not an option is the IMAGE of `shimrun IMAGE COMMAND`.
-VERBS: tuple[str, ...] = ("inspect", "build", "check", "profiles", "pull", "cache", "run", "exec", "shell",
+VERBS: tuple[str, ...] = ("inspect", "build", "check", "profiles", "cdi", "pull", "cache", "run", "exec", "shell",
                           "version", "verify", "sign")
 
 

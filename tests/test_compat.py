@@ -200,6 +200,8 @@ def test_every_apptainer_action_option(apptainer: Runner, busybox_sif: Path, wor
             _refused(r, opt.names[-1], "not supported")
         elif name in ("--rocm", "--shell"):  # no ROCm profile yet; --shell belongs to `shell`
             _refused(r, name)
+        elif name == "--device":  # "x" is no VENDOR/CLASS=NAME (tests/test_cdi_specs.py: real requests)
+            _refused(r, "--device 'x'", "VENDOR/CLASS=NAME")
         elif name == "--nv":  # no GPU profile in this site configuration
             assert r.returncode == ExitCode.CONFIG and "--nv" in r.stderr, r.stderr
         else:

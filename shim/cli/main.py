@@ -20,6 +20,7 @@ _MODULES = {
     "build": "shim.cli.build_cmd",
     "check": "shim.cli.check_cmd",
     "profiles": "shim.cli.profiles_cmd",
+    "cdi": "shim.cli.cdi_cmd",
     "pull": "shim.cli.pull_cmd",
     "cache": "shim.cli.cache_cmd",
     "run": "shim.cli.runscript_cmd",

@@ -63,6 +63,11 @@ def main(args: argparse.Namespace) -> int:
                          f"shimrun [OPTIONS] {args.command[0]} ... IMAGE COMMAND [ARGS...]")
     if args.pwd is not None and not args.pwd.startswith("/"):
         raise UsageError(f"--pwd {args.pwd}: not an absolute path", "give the container directory as /path")
+    if args.devices:
+        from shim.cdi.spec import split_qualified
+
+        for request in args.devices:   # the grammar here; what the node's specs define, when planning
+            split_qualified(request)
     return run(args, dry_run=args.dry_run, as_json=args.json)
 
 

@@ -55,6 +55,7 @@ ACTION_OPTIONS: tuple[CompatOption, ...] = (
     _p("--no-eval", env="NO_EVAL"),
     _p("--nv", env="NV"),
     _p("--rocm", env="ROCM"),
+    _p("--device", value=True),  # Apptainer 1.4's CDI request, VENDOR/CLASS=NAME (repeatable)
     _p("-f", "--fakeroot", env="FAKEROOT"),
     _p("--no-mount", value=True, env="NO_MOUNT"),
     _p("--writable-tmpfs", env="WRITABLE_TMPFS"),
@@ -85,7 +86,8 @@ ACTION_OPTIONS: tuple[CompatOption, ...] = (
     _refuse("--network-args", value=True, why="an unprivileged container has no network to configure"),
     _refuse("--boot", why="shim does not boot an init system"),
     _refuse("--oci", why="shim runs SIF, squashfs and directory images (pull OCI images to a SIF first)"),
-    _refuse("--cdi", value=True, why="no CDI devices: use --nv for NVIDIA GPUs"),
+    _refuse("--cdi-dirs", value=True, why="CDI specs are read from /etc/cdi, /var/run/cdi and the site's "
+            "[cdi] dirs (shim.toml): ask the site to add a directory; request devices with --device"),
     _refuse("--nvccli", why="the NVIDIA container CLI is not used: --nv injects the driver itself"),
     _refuse("--sharens", why="not supported"),
     _refuse("--fusemount", value=True, why="FUSE mounts into the container are not supported"),

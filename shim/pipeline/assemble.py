@@ -42,5 +42,6 @@ def assembled(base: LaunchRecord, found: Found, env: tuple[Mapping[str, str], En
     plan, (environ, env_options) = found.plan, env
     rules = env_rules(environ, replace(env_options, edits=tuple(plan.env))) if plan.env else base.env
     return replace(base, env=rules, binds=base.binds + found.binds,
+                   links=base.links + tuple((target, path) for target, path in plan.links),
                    stage_files=((STAGED_LD_CACHE, found.ld_cache),) if found.ld_cache else (),
                    diagnostics=rendered(plan, base.quiet, base.debug), refuse=refusal(plan, strict))

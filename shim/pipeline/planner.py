@@ -78,7 +78,7 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     opened = open_image(opts.image, req.image_fd)
     image = opened.image
     inputs.extend(opened.inputs)
-    site = read_site(SiteRequest(opts.conf, opts.profile, opts.nv, root, env))
+    site = read_site(SiteRequest(opts.conf, opts.profile, opts.nv, root, env, tuple(opts.devices or ())))
     inputs.extend(site.inputs)
     judgement = judge(site.site, image, req.environ)
     inputs.extend(judgement.inputs)

@@ -24,6 +24,7 @@ class SiteRequest(NamedTuple):
     nv: bool                        # --nv: every GPU driver profile, as if requested
     host_root: str
     env: Mapping[str, str]          # the job's environment (a recording view: what profiles read is an input)
+    devices: tuple[str, ...] = ()   # --device VENDOR/CLASS=NAME... (CDI)
 
 
 class SiteStep(NamedTuple):
@@ -68,5 +69,16 @@ def read_site(req: SiteRequest) -> SiteStep:
     inputs += [file_input(os.path.join(SYSTEM_CONF_DIR, sub), CHECK["EXISTS"] | CHECK["TYPE"]) for sub in ("", "keys")]
     profiles = _load_profiles(conf_dir, req.host_root, req.env)
     inputs += profile_inputs(str(conf_dir), profiles, req.host_root)
-    requested = _requested(req.requested, req.nv, profiles, conf_dir)
+    nv, cdi = req.nv, ()
+    if req.devices or req.nv:
+        # Only when a device is asked for: the CDI machinery (YAML, the spec checks) costs imports.
+        from shim.pipeline.cdi_step import cdi_devices, with_cdi
+
+        step = cdi_devices(req.devices, req.nv, site, req.host_root, req.env)
+        inputs += step.inputs
+        nv, cdi = req.nv and not step.nv_done, step.profiles
+    requested = _requested(req.requested, nv, profiles, conf_dir)
+    if cdi:
+        profiles = with_cdi(profiles, cdi, conf_dir)
+        requested = (*requested, *(p.name for p in cdi))
     return SiteStep(site, conf_dir, profiles, requested, tuple(inputs))

@@ -28,7 +28,7 @@ from shim.elf.rootpath import changed
 from shim.plan.model import Plan
 from shim.plan.request import PlanRequest
 
-_FORMAT = 2
+_FORMAT = 3
 PLANS_DIR = "plans"
 
 
@@ -59,6 +59,9 @@ def plan_key(request: PlanRequest) -> str:
         "image": [os.path.realpath(request.image), file_identity(request.image)],
         "profiles": sorted(files.items()), "requested": list(request.requested), "no_profiles": request.no_profiles,
         "command": list(request.command[:1]), "path": request.path, "refusal": request.refusal_severity,
+        # A CDI device set's profile is made from its spec, not a profile file: what it says, too.
+        "cdi": [repr((p.placed, p.hooks, p.env)) for p in (request.profiles.profiles if request.profiles else ())
+                if p.hooks is not None],
         "host": request.host.key(), "host_ld_cache": file_identity(os.path.join(host_root, CACHE_FILE.lstrip("/"))),
     }
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()[:32]

@@ -12,6 +12,7 @@ from shim.elf.facts import elf_facts
 from shim.elf.rootpath import recording
 from shim.model import INJECT, REFUSE, EnvEdit
 from shim.plan.cache import CachedPlan, load_plan, plan_key, store_plan
+from shim.plan.cdi_hooks import apply_hooks
 from shim.plan.context import PlanContext
 from shim.plan.core import plan_profile
 from shim.plan.model import Plan
@@ -70,11 +71,13 @@ def _add_profile(plan: Plan, repoint: dict[str, str], ctx: PlanContext, profile:
                                                       f"{first.code}") if d.decision == INJECT else d)
         severity = ctx.request.refusal_severity
         plan.diagnostics.extend(dataclasses.replace(d, severity=severity) for d in work.refusals)
+        apply_hooks(plan, repoint, ctx, profile, accepted=False)
         return
     plan.decisions.extend(work.decisions)
     plan.binds.extend(work.binds)
     repoint.update(work.cache)
     plan.env.extend(env_edits(profile))
+    apply_hooks(plan, repoint, ctx, profile, accepted=True)
 
 
 def env_edits(profile: Profile) -> list[EnvEdit]:

@@ -3,6 +3,7 @@ before the profile is accepted or refused as a whole (never a half-injected stac
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +51,11 @@ class ProfileJob:
     @property
     def placed_dir(self) -> str:
         return f"{INJECT_DIR}/{self.profile.name}"
+
+    def placed_at(self, lib: OfferedLib) -> str:
+        """Where the library goes in the container: its own directory of the profile's, or where
+        a CDI spec's mount says (its containerPath)."""
+        return dict(self.profile.placed).get(lib.host_path) or f"{self.placed_dir}/{os.path.basename(lib.host_path)}"
 
     def key(self, lib: OfferedLib | None = None, table: str = "provides.libraries") -> str:
         """Where the admin fixes it: the profile file and key (and entry)."""

@@ -25,6 +25,7 @@ class Plan:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     binds: list[BindSpec] = field(default_factory=list)
     env: list[EnvEdit] = field(default_factory=list)   # the profiles' edits, in profile order
+    links: list[tuple[str, str]] = field(default_factory=list)   # (target, path): CDI create-symlinks hooks
 
     def refusals(self) -> list[Decision]:
         return [d for d in self.decisions if d.decision == REFUSE]
@@ -43,6 +44,7 @@ class Plan:
             "diagnostics": [asdict(d) for d in self.diagnostics],
             "binds": [asdict(b) for b in self.binds],
             "env": [asdict(e) for e in self.env],
+            "links": [list(link) for link in self.links],
         }
 
     @classmethod
@@ -51,4 +53,5 @@ class Plan:
                    decisions=[Decision(**d) for d in data.get("decisions", [])],
                    diagnostics=[Diagnostic(**d) for d in data.get("diagnostics", [])],
                    binds=[BindSpec(**b) for b in data.get("binds", [])],
-                   env=[EnvEdit(**e) for e in data.get("env", [])])
+                   env=[EnvEdit(**e) for e in data.get("env", [])],
+                   links=[(t, p) for t, p in data.get("links", [])])

@@ -31,9 +31,9 @@ def inject_at(job: ProfileJob, lib: OfferedLib, name: str, target: str | None, r
     if real and same_file(ctx.on_host(lib.host_path), ctx.in_root(real)):
         job.skip(name, lib, real, "the image already has an identical file")
         return
-    placed = f"{job.placed_dir}/{os.path.basename(lib.host_path)}"
+    placed = job.placed_at(lib)
     if placed not in job.work.injected:
-        origin_binds = origin_dirs(ctx, lib, job.placed_dir)
+        origin_binds = origin_dirs(ctx, lib, os.path.dirname(placed))
         provided = {os.path.basename(p) for p in _listdirs([ctx.on_host(b.src) for b in origin_binds])}
         if not inject_dependencies(job, lib, provided):
             return

@@ -47,7 +47,8 @@ TAGS: dict[str, tuple[int, str]] = {
     "BIND": (30, "u32 BIND_* flags, src, dst"),
     "APPEND": (31, "container path, text shown appended to it"),
     "STAGE_FILE": (32, "name, bytes: written to STAGE/name before the binds"),
-    "LINK": (33, "target, path: a symlink made after the binds, in a directory the launch mounted fresh"),
+    "LINK": (33, ("target, path: a symlink made after the binds, in a directory the launch mounted fresh, or in an "
+               "underlay it makes over the image's read-only directory (never in the image or a host directory)")),
     "CWD": (40, "string: the working directory (\"\": the caller's)"),
     "CWD_REQUIRED": (41, "u32: a missing working directory is an error"),
     "QUIET": (42, "u32"),
@@ -159,7 +160,9 @@ RECORDS_DIR = "records"
 # that steps which alternate them (srun -n 1, then -n 8) each keep their record.
 JOB_VARIABLES: dict[str, int] = {
     **dict.fromkeys(("CUDA_VISIBLE_DEVICES", "NVIDIA_VISIBLE_DEVICES", "NVIDIA_DISABLE_REQUIRE", "OMP_NUM_THREADS",
-                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH"), ENV_HOW["VALUE"]),
+                     "SLURM_CPUS_PER_TASK", "SLURM_MPI_TYPE", "SLURM_NTASKS", "LD_LIBRARY_PATH",
+                     # a job's GPU binding selects its CDI devices (shim/cdi/select.py)
+                     "SLURM_JOB_GPUS", "SLURM_STEP_GPUS"), ENV_HOW["VALUE"]),
     **dict.fromkeys(("SLURM_JOB_ID", "SLURM_STEP_ID", "PMI_FD", "PMI_RANK", "PMIX_RANK"), ENV_HOW["NONEMPTY"]),
     "PMIX_SERVER_URI": ENV_HOW["PREFIX"],
 }

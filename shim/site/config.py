@@ -54,12 +54,15 @@ SCHEMA: Schema = {
     "launch": {"binds": _STRINGS}, "policy": {"refusal": Field("string"), "codes": Field("string-table")},
     "images": {"paths": _STRINGS, "signers": _STRINGS, "allow_unsigned": _BOOL, "allow_directories": _BOOL,
                "allow_foreign_arch": _BOOL, "allow_legacy_signatures": _BOOL, "allow_writable": _BOOL},
-    "provenance": {"dir": Field("string")}, "audit": {"report": _BOOL}, "pull": {"max_entries": Field("integer")},
+    "provenance": {"dir": Field("string")}, "audit": {"report": _BOOL},
+    "pull": {"max_entries": Field("integer")},
+    "cdi": {"dirs": _STRINGS, "unknown_hooks": Field("string", 'unknown_hooks = "error"')},
     "serve": {"mode": Field("string", 'mode = "auto"'), "local_dir": Field("string", 'local_dir = "/local"'),
               "unpack_cap": Field("size", 'unpack_cap = "20G"'), "kept_idle": Field("integer", "kept_idle = 600"),
               "stage": Field("string", 'stage = "auto"')},
 }
 REFUSAL_ACTIONS = ("warn", "error")
+UNKNOWN_HOOK_ACTIONS = ("error", "warn")   # [cdi] unknown_hooks: refuse the launch, or skip the hook
 
 
 class ConfigError(ShimError):
@@ -117,6 +120,8 @@ class SiteConfig:
     provenance_dirs: tuple[str, ...] = ()
     serve: ServeSettings = ServeSettings()   # [serve]: how an image's files are served (serve_config.py)
     audit_report: bool = False               # [audit] report: every launch audits what it loads (--report-loaded)
+    cdi_dirs: tuple[str, ...] = ()           # [cdi] dirs: CDI spec directories after /etc/cdi, /var/run/cdi
+    cdi_unknown_hooks: str = "error"         # [cdi] unknown_hooks: a spec's hook shim cannot do natively
 
     def policy(self) -> dict[str, str]:
         return dict(self.codes)
@@ -190,7 +195,7 @@ def _read_config(path: Path) -> SiteConfig:
                           "e.g. max_entries = 2000000")
     return SiteConfig(str(path), tuple(binds), refusal, tuple(sorted(codes.items())), _image_policy(path, data),
                       _provenance_dir(path, data), max_entries, serve=serve_settings(path, data),
-                      audit_report=bool(data.get("audit", {}).get("report", False)))
+                      audit_report=bool(data.get("audit", {}).get("report", False)), **_cdi(path, data))
 
 
 def _read_toml(path: Path) -> dict:
@@ -246,3 +251,16 @@ def _provenance_dir(path: Path, data: dict) -> str:
         raise ConfigError(f"{path}: provenance.dir = {where!r} is not an absolute path",
                           'e.g. dir = "/var/log/shim/provenance" (a directory every user can write to, mode 1777)')
     return os.path.normpath(where) if where else ""
+
+
+def _cdi(path: Path, data: dict) -> dict:
+    cdi = data.get("cdi", {})
+    dirs = _strings(path, "cdi", "dirs", cdi.get("dirs", []), '["/opt/site/cdi"]')
+    for d in dirs:
+        if not d.startswith("/"):
+            raise ConfigError(f"{path}: cdi.dirs: {d!r} is not an absolute path", 'e.g. dirs = ["/opt/site/cdi"]')
+    hooks = cdi.get("unknown_hooks", "error")
+    if hooks not in UNKNOWN_HOOK_ACTIONS:
+        raise ConfigError(f"{path}: cdi.unknown_hooks = {hooks!r} is not one of {', '.join(UNKNOWN_HOOK_ACTIONS)}",
+                          'e.g. unknown_hooks = "warn" to skip, with a warning, a hook shim cannot do natively')
+    return {"cdi_dirs": tuple(os.path.normpath(d) for d in dirs), "cdi_unknown_hooks": hooks}

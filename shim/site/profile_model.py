@@ -7,9 +7,12 @@ dotted key and the fix. Which profiles apply to a run is the planner's (shim/pla
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shim.knowledge.abi import aliases, mpi_families
+
+if TYPE_CHECKING:
+    from shim.cdi.hooks import HookEdits
 
 PROFILES_DIR = "profiles"
 KINDS = ("mpi", "fabric", "gpu", "rdma", "other")
@@ -105,6 +108,10 @@ class Profile:
     provides: Provides = field(default_factory=Provides)
     env: EnvSpec = field(default_factory=EnvSpec)
     unavailable: tuple[Problem, ...] = ()   # why it cannot be used on this host; empty: usable
+    # A CDI device set's profile (shim/cdi/edits.py) only: where each library goes (host path ->
+    # the spec's containerPath; else /.shim/inject/NAME), and its hooks as interpreted.
+    placed: tuple[tuple[str, str], ...] = ()
+    hooks: HookEdits | None = None
 
     @property
     def stands_in_for(self) -> tuple[str, ...]:
