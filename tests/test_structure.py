@@ -17,7 +17,7 @@ from shim.knowledge.codes import registry
 # Lowest first: a module may import its own layer and the layers before it, never one after.
 LAYERS = [("errors", "model", "options"), ("knowledge", "cgen", "native", "record"),
           ("cachefiles", "image", "elf", "oci"),
-          ("host", "expect", "verify", "audit"), ("site", "provenance", "container"), ("diagnose",), ("plan",),
+          ("host", "expect", "verify", "audit"), ("site", "cdi", "provenance", "container"), ("diagnose",), ("plan",),
           ("report",),
           ("launch",), ("pipeline",),
           ("cli", "compat", "__main__", "__init__")]
