@@ -101,6 +101,8 @@ void set_stage(const char *stage)
 
 void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
 
+#define OPENAT2_RETRIES 1000 /* a lookup is microseconds: a node would have to mount without pause */
+
 int open_in_root(int root_fd, const char *path, int flags)
 {
     struct open_how how;
@@ -110,8 +112,14 @@ int open_in_root(int root_fd, const char *path, int flags)
     how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
     while (*path == '/')
         path++;
-    /* the callers check: some expect a missing destination (ENOENT), and make it */
-    return (int)HANDLED(syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how));
+    /* EAGAIN: a ".." was resolved while a mount or rename happened anywhere on the node (other
+     * jobs' launches do both all the time); openat2(2) asks the caller to try again. The callers
+     * check the rest: some expect a missing destination (ENOENT), and make it. */
+    for (int tries = 0;; tries++) {
+        int fd = (int)HANDLED(syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how));
+        if (fd != -1 || errno != EAGAIN || tries == OPENAT2_RETRIES)
+            return fd;
+    }
 }
 
 int shim_resolve_in_root(const char *root, const char *path, char *out, int outlen)
