@@ -229,6 +229,17 @@ AUDIT_DIR = "/.shim/audit/"              # where the audit's library and FIFO ar
 AUDIT_SCRIPT_LINE = re.compile(r"^LD_AUDIT=.*; export LD_AUDIT\n", re.M)
 
 
+# Read since the reference (#26, CDI): Slurm's GPU binding (job variables of the key) and the
+# node's CDI spec directories (inputs, absent on these nodes) — new parts, not differences.
+CDI_JOB_VARIABLES = ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS")
+CDI_DIRS = ("/etc/cdi", "/var/run/cdi")
+
+
+def _cdi_part(name: str, values: tuple) -> bool:
+    return ((name == "INPUT_ENV" and values[2] in CDI_JOB_VARIABLES)
+            or (name == "INPUT_FILE" and str(values[-1]).endswith(CDI_DIRS)))
+
+
 def _audit_part(name: str, values: tuple) -> bool:
     """A field the after-start audit (#25, new since the reference) adds to a record: its own
     fields, its binds, LD_AUDIT in front of the app's."""
@@ -248,13 +259,14 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
       size too: it documents, commented out, the tables added since the reference ([serve]);
     - the "served" line (how the image is served, #24), new since the reference: a NOTICE of
       --debug (and, in _outputs, check's line and its JSON member);
-    - the after-start audit's parts (#25, on with --provenance), new since the reference."""
+    - the after-start audit's parts (#25, on with --provenance), new since the reference;
+    - what #26 (CDI) reads since the reference: Slurm's GPU binding, the node's spec directories."""
     version = next((values[0] for name, values in record if name == "VERSION"), "")
     lines = []
     for name, raw in record:
         if name in ("VERSION", "KEY") or (name == "NOTICE" and str(raw[0]).startswith(SERVED_LINE)):
             continue
-        if _audit_part(name, raw):
+        if _audit_part(name, raw) or _cdi_part(name, raw):
             continue
         kept = (AUDIT_SCRIPT_LINE.sub("", raw[0]),) if name == "ACTION_SCRIPT" else raw
         values = tuple(_text(v, prefix, version) for v in kept)
@@ -272,6 +284,8 @@ def _outputs(o: Outcome, prefix: str) -> dict:
         out = json.loads(text)
         if isinstance(out, dict):
             out.pop("served", None)
+            if out.get("links") == []:  # the links a CDI hook makes (#26), new since the reference: none
+                out.pop("links")
     stderr = [ln for ln in _text(o.stderr, prefix).splitlines() if not ln.startswith(SERVED_LINE)]
     return {"exit": o.returncode, "stdout": out, "stderr": stderr}
 
