@@ -25,6 +25,7 @@ from shim.host.paths import on_host
 from shim.host.rdma import rdma_facts
 from shim.knowledge.abi import mpi_abi, version_symbol
 from shim.model import INJECT
+from shim.pipeline.audit_wish import AuditWish
 from shim.pipeline.hardware_step import Found
 from shim.pipeline.stage import STAGE_DIR
 from shim.provenance.digests import sha256_file
@@ -36,15 +37,6 @@ from shim.report.render import diagnostic_line
 LIBRARY = os.path.join(os.path.dirname(os.path.dirname(os.path.realpath(__file__))), "libexec", "shim_audit.so")
 
 
-class AuditWish(NamedTuple):
-    on: bool = False
-    report: bool = False    # findings printed (--report-loaded, [audit] report), not only provenance's list
-    strict: bool = False
-
-
-def wish(report_loaded: bool, site_report: bool, provenance: bool, strict: bool) -> AuditWish:
-    report = report_loaded or site_report
-    return AuditWish(report or provenance, report, strict and report)
 
 
 class Audited(NamedTuple):

@@ -7,7 +7,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, NamedTuple
 
-from shim.audit.look import AuditLook
 from shim.diagnose.check import apply_site_policy, cached, check_key, job_inputs
 from shim.host.fingerprint import host_inputs
 from shim.image.open import ImageRef
@@ -17,6 +16,7 @@ from shim.plan.model import Plan
 from shim.record.model import Input, LaunchRecord, RecordBind
 
 if TYPE_CHECKING:
+    from shim.audit.look import AuditLook
     from shim.site.profile_model import ProfileSet
 
 

@@ -19,7 +19,7 @@ from shim import native
 from shim.cachefiles import cache_path, write_atomic
 from shim.diagnose.check import JOB_VARIABLES, apply_site_policy, host_root
 from shim.pipeline.assemble import assembled
-from shim.pipeline.audit_step import audited, wish
+from shim.pipeline.audit_wish import wish
 from shim.pipeline.container_step import ContainerRequest, container
 from shim.pipeline.hardware_step import Found, LookRequest, found_cached, hardware_check, wants_analysis
 from shim.pipeline.image_step import check_runnable, open_image
@@ -109,6 +109,8 @@ def _plan_launch(req: LaunchRequest) -> Planned:
     key = record_key(req.argv, req.cwd, req.environ)
     record = replace(assembled(made.record, found, (req.environ, made.env_options), opts.strict), key=key)
     if want.on:
+        from shim.pipeline.audit_step import audited  # only when audited (shim/pipeline/audit_wish.py says why)
+
         record, audit_inputs = audited(record, found, want, site.site.policy(), root)
         inputs.extend(audit_inputs)
     if to:
