@@ -68,10 +68,7 @@ int shim_audit_child(struct shim_audit *a, struct shim_result *res)
  * directory the image lacks cost an underlay over the image's "/" (a mount per top-level entry). */
 void shim_audit_stage(const char *stage, const char *library)
 {
-    char dir[4096], path[4096 + 64], space[CMSG_SPACE(2 * sizeof(int))];
-    struct iovec iov = {"f", 1};
-    struct msghdr msg = {0};
-    struct cmsghdr *c;
+    char dir[4096], path[4096 + 64];
     int fds[2];
 
     snprintf(dir, sizeof dir, "%s/%s", stage, SHIM_AUDIT_STAGED_DIR);
@@ -87,17 +84,7 @@ void shim_audit_stage(const char *stage, const char *library)
         return; /* no one reads it here (a node's holder): a process without the socket drops its lines */
     Z(fds[0] = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC), "open the audit's FIFO %s", path);
     Z(fds[1] = open(path, O_WRONLY | O_NONBLOCK | O_CLOEXEC), "open the audit's FIFO %s", path);
-    memset(space, 0, sizeof space);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = space;
-    msg.msg_controllen = sizeof space;
-    c = CMSG_FIRSTHDR(&msg);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(2 * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, 2 * sizeof(int));
-    Z(sendmsg(fifo_chan, &msg, 0), "hand the audit's FIFO to shimrun");
+    Z(shim_send_fds(fifo_chan, "f", 1, fds), "hand the audit's FIFO to shimrun");
     close(fds[0]);
     close(fds[1]);
     close(fifo_chan);
