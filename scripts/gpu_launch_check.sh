@@ -135,6 +135,7 @@ fence() { printf '```\n'; }
 
 cmd_node() {
     [ "$(id -u)" = 0 ] || die "run the node phase as root (it installs the carry and makes a user)"
+    command -v setpriv >/dev/null || die "no setpriv (util-linux) on this node: it runs shimrun as the ordinary user"
     [ -f "$carry/ROOT" ] || die "no carry at $carry: run 'bash scripts/gpu_launch_check.sh build' first"
     root=$(cat "$carry/ROOT")
     glibc_ok
