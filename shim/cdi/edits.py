@@ -7,7 +7,8 @@ versions: shim/plan/) and are never bound blindly.
 - deviceNodes            checked present on this node (under a simulated host root: there), their
                          major/minor compared where the spec gives them and the host file is a node
                          (a simulated root's stand-ins are plain files): else exit 69 naming both;
-                         then bound as a profile's devices are
+                         then bound as a profile's devices are (usable: not nodev), at the
+                         spec's path even where hostPath differs
 - mounts of ELF          libraries: the profile's libraries, placed at the spec's containerPath;
                          programs and everything else: bound as the spec says (read-only with "ro"),
                          the destination resolved inside the root as every bind is
@@ -76,8 +77,9 @@ def _profile(kind: str, devices: list[Resolved], req: CdiRequest) -> Profile:
                 continue
             seen.add((node.host, node.path))
             check_node(node, req.host_root, r.qualified)
-            if node.path != node.host:
-                binds.append(BindEntry(f"containerEdits.deviceNodes[{i}]", node.path, node.host, node.path))
+            if node.path != node.host:   # bound at its container path, still usable there (not nodev)
+                binds.append(BindEntry(f"containerEdits.deviceNodes[{i}]", node.path, node.host, node.path,
+                                       device=True))
             else:
                 nodes.append(PathSpec(f"containerEdits.deviceNodes[{i}]", node.path, node.host, (node.host,)))
         for i, mount in enumerate(r.edits.mounts):

@@ -87,4 +87,4 @@ def _extras(job: ProfileJob) -> None:
         job.work.binds.extend(BindSpec(m, m) for m in spec.matches)
     for spec in p.devices:
         job.work.binds.extend(BindSpec(m, m, read_only=False, device=True) for m in spec.matches)
-    job.work.binds.extend(BindSpec(b.src, b.dst, b.read_only) for b in p.binds)
+    job.work.binds.extend(BindSpec(b.src, b.dst, b.read_only, device=b.device) for b in p.binds)

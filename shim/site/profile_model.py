@@ -71,6 +71,9 @@ class BindEntry:
     src: str
     dst: str
     read_only: bool = False
+    # A device node bound at another path (a CDI deviceNode whose hostPath differs from its path):
+    # bound usable (no nodev), as the devices a profile binds at their own path are.
+    device: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,8 @@ class Profile:
                                "optional": s.optional} for s in pv.libraries],
                 **{k: [{"entry": s.entry, "path": s.path, "matches": list(s.matches)} for s in getattr(pv, k)]
                    for k in ("plugin_dirs", "binaries", "config_files", "devices")},
-                "binds": [{"src": b.src, "dst": b.dst, "read_only": b.read_only} for b in pv.binds],
+                "binds": [{"src": b.src, "dst": b.dst, "read_only": b.read_only, "device": b.device}
+                          for b in pv.binds],
             },
             "env": {"set": dict(self.env.set), "prepend": dict(self.env.prepend), "append": dict(self.env.append),
                     "unset": list(self.env.unset)},
