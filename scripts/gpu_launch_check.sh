@@ -101,6 +101,13 @@ EOF
 
 ensure_user() {
     local name=${SHIM_GPU_USER:-shimgpu}
+    if ! id -u "$name" >/dev/null 2>&1 && ! command -v useradd >/dev/null; then
+        # A minimal node image without useradd: an ordinary uid with no passwd entry will do.
+        user=$name uid=4242 gid=4242 home=/tmp/$name-home
+        mkdir -p "$home"
+        chown "$uid:$gid" "$home"
+        return
+    fi
     id -u "$name" >/dev/null 2>&1 || useradd -m -s /bin/sh "$name" || die "cannot make the user $name (useradd)"
     user=$name
     uid=$(id -u "$name")
@@ -143,6 +150,8 @@ cmd_node() {
     py=$(node_python)
     install_carry "$py"
     ensure_user
+    as_user "$root/etc/site" "$py" -I -S -c pass ||
+        die "the user $user cannot run $py (under a directory only root may enter?): set SHIM_GPU_PYTHON"
     shimrun=$root/site/shim/libexec/shimrun
     img=$root/image
     nv_conf=$root/etc/nv
