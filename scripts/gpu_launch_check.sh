@@ -14,7 +14,7 @@
 #       packages), makes an ordinary user (useradd, or $SHIM_GPU_USER), and as that user runs
 #         (0) shimrun check IMAGE and shimrun IMAGE /opt/app/cudacheck: no GPU asked for (shim's
 #             hardware diagnostics; the app finds no driver);
-#         (a) shimrun check --profile cuda-driver IMAGE (check has no --nv; it is that profile),
+#         (a) shimrun check --nv IMAGE,
 #             then shimrun --nv IMAGE /opt/app/cudacheck (site configuration: the cuda-driver
 #             profile over the node's driver libraries);
 #         (b) with a CDI spec written for this node (scripts/gpu_cdi_spec.py, into a directory
@@ -189,8 +189,7 @@ cmd_node() {
         echo "#### (a) --nv: the cuda-driver profile over the node's driver libraries"
         echo; fence
     } >> "$log"
-    step "$nv_conf" "shimrun check --profile cuda-driver IMAGE /opt/app/cudacheck   (check has no --nv: the same profile)" \
-        "$shimrun" check --profile cuda-driver "$img" /opt/app/cudacheck
+    step "$nv_conf" "shimrun check --nv IMAGE /opt/app/cudacheck" "$shimrun" check --nv "$img" /opt/app/cudacheck
     step "$nv_conf" "shimrun --nv IMAGE /opt/app/cudacheck" "$shimrun" --nv "$img" /opt/app/cudacheck
     if [ "$gpu" = 1 ] && [ "$last_rc" != 0 ]; then failed=1; fi
     { fence; echo; echo "#### (b) a CDI spec written for this node ([cdi] dirs = [\"$root/cdi\"])"; echo; fence; } >> "$log"

@@ -55,7 +55,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(("--writable-tmpfs",), "writable_tmpfs", FLAG, "writable image: changes go to a tmpfs, gone at exit",
            alone=True),
     Option(("--nv",), "nv", FLAG, "the NVIDIA driver and its devices: every configured GPU profile (as "
-           "--profile cuda-driver)"),
+           "--profile cuda-driver)", scope=IMAGE),
     Option(("--device",), "devices", APPEND, "a CDI device of the node's specs (repeatable): NAME is its "
            "name, an index, a UUID or all (`shimrun cdi list`)", "VENDOR/CLASS=NAME", scope=IMAGE),
     Option(("--rocm",), "rocm", FLAG, "the AMD ROCm driver (not yet: refused with the reason)"),
