@@ -381,7 +381,9 @@ void seal_underlays(int root_fd);
 void append_to_image_file(int root_fd, const struct shim_append *a, int n);
 void write_stage_file(const char *stage, const struct shim_stage_file *f);
 void set_stage(const char *stage);
-int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir);
+#define ENSURE_DIR 1           /* the missing destination is a directory (else an empty file) */
+#define ENSURE_IN_HOST_BINDS 2 /* may be made in a writable host bind the user asked for (not a LINK's) */
+int ensure_target(const char *root, int *root_fdp, const char *path, int how);
 int launch_dir(const char *root, int *root_fdp, const char *path); /* a directory this launch made */
 void own_mount(int fd, const char *where);
 int on_underlay(int fd); /* 1: mount points may be made in this directory (our own tmpfs) */

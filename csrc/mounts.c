@@ -40,6 +40,12 @@ static dev_t underlay_devs[MAX_UNDERLAYS];
  * overlay): mount points may be made in them, and they stay writable. */
 static int n_own;
 static dev_t own_devs[MAX_UNDERLAYS];
+/* Writable host binds the user asked for (SHIM_BIND_MOUNTPOINTS), by mount id: a nested bind's
+ * missing mount point is made in such a bind's host directory, as Apptainer does. By mount id
+ * (statx STATX_MNT_ID), not st_dev: every bind of one file system shares its st_dev, and an
+ * inner read-only bind from the same disk must not count as the writable one around it. */
+static int n_host_dirs;
+static unsigned long long host_dir_mnts[MAX_UNDERLAYS];
 
 int on_underlay(int fd)
 {
@@ -52,6 +58,39 @@ int on_underlay(int fd)
             return 1;
     for (i = 0; i < n_own; i++)
         if (own_devs[i] == st.st_dev)
+            return 1;
+    return 0;
+}
+
+/* The id of the mount fd lies on; 0 where the kernel names none (before Linux 5.8). */
+static unsigned long long mount_id(int fd)
+{
+    struct statx stx;
+
+    Z(statx(fd, "", AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW, STATX_MNT_ID, &stx), "statx a directory in the container");
+    return (stx.stx_mask & STATX_MNT_ID) ? stx.stx_mnt_id : 0;
+}
+
+/* The bind just attached (tree: its detached clone, now attached, so the very mount) takes nested
+ * mount points in its host directory if the record says so and it is writable. Past the table's
+ * size, or without mount ids, nested binds get underlays, as every bind did before. */
+static void note_host_dir(int tree, const struct shim_bind *b)
+{
+    unsigned long long id;
+
+    if (!(b->flags & SHIM_BIND_MOUNTPOINTS) || (b->flags & SHIM_BIND_RO) || n_host_dirs >= MAX_UNDERLAYS)
+        return;
+    if ((id = mount_id(tree)) != 0)
+        host_dir_mnts[n_host_dirs++] = id;
+}
+
+/* 1: fd lies in a writable host bind the user asked for (note_host_dir). */
+static int in_host_dir(int fd)
+{
+    unsigned long long id = mount_id(fd);
+
+    for (int i = 0; id && i < n_host_dirs; i++)
+        if (host_dir_mnts[i] == id)
             return 1;
     return 0;
 }
@@ -97,6 +136,7 @@ void set_stage(const char *stage)
     snprintf(stage_dir, sizeof stage_dir, "%s", stage);
     n_underlays = 0;
     n_own = 0;
+    n_host_dirs = 0;
 }
 
 void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
@@ -263,9 +303,17 @@ static void resolved_path(const char *root, int fd, char *out, size_t len)
 }
 
 /* Open the destination `path` inside the root, creating what is missing (directories, or an
- * empty file when the source is not a directory). Returns an O_PATH fd. */
-int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir)
+ * empty file when the source is not a directory; `how`: ENSURE_*). Returns an O_PATH fd.
+ *
+ * Where a component is missing, it is made in its parent directory if this launch mounted that
+ * itself (a fresh tmpfs, an underlay) or, with ENSURE_IN_HOST_BINDS, if it lies in a writable host
+ * bind the user asked for: there it is made on the host and left, as Apptainer does, by the
+ * parent's fd (no second lookup) with O_EXCL (a symlink planted at the name is never followed).
+ * Anywhere else (the image, a read-only bind, the system's binds such as /tmp) the parent gets an
+ * underlay and the component is made in that. */
+int ensure_target(const char *root, int *root_fdp, const char *path, int how)
 {
+    int want_dir = how & ENSURE_DIR;
     int root_fd = *root_fdp;
     char prefix[PATH_MAX], comp[NAME_MAX + 1];
     const char *p = path, *end;
@@ -302,22 +350,26 @@ int ensure_target(const char *root, int *root_fdp, const char *path, int want_di
                 shim_fail(SHIM_E_LAUNCH, 0, "resolve %s in the container (for %s): %s (%s)", prefix, path,
                           strerror(err), DEST_HINT);
             }
-            /* Mount points are only ever made on our own tmpfs: never in the image, and never in
-             * a host directory bound in (e.g. /tmp), which would leave them behind on the host. */
-            if (!on_underlay(parent)) {
+            /* Never in the image, nor in a host directory the user did not ask to be writable
+             * here (e.g. /tmp, a read-only bind): that gets an underlay (below). A writable host
+             * directory that refuses us (EACCES: not the user's to write) gets one too. */
+            if (!on_underlay(parent) && !((how & ENSURE_IN_HOST_BINDS) && in_host_dir(parent))) {
                 r = -1;
                 errno = EROFS;
             } else if (last && !want_dir) { /* errno decides below: EEXIST, a read-only directory */
-                r = HANDLED(openat(parent, comp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644));
+                r = HANDLED(openat(parent, comp, O_CREAT | O_EXCL | O_NOFOLLOW | O_WRONLY | O_CLOEXEC, 0644));
                 if (r >= 0)
                     r = close(r);
             } else
                 r = HANDLED(mkdirat(parent, comp, 0755)); /* errno decides below */
-            if (r == 0)
+            if (r == 0) {
+                shim_debug("mount point %s made%s", prefix,
+                           on_underlay(parent) ? "" : " in the host directory bound there");
                 continue;
-            if (errno == EEXIST) /* a symlink in the image pointing at nothing */
-                shim_fail(SHIM_E_LAUNCH, 0, "bind destination %s: %s in the image is a dangling symlink (%s)", path,
-                          prefix, DEST_HINT);
+            }
+            if (errno == EEXIST) /* a symlink pointing at nothing, in the image or a bound directory */
+                shim_fail(SHIM_E_LAUNCH, 0, "bind destination %s: %s in the container is a dangling symlink (%s)",
+                          path, prefix, DEST_HINT);
             if (errno != EROFS && errno != EACCES && errno != EPERM)
                 shim_fail(SHIM_E_LAUNCH, errno, "create mount point %s in the container", prefix);
             {
@@ -351,8 +403,8 @@ int launch_dir(const char *root, int *root_fdp, const char *path)
     char where[PATH_MAX];
     int fd = open_in_root(*root_fdp, path, O_PATH | O_DIRECTORY);
 
-    if (fd == -1 && errno == ENOENT)
-        return ensure_target(root, root_fdp, path, 1);
+    if (fd == -1 && errno == ENOENT) /* not in a host bind: a link there would be left on the host */
+        return ensure_target(root, root_fdp, path, ENSURE_DIR);
     Z(fd, "open %s in the container", path);
     if (on_underlay(fd))
         return fd;
@@ -431,7 +483,7 @@ void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
         return;
     }
     if (dst_fd == -1)
-        dst_fd = ensure_target(root, root_fdp, b->dst, S_ISDIR(st.st_mode));
+        dst_fd = ensure_target(root, root_fdp, b->dst, (S_ISDIR(st.st_mode) ? ENSURE_DIR : 0) | ENSURE_IN_HOST_BINDS);
     if (!S_ISDIR(st.st_mode)) {
         Z(fstat(dst_fd, &dst_st), "stat bind destination %s", b->dst);
         if (S_ISDIR(dst_st.st_mode))
@@ -442,7 +494,8 @@ void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
             shim_fail(SHIM_E_LAUNCH, errno, "bind %s to %s", b->src, b->dst);
         fd_path(src_fd, src_p, sizeof src_p);
         attach_by_path(*root_fdp, src_p, b->dst, dst_fd, b->flags, 1);
-    }
+    } else
+        note_host_dir(tree, b); /* the attached clone itself: its id is not looked up again by path */
     shim_debug("bind %s -> %s%s", b->src, b->dst, (b->flags & SHIM_BIND_RO) ? " (ro)" : "");
     close(dst_fd);
     close(src_fd);
