@@ -82,8 +82,14 @@ def _covered(path: str, binds: list[Bind]) -> bool:
     return any(path == b.dst or path.startswith(b.dst.rstrip("/") + "/") for b in binds)
 
 
-def _depth(dst: str) -> int:
-    return len([part for part in dst.split("/") if part])
+def _outer_first(binds: list[Bind]) -> list[Bind]:
+    """The binds as given, except that one nested in a later one (its destination inside the
+    other's) moves to just after it, with the others nested there, in their order."""
+    out: list[Bind] = []
+    for b in binds:
+        inside = [x for x in out if x.dst.startswith(b.dst.rstrip("/") + "/")]
+        out = [x for x in out if not x.dst.startswith(b.dst.rstrip("/") + "/")] + [b] + inside
+    return out
 
 
 def _asked(b: Bind) -> Bind:
@@ -97,12 +103,12 @@ def plan_binds(system: list[Bind], home: Bind | None, cwd: str | None, site: lis
     """All binds in the order the C core performs them: system, site, then the user's own (home,
     cwd (None: not bound), the user's binds), those outer-first: a bind nested in another one the
     user asked for (--mount …,target=/home/me/f.txt inside --home) comes after it whatever the
-    order given, so that it lands in the outer bind's tree rather than under it. The sort is
-    stable: of two binds at the same depth the later still covers the earlier."""
+    order given, so that it lands in the outer bind's tree rather than under it. Otherwise the
+    order is kept: of two binds to one destination the later still covers the earlier."""
     binds = list(system) + list(site)
     own = [home] if home is not None else []
     is_system = cwd is None or cwd == "/" or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)
     if cwd is not None and not is_system and not _covered(cwd, binds + own):
         own.append(Bind(cwd, cwd))
-    own = sorted((_asked(b) for b in own + list(user)), key=lambda b: _depth(b.dst))
+    own = _outer_first([_asked(b) for b in own + list(user)])
     return binds + own
