@@ -15,7 +15,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Runner, User, compat_bin_dir
+from conftest import Runner, User, as_user, compat_bin_dir
 
 from shim.errors import ExitCode
 
@@ -206,3 +206,21 @@ def test_planted_directory_symlink_lands_inside_the_root(shim, busybox_sif, user
     assert sorted(os.listdir(user_dir.parent)) == around
     assert listing(home) == {"d": f"link:{target}", "x": ""}
     assert listing(src) == {"s.txt": "src\n"}
+
+
+def test_symlink_planted_by_another_user(shim, busybox_sif, user_dir, user, other_user):
+    """A shared writable directory bound as home: someone else plants f.txt -> their host file.
+    The bind follows it inside the container's root only (here the host's /var/tmp is bound in, so
+    the container's view of that file is covered, in the launch's own mount namespace); the host
+    file is neither covered nor touched, and nothing is made in the shared directory."""
+    home = make_dir(user, user_dir / "H")
+    home.chmod(0o1777)
+    victim = make_file(other_user, user_dir / "victim.txt", "victim\n")
+    planted = as_user(other_user, ["ln", "-s", str(victim), str(home / "f.txt")])
+    assert planted.returncode == 0, planted.stderr
+    src = make_file(user, user_dir / "in.txt", "planted\n")
+    r = shim.run(["--home", f"{home}:/kx", "--bind", f"{src}:/kx/f.txt", busybox_sif, "/bin/busybox", "cat",
+                  str(victim)])
+    assert ok(r) == ["planted"]
+    assert victim.read_text() == "victim\n" and listing(home) == {"f.txt": f"link:{victim}"}
+    assert as_user(other_user, ["cat", str(victim)]).stdout == "victim\n"
