@@ -204,6 +204,9 @@ int shim_share_join_fd(int fd, int argc, char *const *argv, const char *cwd, cha
 int shim_send_all(int fd, const char *p, size_t n); /* the whole buffer, or -1 */
 /* the first n bytes' one sendmsg with two descriptors (SCM_RIGHTS): bytes sent, or -1 */
 ssize_t shim_send_fds(int fd, const char *p, size_t n, const int fds[2]);
+/* one recvmsg of up to n bytes into p (EINTR retried): bytes, 0 at EOF or -1. The first message
+ * with two descriptors fills fds and sets *have (when 0); any other descriptors are closed. */
+ssize_t shim_recv_fds(int fd, char *p, size_t n, int fds[2], int *have);
 int shim_hold_setup(const struct shim_config *cfg, struct shim_result *res, int *userns, int *mntns);
 
 /* serve.c: the holder's side. */
@@ -372,20 +375,28 @@ void shim_audit_json(FILE *f, const struct shim_rec *r, const struct shim_audit 
 /* fuse.c: squashfuse's pid (our child, which dies with us) */
 pid_t mount_squashfs(const struct shim_config *cfg, const char *stage, const char *target);
 
-/* mounts.c */
+/* inroot.c: paths resolved inside the container root; the attributes of mounts made there */
 int open_in_root(int root_fd, const char *path, int flags);
-void bind_into_root(const char *root, int *root_fd, const struct shim_bind *b); /* a host path (not FRESH) */
 void make_private_tmpfs(const char *dir, const char *what);
 void set_mount_attrs(int fd, int recursive, int readonly, int keepdev);
-void seal_underlays(int root_fd);
+void fd_path(int fd, char *buf, size_t len);
+
+/* mounts.c: host paths bound in, staged files, appended image files */
+void bind_into_root(const char *root, int *root_fd, const struct shim_bind *b); /* a host path (not FRESH) */
 void append_to_image_file(int root_fd, const struct shim_append *a, int n);
 void write_stage_file(const char *stage, const struct shim_stage_file *f);
+
+/* mountpoints.c: where missing mount points are made (underlays, own tmpfs, the user's binds) */
 void set_stage(const char *stage);
-int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir);
+const char *launch_stage(void); /* the staging directory set_stage named */
+#define ENSURE_DIR 1           /* the missing destination is a directory (else an empty file) */
+#define ENSURE_IN_HOST_BINDS 2 /* may be made in a writable host bind the user asked for (not a LINK's) */
+int ensure_target(const char *root, int *root_fdp, const char *path, int how);
 int launch_dir(const char *root, int *root_fdp, const char *path); /* a directory this launch made */
 void own_mount(int fd, const char *where);
+void note_host_dir(int tree, const struct shim_bind *b); /* a bind just attached (tree: its mount) */
 int on_underlay(int fd); /* 1: mount points may be made in this directory (our own tmpfs) */
-void fd_path(int fd, char *buf, size_t len);
+void seal_underlays(int root_fd);
 
 /* fresh.c: file systems made for the launch (not from the host): tmpfs, devpts, proc, the
  * writable root's overlay, and symlinks in them. */

@@ -28,7 +28,7 @@ void fresh_mount(const char *root, int *root_fdp, const struct shim_bind *b)
     int fd = open_in_root(*root_fdp, b->dst, O_PATH | O_DIRECTORY);
 
     if (fd == -1 && errno == ENOENT)
-        fd = ensure_target(root, root_fdp, b->dst, 1);
+        fd = ensure_target(root, root_fdp, b->dst, ENSURE_DIR | ENSURE_IN_HOST_BINDS);
     else if (fd == -1)
         shim_fail(SHIM_E_LAUNCH, errno, "resolve %s in the container for a new %s", b->dst, type);
     fd_path(fd, p, sizeof p);

@@ -154,11 +154,11 @@ static int start_holder(const struct shim_config *cfg, const struct sockaddr_un 
  * (connect again); -1: not to be used (another user's, silent, or it could not mount). */
 static int ask(int fd, const struct shim_config *cfg, int *userns, int *mntns)
 {
-    char req[64], buf[512], ctl[CMSG_SPACE(2 * sizeof(int))];
+    char req[64], buf[512];
     struct ucred cred = {0, (uid_t)-1, (gid_t)-1}; /* unknown until the kernel says */
     socklen_t clen = sizeof cred;
     size_t got = 0;
-    int n, have = 0;
+    int n, have = 0, fds[2];
 
     /* a peer that cannot say who it is counts as another user's */
     if (HANDLED(getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &clen)) == -1 || cred.uid != getuid()) {
@@ -174,29 +174,17 @@ static int ask(int fd, const struct shim_config *cfg, int *userns, int *mntns)
         return 0;
     while (got < sizeof buf - 1) {
         struct pollfd p = {fd, POLLIN, 0};
-        struct iovec iov = {buf + got, sizeof buf - 1 - got};
-        struct msghdr msg = {0};
-        struct cmsghdr *c;
         ssize_t r;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl;
-        msg.msg_controllen = sizeof ctl;
         /* a holder that neither answers nor goes (stopped): this launch mounts for itself */
         if (HANDLED(poll(&p, 1, KEPT_REPLY_MS)) == 0)
             break;
-        r = HANDLED(recvmsg(fd, &msg, MSG_CMSG_CLOEXEC)); /* EINTR: again; a reset: the holder left */
-        if (r == -1 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        if (!have && (c = CMSG_FIRSTHDR(&msg)) && c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS
-            && c->cmsg_len == CMSG_LEN(2 * sizeof(int))) {
-            memcpy(userns, CMSG_DATA(c), sizeof(int));
-            memcpy(mntns, (char *)CMSG_DATA(c) + sizeof(int), sizeof(int));
-            have = 1;
-        }
+        if ((r = shim_recv_fds(fd, buf + got, sizeof buf - 1 - got, fds, &have)) <= 0)
+            break; /* EOF, or a reset: the holder left */
         got += (size_t)r;
+    }
+    if (have) {
+        *userns = fds[0];
+        *mntns = fds[1];
     }
     buf[got] = '\0';
     if (have && got > sizeof SHIM_SHARE_REPLY_OK && !strcmp(buf, SHIM_SHARE_REPLY_OK)) {

@@ -1,70 +1,19 @@
-/* Bind mounts into the container root, with destinations resolved inside that root.
- *
- * Image content is untrusted: every destination is looked up with openat2(RESOLVE_IN_ROOT),
- * so a symlink in the image (absolute, "..", chained) resolves as if the container root were
- * "/" and can never carry a mount outside it. Mounts are then made on the resolved fd through
- * /proc/self/fd/N, so nothing is looked up twice by path.
- *
- * The image is read-only. A missing mount point under a read-only directory is made with an
- * "underlay": a tmpfs that copies the directory's listing (each entry bind-mounted back, symlinks
- * recreated) is mounted over it, and the mount point is created in that tmpfs. */
+/* Bind mounts into the container root (destinations resolved inside it: inroot.c; missing mount
+ * points made by mountpoints.c), files staged for the launch, and the image's files shown with
+ * text appended. */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <linux/mount.h>
-#include <linux/openat2.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
-#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include "core.h"
-
-/* What a user can do when the image's own tree cannot take a bind destination (a dangling
- * symlink at /home, a loop at /tmp): the image cannot be fixed from here, the bind can. */
-#define DEST_HINT "the image's tree cannot take this mount: bind it elsewhere with --bind SRC:DST, or leave " \
-    "it out (--no-home for the home directory)"
-
-#define MAX_UNDERLAYS 64
-
-static char stage_dir[PATH_MAX]; /* a copy: prepare and finish get separate configs */
-static int n_underlays;
-static char underlay_paths[MAX_UNDERLAYS][PATH_MAX];
-static dev_t underlay_devs[MAX_UNDERLAYS];
-/* File systems this launch mounted fresh (a private /tmp, a minimal /dev, the writable root's
- * overlay): mount points may be made in them, and they stay writable. */
-static int n_own;
-static dev_t own_devs[MAX_UNDERLAYS];
-
-int on_underlay(int fd)
-{
-    struct stat st;
-    int i;
-
-    Z(fstat(fd, &st), "stat a directory in the container");
-    for (i = 0; i < n_underlays; i++)
-        if (underlay_devs[i] == st.st_dev)
-            return 1;
-    for (i = 0; i < n_own; i++)
-        if (own_devs[i] == st.st_dev)
-            return 1;
-    return 0;
-}
-
-void own_mount(int fd, const char *where)
-{
-    struct stat st;
-
-    Z(fstat(fd, &st), "stat %s", where);
-    if (n_own >= MAX_UNDERLAYS)
-        shim_fail(SHIM_E_LAUNCH, 0, "too many fresh mounts (at %s)", where);
-    own_devs[n_own++] = st.st_dev;
-}
 
 /* All of p into fd (the file `path` on the staging tmpfs). */
 static void write_all(int fd, const char *p, size_t left, const char *path)
@@ -90,281 +39,6 @@ void write_stage_file(const char *stage, const struct shim_stage_file *f)
     Z(fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0644), "create %s", path);
     write_all(fd, f->data, f->len, path);
     Z(close(fd), "close %s", path);
-}
-
-void set_stage(const char *stage)
-{
-    snprintf(stage_dir, sizeof stage_dir, "%s", stage);
-    n_underlays = 0;
-    n_own = 0;
-}
-
-void fd_path(int fd, char *buf, size_t len) { snprintf(buf, len, "/proc/self/fd/%d", fd); }
-
-#define OPENAT2_RETRIES 1000 /* a lookup is microseconds: a node would have to mount without pause */
-
-int open_in_root(int root_fd, const char *path, int flags)
-{
-    struct open_how how;
-
-    memset(&how, 0, sizeof how);
-    how.flags = (unsigned long long)(flags | O_CLOEXEC);
-    how.resolve = RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS;
-    while (*path == '/')
-        path++;
-    /* EAGAIN: a ".." was resolved while a mount or rename happened anywhere on the node (other
-     * jobs' launches do both all the time); openat2(2) asks the caller to try again. The callers
-     * check the rest: some expect a missing destination (ENOENT), and make it. */
-    for (int tries = 0;; tries++) {
-        int fd = (int)HANDLED(syscall(SYS_openat2, root_fd, *path ? path : ".", &how, sizeof how));
-        if (fd != -1 || errno != EAGAIN || tries == OPENAT2_RETRIES)
-            return fd;
-    }
-}
-
-int shim_resolve_in_root(const char *root, const char *path, char *out, int outlen)
-{
-    char link[64];
-    int root_fd, fd;
-    ssize_t n;
-
-    /* for tests: -errno to the caller, which asserts on it */
-    if (HANDLED(root_fd = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC)) == -1)
-        return -errno;
-    fd = open_in_root(root_fd, path, O_PATH);
-    close(root_fd);
-    if (fd == -1)
-        return -errno;
-    fd_path(fd, link, sizeof link);
-    n = HANDLED(readlink(link, out, (size_t)outlen - 1)); /* -errno to the caller (above) */
-    close(fd);
-    if (n == -1)
-        return -errno;
-    out[n] = '\0';
-    return 0;
-}
-
-void make_private_tmpfs(const char *dir, const char *what)
-{
-    Z(mount("shim", dir, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755"), "mount tmpfs for %s on %s", what, dir);
-}
-
-/* nosuid,nodev (and ro) on a mount and, for recursive binds, on everything below it. */
-void set_mount_attrs(int fd, int recursive, int readonly, int keepdev)
-{
-    struct mount_attr attr;
-    char p[64];
-
-    memset(&attr, 0, sizeof attr);
-    attr.attr_set = MOUNT_ATTR_NOSUID | (keepdev ? 0 : MOUNT_ATTR_NODEV) | (readonly ? MOUNT_ATTR_RDONLY : 0);
-    /* ENOSYS: an older kernel, handled below */
-    if (HANDLED(syscall(SYS_mount_setattr, fd, "", AT_EMPTY_PATH | (recursive ? AT_RECURSIVE : 0), &attr,
-                        sizeof attr)) == 0)
-        return;
-    if (errno != ENOSYS)
-        shim_fail(SHIM_E_LAUNCH, errno, "set nosuid%s%s on a bind mount", keepdev ? "" : ",nodev",
-                  readonly ? ",ro" : "");
-    /* Kernels before 5.12: remount the top mount only, keeping the flags the kernel locked. */
-    {
-        struct statvfs sv;
-        unsigned long flags = MS_REMOUNT | MS_BIND | MS_NOSUID | (keepdev ? 0 : MS_NODEV);
-        fd_path(fd, p, sizeof p);
-        Z(fstatvfs(fd, &sv), "statvfs of a bind mount");
-        if (readonly || (sv.f_flag & ST_RDONLY))
-            flags |= MS_RDONLY;
-        if (sv.f_flag & ST_NOEXEC)
-            flags |= MS_NOEXEC;
-        if (sv.f_flag & ST_NODEV)
-            flags |= MS_NODEV;
-        Z(mount(NULL, p, NULL, flags, NULL), "remount bind mount nosuid,nodev");
-    }
-}
-
-/* Replace the read-only directory dir_fd (at container path `where`) with a writable tmpfs
- * listing the same entries, so that a mount point can be created in it. */
-static void underlay(int dir_fd, const char *where)
-{
-    char scratch[PATH_MAX + 32], src[64], dst[64], target[PATH_MAX];
-    struct dirent *e;
-    struct stat st;
-    int list_fd, scratch_fd;
-    DIR *d;
-
-    if (n_underlays >= MAX_UNDERLAYS)
-        shim_fail(SHIM_E_LAUNCH, 0, "too many missing mount points under read-only image directories (at %s)", where);
-    snprintf(scratch, sizeof scratch, "%s/u%d", stage_dir, n_underlays);
-    Z(mkdir(scratch, 0755), "mkdir %s", scratch);
-    Z(fstat(dir_fd, &st), "stat image directory %s", where);
-    make_private_tmpfs(scratch, where);
-    Z(chmod(scratch, st.st_mode & 07777), "chmod %s", scratch);
-    {
-        struct stat sst;
-        Z(stat(scratch, &sst), "stat %s", scratch);
-        underlay_devs[n_underlays] = sst.st_dev;
-    }
-    Z(scratch_fd = open(scratch, O_PATH | O_DIRECTORY | O_CLOEXEC), "open %s", scratch);
-    Z(list_fd = openat(dir_fd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC), "open image directory %s", where);
-    ZP(d = fdopendir(list_fd), "list image directory %s", where);
-    while ((errno = 0, e = readdir(d)) != NULL) {
-        int s, t;
-        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
-            continue;
-        ZIMG(fstatat(list_fd, e->d_name, &st, AT_SYMLINK_NOFOLLOW), "stat %s/%s in the image", where, e->d_name);
-        if (S_ISLNK(st.st_mode)) {
-            ssize_t n;
-            ZIMG(n = readlinkat(list_fd, e->d_name, target, sizeof target - 1), "readlink %s/%s in the image", where,
-                 e->d_name);
-            target[n] = '\0';
-            Z(symlinkat(target, scratch_fd, e->d_name), "recreate symlink %s/%s", where, e->d_name);
-            continue;
-        }
-        if (S_ISDIR(st.st_mode))
-            Z(mkdirat(scratch_fd, e->d_name, 0755), "mkdir %s/%s in underlay", where, e->d_name);
-        else {
-            t = openat(scratch_fd, e->d_name, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
-            Z(t, "create %s/%s in underlay", where, e->d_name);
-            close(t);
-        }
-        s = openat(list_fd, e->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-        Z(s, "open %s/%s in the image", where, e->d_name);
-        t = openat(scratch_fd, e->d_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-        Z(t, "open %s/%s in underlay", where, e->d_name);
-        fd_path(s, src, sizeof src);
-        fd_path(t, dst, sizeof dst);
-        Z(mount(src, dst, NULL, MS_BIND | MS_REC, NULL), "bind %s/%s into underlay", where, e->d_name);
-        close(s);
-        close(t);
-    }
-    if (errno)
-        shim_fail_image(SHIM_AT, errno, "read image directory %s", where);
-    closedir(d);
-    close(scratch_fd);
-    fd_path(dir_fd, dst, sizeof dst);
-    Z(mount(scratch, dst, NULL, MS_MOVE, NULL), "mount underlay over %s", where);
-    snprintf(underlay_paths[n_underlays], sizeof underlay_paths[0], "%s", where[0] ? where : "/");
-    n_underlays++;
-    shim_debug("underlay over read-only %s", where[0] ? where : "/");
-}
-
-/* The container path of the directory fd (inside root; "" for the root itself). */
-static void resolved_path(const char *root, int fd, char *out, size_t len)
-{
-    char link[64], host[PATH_MAX];
-    size_t rl = strlen(root);
-    ssize_t n;
-
-    fd_path(fd, link, sizeof link);
-    n = readlink(link, host, sizeof host - 1);
-    Z(n, "find a directory of the container");
-    host[n] = '\0';
-    if (strncmp(host, root, rl) || (host[rl] != '/' && host[rl] != '\0'))
-        shim_fail(SHIM_E_LAUNCH, 0, "a directory of the container (%s) lies outside its root", host);
-    snprintf(out, len, "%s", host + rl);
-}
-
-/* Open the destination `path` inside the root, creating what is missing (directories, or an
- * empty file when the source is not a directory). Returns an O_PATH fd. */
-int ensure_target(const char *root, int *root_fdp, const char *path, int want_dir)
-{
-    int root_fd = *root_fdp;
-    char prefix[PATH_MAX], comp[NAME_MAX + 1];
-    const char *p = path, *end;
-    int fd, parent, tries;
-    size_t plen = 0;
-
-    fd = open_in_root(root_fd, path, O_PATH);
-    if (fd >= 0)
-        return fd;
-    if (errno != ENOENT) {
-        int err = errno;
-        shim_fail(SHIM_E_LAUNCH, 0, "resolve bind destination %s in the container: %s (%s)", path, strerror(err),
-                  DEST_HINT);
-    }
-    prefix[0] = '\0';
-    parent = open_in_root(root_fd, "/", O_PATH);
-    Z(parent, "open container root");
-    while (*p) {
-        while (*p == '/')
-            p++;
-        if (!*p)
-            break;
-        end = strchrnul(p, '/');
-        if ((size_t)(end - p) > NAME_MAX || plen + (size_t)(end - p) + 2 > sizeof prefix)
-            shim_fail(SHIM_E_LAUNCH, ENAMETOOLONG, "bind destination %s", path);
-        memcpy(comp, p, (size_t)(end - p));
-        comp[end - p] = '\0';
-        plen += (size_t)snprintf(prefix + plen, sizeof prefix - plen, "/%s", comp);
-        p = end;
-        for (tries = 0; (fd = open_in_root(root_fd, prefix, O_PATH)) == -1; tries++) {
-            int last = (*p == '\0' || p[strspn(p, "/")] == '\0'), r;
-            if (errno != ENOENT || tries > 1) {
-                int err = errno;
-                shim_fail(SHIM_E_LAUNCH, 0, "resolve %s in the container (for %s): %s (%s)", prefix, path,
-                          strerror(err), DEST_HINT);
-            }
-            /* Mount points are only ever made on our own tmpfs: never in the image, and never in
-             * a host directory bound in (e.g. /tmp), which would leave them behind on the host. */
-            if (!on_underlay(parent)) {
-                r = -1;
-                errno = EROFS;
-            } else if (last && !want_dir) { /* errno decides below: EEXIST, a read-only directory */
-                r = HANDLED(openat(parent, comp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644));
-                if (r >= 0)
-                    r = close(r);
-            } else
-                r = HANDLED(mkdirat(parent, comp, 0755)); /* errno decides below */
-            if (r == 0)
-                continue;
-            if (errno == EEXIST) /* a symlink in the image pointing at nothing */
-                shim_fail(SHIM_E_LAUNCH, 0, "bind destination %s: %s in the image is a dangling symlink (%s)", path,
-                          prefix, DEST_HINT);
-            if (errno != EROFS && errno != EACCES && errno != EPERM)
-                shim_fail(SHIM_E_LAUNCH, errno, "create mount point %s in the container", prefix);
-            {
-                /* Where the parent really is: through an image symlink (home -> /) the directory
-                 * to cover is its target, not the path that led there. */
-                char where[PATH_MAX];
-                resolved_path(root, parent, where, sizeof where);
-                underlay(parent, where);
-                close(parent);
-                if (where[0] == '\0') { /* the root itself is now covered: reopen it */
-                    close(root_fd);
-                    Z(root_fd = *root_fdp = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "reopen container root %s",
-                      root);
-                }
-                parent = open_in_root(root_fd, where, O_PATH);
-                Z(parent, "reopen %s after underlay", where);
-            }
-        }
-        close(parent);
-        parent = fd;
-    }
-    return parent;
-}
-
-/* The container directory `path` as one this launch made, for a symlink the record asks for: an
- * underlay over the image's read-only directory (made now if need be), the missing components
- * made in one. Never the image's or a host directory itself: a link there would change the image
- * or be left behind on the host. Returns an O_PATH fd. */
-int launch_dir(const char *root, int *root_fdp, const char *path)
-{
-    char where[PATH_MAX];
-    int fd = open_in_root(*root_fdp, path, O_PATH | O_DIRECTORY);
-
-    if (fd == -1 && errno == ENOENT)
-        return ensure_target(root, root_fdp, path, 1);
-    Z(fd, "open %s in the container", path);
-    if (on_underlay(fd))
-        return fd;
-    resolved_path(root, fd, where, sizeof where);
-    underlay(fd, where);
-    close(fd);
-    if (where[0] == '\0') { /* the root itself is now covered: reopen it */
-        close(*root_fdp);
-        Z(*root_fdp = open(root, O_PATH | O_DIRECTORY | O_CLOEXEC), "reopen container root %s", root);
-    }
-    Z(fd = open_in_root(*root_fdp, where[0] ? where : "/", O_PATH | O_DIRECTORY), "reopen %s after underlay", where);
-    return fd;
 }
 
 /* Put the mount tree `tree` (a detached clone from open_tree) on dst_fd with our attributes. The
@@ -431,7 +105,7 @@ void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
         return;
     }
     if (dst_fd == -1)
-        dst_fd = ensure_target(root, root_fdp, b->dst, S_ISDIR(st.st_mode));
+        dst_fd = ensure_target(root, root_fdp, b->dst, (S_ISDIR(st.st_mode) ? ENSURE_DIR : 0) | ENSURE_IN_HOST_BINDS);
     if (!S_ISDIR(st.st_mode)) {
         Z(fstat(dst_fd, &dst_st), "stat bind destination %s", b->dst);
         if (S_ISDIR(dst_st.st_mode))
@@ -442,23 +116,11 @@ void bind_into_root(const char *root, int *root_fdp, const struct shim_bind *b)
             shim_fail(SHIM_E_LAUNCH, errno, "bind %s to %s", b->src, b->dst);
         fd_path(src_fd, src_p, sizeof src_p);
         attach_by_path(*root_fdp, src_p, b->dst, dst_fd, b->flags, 1);
-    }
+    } else
+        note_host_dir(tree, b); /* the attached clone itself: its id is not looked up again by path */
     shim_debug("bind %s -> %s%s", b->src, b->dst, (b->flags & SHIM_BIND_RO) ? " (ro)" : "");
     close(dst_fd);
     close(src_fd);
-}
-
-/* Underlays are writable only while mount points are made; the image then stays read-only. */
-void seal_underlays(int root_fd)
-{
-    int fd, i;
-
-    for (i = 0; i < n_underlays; i++) {
-        fd = open_in_root(root_fd, underlay_paths[i], O_PATH);
-        Z(fd, "reopen underlay %s", underlay_paths[i]);
-        set_mount_attrs(fd, 0, 1, 0);
-        close(fd);
-    }
 }
 
 #define MAX_APPEND_SOURCE (4 << 20)
@@ -485,7 +147,7 @@ void append_to_image_file(int root_fd, const struct shim_append *a, int n)
         if (got == 0)
             break;
     }
-    snprintf(copy, sizeof copy, "%s/append%d", stage_dir, n);
+    snprintf(copy, sizeof copy, "%s/append%d", launch_stage(), n);
     Z(out_fd = open(copy, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644), "create %s", copy);
     write_all(out_fd, buf, (size_t)len, copy);
     if (len > 0 && buf[len - 1] != '\n')

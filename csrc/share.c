@@ -177,31 +177,14 @@ static int request(int fd, int argc, char *const *argv, const char *cwd, char *c
 /* The reply: the two namespace fds with the first bytes, then fields up to EOF. */
 static char *reply(int fd, int *userns, int *mntns, size_t *len)
 {
-    char ctl[CMSG_SPACE(2 * sizeof(int))];
     size_t cap = 1 << 16, got = 0;
     char *buf = HANDLED(malloc(cap)); /* NULL: no reply, the caller starts afresh */
-    int have_fds = 0;
+    int have_fds = 0, fds[2];
 
     while (buf) {
-        struct iovec iov = {buf + got, cap - got - 1};
-        struct msghdr msg = {0};
-        struct cmsghdr *c;
-        ssize_t n;
-        msg.msg_iov = &iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = ctl;
-        msg.msg_controllen = sizeof ctl;
-        n = HANDLED(recvmsg(fd, &msg, MSG_CMSG_CLOEXEC)); /* a holder gone: no reply, start afresh */
-        if (n == -1 && errno == EINTR)
-            continue;
-        if (n <= 0)
+        ssize_t n = shim_recv_fds(fd, buf + got, cap - got - 1, fds, &have_fds);
+        if (n <= 0) /* EOF, or a holder gone: what came is the reply */
             break;
-        if (!have_fds && (c = CMSG_FIRSTHDR(&msg)) && c->cmsg_type == SCM_RIGHTS
-            && c->cmsg_len == CMSG_LEN(2 * sizeof(int))) {
-            memcpy(userns, CMSG_DATA(c), sizeof(int));
-            memcpy(mntns, (char *)CMSG_DATA(c) + sizeof(int), sizeof(int));
-            have_fds = 1;
-        }
         got += (size_t)n;
         if (got + 1 >= cap) {
             char *more = HANDLED(realloc(buf, cap *= 2)); /* NULL: no reply, the caller starts afresh */
@@ -209,6 +192,10 @@ static char *reply(int fd, int *userns, int *mntns, size_t *len)
                 free(buf);
             buf = more;
         }
+    }
+    if (have_fds) {
+        *userns = fds[0];
+        *mntns = fds[1];
     }
     if (!buf)
         return NULL;

@@ -31,7 +31,7 @@ from conftest import NO_RECORD_CACHE, REPO, Runner
 from images import cache_root, cached
 from policy import system_conf_dir
 
-from shim.record.format import MAGIC, TAGS
+from shim.record.format import BIND, MAGIC, TAGS
 
 # The build before issue #23's refactor; SHIM_REFERENCE_COMMIT names another (to compare with any).
 REFERENCE_COMMIT = os.environ.get("SHIM_REFERENCE_COMMIT") or "85e818e6b13d70cb9cb19a67ea4ba77c04e66dd0"
@@ -260,7 +260,9 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
     - the "served" line (how the image is served, #24), new since the reference: a NOTICE of
       --debug (and, in _outputs, check's line and its JSON member);
     - the after-start audit's parts (#25, on with --provenance), new since the reference;
-    - what #26 (CDI) reads since the reference: Slurm's GPU binding, the node's spec directories."""
+    - what #26 (CDI) reads since the reference: Slurm's GPU binding, the node's spec directories;
+    - a BIND's MOUNTPOINTS flag (#27: nested binds' mount points in the user's writable binds),
+      new since the reference."""
     version = next((values[0] for name, values in record if name == "VERSION"), "")
     lines = []
     for name, raw in record:
@@ -269,6 +271,8 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
         if _audit_part(name, raw) or _cdi_part(name, raw):
             continue
         kept = (AUDIT_SCRIPT_LINE.sub("", raw[0]),) if name == "ACTION_SCRIPT" else raw
+        if name == "BIND":
+            kept = (raw[0] & ~BIND["MOUNTPOINTS"], *raw[1:])
         values = tuple(_text(v, prefix, version) for v in kept)
         if name == "INPUT_FILE" and values[-1].startswith(PREFIX + "/"):
             size = 0 if values[-1].endswith(BUNDLED_CONF) else values[4]

@@ -9,11 +9,12 @@ import os
 from dataclasses import dataclass
 
 from shim.errors import UsageError
-from shim.record.format import BIND
+from shim.record.format import BIND, FRESH
 from shim.site.binds import GRAMMAR, MODE, RELATIVE_DESTINATION, ROOT, BindSpecError, parse_bind_spec
 
 # The flags the C core takes (one definition: shim/record/format.py).
 RO, OPTIONAL, KEEPDEV, IFDST = BIND["RO"], BIND["OPTIONAL"], BIND["KEEPDEV"], BIND["IFDST"]
+MOUNTPOINTS = BIND["MOUNTPOINTS"]
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,33 @@ def _covered(path: str, binds: list[Bind]) -> bool:
     return any(path == b.dst or path.startswith(b.dst.rstrip("/") + "/") for b in binds)
 
 
+def _outer_first(binds: list[Bind]) -> list[Bind]:
+    """The binds as given, except that one nested in a later one (its destination inside the
+    other's) moves to just after it, with the others nested there, in their order."""
+    out: list[Bind] = []
+    for b in binds:
+        inside = [x for x in out if x.dst.startswith(b.dst.rstrip("/") + "/")]
+        out = [x for x in out if not x.dst.startswith(b.dst.rstrip("/") + "/")] + [b] + inside
+    return out
+
+
+def _asked(b: Bind) -> Bind:
+    """A bind the user asked for, writable: nested binds' mount points may be made in its host
+    directory (MOUNTPOINTS). A read-only one or a new tmpfs (--contain's home) keeps its flags."""
+    return b if b.flags & (RO | FRESH) else Bind(b.src, b.dst, b.flags | MOUNTPOINTS)
+
+
 def plan_binds(system: list[Bind], home: Bind | None, cwd: str | None, site: list[Bind],
                user: list[Bind]) -> list[Bind]:
-    """All binds in the order the C core performs them: system, site, home, cwd (None: not bound),
-    user."""
+    """All binds in the order the C core performs them: system, site, then the user's own (home,
+    cwd (None: not bound), the user's binds), those outer-first: a bind nested in another one the
+    user asked for (--mount …,target=/home/me/f.txt inside --home) comes after it whatever the
+    order given, so that it lands in the outer bind's tree rather than under it. Otherwise the
+    order is kept: of two binds to one destination the later still covers the earlier."""
     binds = list(system) + list(site)
-    if home is not None:
-        binds.append(home)
+    own = [home] if home is not None else []
     is_system = cwd is None or cwd == "/" or any(cwd == d or cwd.startswith(d + "/") for d in _SYSTEM_DIRS)
-    if cwd is not None and not is_system and not _covered(cwd, binds):
-        binds.append(Bind(cwd, cwd))
-    return binds + user
+    if cwd is not None and not is_system and not _covered(cwd, binds + own):
+        own.append(Bind(cwd, cwd))
+    own = _outer_first([_asked(b) for b in own + list(user)])
+    return binds + own

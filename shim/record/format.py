@@ -106,7 +106,12 @@ BIND = {"RO": 1,          # read-only in the container
         "KEEPDEV": 4,     # device nodes stay usable (host /dev); still nosuid
         "IFDST": 8,       # only when the destination already exists in the image
         # Not from the host: a new file system on dst, src its mount options ("" none).
-        "TMPFS": 16, "DEVPTS": 32, "PROC": 64}
+        "TMPFS": 16, "DEVPTS": 32, "PROC": 64,
+        # A writable host directory the user asked for (--home, --bind, --mount, the working
+        # directory): a later bind's missing mount point inside it is made in it, on the host, and
+        # left there, as Apptainer does. Without it (read-only, the system's and the site's binds)
+        # the executor makes an underlay over the directory instead.
+        "MOUNTPOINTS": 128}
 FRESH = BIND["TMPFS"] | BIND["DEVPTS"] | BIND["PROC"]
 NS = {"IPC": 1, "NET": 2, "PID": 4}
 # PROVENANCE: where the record goes. USER: --provenance PATH, that file or, when PATH is a
