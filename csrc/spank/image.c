@@ -23,14 +23,18 @@ struct answer {
     int fd;
 };
 
-__attribute__((format(printf, 2, 3), noreturn))
-static void fail(const struct answer *ans, const char *fmt, ...)
+/* shim's exit codes (shim/errors.py) for what the resolution can find wrong. */
+enum { E_USAGE = 64, E_IMAGE = 65, E_LAUNCH = 71 };
+
+__attribute__((format(printf, 3, 4), noreturn))
+static void fail(const struct answer *ans, int code, const char *fmt, ...)
 {
-    char buf[2048] = "E";
+    char buf[2048];
+    int n = snprintf(buf, sizeof buf, "E%d ", code);
     va_list ap;
 
     va_start(ap, fmt);
-    vsnprintf(buf + 1, sizeof buf - 1, fmt, ap);
+    vsnprintf(buf + n, sizeof buf - (size_t)n, fmt, ap);
     va_end(ap);
     BEST_EFFORT(write(ans->fd, buf, strlen(buf)));  /* the parent says "no answer" otherwise */
     _exit(1);
@@ -51,9 +55,9 @@ static void become_user(const struct answer *ans, uid_t uid, gid_t gid)
     /* slurmstepd runs user_init with the user's groups and effective ids and root's real and
      * saved ones; root (the epilog) sets the groups itself. */
     if (geteuid() == 0 && SZ(setgroups(1, &gid), "setgroups"))
-        fail(ans, "cannot drop to the job's groups");
+        fail(ans, E_LAUNCH, "cannot drop to the job's groups");
     if (SZ(setresgid(gid, gid, gid), "setresgid") || SZ(setresuid(uid, uid, uid), "setresuid"))
-        fail(ans, "cannot become the job's user %u", (unsigned)uid);
+        fail(ans, E_LAUNCH, "cannot become the job's user %u", (unsigned)uid);
 }
 
 /* DIR/shim-pyxis.UID: made private, and refused unless it is this user's own and private
@@ -64,11 +68,11 @@ static void user_dir(const struct answer *ans, const char *dir, char *out, size_
 
     snprintf(out, len, "%s/shim-pyxis.%u", dir, (unsigned)getuid());
     if (mkdir(out, 0700) == -1 && errno != EEXIST)
-        fail(ans, "cannot make %s: %s", out, strerror(errno));
+        fail(ans, E_LAUNCH, "cannot make %s: %s", out, strerror(errno));
     if (lstat(out, &st) == -1)
-        fail(ans, "cannot stat %s: %s", out, strerror(errno));
+        fail(ans, E_LAUNCH, "cannot stat %s: %s", out, strerror(errno));
     if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077))
-        fail(ans, "%s is not a private directory of yours: remove it (the site's dir= in plugstack.conf)", out);
+        fail(ans, E_LAUNCH, "%s is not a private directory of yours: remove it (the site's dir= in plugstack.conf)", out);
 }
 
 static void job_dir(const struct answer *ans, const struct image_req *r, char *out, size_t len)
@@ -80,9 +84,9 @@ static void job_dir(const struct answer *ans, const struct image_req *r, char *o
     BEST_EFFORT(gethostname(host, sizeof host - 1));  /* "" names the directory as well */
     n = snprintf(out, len, "%s/%u.%s", base, r->job, host);
     if (n < 0 || (size_t)n >= len)
-        fail(ans, "the job's directory under %s is too long", base);
+        fail(ans, E_LAUNCH, "the job's directory under %s is too long", base);
     if (mkdir(out, 0700) == -1 && errno != EEXIST)
-        fail(ans, "cannot make %s: %s", out, strerror(errno));
+        fail(ans, E_LAUNCH, "cannot make %s: %s", out, strerror(errno));
 }
 
 /* pyxis's spelling of a registry image -> shimrun pull's: REGISTRY#IMAGE[:TAG] ->
@@ -131,7 +135,7 @@ static void pull(const struct answer *ans, const struct image_req *r, const char
     argv[i++] = source;
     argv[i] = NULL;
     if (SZ(pipe2(pfd, O_CLOEXEC), "pipe2") || SZ(pid = fork(), "fork"))
-        fail(ans, "cannot start shimrun pull");
+        fail(ans, E_LAUNCH, "cannot start shimrun pull");
     if (pid == 0) {
         int null = open("/dev/null", O_RDWR);
         if (null < 0 || dup2(null, 0) < 0 || dup2(null, 1) < 0 || dup2(pfd[1], 2) < 0)
@@ -145,13 +149,13 @@ static void pull(const struct answer *ans, const struct image_req *r, const char
         n += (int)got;
     err[n] = '\0';
     if (SZ(waitpid(pid, &st, 0), "waitpid"))
-        fail(ans, "lost shimrun pull");
+        fail(ans, E_LAUNCH, "lost shimrun pull");
     if (WIFEXITED(st) && WEXITSTATUS(st) == 0)
         return;
     while (n > 0 && err[n - 1] == '\n')
         err[--n] = '\0';
     last = strrchr(err, '\n');
-    fail(ans, "pulling %s failed: %s", source, last ? last + 1 : *err ? err : "(no message)");
+    fail(ans, WIFEXITED(st) ? WEXITSTATUS(st) : E_LAUNCH, "pulling %s failed: %s", source, last ? last + 1 : *err ? err : "(no message)");
 }
 
 static void resolve_reference(const struct answer *ans, const struct image_req *r, const char *dir, char *out,
@@ -167,7 +171,7 @@ static void resolve_reference(const struct answer *ans, const struct image_req *
     /* Steps of one job starting at once on the node (and nodes sharing this host) pull once:
      * the first holds the lock, the others find its SIF. */
     if ((fd = open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600)) < 0 || flock(fd, LOCK_EX) < 0)
-        fail(ans, "cannot lock %s: %s", lock, strerror(errno));
+        fail(ans, E_LAUNCH, "cannot lock %s: %s", lock, strerror(errno));
     if (access(out, R_OK) != 0)
         pull(ans, r, source, out);
     close(fd);
@@ -183,7 +187,7 @@ static void resolve_path(const struct answer *ans, const struct image_req *r, ch
     else
         snprintf(out, len, "%s/%s", pwd ? pwd : "", r->image);
     if (stat(out, &st) == -1)
-        fail(ans, "--container-image: %s: %s (a SIF, a squashfs file or a directory on this node)", out,
+        fail(ans, E_IMAGE, "--container-image: %s: %s (a SIF, a squashfs file or a directory on this node)", out,
              strerror(errno));
 }
 
@@ -208,7 +212,7 @@ static void write_name(const struct answer *ans, const char *file, const char *p
 
     snprintf(tmp, sizeof tmp, "%s.%d", file, (int)getpid());
     if (!(f = fopen(tmp, "we")) || fprintf(f, "%s\n", path) < 0 || fclose(f) != 0 || rename(tmp, file) != 0)
-        fail(ans, "cannot record the container's name in %s: %s", file, strerror(errno));
+        fail(ans, E_LAUNCH, "cannot record the container's name in %s: %s", file, strerror(errno));
 }
 
 static void resolve_child(const struct answer *ans, const struct image_req *r)
@@ -224,19 +228,19 @@ static void resolve_child(const struct answer *ans, const struct image_req *r)
     if (r->name) {
         snprintf(names, sizeof names, "%s/names", dir);
         if (mkdir(names, 0700) == -1 && errno != EEXIST)
-            fail(ans, "cannot make %s: %s", names, strerror(errno));
+            fail(ans, E_LAUNCH, "cannot make %s: %s", names, strerror(errno));
         snprintf(file, sizeof file, "%s/%s", names, r->name);
         if (read_name(file, path, sizeof path) == 0) {
             if (strcmp(r->name_flag, "create") == 0)
-                fail(ans, "--container-name: a container named %s exists in job %u on %s (flag create)", r->name,
+                fail(ans, E_USAGE, "--container-name: a container named %s exists in job %u on %s (flag create)", r->name,
                      r->job, host);
             if (stat(path, &st) == -1)
-                fail(ans, "--container-name: %s's image %s is gone: %s", r->name, path, strerror(errno));
+                fail(ans, E_IMAGE, "--container-name: %s's image %s is gone: %s", r->name, path, strerror(errno));
             dprintf(ans->fd, "P%s", path);
             _exit(0);
         }
         if (!r->image)
-            fail(ans, "--container-name: no container named %s in job %u on %s: give --container-image too", r->name,
+            fail(ans, E_USAGE, "--container-name: no container named %s in job %u on %s: give --container-image too", r->name,
                  r->job, host);
     }
     if (r->image[0] == '/' || r->image[0] == '.')
@@ -249,7 +253,7 @@ static void resolve_child(const struct answer *ans, const struct image_req *r)
     _exit(0);
 }
 
-int image_resolve(const struct image_req *r, char *out, size_t outlen, char *why, size_t whylen)
+int image_resolve(const struct image_req *r, char *out, size_t outlen, char *why, size_t whylen, int *code)
 {
     char buf[PATH_MAX + 2048];
     int pfd[2], st;
@@ -257,6 +261,7 @@ int image_resolve(const struct image_req *r, char *out, size_t outlen, char *why
     ssize_t got;
     pid_t pid;
 
+    *code = E_LAUNCH;
     if (SZ(pipe2(pfd, O_CLOEXEC), "pipe2") || SZ(pid = fork(), "fork"))
         return snprintf(why, whylen, "cannot start the image's resolution"), -1;
     if (pid == 0) {
@@ -277,7 +282,11 @@ int image_resolve(const struct image_req *r, char *out, size_t outlen, char *why
         snprintf(out, outlen, "%s", buf + 1);
         return 0;
     }
-    snprintf(why, whylen, "%s", buf[0] == 'E' ? buf + 1 : "the image's resolution ended without an answer");
+    if (buf[0] == 'E' && sscanf(buf + 1, "%d", code) == 1 && strchr(buf, ' ')) {
+        snprintf(why, whylen, "%s", strchr(buf, ' ') + 1);
+        return -1;
+    }
+    snprintf(why, whylen, "the image's resolution ended without an answer");
     return -1;
 }
 

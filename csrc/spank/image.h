@@ -22,8 +22,9 @@ struct image_req {
     char *const *env;               /* the job's environment (HOME, SHIMRUN_CACHE, PWD, proxies) */
 };
 
-/* 0 and the image's path in `out`, or -1 and one line saying why in `why`. */
-int image_resolve(const struct image_req *r, char *out, size_t outlen, char *why, size_t whylen);
+/* 0 and the image's path in `out`, or -1, one line saying why in `why` and the exit code the
+ * step's tasks end with in `code` (shim's: 65 no such image file, 64 a name, a pull's own). */
+int image_resolve(const struct image_req *r, char *out, size_t outlen, char *why, size_t whylen, int *code);
 /* Remove the job's directories of this host's user `uid` (the job epilog); 0 or -1 (reported). */
 int image_cleanup(const char *dir, uid_t uid, gid_t gid, uint32_t job);
 

@@ -1,7 +1,8 @@
 /* The task's first word under shim's SPANK plugin (shim_spank.c): runs `shimrun [options] IMAGE
  * COMMAND ARGS...` as the same process (exec), so that Slurm's signals and the exit status are
  * the app's. The words come from SHIM_PYXIS_ARGV (COMMAND is its last), ARGS from our own argv;
- * with --container-check, the node's first task runs `shimrun check` before. */
+ * with --container-check, the node's first task runs `shimrun check` before; SHIM_PYXIS_EXIT:
+ * the node's image could not be settled, the task ends with that code. */
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <stdio.h>
@@ -69,8 +70,13 @@ static int run_check(const struct words *check)
 int main(int argc, char **argv)
 {
     struct words launch = {0}, check = {0};
+    const char *failed = getenv("SHIM_PYXIS_EXIT");
     int rc;
 
+    /* The node's image could not be settled (the plugin said why, once per node): the task ends
+     * with that exit code and says nothing more. */
+    if (failed)
+        return atoi(failed) > 0 && atoi(failed) < 256 ? atoi(failed) : E_LAUNCH;
     if (take("SHIM_PYXIS_ARGV", &launch) || take("SHIM_PYXIS_CHECK", &check))
         return E_LAUNCH;
     if (launch.n < 2) {

@@ -42,6 +42,7 @@ static struct {
 static struct pyx_args args;
 static int args_ready;
 static char image_path[PATH_MAX + 300];  /* settled by user_init, used by each task's task_init */
+static int image_failed;                 /* user_init's exit code for the tasks: they fail with it */
 
 void shim_spank_report(const char *at, int err, const char *fmt, ...)
 {
@@ -133,8 +134,12 @@ int slurm_spank_user_init(spank_t sp, int ac, char **av)
         || spank_get_item(sp, S_JOB_ENV, &env) != ESPANK_SUCCESS)
         return SFAIL("cannot read the job's user, id and environment from Slurm");
     req.env = env;
-    if (image_resolve(&req, image_path, sizeof image_path, why, sizeof why))
-        return SFAIL("%s", why);
+    /* A failure is said once here (the node's line), and each task ends with its exit code:
+     * failing user_init itself would leave srun reporting a launch failure but exiting 0. */
+    if (image_resolve(&req, image_path, sizeof image_path, why, sizeof why, &image_failed))
+        shim_spank_report(NULL, 0, "%s", why);
+    else
+        image_failed = 0;
     return 0;
 }
 
@@ -183,6 +188,13 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
     /* A batch script lies in slurmd's spool directory: the container sees it there, read-only. */
     if (step == SLURM_BATCH_SCRIPT && snprintf(script, sizeof script, "%s:%s:ro", argv[0], argv[0]) >= (int)sizeof script)
         return SFAIL("the batch script's path is too long");
+    if (image_failed) {
+        char code[16];
+        snprintf(code, sizeof code, "%d", image_failed);
+        if (spank_setenv(sp, "SHIM_PYXIS_EXIT", code, 1) != ESPANK_SUCCESS || SZP(argv[0] = strdup(conf.exec), "strdup"))
+            return -1;
+        return 0;
+    }
     if (pyx_launch_words(&args, conf.shimrun, image_path, *script ? script : NULL, &launch))
         goto out;
     if (words_add(&launch, argv[0]) || env_overrides(sp) || set_packed(sp, "SHIM_PYXIS_ARGV", &launch))
