@@ -44,11 +44,15 @@ fi
 # each task run through this install's shimrun. A site adds the line printed below to Slurm's
 # plugstack.conf (README "For pyxis users"); it must be built against the Slurm it runs under.
 mkdir -p "$prefix/lib"
+# shim's exit codes for the plugin, from their one definition (shim/errors.py via shim/cgen.py)
+mkdir -p "$here/csrc/gen"
+(cd / && "$venv/bin/python" -c 'from shim import cgen; print(cgen.codes_h(), end="")') > "$here/csrc/gen/codes.h.spank"
+mv -f "$here/csrc/gen/codes.h.spank" "$here/csrc/gen/codes.h"
 spank_src=("$here"/csrc/spank/shim_spank.c "$here"/csrc/spank/pyxis_args.c "$here"/csrc/spank/image.c "$here"/csrc/spank/words.c)
-cc -O2 -Wall -Wextra -std=gnu11 -shared -fPIC -Wl,--version-script="$here/csrc/spank/exports.map" \
+cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -shared -fPIC -Wl,--version-script="$here/csrc/spank/exports.map" \
     -DSHIMRUN_PATH="\"$frontend\"" -DPYXIS_EXEC_PATH="\"$prefix/lib/shim-pyxis-exec\"" \
     -o "$prefix/lib/shim_spank.so.new" "${spank_src[@]}"
-cc -O2 -Wall -Wextra -std=gnu11 -o "$prefix/lib/shim-pyxis-exec.new" "$here/csrc/spank/pyxis_exec.c" "$here/csrc/spank/words.c"
+cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -o "$prefix/lib/shim-pyxis-exec.new" "$here/csrc/spank/pyxis_exec.c" "$here/csrc/spank/words.c"
 mv -f "$prefix/lib/shim_spank.so.new" "$prefix/lib/shim_spank.so"
 mv -f "$prefix/lib/shim-pyxis-exec.new" "$prefix/lib/shim-pyxis-exec"
 # `apptainer` and `singularity` under shim (shim/compat): in a directory of their own, never one on

@@ -17,6 +17,8 @@ from conftest import PREFIX
 from leftovers import wait_until
 from slurm import LocalSlurm
 
+from shim.errors import ExitCode
+
 pytestmark = pytest.mark.skipif(os.getuid() != 0, reason="a local Slurm needs root")
 
 PLUGIN = PREFIX / "lib" / "shim_spank.so"
@@ -189,7 +191,7 @@ def test_a_registry_image_is_pulled_once_per_node_and_job(cluster, shim, registr
         assert pulls() == before and os.stat(sif).st_ino == inode  # the job's second step pulls nothing
     assert wait_until(lambda: not Path(sif).parent.exists(), timeout=30), "the job's epilog left its directory"
     r = srun(cluster, shim, ["-n", "1", f"--container-image={registry.host}#sci/absent:1", "true"], "pull-3")
-    assert r.returncode != 0 and len(shim_lines(r.stderr)) == 1, r.stderr
+    assert r.returncode == ExitCode.NO_SUCH_IMAGE and len(shim_lines(r.stderr)) == 1, r.stderr
     assert "pulling docker://" in r.stderr
 
 
@@ -224,7 +226,7 @@ def test_bad_values_and_unknown_images_fail_the_step_not_the_job(cluster, shim, 
             assert len(shim_lines(r.stderr)) == 1 and words in r.stderr, (args, r.stderr)
         r = srun(cluster, shim, in_job(job, "-N", "2", "-n", "4", "--container-image=/no/such/image.sif", "true"),
                  "unknown")
-        assert r.returncode == 65, r.stderr  # shimrun's code for an image file that is not there
+        assert r.returncode == ExitCode.IMAGE, r.stderr  # shimrun's code for an image file that is not there
         lines = shim_lines(r.stderr)
         assert len(lines) == 2 and all("/no/such/image.sif: No such file or directory" in ln for ln in lines), lines
         ok = srun(cluster, shim, in_job(job, "-N", "2", "-n", "2", f"--container-image={busybox_sif}", "true"), "ok")

@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "gen/codes.h"
 #include "image.h"
 
 /* The child's answer on the pipe: 'P' and the path, or 'E' and the one line. */
@@ -23,8 +24,8 @@ struct answer {
     int fd;
 };
 
-/* shim's exit codes (shim/errors.py) for what the resolution can find wrong. */
-enum { E_USAGE = 64, E_IMAGE = 65, E_LAUNCH = 71 };
+/* shim's exit codes, from their one definition (shim/errors.py, written by shim/cgen.py). */
+enum { E_USAGE = SHIM_E_USAGE, E_IMAGE = SHIM_E_IMAGE, E_LAUNCH = SHIM_E_LAUNCH };
 
 __attribute__((format(printf, 3, 4), noreturn))
 static void fail(const struct answer *ans, int code, const char *fmt, ...)

@@ -12,9 +12,10 @@
 #include <unistd.h>
 
 #include "check.h"
+#include "gen/codes.h"
 #include "words.h"
 
-#define E_LAUNCH 71  /* shim's exit code for a launch that could not start (shim/errors.py) */
+#define E_LAUNCH SHIM_E_LAUNCH  /* a launch that could not start (shim/errors.py, by shim/cgen.py) */
 
 void shim_spank_report(const char *at, int err, const char *fmt, ...)
 {
