@@ -36,9 +36,10 @@ def cluster() -> Iterator[LocalSlurm]:
 
 
 def marked(mark: str) -> dict[int, str]:
-    """Live processes carrying this test's marker in their environment."""
+    """Live processes carrying this test's marker in their environment (prefixed: other modules'
+    tests, maybe running at the same time, use marks of the same words)."""
     found = {}
-    needle = f"SHIM_TEST_MARK={mark}".encode()
+    needle = f"SHIM_TEST_MARK=pyxis-{mark}".encode()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -51,7 +52,7 @@ def marked(mark: str) -> dict[int, str]:
 
 
 def env_for(cluster, shim, mark: str, **extra: str) -> dict[str, str]:
-    return cluster.env(shim.env({"SHIM_TEST_MARK": mark, **extra}))
+    return cluster.env(shim.env({"SHIM_TEST_MARK": f"pyxis-{mark}", **extra}))
 
 
 def srun(cluster, shim, args, mark: str, timeout: float = 120, **extra: str) -> subprocess.CompletedProcess:
@@ -193,6 +194,19 @@ def test_a_registry_image_is_pulled_once_per_node_and_job(cluster, shim, registr
     r = srun(cluster, shim, ["-n", "1", f"--container-image={registry.host}#sci/absent:1", "true"], "pull-3")
     assert r.returncode == ExitCode.NO_SUCH_IMAGE and len(shim_lines(r.stderr)) == 1, r.stderr
     assert "pulling docker://" in r.stderr
+
+
+def test_container_entrypoint_runs_the_images_entrypoint(cluster, shim, registry, noshell_layout):
+    """sci/noshell's Entrypoint is ["/bin/busybox", "env"]: with --container-entrypoint the task's
+    command is its arguments (`env X=1` prints X=1); without, the command itself runs (there is
+    no `X=1` program)."""
+    registry.push(noshell_layout, "sci/noshell:1")
+    image = f"--container-image=docker://{registry.host}/sci/noshell:1"
+    r = srun(cluster, shim, ["-n", "1", image, "--container-entrypoint", "X=1"], "entrypoint")
+    assert r.returncode == 0, r.stderr
+    assert "X=1" in r.stdout.splitlines(), r.stdout
+    r = srun(cluster, shim, ["-n", "1", image, "X=1"], "no-entrypoint")
+    assert r.returncode == ExitCode.NOT_FOUND, r.stderr
 
 
 def test_mpich_app_with_the_site_profile_under_pmi2(cluster, shim, world_dir):
