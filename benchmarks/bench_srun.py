@@ -1,6 +1,8 @@
 """`srun -n N` of /bin/true on one node of a real local Slurm (tests/slurm.py), N = 1, 8, 32, 64:
 bare, `shimrun IMG.sif`, Charliecloud's `ch-run IMG.sqfs` (one squashfuse mount per process),
-`ch-run --join` (one container per node, shared by the N peers) and `ch-run DIR`. The whole
+`ch-run --join` (one container per node, shared by the N peers), `ch-run DIR`, and pyxis's spelling
+`srun --container-image=IMG.sif` through shim's SPANK plugin (csrc/spank/), beside `srun shimrun
+IMG.sif` with the ratio of the two. The whole
 `srun` command's wall time, as an ordinary user. Writes results/srun.md (issue #11's targets).
 
 The node declares 64 CPUs on this machine whatever it has (SlurmdParameters=config_overrides), so
@@ -44,6 +46,7 @@ SQFS_PEER = "ch-run IMG.sqfs"
 DIR_PEER = "ch-run DIR"
 JOIN = "ch-run --join IMG.sqfs"
 SHIMRUN = "shimrun IMG.sif"
+PYXIS = "--container-image=IMG.sif"  # the SPANK plugin: each task run as `shimrun IMG.sif COMMAND`
 UNSHARED = "shimrun IMG.sif, SHIMRUN_SHARE=0"  # one container per rank instead of one per node and step
 # Issue #11's targets: (N, peer, limit of shimrun's ratio to it), and the ratio before launch records
 # (issue #11's run on this machine: 197 / 41 ms at N=1, 415 / 284 ms at N=64).
@@ -83,11 +86,17 @@ def commands(n: int, sif: Path, sqfs: Path, rootfs: Path) -> dict[str, list[str]
     return {
         "bare /bin/true": [*srun, "/bin/true"],
         SHIMRUN: [*srun, shimrun_path(), str(sif), "/bin/true"],
+        PYXIS: [*srun, f"--container-image={sif}", "/bin/true"],
         UNSHARED: [*srun, "--export=ALL,SHIMRUN_SHARE=0", shimrun_path(), str(sif), "/bin/true"],
         SQFS_PEER: [*srun, "ch-run", str(sqfs), "--", "/bin/true"],
         JOIN: [*srun, "ch-run", f"--join-ct={n}", "--join-tag=TAG", str(sqfs), "--", "/bin/true"],
         DIR_PEER: [*srun, "ch-run", str(rootfs), "--", "/bin/true"],
     }
+
+
+def spank_plugin() -> Path:
+    """The SPANK plugin of the install whose shimrun is measured ($SHIM_PREFIX/lib/shim_spank.so)."""
+    return Path(os.environ.get("SHIM_PREFIX", "/opt/shim")) / "lib" / "shim_spank.so"
 
 
 def charliecloud_version() -> str:
@@ -111,13 +120,15 @@ def main() -> None:
     warmup = 1
     if shutil.which("ch-run") is None:
         raise SystemExit("ch-run (Charliecloud) is not installed: see requirements-apt.txt")
+    if not spank_plugin().exists():
+        raise SystemExit(f"{spank_plugin()} is not installed: run scripts/install.sh (SHIM_PREFIX as for SHIMRUN)")
     rootfs, sif, sqfs = prepare(work_dir())
     user = bench_account()
     env = user.env()
     results: dict[int, dict[str, Case]] = {n: {k: Case() for k in commands(n, sif, sqfs, rootfs)} for n in ns}
     t_start = time.monotonic()
     load_before = wait_quiet()
-    with slurm.LocalSlurm(1, cpus=max(64, *ns)) as cluster:
+    with slurm.LocalSlurm(1, cpus=max(64, *ns), plugstack=f"required {spank_plugin()}\n") as cluster:
         conf = cluster.conf.read_text()
         node_line = next(line for line in conf.splitlines() if line.startswith("NodeName="))
         part_line = next(line for line in conf.splitlines() if line.startswith("PartitionName="))
@@ -165,6 +176,13 @@ def main() -> None:
                 rows.append(f"| {key} | — | — | | {failed} | — | — |")
         sections.append((f"srun -n {n} (1 node)", rows))
 
+    rows = [f"| N | `srun {SHIMRUN}` median (ms) | `srun {PYXIS}` median (ms) | ratio |", "|---:|---:|---:|---:|"]
+    for n in ns:
+        if results[n][SHIMRUN].times and results[n][PYXIS].times:
+            plain, pyxis = statistics.median(results[n][SHIMRUN].times), statistics.median(results[n][PYXIS].times)
+            rows.append(f"| {n} | {plain * 1e3:.1f} | {pyxis * 1e3:.1f} | {pyxis / plain:.2f}× |")
+    sections.append(("pyxis's spelling (SPANK plugin) against `srun shimrun`", rows))
+
     n_top = max(ns)
     rows = ["| target (issue #11) | before | shimrun median (ms) | peer median (ms) | now | result |",
             "|---|---:|---:|---:|---:|---|"]
@@ -198,6 +216,10 @@ def main() -> None:
          "(the native holder sets it up from the launch record, ranks join it; a step with one task on the "
          "node runs a single launch); `SHIMRUN_SHARE=0` gives each rank its own (for comparison, not a "
          "target case). The records are warm (the warm-up round wrote them)."),
+        (f"`{PYXIS}`: shim's SPANK plugin (`required {spank_plugin()}` in the cluster's plugstack.conf, loaded "
+         "for every case) settles the image once per node before the tasks start and makes each task "
+         "`shim-pyxis-exec`, which execs `shimrun IMG.sif /bin/true`: the same launch as the shimrun row plus "
+         "the plugin's work in srun and slurmstepd and one more exec per task."),
         ("`ch-run --join`: one peer (the first to take ch-run's semaphore) sets up the container, the others "
          "join its namespaces; a unique `--join-tag` per srun (its shared-memory segment is removed after "
          "each run). Failed runs are counted, not timed."),

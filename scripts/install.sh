@@ -40,6 +40,21 @@ frontend=$(cd / && "$venv/bin/python" -c 'import os, shim; print(os.path.join(os
 if [ "$prefix" = /opt/shim ] || [ -n "${SHIM_LINK_BIN:-}" ]; then
     ln -sf "$frontend" /usr/local/bin/shimrun
 fi
+# shim's SPANK plugin (csrc/spank/): pyxis's --container-* options on srun, salloc and sbatch,
+# each task run through this install's shimrun. A site adds the line printed below to Slurm's
+# plugstack.conf (README "For pyxis users"); it must be built against the Slurm it runs under.
+mkdir -p "$prefix/lib"
+# shim's exit codes for the plugin, from their one definition (shim/errors.py via shim/cgen.py)
+mkdir -p "$here/csrc/gen"
+(cd / && "$venv/bin/python" -c 'from shim import cgen; print(cgen.codes_h(), end="")') > "$here/csrc/gen/codes.h.spank"
+mv -f "$here/csrc/gen/codes.h.spank" "$here/csrc/gen/codes.h"
+spank_src=("$here"/csrc/spank/shim_spank.c "$here"/csrc/spank/pyxis_args.c "$here"/csrc/spank/image.c "$here"/csrc/spank/words.c)
+cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -shared -fPIC -Wl,--version-script="$here/csrc/spank/exports.map" \
+    -DSHIMRUN_PATH="\"$frontend\"" -DPYXIS_EXEC_PATH="\"$prefix/lib/shim-pyxis-exec\"" \
+    -o "$prefix/lib/shim_spank.so.new" "${spank_src[@]}"
+cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -o "$prefix/lib/shim-pyxis-exec.new" "$here/csrc/spank/pyxis_exec.c" "$here/csrc/spank/words.c"
+mv -f "$prefix/lib/shim_spank.so.new" "$prefix/lib/shim_spank.so"
+mv -f "$prefix/lib/shim-pyxis-exec.new" "$prefix/lib/shim-pyxis-exec"
 # `apptainer` and `singularity` under shim (shim/compat): in a directory of their own, never one on
 # the default PATH, where they would shadow a real Apptainer; users and sites put it first on PATH.
 mkdir -p "$prefix/compat/bin"
@@ -49,6 +64,7 @@ mv -f "$prefix/compat/bin/apptainer.new" "$prefix/compat/bin/apptainer"
 ln -sfn apptainer "$prefix/compat/bin/singularity"
 chmod -R a+rX "$prefix"
 echo "install.sh: shimrun installed: $frontend ($("$venv/bin/shimrun" --version))"
+echo "install.sh: SPANK plugin: add to Slurm's plugstack.conf: required $prefix/lib/shim_spank.so"
 
 if [ "${1:-}" = "--demo" ]; then
     exec "$here/scripts/demo.sh"

@@ -9,6 +9,7 @@ Everything belongs to one instance and lives in a fresh directory BASE (`mkdtemp
 `base_dir`, default /var/tmp; world-traversable so an ordinary user's srun can read the config):
 
     BASE/slurm.conf            the cluster's config (SLURM_CONF for srun/sinfo: see env())
+    BASE/plugstack.conf        its SPANK plugins (the `plugstack` argument's text; empty by default)
     BASE/munge/socket          a private munged (run as user munge) with the host key
     BASE/state, BASE/spool/nX  slurmctld's StateSaveLocation, each slurmd's SlurmdSpoolDir (%n)
     BASE/log/                  slurmctld.log, slurmd.nX.log, the daemons' stdout/stderr (*.out)
@@ -227,12 +228,15 @@ class LocalSlurm:
     real: SlurmdParameters=config_overrides, so `srun -n 64` fits on a 2-core machine)."""
 
     def __init__(self, nodes: int = 1, base_dir: str | os.PathLike | None = None, cpus: int = 64,
-                 timeout: float = START_TIMEOUT) -> None:
+                 timeout: float = START_TIMEOUT, plugstack: str = "") -> None:
         if nodes < 1:
             raise ValueError("nodes must be >= 1")
         self.nodes = nodes
         self.cpus = cpus
         self.timeout = timeout
+        # BASE/plugstack.conf's text (SPANK plugins): written before the daemons start, as slurmd
+        # reads it once at its start (a plugin's job prolog/epilog), srun and slurmstepd at each step.
+        self.plugstack = plugstack
         self.parent = Path(base_dir) if base_dir is not None else DEFAULT_PARENT
         self.node_names = [f"n{i}" for i in range(1, nodes + 1)]
         self.base: Path | None = None
@@ -341,7 +345,7 @@ class LocalSlurm:
         self.node_ports = dict(zip(self.node_names, ports[1:], strict=True))
         self.conf.write_text(self.config_text())
         self.conf.chmod(0o644)
-        (self._base() / "plugstack.conf").write_text("")
+        (self._base() / "plugstack.conf").write_text(self.plugstack)
         (self._base() / "plugstack.conf").chmod(0o644)
         for f in self.log_dir.glob("slurm*"):
             f.unlink()
