@@ -7,8 +7,11 @@
  *
  * The group is named by an abstract unix socket (nothing on disk to leave behind): the user,
  * the job step, the node (SLURMD_NODENAME: several slurmd on one machine are several nodes) and
- * a hash of everything that shapes the container: shimrun's arguments, the working directory,
- * the image file's identity and the runtime's own settings in the environment. The first rank
+ * a hash of everything that shapes the container: shimrun's arguments up to the command (its
+ * options, the image, the command: what the launch record's key holds, argv.c), the working
+ * directory, the image file's identity and the runtime's own settings in the environment. The
+ * command's own arguments are left out: each rank brings its own (serve.c), so the ranks of
+ * `srun --multi-prog` running one program with their own arguments (%t) share the container. The first rank
  * to bind the name leads (executor.c forks the holder); every rank, the leader included, sends
  * the holder its arguments, working directory and environment and gets back the namespaces
  * (SCM_RIGHTS) and what to exec; it enters them and execs, keeping its pid, so signals and exit
@@ -136,7 +139,7 @@ int shim_group_name(const struct shim_run *r, unsigned uid_of, char *out, size_t
              (long long)st.st_size, (long long)st.st_mtim.tv_sec * 1000000000LL + st.st_mtim.tv_nsec);
     shim_fnv_add(&h, num);
     shim_fnv_add(&h, "--args--");
-    for (len = 1; len < r->argc; len++)
+    for (len = 1; len < r->argc && len <= r->image + 1; len++)
         shim_fnv_add(&h, r->argv[len]);
     shim_fnv_add(&h, "--env--");
     for (i = 0; env[i]; i++)

@@ -48,7 +48,7 @@ mkdir -p "$prefix/lib"
 mkdir -p "$here/csrc/gen"
 (cd / && "$venv/bin/python" -c 'from shim import cgen; print(cgen.codes_h(), end="")') > "$here/csrc/gen/codes.h.spank"
 mv -f "$here/csrc/gen/codes.h.spank" "$here/csrc/gen/codes.h"
-spank_src=("$here"/csrc/spank/shim_spank.c "$here"/csrc/spank/pyxis_args.c "$here"/csrc/spank/image.c "$here"/csrc/spank/words.c)
+spank_src=("$here"/csrc/spank/shim_spank.c "$here"/csrc/spank/pyxis_args.c "$here"/csrc/spank/image.c "$here"/csrc/spank/words.c "$here"/csrc/spank/mpmd.c)
 cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -shared -fPIC -Wl,--version-script="$here/csrc/spank/exports.map" \
     -DSHIMRUN_PATH="\"$frontend\"" -DPYXIS_EXEC_PATH="\"$prefix/lib/shim-pyxis-exec\"" \
     -o "$prefix/lib/shim_spank.so.new" "${spank_src[@]}"

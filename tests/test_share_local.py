@@ -39,7 +39,7 @@ def test_local_tasks(spec, node, want):
     assert local_tasks({"SLURM_STEP_TASKS_PER_NODE": spec, "SLURM_NODEID": node}) == want
 
 
-def test_group_names_differ_by_step_node_and_arguments(tmp_path):
+def test_group_names_differ_by_step_node_options_and_command(tmp_path):
     img = str(tmp_path / "img.sif")
     (tmp_path / "img.sif").write_bytes(b"x")
     base = {"SLURM_JOB_ID": "7", "SLURM_STEP_ID": "0", "SLURMD_NODENAME": "n1"}
@@ -53,6 +53,8 @@ def test_group_names_differ_by_step_node_and_arguments(tmp_path):
     assert name([img, "app"], {**base, "SLURM_STEP_ID": "1"}) != a
     assert name([img, "app"], {**base, "SLURMD_NODENAME": "n2"}) != a
     assert name(["--fakeroot", img, "app"], base) != a
+    assert name([img, "other"], base) != a  # another program: its own plan, its own container
+    assert name([img, "app", "1"], base) == name([img, "app", "2"], base)  # its arguments: each rank's own
     assert name([img, "app"], {**base, "SHIMRUN_BIND": "/x"}) != a
     assert name([img, "app"], {**base, "UNRELATED": "1"}) == a
     assert name([img, "app"], {**base, "SHIMRUN_SHARE": "0"}) is None

@@ -110,6 +110,46 @@ def test_exit_statuses_and_signals_pass_through(cluster, shim, busybox_sif):
     assert "task 0: User defined signal 1" in r.stderr, r.stderr
 
 
+def test_multi_prog_runs_each_ranks_own_line_in_the_container(cluster, shim, busybox_sif, user_dir):
+    """`srun --multi-prog CONF`: every task runs its own line of CONF inside its node's one
+    container, with the arguments Slurm gives it without a container (ranks, %t/%o, quotes, a
+    continued line, comments: the same run without --container-image is the oracle)."""
+    conf = user_dir / "mp.conf"
+    show = "$SLURMD_NODENAME $SHIMRUN_CONTAINER $(readlink /proc/self/ns/mnt)"
+    conf.write_text("# rank 0 leads, the others work\n\n"
+                    f"0 sh -c 'echo \"leader:[$0]\" {show}' %t\n"
+                    f"1-3 sh -c 'echo \"worker:[$0]:[$1]:[$2]\" {show}' \\\n%t %o\n")
+    args = ["-N", "2", "-n", "4", "--multi-prog", conf]
+    r = srun(cluster, shim, [f"--container-image={busybox_sif}", *args], "mpmd")
+    assert r.returncode == 0, r.stderr + cluster.logs()
+    native = srun(cluster, shim, args, "mpmd-native")
+    assert native.returncode == 0, native.stderr
+    rows = sorted(line.split() for line in r.stdout.splitlines())
+    assert [row[0] for row in rows] == sorted(line.split()[0] for line in native.stdout.splitlines()), r.stdout
+    assert rows[0][0] == "leader:[0]" and all(f"[{t}]" in rows[t][0] for t in (1, 2, 3)), r.stdout
+    assert {row[2] for row in rows} == {str(busybox_sif)}, r.stdout  # shimrun ran every task
+    containers = {(row[1], row[3]) for row in rows}
+    assert len({node for node, _ in containers}) == 2 and len(containers) == 2, r.stdout  # one per node
+    assert os.readlink("/proc/self/ns/mnt") not in {ns for _, ns in containers}
+    assert wait_until(lambda: not marked("mpmd"), timeout=10), marked("mpmd")
+    # A second program on the node: a container of its own (shimrun plans each program), ranks of
+    # one program together; the two holders leave with their ranks.
+    conf.write_text("0,2 sh -c 'echo sh $(readlink /proc/self/ns/mnt)'\n"
+                    "1,3 busybox sh -c 'echo busybox $(readlink /proc/self/ns/mnt)'\n")
+    r = srun(cluster, shim, ["-N", "1", "-n", "4", f"--container-image={busybox_sif}", "--multi-prog", conf],
+             "mpmd-two")
+    assert r.returncode == 0, r.stderr
+    pairs = {tuple(line.split()) for line in r.stdout.splitlines()}
+    assert len(pairs) == 2 and {p for p, _ in pairs} == {"sh", "busybox"}, r.stdout
+    assert wait_until(lambda: not marked("mpmd-two"), timeout=10), marked("mpmd-two")
+    # An image that cannot be had: each task fails with shimrun's code, none runs its line on the host.
+    conf.write_text("0-1 sh -c 'echo ran-outside'\n")
+    r = srun(cluster, shim, ["-N", "1", "-n", "2", "--container-image=/no/such/image.sif", "--multi-prog", conf],
+             "mpmd-bad")
+    assert r.returncode == ExitCode.IMAGE and "ran-outside" not in r.stdout, r.stdout + r.stderr
+    assert len(shim_lines(r.stderr)) == 1, r.stderr
+
+
 def test_scancel_reaches_every_task_and_nothing_remains(cluster, shim, busybox_sif, user_dir):
     got = user_dir / "got"
     script = (f'trap "echo term $SLURM_PROCID >> {got}; exit 143" TERM; '

@@ -2,7 +2,8 @@
  * COMMAND ARGS...` as the same process (exec), so that Slurm's signals and the exit status are
  * the app's. The words come from SHIM_PYXIS_ARGV (COMMAND is its last), ARGS from our own argv;
  * with --container-check, the node's first task runs `shimrun check` before; SHIM_PYXIS_EXIT:
- * the node's image could not be settled, the task ends with that code. */
+ * the node's image could not be settled, the task ends with that code. SHIM_PYXIS_MPMD: a task of
+ * `srun --multi-prog` (mpmd.h), whose COMMAND is our argv[1], not SHIM_PYXIS_ARGV's last word. */
 #define _GNU_SOURCE
 #include <stdarg.h>
 #include <stdio.h>
@@ -72,18 +73,25 @@ int main(int argc, char **argv)
 {
     struct words launch = {0}, check = {0};
     const char *failed = getenv("SHIM_PYXIS_EXIT");
-    int rc;
+    int mpmd = getenv("SHIM_PYXIS_MPMD") != NULL, rc;
 
     /* The node's image could not be settled (the plugin said why, once per node): the task ends
      * with that exit code and says nothing more. */
     if (failed)
         return atoi(failed) > 0 && atoi(failed) < 256 ? atoi(failed) : E_LAUNCH;
-    if (take("SHIM_PYXIS_ARGV", &launch) || take("SHIM_PYXIS_CHECK", &check))
+    if (take("SHIM_PYXIS_ARGV", &launch) || take("SHIM_PYXIS_CHECK", &check)
+        || SZ(unsetenv("SHIM_PYXIS_MPMD"), "unsetenv SHIM_PYXIS_MPMD"))
         return E_LAUNCH;
     if (launch.n < 2) {
         shim_spank_report(NULL, 0, "%s is run by shim's SPANK plugin only (no SHIM_PYXIS_ARGV)", argv[0]);
         return E_LAUNCH;
     }
+    if (mpmd && argc < 2) {
+        shim_spank_report(NULL, 0, "--multi-prog: no command for this task");
+        return E_LAUNCH;
+    }
+    if (mpmd && check.n && words_add(&check, argv[1]))
+        return E_LAUNCH;
     if (check.n && (rc = run_check(&check)) != 0)
         return rc;
     for (int i = 1; i < argc; i++)

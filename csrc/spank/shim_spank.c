@@ -22,6 +22,7 @@
 
 #include "check.h"
 #include "image.h"
+#include "mpmd.h"
 #include "pyxis_args.h"
 #include "words.h"
 
@@ -43,6 +44,11 @@ static struct pyx_args args;
 static int args_ready;
 static char image_path[PATH_MAX + 300];  /* settled by user_init, used by each task's task_init */
 static int image_failed;                 /* user_init's exit code for the tasks: they fail with it */
+/* srun --multi-prog: srun's buffer of CONF's text, set aside while ours (with the helper) is sent */
+static struct {
+    char **argv;
+    char *theirs, *ours;
+} mpmd_swap;
 
 void shim_spank_report(const char *at, int err, const char *fmt, ...)
 {
@@ -143,6 +149,40 @@ int slurm_spank_user_init(spank_t sp, int ac, char **av)
     return 0;
 }
 
+/* In srun, just before it sends the step: with --multi-prog, each line of CONF's text gets the
+ * exec helper in front of its command (mpmd.h); without, nothing to do here (task_init). */
+int slurm_spank_local_user_init(spank_t sp, int ac, char **av)
+{
+    int argc = 0;
+    char **argv = NULL, *text;
+
+    (void)ac, (void)av;
+    if (!pyx_any(&args) || spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS
+        || !mpmd_is_multi_prog(argc, argv))
+        return 0;
+    if (!mpmd_helper_ok(conf.exec))
+        return SFAIL("--multi-prog: the exec helper's path '%s' (plugstack.conf exec=) has a space, ', \\ or %%: "
+                     "it cannot be written in a --multi-prog line", conf.exec);
+    if (!(text = mpmd_rewrite(argv[1], conf.exec)))
+        return -1;
+    /* srun's buffer is Slurm's allocation: it goes back in its place at slurm_spank_exit */
+    mpmd_swap.argv = argv;
+    mpmd_swap.theirs = argv[1];
+    mpmd_swap.ours = argv[1] = text;
+    return 0;
+}
+
+int slurm_spank_exit(spank_t sp, int ac, char **av)
+{
+    (void)sp, (void)ac, (void)av;
+    if (mpmd_swap.argv && mpmd_swap.argv[1] == mpmd_swap.ours)
+        mpmd_swap.argv[1] = mpmd_swap.theirs;
+    free(mpmd_swap.ours);
+    mpmd_swap.argv = NULL;
+    mpmd_swap.ours = NULL;
+    return 0;
+}
+
 /* --container-env NAME: the task's own value, as an override of the image's (SHIMRUNENV_NAME). */
 static int env_overrides(spank_t sp)
 {
@@ -170,12 +210,14 @@ static int set_packed(spank_t sp, const char *var, const struct words *w)
     return rc;
 }
 
-/* In each task, after Slurm set its environment (PMI included), before its exec. */
+/* In each task, after Slurm set its environment (PMI included), before its exec. A --multi-prog
+ * step's tasks exec the helper already (srun put it on each line of CONF): their command is the
+ * helper's own argv, and the step's argv (CONF, its text) is left alone. */
 int slurm_spank_task_init(spank_t sp, int ac, char **av)
 {
     struct words launch = {0}, check = {0};
     uint32_t step = 0;
-    int argc = 0, local = -1, rc = -1;
+    int argc = 0, local = -1, mpmd, rc = -1;
     char **argv = NULL, script[2 * PATH_MAX + 8] = "";
 
     (void)ac, (void)av;
@@ -185,26 +227,30 @@ int slurm_spank_task_init(spank_t sp, int ac, char **av)
         || spank_get_item(sp, S_TASK_ID, &local) != ESPANK_SUCCESS
         || spank_get_item(sp, S_JOB_STEPID, &step) != ESPANK_SUCCESS)
         return SFAIL("cannot read the task's command from Slurm");
+    mpmd = argc == 2 && mpmd_rewritten(argv[1], conf.exec);
+    if ((mpmd ? spank_setenv(sp, "SHIM_PYXIS_MPMD", "1", 1) : spank_unsetenv(sp, "SHIM_PYXIS_MPMD")) != ESPANK_SUCCESS)
+        return SFAIL("cannot set SHIM_PYXIS_MPMD for the task");
     /* A batch script lies in slurmd's spool directory: the container sees it there, read-only. */
     if (step == SLURM_BATCH_SCRIPT && snprintf(script, sizeof script, "%s:%s:ro", argv[0], argv[0]) >= (int)sizeof script)
         return SFAIL("the batch script's path is too long");
     if (image_failed) {
         char code[16];
         snprintf(code, sizeof code, "%d", image_failed);
-        if (spank_setenv(sp, "SHIM_PYXIS_EXIT", code, 1) != ESPANK_SUCCESS || SZP(argv[0] = strdup(conf.exec), "strdup"))
+        if (spank_setenv(sp, "SHIM_PYXIS_EXIT", code, 1) != ESPANK_SUCCESS
+            || (!mpmd && SZP(argv[0] = strdup(conf.exec), "strdup")))
             return -1;
         return 0;
     }
     if (pyx_launch_words(&args, conf.shimrun, image_path, *script ? script : NULL, &launch))
         goto out;
-    if (words_add(&launch, argv[0]) || env_overrides(sp) || set_packed(sp, "SHIM_PYXIS_ARGV", &launch))
+    if ((!mpmd && words_add(&launch, argv[0])) || env_overrides(sp) || set_packed(sp, "SHIM_PYXIS_ARGV", &launch))
         goto out;
     if (args.sw[SW_CHECK] == 1 && local == 0
-        && (pyx_check_words(&args, conf.shimrun, image_path, &check) || words_add(&check, argv[0])
+        && (pyx_check_words(&args, conf.shimrun, image_path, &check) || (!mpmd && words_add(&check, argv[0]))
             || set_packed(sp, "SHIM_PYXIS_CHECK", &check)))
         goto out;
     /* The task's first word is the helper now; slurmstepd execs it with the rest of argv. */
-    if (SZP(argv[0] = strdup(conf.exec), "strdup"))
+    if (!mpmd && SZP(argv[0] = strdup(conf.exec), "strdup"))
         goto out;
     rc = 0;
 out:
