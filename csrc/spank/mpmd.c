@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "check.h"
 #include "mpmd.h"
@@ -59,6 +60,7 @@ static int next_rule(struct walk *w, struct rule *r)
 int mpmd_is_multi_prog(int argc, char **argv)
 {
     FILE *f;
+    struct stat st;
     char *text;
     size_t n;
     int same;
@@ -67,13 +69,18 @@ int mpmd_is_multi_prog(int argc, char **argv)
         return 0;
     if (!(f = fopen(argv[0], "re")))
         return 0;  /* not a file this user can read: srun could not have read it either */
-    if (!(text = malloc(MAX_CONF + 2))) {
+    if (fstat(fileno(f), &st) || !S_ISREG(st.st_mode) || (size_t)st.st_size != strlen(argv[1])) {
         fclose(f);
-        return 0;
+        return 0;  /* a directory, or not CONF's size: not what srun read into argv[1] */
+    }
+    if (SZP(text = malloc(MAX_CONF + 2), "malloc")) {
+        fclose(f);
+        return -1;
     }
     n = fread(text, 1, MAX_CONF + 1, f);
+    same = ferror(f) ? SFAIL("--multi-prog: cannot read %s again", argv[0])
+                     : n == strlen(argv[1]) && memcmp(text, argv[1], n) == 0;
     fclose(f);
-    same = n == strlen(argv[1]) && memcmp(text, argv[1], n) == 0;
     free(text);
     return same;
 }

@@ -9,7 +9,8 @@
 #define SHIM_SPANK_MPMD_H
 
 /* 1 when srun's argv is its --multi-prog form: [CONF, the text of file CONF] (srun read CONF into
- * argv[1] just before: a plain command of two words is never that, unless argv[1] is CONF's text). */
+ * argv[1] just before: a plain command of two words is never that, unless argv[1] is CONF's text);
+ * 0 when not; -1 (reported) when it cannot tell. */
 int mpmd_is_multi_prog(int argc, char **argv);
 /* CONF's text with `helper` first on each line's command (malloc'd; NULL, reported, on failure).
  * `helper` must be one word of CONF's syntax: mpmd_helper_ok(). */

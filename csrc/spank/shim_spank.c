@@ -153,13 +153,15 @@ int slurm_spank_user_init(spank_t sp, int ac, char **av)
  * exec helper in front of its command (mpmd.h); without, nothing to do here (task_init). */
 int slurm_spank_local_user_init(spank_t sp, int ac, char **av)
 {
-    int argc = 0;
+    int argc = 0, multi;
     char **argv = NULL, *text;
 
     (void)ac, (void)av;
     if (!pyx_any(&args) || spank_get_item(sp, S_JOB_ARGV, &argc, &argv) != ESPANK_SUCCESS
-        || !mpmd_is_multi_prog(argc, argv))
+        || (multi = mpmd_is_multi_prog(argc, argv)) == 0)
         return 0;
+    if (multi < 0)
+        return -1;
     if (!mpmd_helper_ok(conf.exec))
         return SFAIL("--multi-prog: the exec helper's path '%s' (plugstack.conf exec=) has a space, ', \\ or %%: "
                      "it cannot be written in a --multi-prog line", conf.exec);
