@@ -48,11 +48,11 @@ mkdir -p "$prefix/lib"
 mkdir -p "$here/csrc/gen"
 (cd / && "$venv/bin/python" -c 'from shim import cgen; print(cgen.codes_h(), end="")') > "$here/csrc/gen/codes.h.spank"
 mv -f "$here/csrc/gen/codes.h.spank" "$here/csrc/gen/codes.h"
-spank_src=("$here"/csrc/spank/shim_spank.c "$here"/csrc/spank/pyxis_args.c "$here"/csrc/spank/image.c "$here"/csrc/spank/words.c "$here"/csrc/spank/mpmd.c)
+spank_src=("$here"/csrc/spank/shim_spank.c "$here"/csrc/spank/pyxis_args.c "$here"/csrc/spank/image.c "$here"/csrc/spank/words.c "$here"/csrc/spank/mpmd.c "$here"/csrc/spank/report.c)
 cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -shared -fPIC -Wl,--version-script="$here/csrc/spank/exports.map" \
     -DSHIMRUN_PATH="\"$frontend\"" -DPYXIS_EXEC_PATH="\"$prefix/lib/shim-pyxis-exec\"" \
     -o "$prefix/lib/shim_spank.so.new" "${spank_src[@]}"
-cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -o "$prefix/lib/shim-pyxis-exec.new" "$here/csrc/spank/pyxis_exec.c" "$here/csrc/spank/words.c"
+cc -O2 -Wall -Wextra -std=gnu11 -I"$here/csrc" -o "$prefix/lib/shim-pyxis-exec.new" "$here/csrc/spank/pyxis_exec.c" "$here/csrc/spank/words.c" "$here/csrc/spank/report.c"
 mv -f "$prefix/lib/shim_spank.so.new" "$prefix/lib/shim_spank.so"
 mv -f "$prefix/lib/shim-pyxis-exec.new" "$prefix/lib/shim-pyxis-exec"
 # `apptainer` and `singularity` under shim (shim/compat): in a directory of their own, never one on

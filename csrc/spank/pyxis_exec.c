@@ -18,21 +18,9 @@
 
 #define E_LAUNCH SHIM_E_LAUNCH  /* a launch that could not start (shim/errors.py, by shim/cgen.py) */
 
-void shim_spank_report(const char *at, int err, const char *fmt, ...)
+void shim_spank_emit(const char *line)
 {
-    char buf[2048];
-    size_t n;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    n = strlen(buf);
-    if (err && n < sizeof buf)
-        n += (size_t)snprintf(buf + n, sizeof buf - n, ": %s", strerror(err));
-    if (at && n < sizeof buf)
-        snprintf(buf + n, sizeof buf - n, " (%s)", strrchr(at, '/') ? strrchr(at, '/') + 1 : at);
-    dprintf(2, "shim: error: %s\n", buf);
+    dprintf(2, "shim: error: %s\n", line);
 }
 
 /* The words of variable `var`, removed from the environment the app will see. */

@@ -50,21 +50,9 @@ static struct {
     char *theirs, *ours;
 } mpmd_swap;
 
-void shim_spank_report(const char *at, int err, const char *fmt, ...)
+void shim_spank_emit(const char *line)
 {
-    char buf[2048];
-    size_t n;
-    va_list ap;
-
-    va_start(ap, fmt);
-    vsnprintf(buf, sizeof buf, fmt, ap);
-    va_end(ap);
-    n = strlen(buf);
-    if (err && n < sizeof buf)
-        n += (size_t)snprintf(buf + n, sizeof buf - n, ": %s", strerror(err));
-    if (at && n < sizeof buf)
-        snprintf(buf + n, sizeof buf - n, " (%s)", strrchr(at, '/') ? strrchr(at, '/') + 1 : at);
-    slurm_error("shim: %s", buf);
+    slurm_error("shim: %s", line);
 }
 
 static int on_option(int val, const char *optarg, int remote)
