@@ -24,7 +24,6 @@ suite_commit=${CWL_SUITE_COMMIT:-551d58d409ef2a0fa2e3ab93b85167dd7d4b1833}
 suite_git=${CWL_SUITE_GIT:-/work/.mirror/common-workflow-language+cwl-v1.2/repo}
 jobs=2 timeout=300 select="" runs="shim baseline"
 raw=$here/benchmarks/results/cwl_raw
-reqs=$here/scripts/cwl_conformance.requirements.txt
 
 while [ $# -gt 0 ]; do
     case $1 in
@@ -43,17 +42,9 @@ shimrun=$("$prefix/venv/bin/python" -c 'import os, shim; print(os.path.join(os.p
 compat=$prefix/compat/bin
 [ -x "$compat/singularity" ] || { echo "cwl_conformance.sh: $compat/singularity missing: rerun scripts/install.sh" >&2; exit 64; }
 
-# 1. cwltest + cwltool in a venv of their own, their wheels cached (a second run needs no network).
-key=$(sha256sum "$reqs" | cut -c1-12)
-venv=$cache/cwl-conformance-$key
-wheels=$cache/cwl-wheels-$key
-if [ ! -x "$venv/bin/python" ]; then
-    mkdir -p "$wheels"
-    [ -n "$(ls -A "$wheels")" ] || /usr/bin/python3 -m pip wheel -q --disable-pip-version-check -w "$wheels" -r "$reqs" 2>&1 | grep -v "is ignored" || true
-    rm -rf "$venv.tmp" && /usr/bin/python3 -m venv "$venv.tmp"
-    "$venv.tmp/bin/pip" install -q --disable-pip-version-check --no-index --find-links "$wheels" -r "$reqs"
-    chmod -R a+rX "$venv.tmp" && mv "$venv.tmp" "$venv"   # run as `python -c/-m` below: moved scripts' #! lines are stale
-fi
+# 1. cwltest + cwltool in a venv of their own, their wheels cached (a second run needs no network):
+# tests/engines.py's conformance_venv(), which the smoke test uses too.
+venv=$(cd "$here/tests" && SHIM_TEST_CACHE=$cache "$prefix/venv/bin/python" -c 'import engines; print(engines.conformance_venv())')
 
 # 2. The suite, at a pinned commit.
 if [ ! -d "$suite_git" ]; then
@@ -70,9 +61,10 @@ fi
 [ -z "$runs" ] || SHIMRUN=$shimrun PYTHONPATH="$here/tests:$here" "$prefix/venv/bin/python" "$here/tests/cwl_images.py" "$work/sifs"
 
 # 4. The runner: cwltool from that venv; PATH holds shim's compat commands and the system's, no other.
-# (`python -m cwltool` exits 0 whatever the outcome: its __main__ drops main.run()'s status)
-printf '#!/bin/sh\nexec %s -c "import sys; from cwltool.main import run; sys.exit(run())" "$@"\n' \
-    "$venv/bin/python" > "$work/bin/cwltool"
+# (not `python -m cwltool`/`cwltest`: they exit 0 whatever the outcome; tests/engines.py)
+main=$(cd "$here/tests" && "$prefix/venv/bin/python" -c 'import engines; print(engines.CWLTOOL_MAIN)')
+cwltest_main=$(cd "$here/tests" && "$prefix/venv/bin/python" -c 'import engines; print(engines.CWLTEST_MAIN)')
+printf '#!/bin/sh\nexec %s -c "%s" "$@"\n' "$venv/bin/python" "$main" > "$work/bin/cwltool"
 chmod 0755 "$work/bin/cwltool"
 [ -z "$runs" ] || chown -R "$user:" "$work"
 path=$work/bin:$compat:/usr/local/bin:/usr/bin:/bin
@@ -92,7 +84,7 @@ run_suite() {  # NAME ENGINE-ARGS...: one pass of cwltest; its failures are data
     local sel=() && [ -z "$select" ] || sel=(-s "$select")
     echo "cwl_conformance.sh: $name: cwltest -j$jobs --timeout $timeout -- $* (log: $work/out/$name.log)"
     local t0=$SECONDS rc=0
-    as_user "$venv/bin/python" -m cwltest --test conformance_tests.yaml --tool "$work/bin/cwltool" -j "$jobs" \
+    as_user "$venv/bin/python" -c "$cwltest_main" --test conformance_tests.yaml --tool "$work/bin/cwltool" -j "$jobs" \
         --timeout "$timeout" --junit-xml "$work/out/$name.xml" --junit-verbose "${sel[@]}" -- "$@" \
         > "$work/out/$name.log" 2>&1 || rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - t0))" >> "$work/out/runs.txt"
