@@ -37,7 +37,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 [ "$(id -u)" = 0 ] || { echo "cwl_conformance.sh: run as root (it makes the test user, the venv and the images)" >&2; exit 64; }
-shimrun=$("$prefix/venv/bin/python" -c 'import os, shim; print(os.path.join(os.path.dirname(shim.__file__), "libexec", "shimrun"))' 2>/dev/null) \
+shimrun=$(cd / && "$prefix/venv/bin/python" -c 'import os, shim; print(os.path.join(os.path.dirname(shim.__file__), "libexec", "shimrun"))' 2>/dev/null) \
     || { echo "cwl_conformance.sh: no shim under $prefix: run SHIM_PREFIX=$prefix scripts/install.sh first" >&2; exit 64; }
 compat=$prefix/compat/bin
 [ -x "$compat/singularity" ] || { echo "cwl_conformance.sh: $compat/singularity missing: rerun scripts/install.sh" >&2; exit 64; }
@@ -64,27 +64,34 @@ fi
 # (not `python -m cwltool`/`cwltest`: they exit 0 whatever the outcome; tests/engines.py)
 main=$(cd "$here/tests" && "$prefix/venv/bin/python" -c 'import engines; print(engines.CWLTOOL_MAIN)')
 cwltest_main=$(cd "$here/tests" && "$prefix/venv/bin/python" -c 'import engines; print(engines.CWLTEST_MAIN)')
-printf '#!/bin/sh\nexec %s -c "%s" "$@"\n' "$venv/bin/python" "$main" > "$work/bin/cwltool"
-chmod 0755 "$work/bin/cwltool"
-[ -z "$runs" ] || chown -R "$user:" "$work"
+if [ -n "$runs" ]; then
+    printf '#!/bin/sh\nexec %s -c "%s" "$@"\n' "$venv/bin/python" "$main" > "$work/bin/cwltool"
+    chmod 0755 "$work/bin/cwltool"
+    # The baseline's only help: `python`, which the suite's python:3-slim tools call and Debian's host
+    # lacks (python3 only); without it 13 tools fail for want of a command, not of a container.
+    mkdir -p "$work/baseline-bin" && ln -sf /usr/bin/python3 "$work/baseline-bin/python"
+    chown -R "$user:" "$work"
+fi
 path=$work/bin:$compat:/usr/local/bin:/usr/bin:/bin
 for name in apptainer singularity; do
     found=$(PATH=$path command -v "$name")
     [ "$found" = "$compat/$name" ] || { echo "cwl_conformance.sh: $name on PATH is $found, not shim's" >&2; exit 1; }
 done
 
-as_user() {  # as the ordinary user, with a clean environment, in the suite's directory
+as_user() {  # PATH CMD...: as the ordinary user, with a clean environment, in the suite's directory
+    local p=$1; shift
     (cd "$work/suite" && setpriv --reuid="$user" --regid="$user" --init-groups --reset-env -- \
-        env HOME="$(getent passwd "$user" | cut -d: -f6)" USER="$user" LOGNAME="$user" LANG=C.UTF-8 PATH="$path" \
+        env HOME="$(getent passwd "$user" | cut -d: -f6)" USER="$user" LOGNAME="$user" LANG=C.UTF-8 PATH="$p" \
         TMPDIR="$work/tmp" CWL_SINGULARITY_CACHE="$work/sifs" "$@")
 }
-run_suite() {  # NAME ENGINE-ARGS...: one pass of cwltest; its failures are data, not this script's failure
-    local name=$1; shift
+run_suite() {  # NAME PATH ENGINE-ARGS...: one pass of cwltest; its failures are data, not this script's failure
+    local name=$1 p=$2; shift 2
     mkdir -p "$work/tmp" && chown "$user:" "$work/tmp"
     local sel=() && [ -z "$select" ] || sel=(-s "$select")
     echo "cwl_conformance.sh: $name: cwltest -j$jobs --timeout $timeout -- $* (log: $work/out/$name.log)"
     local t0=$SECONDS rc=0
-    as_user "$venv/bin/python" -c "$cwltest_main" --test conformance_tests.yaml --tool "$work/bin/cwltool" -j "$jobs" \
+    # (--junit-verbose: meant to keep cwltool's INFO lines; cwltest 2.7 passes --quiet all the same)
+    as_user "$p" "$venv/bin/python" -c "$cwltest_main" --test conformance_tests.yaml --tool "$work/bin/cwltool" -j "$jobs" \
         --timeout "$timeout" --junit-xml "$work/out/$name.xml" --junit-verbose "${sel[@]}" -- "$@" \
         > "$work/out/$name.log" 2>&1 || rc=$?
     echo "$name rc=$rc seconds=$((SECONDS - t0))" >> "$work/out/runs.txt"
@@ -93,8 +100,8 @@ run_suite() {  # NAME ENGINE-ARGS...: one pass of cwltest; its failures are data
 }
 for r in $runs; do
     case $r in
-        shim) run_suite shim --singularity ;;
-        baseline) run_suite baseline --no-container ;;
+        shim) run_suite shim "$path" --singularity ;;
+        baseline) run_suite baseline "$work/baseline-bin:$path" --no-container ;;
     esac
 done
 
@@ -104,14 +111,14 @@ if [ -n "$select" ]; then
     echo "cwl_conformance.sh: a selection: results in $work/out, no table written"; exit 0
 fi
 if [ -n "$runs" ]; then
-    mkdir -p "$raw" && cp -f "$work/out/"* "$raw/"
+    mkdir -p "$raw" && cp -f "$work/out/"*.xml "$work/out/"*.log "$raw/" && cat "$work/out/runs.txt" >> "$raw/runs.txt"
     {
         echo "date=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
         echo "suite_commit=$suite_commit"
         echo "shim=$("$shimrun" --version 2>&1 | head -1)"
         echo "apptainer_compat=$(PATH=$path singularity --version)"
         echo "cwltool=$("$venv/bin/python" -m cwltool --version 2>/dev/null | awk '{print $NF}')"
-        echo "cwltest=$("$venv/bin/python" -m cwltest --version 2>/dev/null | awk '{print $NF}')"
+        echo "cwltest=$("$venv/bin/python" -m cwltest --version 2>/dev/null | tr -s ' \n' ' ' | awk '{print $NF}')"
         echo "jobs=$jobs"
         echo "timeout=$timeout"
         echo "kernel=$(uname -r)"

@@ -42,10 +42,22 @@ class Case:
     stdout: str
 
 
+def failed_numbers(log: Path) -> dict[int, str]:
+    """Test number -> FAIL/timeout from cwltest's log: its JUnit file drops a failure that has no
+    message (a should_fail test that succeeded), the log does not."""
+    found: dict[int, str] = {}
+    if log.exists():
+        for m in re.finditer(r"^Test (\d+) (failed|timed out)", log.read_text(errors="replace"), re.M):
+            found[int(m.group(1))] = "timeout" if m.group(2) == "timed out" else "FAIL"
+    return found
+
+
 def read_junit(path: Path) -> dict[str, Case]:
-    """cwltest's JUnit file: testcase `file` is the test id, `class` its tags."""
+    """cwltest's JUnit file (testcase `file`: the test id, `class`: its tags, `url`: ...#NUMBER),
+    with the failures its log (NAME.log beside it) names."""
     if not path.exists():
         return {}
+    from_log = failed_numbers(path.with_suffix(".log"))
     cases = {}
     for tc in ET.parse(path).getroot().iter("testcase"):
         failure, skipped = tc.find("failure"), tc.find("skipped")
@@ -57,6 +69,9 @@ def read_junit(path: Path) -> dict[str, Case]:
             status = "unsupported"
         else:
             status = "pass"
+        number = int((tc.get("url") or "#0").rsplit("#", 1)[-1] or 0)
+        if status == "pass" and number in from_log:
+            status, message = from_log[number], "failed (cwltest's log; no message in its JUnit file)"
         err, out = tc.findtext("system-err") or "", tc.findtext("system-out") or ""
         cid = tc.get("file") or tc.get("name") or "?"
         cases[cid] = Case(cid, tc.get("class") or "", status, message, err, out)
@@ -78,7 +93,8 @@ def in_container(case: Case | None) -> bool:
 
 
 def _last_error(text: str) -> str:
-    lines = [re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in text.splitlines()]
+    # cwltool's colours: ESC is dropped from the XML (not an XML character), "[1;30m" stays
+    lines = [re.sub(r"\x1b?\[[0-9;]*m", "", ln).strip() for ln in text.splitlines()]
     picked = [ln for ln in lines if ln and ("ERROR" in ln or "rror" in ln or "FATAL" in ln or "shimrun" in ln)]
     line = (picked or [ln for ln in lines if ln] or [""])[-1]
     return line[:160]
@@ -152,10 +168,13 @@ def render(shim: dict[str, Case], base: dict[str, Case], notes: dict[str, str], 
          f" cwltool {meta.get('cwltool', '?')}; cwltest {meta.get('cwltest', '?')}; kernel {meta.get('kernel', '?')}"),
         (f"- cwltest -j{meta.get('jobs', '?')}, per-test timeout {meta.get('timeout', '?')} s, as user"
          f" `{meta.get('user', '?')}`; {meta.get('runs', '')}"),
+        "- the baseline's PATH has `python` (-> /usr/bin/python3; the python:3-slim tools call it, Debian's host",
+        "  has only python3); nothing else differs between the two passes but `--singularity`/`--no-container`",
         "",
         "## Totals",
         "",
-        f"- tests: {len(ids)}; through shim: {fmt(counts['shim'])}; ran in a shim container: {ran}",
+        (f"- tests: {len(ids)}; through shim: {fmt(counts['shim'])}; of them in a container (cwltool's Singularity"
+         f" path, through shim): {ran}"),
         (f"- without containers: {fmt(counts['base'])} (\"needs container\": the baseline refuses a tool whose"
          " DockerRequirement is under `requirements`)"),
         f"- pass without containers but fail through shim: **{len(regressions)}**"
@@ -188,8 +207,9 @@ def main(argv: list[str] | None = None) -> int:
         notes = {str(k): str(v) for k, v in tomllib.loads(args.notes.read_text()).get("reasons", {}).items()}
     meta = read_meta(args.raw / "meta.txt")
     runs = args.raw / "runs.txt"
-    if runs.exists():
-        meta["runs"] = "; ".join(runs.read_text().split("\n")).strip("; ")
+    if runs.exists():  # "NAME rc=N seconds=S" per pass, appended by each run: the last of each name
+        last = {line.split()[0]: line for line in runs.read_text().splitlines() if line.strip()}
+        meta["runs"] = "; ".join(last.values())
     args.out.write_text(render(shim, base, notes, meta))
     print(f"cwl_report.py: wrote {args.out}")
     return 0
