@@ -121,28 +121,37 @@ def format_origin(origin: dict[str, object]) -> str:
 
 
 def not_a_sif(args: argparse.Namespace) -> bool:
-    """A directory (sandbox) or a bare squashfs file: what it is, and where its metadata is shown
-    (it has no SIF header or objects); False for anything else (read as a SIF)."""
+    """A directory (sandbox), a bare squashfs file or a legacy Singularity 2 image: what it is, and
+    where its metadata is shown (it has no SIF header or objects); False for anything else (read as
+    a SIF, which says why it is not one)."""
     import os
 
     from shim.errors import ImageError
-    from shim.image.open import SQUASHFS_MAGIC, image_kind, locate_image
+    from shim.image.legacy import HEAD_BYTES
+    from shim.image.open import SIF_MAGIC, SIF_MAGIC_OFFSET, SQUASHFS_MAGIC, image_kind, locate_image
     from shim.image.squashfs import read_superblock
 
-    if not os.path.isdir(args.image) and not _starts_with(args.image, SQUASHFS_MAGIC):
-        return False
+    if not os.path.isdir(args.image):
+        head = _head(args.image, HEAD_BYTES)
+        legacy = head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC and _launch_line(head)
+        if not head.startswith(SQUASHFS_MAGIC) and not legacy:
+            return False
     image = locate_image(args.image)
     kind = image_kind(image)
+    what = {"dir": "directory", "simg": "legacy Singularity image"}.get(kind, "squashfs file")
     if args.sbom or args.sbom_id is not None:
-        raise ImageError(f"{args.image} is a {'directory' if kind == 'dir' else 'squashfs file'}: only a SIF "
-                         "carries SBOM objects", "build a SIF with shimrun build OUT.sif SOURCE --sbom FILE")
+        raise ImageError(f"{args.image} is a {what}: only a SIF carries SBOM objects",
+                         "build a SIF with shimrun build OUT.sif SOURCE --sbom FILE")
     doc: dict[str, object] = {"path": args.image, "kind": kind, "arch": image.arch}
-    rows = [("Image:", args.image), ("Kind:", "directory (a sandbox): no SIF header or objects" if kind == "dir"
-                                      else "squashfs file: no SIF header or objects")]
+    described = {"dir": "directory (a sandbox): no SIF header or objects",
+                 "simg": f"legacy Singularity image (squashfs at offset {image.offset}): no SIF header or objects"}
+    rows = [("Image:", args.image), ("Kind:", described.get(kind, "squashfs file: no SIF header or objects"))]
     if image.arch != "unknown":
         rows.append(("Architecture:", image.arch))
-    if kind == "squashfs":
-        sb = read_superblock(image.path, 0, image.size)
+    if kind != "dir":
+        with image.opened.reader() as f:
+            sb = read_superblock(f, image.offset, image.size)
+        doc["offset"] = image.offset
         doc["squashfs"] = {"compression": sb.compression, "block_size": sb.block_size, "bytes": sb.bytes_used,
                            "inodes": sb.inode_count, "created_at": sb.mkfs_time}
         summary = (f"{sb.compression}, {format_size(sb.bytes_used)}, {sb.inode_count} inodes, "
@@ -157,15 +166,27 @@ def not_a_sif(args: argparse.Namespace) -> bool:
     return True
 
 
-def _starts_with(path: str, magic: bytes) -> bool:
+def _launch_line(head: bytes) -> bool:
+    """Whether `head` begins with a legacy Singularity launch line (one too long counts: opening
+    the image then says why it is refused)."""
+    from shim.errors import ImageError
+    from shim.image.legacy import launch_line_end
+
+    try:
+        return launch_line_end(head) is not None
+    except ImageError:
+        return True
+
+
+def _head(path: str, size: int) -> bytes:
     from shim.errors import ImageError
     from shim.image.regular import open_regular
 
     try:
         with open_regular(path) as f:  # never blocks on a FIFO
-            return f.read(len(magic)) == magic
+            return f.read(size)
     except (ImageError, OSError):
-        return False  # read_sif says why
+        return b""  # read_sif says why
 
 
 def print_sbom(img: SifImage, wanted: int | None) -> int:

@@ -58,12 +58,12 @@ class _Tree:
 
 
 def read_metadata(image_path: str) -> Metadata:
-    from shim.image.open import open_image
+    from shim.image.open import image_kind, open_image
 
     ref = open_image(image_path)
     tree = _Tree(ref.path, None if ref.kind == "dir" else ref.offset)
     meta = Metadata()
-    if ref.kind == "squashfs" and ref.offset:
+    if image_kind(ref) == "sif":
         _from_sif(ref.path, meta)
     if not meta.labels:
         labels = tree.read(f"{META_DIR}/labels.json")

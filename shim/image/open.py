@@ -1,4 +1,5 @@
-"""Open an image given on the command line: a SIF file, a bare squashfs file, or a directory."""
+"""Open an image given on the command line: a SIF file, a bare squashfs file, a legacy Singularity 2
+image (squashfs behind a launch line: shim.image.legacy), or a directory."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ from typing import Any
 
 from shim.errors import ImageError
 from shim.image.handle import OpenedImage, open_image_file
+from shim.image.legacy import HEAD_BYTES, legacy_image
+from shim.image.legacy import KIND as LEGACY_KIND
 
 SIF_MAGIC_OFFSET = 32
 SIF_MAGIC = b"SIF_MAGIC\0"
@@ -27,6 +30,9 @@ class ImageRef:
     oci_config: dict[str, Any] | None = field(default=None, compare=False)
     # the image opened once: everything after locating it reads this descriptor, never the path
     opened: OpenedImage | None = field(default=None, compare=False)
+    # what the file is, when its offset alone does not say: "simg" (a squashfs behind a legacy
+    # Singularity 2 launch line); "" for a SIF (offset > 0), a bare squashfs (0) or a directory
+    format: str = ""
 
     @property
     def via(self) -> str:
@@ -36,9 +42,11 @@ class ImageRef:
 
 
 def image_kind(image: ImageRef) -> str:
-    """sif, squashfs (a bare squashfs file) or dir."""
+    """sif, squashfs (a bare squashfs file), simg (a legacy Singularity 2 image) or dir."""
     if image.kind == "dir":
         return "dir"
+    if image.format:
+        return image.format
     return "sif" if image.offset else "squashfs"  # a SIF's partition follows its header; a bare one is at 0
 
 
@@ -79,10 +87,14 @@ def locate_opened(opened: OpenedImage) -> ImageRef:
         return ImageRef(real, "dir", arch=archmod.arch_of_rootfs(opened.via) or "unknown", opened=opened)
     try:
         with opened.reader() as f:
-            head = f.read(SIF_MAGIC_OFFSET + len(SIF_MAGIC))
+            head = f.read(HEAD_BYTES)
             if head[:4] == SQUASHFS_MAGIC:
                 return ImageRef(real, "squashfs", 0, opened.st.st_size, opened=opened)
             if head[SIF_MAGIC_OFFSET:SIF_MAGIC_OFFSET + len(SIF_MAGIC)] != SIF_MAGIC:
+                legacy = legacy_image(head, opened.given)
+                if legacy is not None:
+                    return ImageRef(real, "squashfs", legacy.offset, opened.st.st_size - legacy.offset,
+                                    opened=opened, format=LEGACY_KIND)
                 raise ImageError(f"{opened.given} is not a SIF image, a squashfs file or a directory",
                                  "build one with 'shimrun build OUT.sif ROOTFS'")
             from shim.image.sif import oci_config, primary_partition, read_sif_file

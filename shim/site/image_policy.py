@@ -44,7 +44,7 @@ class PolicyVerdict:
 @dataclass(frozen=True)
 class PolicyInput:
     path: str                     # the image, resolved (from its descriptor)
-    kind: str                     # sif | squashfs | dir
+    kind: str                     # sif | squashfs | simg | dir (shim.image.open.image_kind)
     arch: str                     # the image's architecture ("unknown" when it does not say)
     conf_dir: Path                # whose keys/ the signatures are checked with
     environ: Mapping[str, str]
@@ -52,6 +52,9 @@ class PolicyInput:
 
 
 _ADMIN = "ask the site's administrators (their shim.toml, [images])"
+# A legacy Singularity 2 image is a bare squashfs behind a launch line: judged exactly as one
+# (no signature, not a SIF), only named for what the user gave.
+_NOT_SIF = {"squashfs": "a bare squashfs file", "simg": "a legacy Singularity 2 image (a bare squashfs file)"}
 
 
 def _under(path: str, prefixes: tuple[str, ...]) -> bool:
@@ -89,7 +92,7 @@ def evaluate(policy: ImagePolicy, i: PolicyInput) -> PolicyVerdict:
         return PolicyVerdict(False, "paths", f"it is not under {', '.join(policy.paths)}",
                              f"use an image from there; {_ADMIN}")
     if i.kind != "sif" and not policy.allow_directories:
-        what = "a directory (sandbox)" if i.kind == "dir" else "a bare squashfs file"
+        what = "a directory (sandbox)" if i.kind == "dir" else _NOT_SIF.get(i.kind, "a bare squashfs file")
         return PolicyVerdict(False, "allow_directories", f"it is {what}; only SIF images may run here",
                              "build a SIF of it: shimrun build OUT.sif " + i.path)
     if i.arch not in ("unknown", host_arch()) and not policy.allow_foreign_arch:
@@ -97,7 +100,7 @@ def evaluate(policy: ImagePolicy, i: PolicyInput) -> PolicyVerdict:
                              "emulated images may not run here", f"use an {host_arch()} build of the image")
     if policy.needs_signature:
         if i.kind != "sif":
-            what = "a directory" if i.kind == "dir" else "a bare squashfs file"
+            what = "a directory" if i.kind == "dir" else _NOT_SIF.get(i.kind, "a bare squashfs file")
             return PolicyVerdict(False, "allow_unsigned", f"it is {what}, which carries no signature; this site runs "
                                  "only signed SIFs",
                                  "build a SIF (shimrun build) and sign it (shimrun sign)")
