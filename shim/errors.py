@@ -45,7 +45,9 @@ EXIT_LABELS: dict[ExitCode, str] = {
 # How a command that cannot be started is reported, by the C executor (generated into
 # csrc/gen/codes.h), the image's shell (the action script) and `check IMAGE COMMAND` alike.
 # printf formats: the command, then the PATH searched / the system's reason.
-EXEC_NOT_FOUND = "%s: command not found in the image (PATH=%s)"
+# "executable file not found in" is Apptainer's wording too: cwltool reads it to tell that --userns
+# works (its probe runs a command the image lacks).
+EXEC_NOT_FOUND = "%s: executable file not found in the image (PATH=%s)"
 EXEC_NOT_EXECUTABLE = "%s: found in the image but cannot be executed: %s"
 
 

@@ -249,6 +249,6 @@ def test_command_not_found(shell, tmp_path):
     proc = run_action(shell, compose({}, opts(), env_dir=str(env_dir)), "no-such-tool", "arg")
     assert proc.returncode == ExitCode.NOT_FOUND
     # the executor's words, with the PATH the image's scripts made
-    assert re.fullmatch(r"shimrun: error: no-such-tool: command not found in the image \(PATH=/opt/conda/bin:"
+    assert re.fullmatch(r"shimrun: error: no-such-tool: executable file not found in the image \(PATH=/opt/conda/bin:"
                         r"[^)]*\)\n", proc.stderr.decode()), proc.stderr
     assert proc.stdout == b""

@@ -95,7 +95,7 @@ def test_cwltools_own_hello_simg(shim: Runner, user: User, user_dir: Path):
     hello = _write(user_dir / "hello.simg", found[0].read_bytes())
     singularity = Runner(user, str(compat_bin_dir() / "singularity"))
     r = singularity.run(["exec", "--userns", hello, "true"], env={"SHIMRUN_CACHE": str(user_dir / "cache")})
-    assert r.returncode == ExitCode.NOT_FOUND and "true: command not found in the image" in r.stderr, r.stderr
+    assert r.returncode == ExitCode.NOT_FOUND and "true: executable file not found in the image" in r.stderr, r.stderr
     r = shim.run(["inspect", hello])
     assert f"legacy Singularity image (squashfs at offset {len(LAUNCH_LINE)})" in r.stdout, r.stderr
 

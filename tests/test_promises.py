@@ -197,9 +197,9 @@ def test_commands_that_cannot_start_read_the_same_whatever_the_image(shim, busyb
             ("/etc/passwd", ExitCode.NOT_EXECUTABLE,
              "shimrun: error: /etc/passwd: found in the image but cannot be executed: Permission denied"),
             ("nosuchcmd", ExitCode.NOT_FOUND,
-             r"shimrun: error: nosuchcmd: command not found in the image \(PATH=[^)]*/bin\)"),
+             r"shimrun: error: nosuchcmd: executable file not found in the image \(PATH=[^)]*/bin\)"),
             ("/no/such", ExitCode.NOT_FOUND,
-             r"shimrun: error: /no/such: command not found in the image \(PATH=[^)]*/bin\)")):
+             r"shimrun: error: /no/such: executable file not found in the image \(PATH=[^)]*/bin\)")):
         r = shim.run([image, command])
         assert r.returncode == code and re.fullmatch(line + "\n", r.stderr), (command, r.stderr)
 

@@ -61,7 +61,7 @@ def test_global_options_before_any_verb(shim, busybox_sif, site, user_dir: Path)
 
 def test_check_says_when_the_launch_could_not_start_the_command(shim, busybox_sif, golden_copy) -> None:
     r = shim.run(["check", busybox_sif, "/no/such/cmd"])
-    one_error_line(r, ExitCode.NOT_FOUND, "/no/such/cmd: command not found in the image (PATH=")
+    one_error_line(r, ExitCode.NOT_FOUND, "/no/such/cmd: executable file not found in the image (PATH=")
     assert r.stdout.startswith("image: "), r.stdout  # the plan is still shown, before the line
     one_error_line(shim.run(["check", busybox_sif, "/etc/passwd"]), ExitCode.NOT_EXECUTABLE,
              "/etc/passwd: found in the image but cannot be executed")
