@@ -28,7 +28,17 @@ import pytest
 from cbuild import build_c
 from cdi_specs import nvidia_spec, spec_dir, write_spec
 from hostroot import SimulatedHost
-from simulated_gpu import DRIVER, EXAMPLES, cuda_runtime_image, gpu_host, plain_image, version_script
+from simulated_gpu import (
+    DRIVER,
+    EXAMPLES,
+    PLAIN_APP_SRC,
+    TRIPLET,
+    cuda_runtime_image,
+    gpu_host,
+    make_image,
+    plain_image,
+    version_script,
+)
 
 from shim.cdi.edits import CdiRequest, cdi_profiles, profile_name
 from shim.cdi.registry import load_registry
@@ -217,6 +227,43 @@ def test_a_program_brings_the_profile_library_it_needs(tmp_path: Path) -> None:
     nvml = by_lib["libnvidia-ml.so.1"]
     assert nvml.decision == INJECT and "needed by nvidia-smi" in nvml.reason, nvml
     assert by_lib["libcuda.so.1"].decision != INJECT, "the image uses no CUDA: libcuda stays out"
+
+
+def _versioned_world(tmp_path: Path, image_version: str) -> tuple[Path, SimulatedHost, Path]:
+    """A program needing PROGVER_2 of libprogver.so.1: the node's copy defines it, the image's
+    copy defines `image_version`; a profile binding only the program."""
+    def lib(version: str) -> Path:
+        script = version_script(f"{version} {{ global: progver; }};\n")
+        return build_c("libprogver.so.1.0", "int progver(void) { return 2; }\n",
+                       ["-shared", "-fPIC", "-Wl,-soname,libprogver.so.1", f"-Wl,--version-script={script}"])
+    host = gpu_host(tmp_path / "host")
+    host._install_lib(lib("PROGVER_2"), "libprogver.so.1")
+    program = build_c("progver", "extern int progver(void);\nint main(void) { return progver() != 2; }\n",
+                      [str(lib("PROGVER_2"))])
+    shutil.copy(program, host.path("usr/bin/progver"))
+    where = f"/usr/lib/{TRIPLET}/libprogver.so.1"
+    image = make_image(tmp_path / "image", {"/opt/app/app": build_c("plain-app", PLAIN_APP_SRC),
+                                            where: lib(image_version)}, {}, {"libprogver.so.1": where})
+    conf = tmp_path / "conf"
+    (conf / "profiles").mkdir(parents=True)
+    (conf / "profiles" / "tools.toml").write_text('[profile]\nname = "tools"\nkind = "other"\n'
+                                                  'applies = "on-request"\n[provides]\n'
+                                                  'binaries = ["/usr/bin/progver"]\n')
+    return image, host, conf
+
+
+@pytest.mark.parametrize("image_version", ["PROGVER_1", "PROGVER_2"])
+def test_symbol_versions_the_image_lacks_bring_the_hosts_copy(tmp_path: Path, image_version: str) -> None:
+    image, host, conf = _versioned_world(tmp_path, image_version)
+    p = profile_plan(image, host, conf, requested=("tools",))
+    by_lib = {d.library: d for d in p.decisions}
+    assert by_lib["progver"].decision == INJECT, p.decisions
+    if image_version == "PROGVER_2":   # the image's copy serves it
+        assert "libprogver.so.1" not in by_lib, p.decisions
+        return
+    dep = by_lib["libprogver.so.1"]
+    assert dep.decision == INJECT and "the image's libprogver.so.1 lacks a version progver needs" in dep.reason, dep
+    assert dep.container_path == "/.shim/inject/tools/libprogver.so.1", dep
 
 
 def test_a_refused_library_refuses_the_profile_and_its_programs(tmp_path: Path) -> None:
