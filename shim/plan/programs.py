@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 
 from shim.knowledge.abi import is_glibc
+from shim.model import REFUSE
 from shim.plan.closure import inject_dependencies
 from shim.plan.context import glibc_version_key
 from shim.plan.job import OfferedLib, ProfileJob, Work, subject
@@ -62,7 +63,8 @@ def _plan_program(job: ProfileJob, program: OfferedLib) -> None:
                        fallback=f"{program.soname} is not bound into the container")
     if not (same_architecture(trial, program) and _loader_present(trial, program)
             and inject_dependencies(trial, program, set(work.cache))):
-        work.decisions.extend(trial.work.decisions)
+        # Only the refusal: dependencies the trial had placed before it are not bound either.
+        work.decisions.extend(d for d in trial.work.decisions if d.decision == REFUSE)
         work.withheld.extend(trial.work.refusals)
         return
     work.decisions.extend(trial.work.decisions)
