@@ -10,8 +10,11 @@ versions: shim/plan/) and are never bound blindly.
                          then bound as a profile's devices are (usable: not nodev), at the
                          spec's path even where hostPath differs
 - mounts of ELF          libraries: the profile's libraries, placed at the spec's containerPath;
-                         programs and everything else: bound as the spec says (read-only with "ro"),
-                         the destination resolved inside the root as every bind is
+                         programs (nvidia-smi): the profile's binaries, checked as libraries are
+                         (shim/plan/programs.py) and bound read-only at the containerPath;
+                         everything else (scripts, directories, files): bound as the spec says
+                         (read-only with "ro"), the destination resolved inside the root as every
+                         bind is
 - hooks                  interpreted (shim/cdi/hooks.py): links, ld.so.cache folders, CUDA compat
 The spec's kind "nvidia.com/gpu" makes a profile of kind "gpu" (the driver release check and the
 forward-compat rule of shim/plan/rules/gpu.py apply); any other kind, "other"."""
@@ -62,6 +65,7 @@ def cdi_profiles(req: CdiRequest) -> tuple[Profile, ...]:
 def _profile(kind: str, devices: list[Resolved], req: CdiRequest) -> Profile:
     env: dict[str, str] = {}
     libraries: list[LibrarySpec] = []
+    programs: list[PathSpec] = []
     nodes: list[PathSpec] = []
     binds: list[BindEntry] = []
     placed: dict[str, str] = {}
@@ -87,13 +91,17 @@ def _profile(kind: str, devices: list[Resolved], req: CdiRequest) -> Profile:
                 continue
             seen.add((mount.host_path, mount.container_path))
             key = f"containerEdits.mounts[{i}]"
-            facts = _library(mount, req)
-            if facts is None:
+            facts = _elf(mount, req)
+            entry = f"{r.qualified}: {mount.host_path}"
+            if facts is not None and _is_library(facts):
+                libraries.append(LibrarySpec(key, entry, mount.host_path, (mount.host_path,)))
+            elif facts is not None and facts.is_program:
+                _read_only(mount, where, key)   # its options checked; bound read-only, as libraries are
+                programs.append(PathSpec(key, entry, mount.host_path, (mount.host_path,)))
+            else:
                 binds.append(BindEntry(key, mount.host_path, mount.host_path, mount.container_path,
                                        read_only=_read_only(mount, where, key)))
                 continue
-            libraries.append(LibrarySpec(key, f"{r.qualified}: {mount.host_path}", mount.host_path,
-                                         (mount.host_path,)))
             placed[mount.host_path] = mount.container_path
         more = interpret(r.edits.hooks, where, req.unknown_hooks)
         hooks = HookEdits(hooks.links + more.links, tuple(dict.fromkeys(hooks.ldcache_folders + more.ldcache_folders)),
@@ -103,21 +111,26 @@ def _profile(kind: str, devices: list[Resolved], req: CdiRequest) -> Profile:
         name=profile_name(kind), file=devices[0].spec.path, kind="gpu" if kind in GPU_KINDS else "other",
         applies="on-request", description=", ".join(r.qualified for r in devices),
         cuda_forward_compat="auto" if hooks.cuda_compat else "never",
-        provides=Provides(libraries=tuple(libraries), devices=tuple(nodes), binds=tuple(binds)),
+        provides=Provides(libraries=tuple(libraries), binaries=tuple(programs), devices=tuple(nodes),
+                          binds=tuple(binds)),
         env=EnvSpec(set=tuple(env.items())), placed=tuple(placed.items()), hooks=hooks)
 
 
-def _library(mount: Mount, req: CdiRequest) -> ElfFacts | None:
-    """The mount's ELF facts when it is a shared library (it then goes through the planner)."""
+def _elf(mount: Mount, req: CdiRequest) -> ElfFacts | None:
+    """The mount's ELF facts (None: not an ELF file), a library's or a program's going through
+    the planner."""
     if mount.type not in BIND_TYPES:
         raise ShimError(ExitCode.CONFIG, f"mount {mount.host_path} -> {mount.container_path}: type {mount.type!r} "
                         "is not supported (shim applies bind mounts only)", "fix the spec")
     path = on_host(req.host_root, mount.host_path)
     if not os.path.isfile(path):
         return None
-    facts = req.facts(path)
-    # A library: no interpreter of its own (a PIE program has one), or a SONAME.
-    return facts if facts is not None and facts.elf_type == "ET_DYN" and (facts.soname or not facts.interp) else None
+    return req.facts(path)
+
+
+def _is_library(facts: ElfFacts) -> bool:
+    """A shared library: no interpreter of its own (a PIE program has one), or a SONAME."""
+    return facts.elf_type == "ET_DYN" and bool(facts.soname or not facts.interp)
 
 
 def _read_only(mount: Mount, where: str, key: str) -> bool:

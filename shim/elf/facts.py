@@ -57,6 +57,12 @@ class ElfFacts:
     version_needs: tuple[VersionNeed, ...]
     isa_level: int | None      # x86-64 ISA level needed (1 = baseline ... 4 = v4), None if unmarked
 
+    @property
+    def is_program(self) -> bool:
+        """An executable: ET_EXEC, or a PIE (ET_DYN with a PT_INTERP). A shared library may have
+        a PT_INTERP too (glibc's libc.so.6 runs): callers that tell libraries apart ask first."""
+        return self.elf_type == "ET_EXEC" or (self.elf_type == "ET_DYN" and bool(self.interp))
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: getattr(self, k) for k in self.__dataclass_fields__}
         for k in ("needed", "rpath", "runpath", "version_defs"):

@@ -63,13 +63,15 @@ def compute_plan(request: PlanRequest) -> CachedPlan:
 def _add_profile(plan: Plan, repoint: dict[str, str], ctx: PlanContext, profile: Profile) -> None:
     plan.profiles.append(profile.name)
     work = plan_profile(ctx, profile, requested=profile.name in ctx.request.requested)
+    severity = ctx.request.refusal_severity
+    # A program refused alone (programs.py) is not bound; the profile's other files still are.
+    plan.diagnostics.extend(dataclasses.replace(d, severity=severity) for d in work.withheld)
     if work.refusals:
         # Never a half-injected stack: one refusal refuses the whole profile.
         first = work.refusals[0]
         for d in work.decisions:
             plan.decisions.append(dataclasses.replace(d, decision=REFUSE, reason=f"profile {profile.name} refused: "
                                                       f"{first.code}") if d.decision == INJECT else d)
-        severity = ctx.request.refusal_severity
         plan.diagnostics.extend(dataclasses.replace(d, severity=severity) for d in work.refusals)
         apply_hooks(plan, repoint, ctx, profile, accepted=False)
         return

@@ -6,10 +6,13 @@ image's loader finds one, the library is injected in its place (placement.py, wi
 dependencies: closure.py); where it finds none, the library is skipped as unused unless the
 kind's rule says it is loaded with dlopen. Then the app's imports are checked against the final
 mapping (symbols.py). The kind's rule (rules/) hooks in at fixed points. A refusal anywhere
-refuses the whole profile (compose.py): never a half-injected stack.
+refuses the whole profile (compose.py): never a half-injected stack. The ELF programs among its
+binaries get the same checks (programs.py), each refused alone: nothing else depends on them.
 """
 
 from __future__ import annotations
+
+import os
 
 from shim.knowledge.abi import aliases
 from shim.model import SKIP
@@ -18,6 +21,7 @@ from shim.plan.job import OfferedLib, ProfileJob, Work
 from shim.plan.model import BindSpec
 from shim.plan.offered import offered_libraries, usable
 from shim.plan.placement import inject_at
+from shim.plan.programs import is_host_program, plan_programs
 from shim.plan.rules import rule_for
 from shim.plan.symbols import check_symbols
 from shim.site.profile_model import Profile
@@ -49,6 +53,8 @@ def plan_profile(ctx: PlanContext, profile: Profile, requested: bool = False) ->
                 break
             inject_at(job, lib, name, target, rule.note(job, lib))
     if not job.refused:
+        plan_programs(job)
+    if not job.refused:
         _needed_offered(job)
     if not job.refused:
         check_symbols(job, rule.symbols_code)
@@ -69,22 +75,27 @@ def _needed_offered(job: ProfileJob) -> None:
     injected under its own SONAME, even where nothing in the image asks for that name."""
     queue = list(dict.fromkeys(job.work.injected.values()))
     while queue:
-        facts = job.ctx.host_facts(queue.pop())
+        requester = queue.pop()
+        facts = job.ctx.host_facts(requester)
         for name in facts.needed if facts else ():
             lib = job.offered(name)
             if lib is not None and name not in job.work.cache and not _already_injected(job, lib):
-                # It was skipped as unused by the image: it is used, by the profile's own library.
+                # It was skipped as unused by the image: it is used, by the profile's own library
+                # or program.
                 job.work.decisions = [d for d in job.work.decisions
                                       if not (d.host_path == lib.host_path and d.decision == SKIP)]
-                inject_at(job, lib, name, None, "needed by another library of the profile")
+                inject_at(job, lib, name, None, f"needed by {os.path.basename(requester)}, of the same profile")
                 queue.append(lib.host_path)
 
 
 def _extras(job: ProfileJob) -> None:
-    """Plugin directories, binaries, configuration files, devices and binds: bound as they are."""
+    """Plugin directories, binaries that are no ELF programs (scripts: programs.py plans the
+    others), configuration files, devices and binds: bound as they are."""
     p = job.profile.provides
-    for spec in (*p.plugin_dirs, *p.binaries, *p.config_files):
+    for spec in (*p.plugin_dirs, *p.config_files):
         job.work.binds.extend(BindSpec(m, m) for m in spec.matches)
+    for spec in p.binaries:
+        job.work.binds.extend(BindSpec(m, m) for m in spec.matches if not is_host_program(job, m))
     for spec in p.devices:
         job.work.binds.extend(BindSpec(m, m, read_only=False, device=True) for m in spec.matches)
     job.work.binds.extend(BindSpec(b.src, b.dst, b.read_only, device=b.device) for b in p.binds)

@@ -24,6 +24,7 @@ class OfferedLib:
     entry: str                # the profile entry that named it, for the admin hint
     facts: ElfFacts | None    # None: not an ELF file
     soname: str               # its DT_SONAME, else its file name
+    table: str = "provides.libraries"   # the profile's key that named it, for the admin hint
 
 
 @dataclass
@@ -33,6 +34,8 @@ class Work:
     refusals: list[Diagnostic] = field(default_factory=list)
     cache: dict[str, str] = field(default_factory=dict)      # SONAME -> container path, for ld.so.cache
     injected: dict[str, str] = field(default_factory=dict)   # container path placed -> host file
+    # Refusals of one program each (programs.py): the program is not bound, the profile stands.
+    withheld: list[Diagnostic] = field(default_factory=list)
 
 
 @dataclass
@@ -43,6 +46,7 @@ class ProfileJob:
     libs: list[OfferedLib] = field(default_factory=list)
     work: Work = field(default_factory=Work)
     state: Any = None                        # the kind's rule keeps its own findings here
+    fallback: str = "the image's own libraries are used"   # what happens instead, said by a refusal
 
     def offered(self, soname: str) -> OfferedLib | None:
         """The profile's own library of that SONAME, if it offers one."""
@@ -57,8 +61,9 @@ class ProfileJob:
         a CDI spec's mount says (its containerPath)."""
         return dict(self.profile.placed).get(lib.host_path) or f"{self.placed_dir}/{os.path.basename(lib.host_path)}"
 
-    def key(self, lib: OfferedLib | None = None, table: str = "provides.libraries") -> str:
+    def key(self, lib: OfferedLib | None = None, table: str = "") -> str:
         """Where the admin fixes it: the profile file and key (and entry)."""
+        table = table or (lib.table if lib else "provides.libraries")
         return f"{self.profile.file}: {table}" + (f" ({lib.entry})" if lib else "")
 
     def decide(self, name: str, lib: OfferedLib | str, where: str, decision: tuple[str, str]) -> None:
@@ -77,7 +82,7 @@ class ProfileJob:
         library, host_path, where = subject
         self.work.decisions.append(Decision(library, host_path, where, REFUSE, f"{code}: {message}",
                                             self.profile.name))
-        self.work.refusals.append(Diagnostic(code, WARNING, message, f"{hint}; the image's own libraries are used",
+        self.work.refusals.append(Diagnostic(code, WARNING, message, f"{hint}; {self.fallback}",
                                              key or self.key()))
 
     @property

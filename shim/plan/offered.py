@@ -27,14 +27,20 @@ def offered_libraries(job: ProfileJob) -> list[OfferedLib]:
 
 def usable(job: ProfileJob, lib: OfferedLib) -> bool:
     """False when the library is refused or skipped before any look at the image's use of it."""
-    ctx = job.ctx
     if lib.facts is None:
         job.refuse("NOT-ELF", subject(lib), f"{lib.host_path} is not an ELF file", "fix the profile", job.key(lib))
         return False
     if is_glibc(lib.soname):
         job.skip(lib.soname, lib, "", "part of glibc: the container's own C library is used")
         return False
-    mine, libc = lib.facts, ctx.libc
+    return same_architecture(job, lib)
+
+
+def same_architecture(job: ProfileJob, lib: OfferedLib) -> bool:
+    """Is `lib` (a library, or a program: programs.py) of the container's libc's ELF class and
+    machine? False: refused."""
+    mine, libc = lib.facts, job.ctx.libc
+    assert mine is not None
     if libc and (mine.elf_class, mine.machine, mine.byte_order) != (libc.elf_class, libc.machine, libc.byte_order):
         job.refuse("LIB-ARCH-MISMATCH", subject(lib),
                    f"{lib.soname} is {mine.elf_class}-bit {mine.machine} {mine.byte_order}-endian, the container's "
