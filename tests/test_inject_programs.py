@@ -338,3 +338,14 @@ def test_strict_or_the_site_policy_makes_a_refused_program_fatal(shim, node, use
     assert policy.returncode == ExitCode.REFUSED and "app ran" not in policy.stdout, policy.stderr
     errors = [ln for ln in policy.stderr.splitlines() if ln.startswith("shimrun: error: ")]
     assert {ln.split(":")[2].strip() for ln in errors[:-1]} == set(REFUSED.values()), policy.stderr
+
+
+def test_a_bound_program_is_never_reported_unused(shim, node, user_dir: Path) -> None:
+    """--report-loaded lists the injected libraries the app never loaded; a program the profile
+    binds is run, not loaded, so it is never among them (the libraries still are)."""
+    r = run(shim, node, "--report-loaded", "--profile", "cuda-driver", node["image"], "/bin/sh", "-c", "echo app ran",
+            cache=user_dir / "c")
+    assert r.returncode == 0 and r.stdout == "app ran\n", r.stderr
+    unused = [ln for ln in r.stderr.splitlines() if "INJECTED-UNUSED" in ln]
+    assert unused, r.stderr                      # the audit ran and named the unused libraries
+    assert not any("nvidia-smi" in ln for ln in unused), unused
