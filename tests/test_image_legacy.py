@@ -87,7 +87,8 @@ def test_singularity_exec_userns_as_cwltool_probes_it(user: User, simg: Path, us
 
 def test_cwltools_own_hello_simg(shim: Runner, user: User, user_dir: Path):
     """The image cwltool probes with (built by Singularity 2.5): it holds one i386 program and no
-    `true`, so the probe gets "command not found" (127) from a launch that got that far, not 65."""
+    `true`, so the probe gets "executable file not found" (127) from a launch that got that far, not 65:
+    Apptainer's words, which cwltool takes to mean that --userns works."""
     from engines import conformance_venv
 
     found = sorted(conformance_venv().glob("lib/python3*/site-packages/cwltool/hello.simg"))
