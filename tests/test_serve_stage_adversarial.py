@@ -196,6 +196,21 @@ def test_a_copy_changed_in_place_is_never_served(shim, user_dir, images, how):
     assert f"{CHANGED}{copy} " in err and err.count(CHANGED) == 1, err
 
 
+def test_a_kept_mount_of_a_copy_changed_in_place_is_not_joined(shim, user_dir, images):
+    """A kept mount (kept up across launches) of the copy: once the copy is rewritten, the next
+    launch does not join the mount of the changed file; it stages again and serves the judged bytes."""
+    image, bad = images
+    env = _env(user_dir, SHIMRUN_SERVE="kept", SHIMRUN_KEPT_IDLE="2")
+    first = _marker(shim, image, env)
+    assert (first.returncode, first.stdout) == (0, "old\n"), first.stderr
+    (copy,) = _copies(user_dir)
+    _as(shim.user, f"import os; copy = {str(copy)!r}; bad = open({str(bad)!r}, 'rb').read(); "
+                   + TAMPER["rewritten-keeping-its-times"])
+    r = _marker(shim, image, env)
+    assert (r.returncode, r.stdout) == (0, "old\n") and len(STAGED.findall(r.stderr)) == 1, r.stderr
+    assert r.stderr.count(CHANGED) == 1 and hashlib.sha256(copy.read_bytes()).hexdigest() == copy.stem
+
+
 @pytest.mark.parametrize("what", ["the-copy", "the-directory"])
 def test_a_symlink_put_in_place_of_the_copy_or_its_directory_is_not_followed(shim, user_dir, images, what):
     """A symlink where the copy (or the staged directory) was, to a file (a directory) of the
@@ -253,6 +268,8 @@ def test_an_image_rewritten_on_the_shared_fs_is_staged_anew(shim, user_dir, othe
     assert Path(m[1]).name == hashlib.sha256(_partition(new)).hexdigest() + ".sqfs"
     if serve == "mount":
         assert {p.stem for p in _copies(user_dir)} == {hashlib.sha256(_partition(s)).hexdigest() for s in (old, new)}
+    else:  # an unpack's copy goes once unpacked, and its seal with it
+        assert not [p for p in _staged(user_dir).iterdir() if p.suffix in (".sqfs", ".seal")]
     shutil.rmtree(project, ignore_errors=True)
 
 

@@ -242,8 +242,9 @@ def staged_copy(image: ImageRef, directory: str, cap: int = 0) -> Staged:
 
 def drop_staged(staged: Staged) -> None:
     """An unpack's copy, once unpacked (the unpacked root is what later launches use)."""
-    with contextlib.suppress(OSError):
-        os.unlink(staged.path)
+    for path in (staged.path, staged.path.removesuffix(SUFFIX) + SEAL):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def staged_copies(directory: str) -> list[tuple[str, int, float, bool]]:
