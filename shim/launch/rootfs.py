@@ -65,6 +65,7 @@ class Served(NamedTuple):
     source: RootfsSource
     notices: tuple[str, ...]    # lines a later launch of the record prints (printed now, as it is chosen)
     lock: str = ""              # an unpacked root's lock file (the record's ROOT_LOCK), "" none
+    watch: str = ""             # a path whose change makes the next launch plan again, "" none
 
 
 class ServeRequest(NamedTuple):
@@ -108,16 +109,24 @@ def serve_image(image: ImageRef, req: ServeRequest) -> Served:
     if decision.mode == DIR:
         return Served(decision, RootfsSource("dir", image.path), ())
     stage_why = _stage_reason(image, req, mountinfo)
+    staged_at, refused, said = "", "", ()
     if stage_why and not facts.target.path:
         decision = decision._replace(stage=f"not staged ({stage_why}): no local directory: {facts.target.problem}")
         stage_why = ""
     elif stage_why:
-        decision = decision._replace(stage=f"staged to {staged_dir(facts.target.path)} ({stage_why})")
+        staged_at, refused = staged_dir(facts.target.path)
+        if refused:  # said by every launch of the record; a change to the directory plans again
+            decision = decision._replace(stage=f"not staged ({stage_why}): {refused}")
+            stage_why, said = "", () if req.quiet else (f"shimrun: notice: the image is not staged: {refused}",)
+            for line in said:
+                print(line, file=sys.stderr)
+        else:
+            decision = decision._replace(stage=f"staged to {staged_at} ({stage_why})")
     if decision.mode != UNPACK:
         kind = "kept" if decision.mode == KEPT else "squashfs"
         if not stage_why or req.dry_run:
-            return Served(decision, _mounted(image, kind), ())
-        staged = staged_copy(image, staged_dir(facts.target.path), cap)
+            return Served(decision, _mounted(image, kind), said, watch=staged_at if refused else "")
+        staged = staged_copy(image, staged_at, cap)
         _say_staged(image, staged, req.quiet)
         return Served(decision, RootfsSource(kind, staged.path, 0, _mounted(image).squashfuse), (), staged.lock)
     if not decision.where:  # FUSE unusable and no local directory: nothing can open the image
@@ -127,15 +136,15 @@ def serve_image(image: ImageRef, req: ServeRequest) -> Served:
     if req.dry_run and facts.fuse_problem is None and not facts.unpacked:
         return Served(decision, _mounted(image), ())  # the look at the image reads it mounted
     why = f"FUSE unusable ({facts.fuse_problem}); " if facts.fuse_problem is not None else ""
-    stage = _stager(image, staged_dir(facts.target.path), req.quiet) if stage_why else None
+    stage = _stager(image, staged_at, req.quiet) if stage_why else None
     got = unpacked_root(image, decision.where, cap, (req.quiet, why), stage)
-    notices: tuple[str, ...] = ()
+    notices: tuple[str, ...] = said
     if facts.fuse_problem is not None and not req.quiet:
         line = f"shimrun: FUSE unusable ({facts.fuse_problem}); using the copy of this image unpacked in {got.path}"
-        notices = (line,)
+        notices += (line,)
         if not got.made:
-            print(notices[0], file=sys.stderr)
-    return Served(decision, RootfsSource("dir", got.path), notices, got.lock)
+            print(line, file=sys.stderr)
+    return Served(decision, RootfsSource("dir", got.path), notices, got.lock, staged_at if refused else "")
 
 
 def _stage_reason(image: ImageRef, req: ServeRequest, mountinfo: str) -> str:

@@ -8,6 +8,8 @@ again to name it); the unpack, or every rank's and step's mount, then reads the 
 
 Layout (STAGED = the serving directory's sibling `staged`, private like it):
   STAGED/DIGEST.sqfs          the squashfs partition (offset 0), published whole by one rename
+  STAGED/DIGEST.seal          the copy's identity when it was published (dev, inode, size, mtime,
+                              ctime): a copy changed in place since is not that file any more
   STAGED/DIGEST.lock          flock(2)ed LOCK_SH by the executor while an app mounts the copy
                               (the record's ROOT_LOCK), its mtime the copy's "last used"
   STAGED/IDENT.lock           one copy when many ranks ask at once (IDENT: the image file's identity)
@@ -17,27 +19,43 @@ when the digest was known already (its root removed since) must hash to it, else
 rewritten in place and the launch stops. An unpack's staged copy is removed once it is unpacked;
 a mount's stays, and the least recently used ones not in use go to keep the copies under the cap.
 
+Trust: STAGED is used only if it is a private directory of this user's (0700, not a symlink: the
+rule of the unpacked roots beside it), so nobody else can put a file, a link or a lock there. A
+copy is reused only if, opened without following a symlink, it is a plain file of this user's
+with one link and the partition's size, and either its identity is still the one sealed when it
+was published or (no seal, or another identity: a chmod, a copy from before seals) its bytes,
+read from that descriptor, still hash to its name. Anything else (a bit flipped, the file
+rewritten, its times put back after that, truncated, grown, a symlink) is said in one notice and
+the image is copied again. Not a defence against the user themselves, who can rewrite the seal as
+well as the copy (README, "Serving an image").
+
 When: `[serve] stage` / SHIMRUN_STAGE: "auto" (the default: when the image lies on a network file
 system), "always", "never"."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
+import json
 import os
+import stat
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
+from shim.cachefiles import notice, read_trusted, write_atomic
 from shim.errors import ExitCode, ShimError, UsageError
 from shim.image.open import ImageRef
+from shim.launch.serve import private_dir
 from shim.launch.unpack import known_digest, open_lock, remember_digest
 
 STAGE_MODES = ("auto", "always", "never")
 STAGE_VARIABLE = "SHIMRUN_STAGE"
 CHUNK = 8 << 20          # large reads in order: what a parallel file system serves best
 SUFFIX = ".sqfs"
+SEAL = ".seal"
 
 
 class Staged(NamedTuple):
@@ -72,11 +90,11 @@ def staging_reason(mode: str, by: str, image_fs: str, image_on_network: bool) ->
     return ""
 
 
-def staged_dir(serving_dir: str) -> str:
-    """STAGED beside the serving directory (both in the same private parent), made 0700."""
+def staged_dir(serving_dir: str) -> tuple[str, str]:
+    """(STAGED, why it is not to be used: "" when it may): beside the serving directory, made a
+    private directory of this user's (0700) or refused, as the roots' own directory is."""
     path = os.path.join(os.path.dirname(serving_dir), "staged")
-    os.makedirs(path, mode=0o700, exist_ok=True)
-    return path
+    return path, private_dir(path)
 
 
 def _ident(image: ImageRef) -> str:
@@ -112,13 +130,56 @@ def _copy_hashing(image: ImageRef, dest: str) -> str:
     return h.hexdigest()
 
 
-def _usable(path: str, size: int) -> bool:
-    """A whole copy (published copies are: they are renamed into place when done), not a link."""
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _seal(path: str) -> None:
+    """Remember the published copy's identity (taken from the file now named `path`)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            write_atomic(path.removesuffix(SUFFIX) + SEAL, json.dumps(_identity(os.fstat(fd))).encode())
+        finally:
+            os.close(fd)
+
+
+def _hash_fd(fd: int, size: int) -> str:
+    h, at = hashlib.sha256(), 0
+    while at < size:
+        chunk = os.pread(fd, min(CHUNK, size - at), at)
+        if not chunk:
+            break
+        h.update(chunk)
+        at += len(chunk)
+    return h.hexdigest()
+
+
+def _unusable(path: str, digest: str, size: int) -> str | None:
+    """Why the copy at `path` must not be served ("" : it may; None: there is none), looked at
+    through one descriptor opened without following a symlink (see the module's docstring)."""
     try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    return st.st_size == size and os.path.isfile(path) and not os.path.islink(path)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        return "is a symbolic link" if e.errno == errno.ELOOP else f"cannot be opened ({e.strerror})"
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_nlink != 1 or st.st_mode & 0o022:
+            return "is not a private plain file of yours with one link"
+        if st.st_size != size:
+            return f"holds {st.st_size} bytes, not the image's {size}"
+        raw = read_trusted(path.removesuffix(SUFFIX) + SEAL)
+        with contextlib.suppress(ValueError):
+            if raw is not None and json.loads(raw) == _identity(st):
+                return ""
+        if _hash_fd(fd, size) != digest:
+            return "is not the bytes that were staged (changed in place)"
+        _seal(path)  # the same bytes (a chmod, or a copy from before seals): sealed as it is now
+        return ""
+    finally:
+        os.close(fd)
 
 
 def _remove_partials(directory: str, ident: str) -> None:
@@ -145,8 +206,13 @@ def staged_copy(image: ImageRef, directory: str, cap: int = 0) -> Staged:
     assert lock is not None
     try:
         known = known_digest(image)
-        if known is not None and _usable(os.path.join(directory, known + SUFFIX), image.size):
-            return _found(directory, known, 0.0)
+        if known is not None:
+            there = os.path.join(directory, known + SUFFIX)
+            why = _unusable(there, known, image.size)
+            if why == "":
+                return _found(directory, known, 0.0)
+            if why is not None:
+                notice(f"the staged copy {there} {why}: copying the image again")
         _remove_partials(directory, ident)
         if cap:
             clean_staged(directory, cap, reserve=image.size)
@@ -158,7 +224,12 @@ def staged_copy(image: ImageRef, directory: str, cap: int = 0) -> Staged:
                 raise ShimError(ExitCode.IMAGE, f"{image.path} was rewritten in place since it was first opened "
                                 f"on this node (its squashfs hashes to {digest[:12]}…, not {known[:12]}…)",
                                 "run again: the next launch plans for the image as it is now")
-            os.rename(partial, os.path.join(directory, digest + SUFFIX))
+            final = os.path.join(directory, digest + SUFFIX)
+            if os.path.isdir(final) and not os.path.islink(final):
+                raise ShimError(ExitCode.HOST, f"{final} is a directory: the staged copy cannot be put there",
+                                f"remove it (rm -r {final}), or run with {STAGE_VARIABLE}=never")
+            os.rename(partial, final)
+            _seal(final)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
@@ -171,8 +242,9 @@ def staged_copy(image: ImageRef, directory: str, cap: int = 0) -> Staged:
 
 def drop_staged(staged: Staged) -> None:
     """An unpack's copy, once unpacked (the unpacked root is what later launches use)."""
-    with contextlib.suppress(OSError):
-        os.unlink(staged.path)
+    for path in (staged.path, staged.path.removesuffix(SUFFIX) + SEAL):
+        with contextlib.suppress(OSError):
+            os.unlink(path)
 
 
 def staged_copies(directory: str) -> list[tuple[str, int, float, bool]]:
@@ -204,7 +276,7 @@ def remove_staged(directory: str, digest: str) -> bool:
     if fd is None:
         return False
     try:
-        for path in (os.path.join(directory, digest + SUFFIX), lock):
+        for path in (os.path.join(directory, digest + SUFFIX), os.path.join(directory, digest + SEAL), lock):
             with contextlib.suppress(OSError):
                 os.unlink(path)
         return True

@@ -109,12 +109,15 @@ def _root(req: ContainerRequest, image: ImageRef) -> Root:
     inputs = []
     if rootfs.kind in ("squashfs", "kept"):
         inputs.append(file_input(rootfs.squashfuse, IDENTITY | CHECK["FOLLOW"]))
-        if rootfs.path != image.path:  # a staged copy: while it is there (a clean-up makes the next launch plan)
-            inputs.append(file_input(rootfs.path, IDENTITY))
+        if rootfs.path != image.path:  # a staged copy: while it is there (a clean-up makes the next launch
+            # plan) and unchanged (its change time too: a rewrite with its times put back is another file)
+            inputs.append(file_input(rootfs.path, IDENTITY | CHECK["CTIME"]))
     elif image.kind != "dir":  # unpacked: the copy, while it is there (`cache clean` removes it); and
         # a killed unpack's leftover makes the next launch a planned one, which removes it
         inputs.append(file_input(rootfs.path, CHECK["EXISTS"] | CHECK["TYPE"] | CHECK["ID"]))
         inputs.append(glob_input(os.path.join(os.path.dirname(rootfs.path), "*.partial.*")))
+    if served.watch:  # staging refused there (not a private directory): its repair plans again
+        inputs.append(file_input(served.watch, IDENTITY))
     if image.kind != "dir":
         inputs.append(file_input(FUSE_DEVICE, FUSE_DEVICE_CHECK))
     kind = IMG[rootfs.kind.upper()]
