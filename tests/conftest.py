@@ -75,6 +75,15 @@ def user() -> User:
     return _ordinary_user(TEST_USER)
 
 
+@pytest.fixture
+def tmp_private(user) -> Path:
+    """/tmp/shim-UID of the test user (the cache's fallback): absent before and after the test."""
+    path = Path(f"/tmp/shim-{user.uid}")
+    shutil.rmtree(path, ignore_errors=True)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def other_user(user: User) -> User:
     """A second ordinary user: someone else on the same node (planting files in shared places)."""

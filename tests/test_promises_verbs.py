@@ -40,7 +40,8 @@ def test_checks_options_after_image_and_command_mean_what_they_mean_before(shim,
     assert profiles_of(shim.run(["check", busybox_sif, "/bin/busybox", "--conf", site, "--json"])) == ["a-site"]
     one_error_line(shim.run(["check", busybox_sif, "--conf", site, "--profile", "nope"]), ExitCode.CONFIG, "'nope'")
     # After --, every word is COMMAND's: here a command the image does not have.
-    one_error_line(shim.run(["check", busybox_sif, "--", "--json"]), ExitCode.NOT_FOUND, "--json: executable file not found")
+    one_error_line(shim.run(["check", busybox_sif, "--", "--json"]), ExitCode.NOT_FOUND,
+                   "--json: executable file not found")
 
 
 def test_global_options_before_any_verb(shim, busybox_sif, site, user_dir: Path) -> None:

@@ -91,15 +91,6 @@ def _served_old_and_staged_anew(shim, user_dir: Path, image: Path) -> str:
     return r.stderr
 
 
-@pytest.fixture
-def tmp_private(user) -> Path:
-    """/tmp/shim-UID of the test user: absent before and after the test."""
-    path = Path(f"/tmp/shim-{user.uid}")
-    shutil.rmtree(path, ignore_errors=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_a_squatted_tmp_directory_gets_no_copy_and_its_planted_copy_is_not_served(shim, user_dir, other_user,
                                                                                  images, tmp_private):
     """Another user made /tmp/shim-UID first and planted staged/DIGEST.sqfs (the "bad" squashfs, by

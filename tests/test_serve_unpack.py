@@ -197,15 +197,6 @@ def test_the_decision_over_facts():
     assert decide_serve(_facts(local, image_kind="dir")).mode == "dir"
 
 
-@pytest.fixture
-def tmp_private(user) -> Path:
-    """/tmp/shim-UID of the test user: absent before and after the test."""
-    path = Path(f"/tmp/shim-{user.uid}")
-    shutil.rmtree(path, ignore_errors=True)
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
 def test_a_cache_on_a_network_file_system_gives_way_to_tmp(user, user_dir, tmp_private):
     """local_target over a node whose /var/tmp (where the test user's cache is) is NFS: the copy goes
     to /tmp/shim-UID, made 0700 by the user."""
