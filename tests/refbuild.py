@@ -262,7 +262,9 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
     - the after-start audit's parts (#25, on with --provenance), new since the reference;
     - what #26 (CDI) reads since the reference: Slurm's GPU binding, the node's spec directories;
     - a BIND's MOUNTPOINTS flag (#27: nested binds' mount points in the user's writable binds),
-      new since the reference."""
+      new since the reference;
+    - the action script's line for a command the image lacks, in Apptainer's words since the
+      reference ("executable file not found", which cwltool reads)."""
     version = next((values[0] for name, values in record if name == "VERSION"), "")
     lines = []
     for name, raw in record:
@@ -270,7 +272,7 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
             continue
         if _audit_part(name, raw) or _cdi_part(name, raw):
             continue
-        kept = (AUDIT_SCRIPT_LINE.sub("", raw[0]),) if name == "ACTION_SCRIPT" else raw
+        kept = (_script(raw[0]),) if name == "ACTION_SCRIPT" else raw
         if name == "BIND":
             kept = (raw[0] & ~BIND["MOUNTPOINTS"], *raw[1:])
         values = tuple(_text(v, prefix, version) for v in kept)
@@ -279,6 +281,11 @@ def normalised(record: tuple[tuple[str, tuple], ...], prefix: str) -> list[str]:
             values = (values[0], values[1], 0, 0, size, 0, 0, values[-1])
         lines.append(f"{name} {values!r}")
     return lines
+
+
+def _script(text: str) -> str:
+    return AUDIT_SCRIPT_LINE.sub("", text).replace(": command not found in the image",
+                                                   ": executable file not found in the image")
 
 
 def _outputs(o: Outcome, prefix: str) -> dict:
