@@ -18,7 +18,8 @@ from shim.audit.rules import Injected, NodeSide, audit_rules, unavailable
 from shim.container.binds import RO
 from shim.container.environment import with_audit
 from shim.diagnose.policy import validate_policy
-from shim.elf.facts import elf_facts, symbol_string
+from shim.elf.cache import FactsCache
+from shim.elf.facts import ElfFacts, symbol_string
 from shim.host.fingerprint import host_inputs
 from shim.host.gpu import gpu_models, kernel_module_version
 from shim.host.paths import on_host
@@ -55,14 +56,14 @@ def _release(path: str, soname: str) -> str:
 def _injected(found: Found, host_root: str) -> tuple[Injected, ...]:
     """The injected libraries the audit looks for among what the app loads. Programs a profile
     binds (nvidia-smi) are not loaded, they are run: never reported unused."""
+    facts = FactsCache()   # the planner's, just saved: no file parsed again
     return tuple(Injected(d.library, d.host_path, d.container_path, d.profile,
                           _release(on_host(host_root, d.host_path), d.library))
                  for d in found.plan.decisions if d.decision == INJECT and d.container_path and d.host_path
-                 and not _is_program(on_host(host_root, d.host_path)))
+                 and not _is_program(facts.get(on_host(host_root, d.host_path))))
 
 
-def _is_program(path: str) -> bool:
-    facts = elf_facts(path)
+def _is_program(facts: ElfFacts | None) -> bool:
     return facts is not None and facts.is_program
 
 
