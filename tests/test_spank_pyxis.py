@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import PREFIX
+from conftest import PREFIX, as_user
 from leftovers import wait_until
 from slurm import LocalSlurm
 
@@ -210,6 +210,33 @@ def test_a_named_container_is_reused_by_a_later_step(cluster, shim, busybox_sif)
     unknown = srun(cluster, shim, ["-n", "1", "--container-name=nothing", "true"], "named-4")
     assert unknown.returncode != 0
     assert len(shim_lines(unknown.stderr)) == 1 and "no container named nothing" in unknown.stderr, unknown.stderr
+
+
+@pytest.mark.parametrize("planted", ["directory", "symlink"])
+def test_a_second_users_job_directory_is_never_used(cluster, shim, busybox_sif, other_user, planted):
+    """/tmp/shim-pyxis.UID (the plugin's per-user directory, dir= default /tmp) made first by
+    someone else, open to all or as a symlink to their own directory: the step fails with one line
+    and nothing is written where the other user could read or swap it; once it is gone, it works."""
+    mine = Path(f"/tmp/shim-pyxis.{shim.user.uid}")
+    theirs = Path(f"/tmp/shim-pyxis-theirs.{other_user.uid}")
+    subprocess.run(["rm", "-rf", str(mine), str(theirs)], check=True)
+    try:
+        assert as_user(other_user, ["mkdir", "-m", "0777", str(theirs)]).returncode == 0
+        made = (["chmod", "0777", str(mine)] if planted == "directory" else ["ln", "-s", str(theirs), str(mine)])
+        if planted == "directory":
+            assert as_user(other_user, ["mkdir", str(mine)]).returncode == 0
+        assert as_user(other_user, made).returncode == 0
+        r = srun(cluster, shim, ["-n", "1", f"--container-image={busybox_sif}", "--container-name=box", "true"],
+                 f"squat-{planted}")
+        assert r.returncode != 0, r.stderr
+        lines = shim_lines(r.stderr)
+        assert len(lines) == 1 and f"{mine} is not a private directory of yours" in lines[0], r.stderr
+        assert list(theirs.iterdir()) == [] and (planted == "symlink" or list(mine.iterdir()) == [])
+    finally:
+        subprocess.run(["rm", "-rf", str(mine), str(theirs)], check=True)
+    ok = srun(cluster, shim, ["-n", "1", f"--container-image={busybox_sif}", "--container-name=box", "true"],
+              f"squat-{planted}-gone")
+    assert ok.returncode == 0, ok.stderr
 
 
 def test_a_registry_image_is_pulled_once_per_node_and_job(cluster, shim, registry, app_layout):
